@@ -1,0 +1,478 @@
+"""AWS: VPC over several zones, EKS with IRSA, a tainted managed GPU node group, a locked-down S3 bucket."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.platform.base import (
+    GPU_POOL_LABEL,
+    GPU_POOL_LABEL_VALUE,
+    GPU_TAINT_KEY,
+    GPU_TAINT_VALUE,
+    Capability,
+    CloudPlatform,
+    GpuNodePool,
+    GpuScheduling,
+    KubernetesCluster,
+    ModelBucket,
+    Network,
+    ReaderIdentity,
+    ServiceAccountRef,
+)
+
+CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+NODE_POLICIES = {
+    "worker": "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+    "cni": "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
+    "ecr": "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+}
+GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
+SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
+
+
+def _assume_role(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        }
+    )
+
+
+def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
+    """Split the VPC into `zones` small public subnets and `zones` large private ones."""
+    network = ipaddress.IPv4Network(vpc_cidr)
+    # Private subnets take the first quarters/eighths (nodes and pods need many addresses);
+    # public subnets take small blocks from the last one (only load balancers and NAT live there).
+    halves = list(network.subnets(prefixlen_diff=1))
+    private_bits = max(1, (zones - 1).bit_length())
+    private = [str(s) for s in list(halves[0].subnets(prefixlen_diff=private_bits))[:zones]]
+    public = [str(s) for s in list(halves[1].subnets(prefixlen_diff=3))[:zones]]
+    return public, private
+
+
+class AwsPlatform(CloudPlatform):
+    """Amazon Web Services: EKS + managed node groups + S3 + IAM roles for service accounts."""
+
+    cloud = "aws"
+    capabilities = frozenset(
+        {Capability.SPOT_GPUS, Capability.CUSTOMER_MANAGED_KEYS, Capability.STREAMING_EDGE}
+    )
+
+    def provider_options(self) -> pulumi.ResourceOptions:
+        provider = aws.Provider(
+            "aws",
+            region=self.settings.region,  # type: ignore[arg-type]
+            default_tags=aws.ProviderDefaultTagsArgs(tags=self.settings.resource_tags),
+        )
+        return pulumi.ResourceOptions(providers={"aws": provider})
+
+    # -- network ---------------------------------------------------------------------------------
+    def network(self, opts: pulumi.ResourceOptions) -> Network:
+        s = self.settings
+        net = Network(self.name("network"), opts)
+        cluster_tag = {f"kubernetes.io/cluster/{self.name('eks')}": "shared"}
+        vpc = aws.ec2.Vpc(
+            self.name("vpc"),
+            cidr_block=s.network.cidr,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
+            tags={"Name": self.name("vpc")},
+            opts=self.child(net),
+        )
+        zones = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOptions(parent=net))
+        igw = aws.ec2.InternetGateway(self.name("igw"), vpc_id=vpc.id, opts=self.child(net))
+        public_rt = aws.ec2.RouteTable(
+            self.name("public"),
+            vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+            opts=self.child(net),
+        )
+        public_cidrs, private_cidrs = subnet_cidrs(s.network.cidr, s.network.zone_count)
+        private_ids: list[pulumi.Output[str]] = []
+        nat: aws.ec2.NatGateway | None = None
+        # One NAT gateway per zone in prod (a zone outage keeps egress), one in dev (cost).
+        nat_per_zone = s.environment == "prod"
+        for i in range(s.network.zone_count):
+            zone = zones.names[i]
+            public = aws.ec2.Subnet(
+                self.name(f"public-{i}"),
+                vpc_id=vpc.id,
+                cidr_block=public_cidrs[i],
+                availability_zone=zone,
+                map_public_ip_on_launch=False,
+                tags={"Name": self.name(f"public-{i}"), "kubernetes.io/role/elb": "1", **cluster_tag},
+                opts=self.child(net),
+            )
+            aws.ec2.RouteTableAssociation(
+                self.name(f"public-{i}"),
+                subnet_id=public.id,
+                route_table_id=public_rt.id,
+                opts=self.child(net),
+            )
+            if nat is None or nat_per_zone:
+                eip = aws.ec2.Eip(self.name(f"nat-{i}"), domain="vpc", opts=self.child(net))
+                nat = aws.ec2.NatGateway(
+                    self.name(f"nat-{i}"),
+                    allocation_id=eip.id,
+                    subnet_id=public.id,
+                    opts=pulumi.ResourceOptions(parent=net, depends_on=[igw]),
+                )
+            private = aws.ec2.Subnet(
+                self.name(f"private-{i}"),
+                vpc_id=vpc.id,
+                cidr_block=private_cidrs[i],
+                availability_zone=zone,
+                tags={
+                    "Name": self.name(f"private-{i}"),
+                    "kubernetes.io/role/internal-elb": "1",
+                    **cluster_tag,
+                },
+                opts=self.child(net),
+            )
+            private_rt = aws.ec2.RouteTable(
+                self.name(f"private-{i}"),
+                vpc_id=vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+                opts=self.child(net),
+            )
+            aws.ec2.RouteTableAssociation(
+                self.name(f"private-{i}"),
+                subnet_id=private.id,
+                route_table_id=private_rt.id,
+                opts=self.child(net),
+            )
+            private_ids.append(private.id)
+        net.finish(network_id=vpc.id, private_subnet_ids=pulumi.Output.all(*private_ids))
+        return net
+
+    # -- cluster ---------------------------------------------------------------------------------
+    def cluster(self, network: Network, opts: pulumi.ResourceOptions) -> KubernetesCluster:
+        s = self.settings
+        component = KubernetesCluster(self.name("cluster"), opts)
+        role = aws.iam.Role(
+            self.name("eks-cluster"),
+            assume_role_policy=_assume_role("eks.amazonaws.com"),
+            opts=self.child(component),
+        )
+        attachment = aws.iam.RolePolicyAttachment(
+            self.name("eks-cluster"),
+            role=role.name,
+            policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+            opts=self.child(component),
+        )
+        secrets_key = aws.kms.Key(
+            self.name("eks-secrets"),
+            description=f"Envelope encryption of Kubernetes secrets in {self.name('eks')}",
+            enable_key_rotation=True,
+            deletion_window_in_days=7 if s.environment == "dev" else 30,
+            opts=self.child(component),
+        )
+        eks = aws.eks.Cluster(
+            self.name("eks"),
+            name=self.name("eks"),
+            role_arn=role.arn,
+            version=s.cluster.kubernetes_version,
+            vpc_config=aws.eks.ClusterVpcConfigArgs(
+                subnet_ids=network.private_subnet_ids,
+                endpoint_private_access=True,
+                endpoint_public_access=s.api_public,
+                public_access_cidrs=list(s.cluster.endpoint_allowed_cidrs) if s.api_public else None,
+            ),
+            access_config=aws.eks.ClusterAccessConfigArgs(
+                authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True
+            ),
+            enabled_cluster_log_types=CONTROL_PLANE_LOGS,
+            encryption_config=aws.eks.ClusterEncryptionConfigArgs(
+                provider=aws.eks.ClusterEncryptionConfigProviderArgs(key_arn=secrets_key.arn),
+                resources=["secrets"],
+            ),
+            opts=pulumi.ResourceOptions(parent=component, depends_on=[attachment]),
+        )
+        issuer = eks.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"] if ids else "")
+        self._oidc = aws.iam.OpenIdConnectProvider(
+            self.name("eks-oidc"),
+            url=issuer,
+            client_id_lists=["sts.amazonaws.com"],
+            opts=self.child(component),
+        )
+        self._node_role = aws.iam.Role(
+            self.name("eks-node"),
+            assume_role_policy=_assume_role("ec2.amazonaws.com"),
+            opts=self.child(component),
+        )
+        self._node_role_attachments = [
+            aws.iam.RolePolicyAttachment(
+                self.name(f"eks-node-{key}"),
+                role=self._node_role.name,
+                policy_arn=arn,
+                opts=self.child(component),
+            )
+            for key, arn in NODE_POLICIES.items()
+        ]
+        aws.eks.NodeGroup(
+            self.name("system"),
+            cluster_name=eks.name,
+            node_role_arn=self._node_role.arn,
+            subnet_ids=network.private_subnet_ids,
+            ami_type=SYSTEM_AMI_TYPE,
+            capacity_type="ON_DEMAND",
+            instance_types=[s.system_instance_type],
+            disk_size=s.system_pool.disk_size_gb,
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=s.system_pool.min_nodes,
+                desired_size=s.system_pool.desired_nodes,
+                max_size=s.system_pool.max_nodes,
+            ),
+            labels={GPU_POOL_LABEL: "system"},
+            opts=pulumi.ResourceOptions(
+                parent=component,
+                depends_on=self._node_role_attachments,
+                ignore_changes=["scalingConfig.desiredSize"],
+            ),
+        )
+        kubeconfig = pulumi.Output.all(eks.name, eks.endpoint, eks.certificate_authority).apply(
+            lambda args: _kubeconfig(args[0], args[1], args[2]["data"], s.region)
+        )
+        component.finish(cluster_name=eks.name, kubeconfig=kubeconfig, oidc_issuer_url=issuer)
+        self._eks = eks
+        return component
+
+    # -- GPU pool --------------------------------------------------------------------------------
+    def gpu_node_pool(
+        self, cluster: KubernetesCluster, network: Network, opts: pulumi.ResourceOptions
+    ) -> GpuNodePool:
+        pool = self.settings.gpu_pool
+        component = GpuNodePool(self.name("gpu-pool"), opts)
+        group = aws.eks.NodeGroup(
+            self.name("gpu"),
+            cluster_name=cluster.cluster_name,
+            node_role_arn=self._node_role.arn,
+            subnet_ids=network.private_subnet_ids,
+            ami_type=GPU_AMI_TYPE,
+            capacity_type="SPOT" if pool.capacity == "spot" else "ON_DEMAND",
+            instance_types=[pool.instance_type],
+            disk_size=pool.disk_size_gb,
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=pool.min_nodes, desired_size=pool.desired_nodes, max_size=pool.max_nodes
+            ),
+            labels={
+                GPU_POOL_LABEL: GPU_POOL_LABEL_VALUE,
+                # NVIDIA's device plugin chart only schedules onto nodes that say they have a GPU.
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.count": str(pool.gpus_per_node),
+            },
+            taints=[
+                aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value=GPU_TAINT_VALUE, effect="NO_SCHEDULE")
+            ],
+            tags={
+                # Lets the cluster autoscaler scale this group from zero with the right labels and taint.
+                f"k8s.io/cluster-autoscaler/node-template/label/{GPU_POOL_LABEL}": GPU_POOL_LABEL_VALUE,
+                f"k8s.io/cluster-autoscaler/node-template/taint/{GPU_TAINT_KEY}": (
+                    f"{GPU_TAINT_VALUE}:NoSchedule"
+                ),
+                "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu": str(pool.gpus_per_node),
+            },
+            opts=pulumi.ResourceOptions(
+                parent=component,
+                depends_on=self._node_role_attachments,
+                # The cluster autoscaler owns the desired size once the group exists.
+                ignore_changes=["scalingConfig.desiredSize"],
+            ),
+        )
+        component.finish(pool_name=group.node_group_name, scheduling=GpuScheduling.standard())
+        return component
+
+    # -- model bucket ----------------------------------------------------------------------------
+    def model_bucket(self, opts: pulumi.ResourceOptions) -> ModelBucket:
+        b = self.settings.bucket
+        component = ModelBucket(self.name("models"), opts)
+        child = self.child(component)
+        bucket = aws.s3.Bucket(
+            self.name("models"), bucket_prefix=self.name("models-"), force_destroy=b.force_destroy, opts=child
+        )
+        aws.s3.BucketPublicAccessBlock(
+            self.name("models"),
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketOwnershipControls(
+            self.name("models"),
+            bucket=bucket.id,
+            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+            opts=child,
+        )
+        sse = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+            sse_algorithm="aws:kms" if b.kms_key else "AES256",
+            kms_master_key_id=b.kms_key,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            self.name("models"),
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=sse, bucket_key_enabled=bool(b.kms_key)
+                )
+            ],
+            opts=child,
+        )
+        aws.s3.BucketVersioning(
+            self.name("models"),
+            bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+            opts=child,
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            self.name("models"),
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="expire-old-model-versions",
+                    status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                        noncurrent_days=b.noncurrent_version_days
+                    ),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=2
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        aws.s3.BucketPolicy(
+            self.name("models-tls-only"),
+            bucket=bucket.id,
+            policy=bucket.arn.apply(_deny_insecure_transport),
+            opts=child,
+        )
+        self._bucket = bucket
+        component.finish(bucket_name=bucket.bucket, uri=bucket.bucket.apply(lambda name: f"s3://{name}"))
+        return component
+
+    # -- reader identity (IRSA) ------------------------------------------------------------------
+    def model_reader(
+        self,
+        cluster: KubernetesCluster,
+        bucket: ModelBucket,
+        service_account: ServiceAccountRef,
+        opts: pulumi.ResourceOptions,
+    ) -> ReaderIdentity:
+        component = ReaderIdentity(self.name("model-reader"), opts)
+        issuer_host = cluster.oidc_issuer_url.apply(lambda url: url.removeprefix("https://"))
+        trust = pulumi.Output.all(self._oidc.arn, issuer_host).apply(
+            lambda args: _irsa_trust(args[0], args[1], service_account.subject)
+        )
+        role = aws.iam.Role(
+            self.name("model-reader"),
+            description=f"Read-only access to the model bucket for {service_account.subject}",
+            assume_role_policy=trust,
+            max_session_duration=3600,
+            opts=self.child(component),
+        )
+        aws.iam.RolePolicy(
+            self.name("model-reader"),
+            role=role.id,
+            policy=self._bucket.arn.apply(lambda arn: _bucket_read_policy(arn, self.settings.bucket.kms_key)),
+            opts=self.child(component),
+        )
+        component.finish(
+            identity_id=role.arn,
+            service_account_annotations={"eks.amazonaws.com/role-arn": role.arn},
+            env={"AWS_DEFAULT_REGION": self.settings.region, "AWS_REGION": self.settings.region},
+        )
+        return component
+
+
+def _kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
+    """A kubeconfig that authenticates through `aws eks get-token` (no long-lived key in it)."""
+    config: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+        "users": [
+            {
+                "name": name,
+                "user": {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1beta1",
+                        "command": "aws",
+                        "args": ["eks", "get-token", "--cluster-name", name, "--region", region],
+                    }
+                },
+            }
+        ],
+    }
+    return json.dumps(config)
+
+
+def _deny_insecure_transport(bucket_arn: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [bucket_arn, f"{bucket_arn}/*"],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                }
+            ],
+        }
+    )
+
+
+def _irsa_trust(oidc_arn: str, issuer_host: str, subject: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Federated": oidc_arn},
+                    "Action": "sts:AssumeRoleWithWebIdentity",
+                    "Condition": {
+                        "StringEquals": {
+                            f"{issuer_host}:sub": subject,
+                            f"{issuer_host}:aud": "sts.amazonaws.com",
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+def _bucket_read_policy(bucket_arn: str, kms_key: str | None) -> str:
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ListModelBucket",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
+            "Resource": bucket_arn,
+        },
+        {
+            "Sid": "ReadModelObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": f"{bucket_arn}/*",
+        },
+    ]
+    if kms_key:
+        statements.append(
+            {"Sid": "DecryptModelObjects", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": kms_key}
+        )
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})

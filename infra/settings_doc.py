@@ -1,0 +1,128 @@
+"""The README's settings table, generated from the settings model so defaults are never written twice.
+
+`python -m infra.settings_doc` prints the table, `python -m infra.settings_doc --write` refreshes it in
+README.md; a test checks that README.md contains it verbatim.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticUndefined
+
+from infra.settings import NAMESPACE, SYSTEM_MACHINE_DEFAULTS, StackSettings
+
+# What each key means; its type and default come from the model.
+DESCRIPTIONS: dict[str, str] = {
+    "cloud": "Which cloud this stack deploys to.",
+    "environment": "`prod` makes the Kubernetes API private by default and spreads NAT over zones.",
+    "name": "Prefix of every cloud resource name (1-20 lowercase letters, digits, '-').",
+    "region": "Cloud region (AWS/GCP region, Azure location).",
+    "tags": "Extra tags/labels on every resource (project, stack and environment are always added).",
+    "network.cidr": "IPv4 block of the cluster network (/20 or larger).",
+    "network.zoneCount": "Availability zones to spread subnets and nodes over.",
+    "cluster.kubernetesVersion": "Kubernetes minor version of the managed cluster.",
+    "cluster.endpointPublicAccess": "Public Kubernetes API; unset: public in dev, private in prod.",
+    "cluster.endpointAllowedCidrs": "CIDRs allowed to reach a public Kubernetes API endpoint.",
+    "systemPool.instanceType": "Machine type of the always-on system pool; unset means the cloud's default "
+    f"({', '.join(f'{c}: {m}' for c, m in SYSTEM_MACHINE_DEFAULTS.items())}).",
+    "systemPool.minNodes": "System pool minimum size.",
+    "systemPool.desiredNodes": "System pool initial size.",
+    "systemPool.maxNodes": "System pool maximum size.",
+    "systemPool.diskSizeGb": "System node disk size (GB).",
+    "gpuPool.instanceType": "GPU machine type (AWS instance type, GCP machine type, Azure VM size).",
+    "gpuPool.gpusPerNode": "GPUs each GPU node carries (at most what the machine type has).",
+    "gpuPool.accelerator": "GCP only: accelerator type attached to the machine (e.g. nvidia-l4).",
+    "gpuPool.minNodes": "GPU pool minimum size (0 lets it scale to zero when idle).",
+    "gpuPool.desiredNodes": "GPU pool initial size (the autoscaler owns it afterwards).",
+    "gpuPool.maxNodes": "GPU pool maximum size: the cost ceiling.",
+    "gpuPool.diskSizeGb": "GPU node disk size (GB); model images are large.",
+    "gpuPool.capacity": "`spot` (cheaper, can be reclaimed) or `on-demand`.",
+    "allowedClientCidrs": "Client CIDRs allowed to call the public API endpoint.",
+    "bucket.forceDestroy": "Let `pulumi destroy` delete a non-empty model bucket.",
+    "bucket.kmsKey": "Customer-managed encryption key; unset means the cloud's managed encryption.",
+    "bucket.noncurrentVersionDays": "Days a replaced model version is kept before it expires.",
+    "workload.namespace": "Kubernetes namespace of Triton and the gateway.",
+    "workload.tritonServiceAccount": "Service account Triton runs as; the bucket reader is bound to it.",
+}
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in get_args(annotation) if a is not type(None)]
+        return " or ".join(names)
+    if origin is not None and getattr(origin, "__name__", "") == "Literal":
+        return " \\| ".join(f"`{a}`" for a in get_args(annotation))
+    if str(origin) == "typing.Literal" or repr(annotation).startswith("typing.Literal"):
+        return " \\| ".join(f"`{a}`" for a in get_args(annotation))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(annotation)[0])}"
+    if origin is dict:
+        return "map"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: Any) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "**required**"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, BaseModel):
+        return ""
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, tuple | list):
+        return f"`{list(value)}`" if value else "`[]`"
+    return f"`{value}`" if value != {} else "`{}`"
+
+
+def rows(model: type[BaseModel] = StackSettings, prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) for every leaf setting, depth first, in declaration order."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{to_camel(name)}"
+        annotation = field.annotation
+        candidates = get_args(annotation) or (annotation,)
+        nested = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested:
+            yield from rows(nested[0], f"{key}.")
+        else:
+            meaning = DESCRIPTIONS.get(key) or field.description or ""
+            yield key, _type_name(annotation), _default(field), meaning
+
+
+def markdown_table() -> str:
+    """The settings table for README.md."""
+    lines = ["| setting | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, type_name, default, meaning in rows():
+        lines.append(f"| `{NAMESPACE}:{key}` | {type_name} | {default} | {meaning} |")
+    return "\n".join(lines)
+
+
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def update_readme(path: Path) -> bool:
+    """Replace the table between the markers in README.md; True when the file changed."""
+    text = path.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    updated = f"{head}{START}\n{markdown_table()}\n{END}{tail}"
+    if updated != text:
+        path.write_text(updated)
+    return updated != text
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--write"]:
+        readme = Path(sys.argv[2] if len(sys.argv) > 2 else "README.md")
+        print("updated" if update_readme(readme) else "up to date", readme)
+    else:
+        print(markdown_table())

@@ -1,0 +1,103 @@
+"""`tritonform plan`: runs for every stack file, prints a tree or JSON, and fails cleanly on bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tritonform.cli import app
+
+from .conftest import STACK_FILES
+
+runner = CliRunner()
+
+
+def _stack_name(path: Path) -> str:
+    return path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+
+
+@pytest.mark.parametrize("path", STACK_FILES, ids=_stack_name)
+def test_plan_json_runs_for_every_stack_file(path: Path) -> None:
+    result = runner.invoke(app, ["plan", "--stack", _stack_name(path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["stack"] == _stack_name(path)
+    assert doc["cloud"] in ("aws", "gcp", "azure")
+    assert doc["resources"], "a plan with no resources"
+    for res in doc["resources"]:
+        assert set(res) == {"type", "name", "parent", "inputs"}
+    parents = {f"{r['type']}::{r['name']}" for r in doc["resources"]}
+    assert all(r["parent"] is None or r["parent"] in parents for r in doc["resources"])
+    assert doc["outputs"]["kubeconfig"] == "[secret]"
+
+
+def test_plan_json_shows_the_issue_essentials_for_aws() -> None:
+    doc = json.loads(runner.invoke(app, ["plan", "--stack", "aws-dev", "--json"]).stdout)
+    types = {r["type"] for r in doc["resources"]}
+    assert {
+        "aws:eks/cluster:Cluster",
+        "aws:eks/nodeGroup:NodeGroup",
+        "aws:s3/bucket:Bucket",
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        "aws:iam/role:Role",
+    } <= types
+    secrets = [r for r in doc["resources"] if r["type"] == "pulumi:providers:kubernetes"]
+    assert secrets[0]["inputs"]["kubeconfig"] == "[secret]"
+
+
+def test_plan_tree_is_readable() -> None:
+    result = runner.invoke(app, ["plan", "--stack", "aws-dev"])
+    assert result.exit_code == 0, result.output
+    assert "aws-dev (aws, us-east-1)" in result.stdout
+    assert "tritonform:platform:GpuNodePool" in result.stdout
+    assert "outputs" in result.stdout
+
+
+def test_unknown_stack_lists_known_ones() -> None:
+    result = runner.invoke(app, ["plan", "--stack", "nope"])
+    assert result.exit_code == 2
+    assert "no stack 'nope'" in result.output and "aws-dev" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_invalid_stack_file_names_the_key_without_a_traceback(write_stack: Callable[..., Path]) -> None:
+    path = write_stack(
+        "config:\n  tritonform:cloud: aws\n  tritonform:region: us-east-1\n"
+        "  tritonform:gpuPool:\n    instanceType: t3.large\n    minNodes: 3\n    maxNodes: 1\n"
+    )
+    result = runner.invoke(app, ["plan", "--stack-file", str(path)])
+    assert result.exit_code == 2
+    assert "tritonform:gpuPool" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_exactly_one_stack_selector_is_required(write_stack: Callable[..., Path]) -> None:
+    assert runner.invoke(app, ["plan"]).exit_code == 2
+    path = write_stack("config: {}\n")
+    both = runner.invoke(app, ["plan", "--stack", "aws-dev", "--stack-file", str(path)])
+    assert both.exit_code == 2 and "exactly one" in both.output
+
+
+def test_every_command_has_help() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "plan" in result.stdout
+    assert "offline" in runner.invoke(app, ["plan", "--help"]).stdout
+
+
+def test_planning_one_cloud_does_not_import_the_other_clouds_sdks() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from infra.offline import plan_stack; "
+        "plan_stack(Path('stacks/Pulumi.aws-dev.yaml')); "
+        "print(sorted(m for m in ('pulumi_gcp', 'pulumi_azure_native', 'torch') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,144 @@
+"""Infrastructure commands: `tritonform plan` runs the real Pulumi program offline under mocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.tree import Tree
+
+if TYPE_CHECKING:
+    from infra.offline import Plan
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class StackNotFoundError(ValueError):
+    """No stack file for the requested stack name."""
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding Pulumi.yaml: the working directory or a parent, else the installed source tree."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
+            return folder
+    return Path(__file__).resolve().parents[2]
+
+
+def stack_file(stack: str, root: Path | None = None) -> Path:
+    """`stacks/Pulumi.<stack>.yaml`; the error lists the stacks that exist."""
+    stacks_dir = project_root(root) / "stacks"
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        known = sorted(
+            p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir.glob("Pulumi.*.yaml")
+        )
+        raise StackNotFoundError(
+            f"no stack {stack!r}: {path} does not exist. Known stacks: {', '.join(known) or 'none'}"
+        )
+    return path
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def resolve_stack(stack: str | None, stack_path: Path | None) -> Path:
+    """The stack file named by `--stack` or `--stack-file` (exactly one of them)."""
+    if (stack is None) == (stack_path is None):
+        raise _fail("give exactly one of --stack NAME or --stack-file PATH")
+    if stack_path is not None:
+        if not stack_path.is_file():
+            raise _fail(f"stack file {stack_path} does not exist")
+        return stack_path
+    assert stack is not None
+    try:
+        return stack_file(stack)
+    except StackNotFoundError as exc:
+        raise _fail(str(exc)) from None
+
+
+def run_plan(path: Path) -> Plan:
+    """Plan a stack file, turning every user-facing failure into a clean exit."""
+    from infra.offline import UnmockedInvokeError, plan_stack
+    from infra.settings import SettingsError
+
+    try:
+        return plan_stack(path)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+    except UnmockedInvokeError as exc:
+        raise _fail(str(exc)) from None
+
+
+def render_tree(plan: Plan) -> Tree:
+    """Resources as a tree: components with their children, each with a short summary."""
+    label = f"[bold]{plan.stack}[/] ({plan.cloud}, {plan.settings.region}) — {len(plan.resources)} resources"
+    tree = Tree(label)
+    children: dict[str | None, list[Any]] = {}
+    for res in plan.resources:
+        children.setdefault(res.parent, []).append(res)
+
+    def add(node: Tree, parent: str | None) -> None:
+        for res in sorted(children.get(parent, []), key=lambda r: (r.type, r.name)):
+            key = f"{res.type}::{res.name}"
+            branch = node.add(f"[cyan]{res.type}[/] [bold]{res.name}[/]{_summary(res.type, res.inputs)}")
+            add(branch, key)
+
+    add(tree, None)
+    outputs = tree.add("[magenta]outputs[/]")
+    for key, value in plan.outputs.items():
+        outputs.add(f"{key} = {json.dumps(value)}")
+    return tree
+
+
+_SUMMARY_KEYS = (
+    "version",
+    "instanceTypes",
+    "capacityType",
+    "scalingConfig",
+    "taints",
+    "cidrBlock",
+    "sseAlgorithm",
+    "blockPublicAcls",
+    "status",
+)
+
+
+def _summary(type_token: str, inputs: dict[str, Any]) -> str:
+    parts = [f"{k}={json.dumps(inputs[k])}" for k in _SUMMARY_KEYS if k in inputs]
+    return f" [dim]{' '.join(parts)}[/]" if parts else ""
+
+
+def plan(
+    stack: Annotated[
+        str | None,
+        typer.Option("--stack", "-s", help="Stack name, e.g. aws-dev (reads stacks/Pulumi.<stack>.yaml)."),
+    ] = None,
+    stack_path: Annotated[
+        Path | None, typer.Option("--stack-file", help="Plan this stack file instead of a named stack.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON for machines.")] = False,
+) -> None:
+    """Show what `pulumi up` would create for a stack, offline: no Pulumi CLI, no credentials.
+
+    Runs the real Pulumi program (infra/__main__.py) under Pulumi's mocks and prints every resource
+    with its inputs as the program passes them. Secrets print as \\[secret].
+    """
+    path = resolve_stack(stack, stack_path)
+    result = run_plan(path)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2, sort_keys=False))
+    else:
+        console.print(render_tree(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the infrastructure commands to the main app."""
+    app.command("plan")(plan)
