@@ -14,34 +14,88 @@ SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 TENANT = "00000000-0000-0000-0000-00000000000a"
 DEPLOYER_OBJECT_ID = "00000000-0000-0000-0000-0000000000de"
 AUTONAME_SUFFIX = "a1b2c3d"
+KUBELET_OBJECT_ID = "00000000-0000-0000-0000-0000000000cb"
+ACR_TOKEN_PASSWORD = "offline-acr-token-password"
 # AKS's first-party Entra application ("Azure Kubernetes Service AAD Server"), as in a real kubeconfig.
 AKS_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"
 
 # type token -> (the input holding the resource's own name, its ARM id below the resource group)
 _ARM: dict[str, tuple[str, str]] = {
     "azure-native:network:VirtualNetwork": (
-        "virtualNetworkName", "Microsoft.Network/virtualNetworks/{virtualNetworkName}"),
+        "virtualNetworkName",
+        "Microsoft.Network/virtualNetworks/{virtualNetworkName}",
+    ),
     "azure-native:network:Subnet": (
-        "subnetName", "Microsoft.Network/virtualNetworks/{virtualNetworkName}/subnets/{subnetName}"),
+        "subnetName",
+        "Microsoft.Network/virtualNetworks/{virtualNetworkName}/subnets/{subnetName}",
+    ),
     "azure-native:containerservice:ManagedCluster": (
-        "resourceName", "Microsoft.ContainerService/managedClusters/{resourceName}"),
+        "resourceName",
+        "Microsoft.ContainerService/managedClusters/{resourceName}",
+    ),
     "azure-native:containerservice:AgentPool": (
-        "agentPoolName", "Microsoft.ContainerService/managedClusters/{resourceName}/agentPools/{agentPoolName}"),
+        "agentPoolName",
+        "Microsoft.ContainerService/managedClusters/{resourceName}/agentPools/{agentPoolName}",
+    ),
     "azure-native:storage:StorageAccount": ("accountName", "Microsoft.Storage/storageAccounts/{accountName}"),
     "azure-native:storage:BlobServiceProperties": (
-        "blobServicesName", "Microsoft.Storage/storageAccounts/{accountName}/blobServices/{blobServicesName}"),
+        "blobServicesName",
+        "Microsoft.Storage/storageAccounts/{accountName}/blobServices/{blobServicesName}",
+    ),
     "azure-native:storage:ManagementPolicy": (
         "managementPolicyName",
-        "Microsoft.Storage/storageAccounts/{accountName}/managementPolicies/{managementPolicyName}"),
+        "Microsoft.Storage/storageAccounts/{accountName}/managementPolicies/{managementPolicyName}",
+    ),
     "azure-native:storage:BlobContainer": (
         "containerName",
-        "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers/{containerName}"),
+        "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers/{containerName}",
+    ),
     "azure-native:managedidentity:UserAssignedIdentity": (
-        "resourceName", "Microsoft.ManagedIdentity/userAssignedIdentities/{resourceName}"),
+        "resourceName",
+        "Microsoft.ManagedIdentity/userAssignedIdentities/{resourceName}",
+    ),
+    "azure-native:containerregistry:Registry": (
+        "registryName",
+        "Microsoft.ContainerRegistry/registries/{registryName}",
+    ),
+    "azure-native:containerregistry:ScopeMap": (
+        "scopeMapName",
+        "Microsoft.ContainerRegistry/registries/{registryName}/scopeMaps/{scopeMapName}",
+    ),
+    "azure-native:containerregistry:Token": (
+        "tokenName",
+        "Microsoft.ContainerRegistry/registries/{registryName}/tokens/{tokenName}",
+    ),
+    "azure-native:network:NetworkSecurityGroup": (
+        "networkSecurityGroupName",
+        "Microsoft.Network/networkSecurityGroups/{networkSecurityGroupName}",
+    ),
+    "azure-native:network:PublicIPAddress": (
+        "publicIpAddressName",
+        "Microsoft.Network/publicIPAddresses/{publicIpAddressName}",
+    ),
+    "azure-native:apimanagement:ApiManagementService": (
+        "serviceName",
+        "Microsoft.ApiManagement/service/{serviceName}",
+    ),
+    "azure-native:apimanagement:Backend": (
+        "backendId",
+        "Microsoft.ApiManagement/service/{serviceName}/backends/{backendId}",
+    ),
+    "azure-native:apimanagement:Api": ("apiId", "Microsoft.ApiManagement/service/{serviceName}/apis/{apiId}"),
+    "azure-native:apimanagement:ApiOperation": (
+        "operationId",
+        "Microsoft.ApiManagement/service/{serviceName}/apis/{apiId}/operations/{operationId}",
+    ),
+    "azure-native:apimanagement:ApiPolicy": (
+        "policyId",
+        "Microsoft.ApiManagement/service/{serviceName}/apis/{apiId}/policies/{policyId}",
+    ),
     "azure-native:managedidentity:FederatedIdentityCredential": (
         "federatedIdentityCredentialResourceName",
         "Microsoft.ManagedIdentity/userAssignedIdentities/{resourceName}"
-        "/federatedIdentityCredentials/{federatedIdentityCredentialResourceName}"),
+        "/federatedIdentityCredentials/{federatedIdentityCredentialResourceName}",
+    ),
 }
 
 
@@ -63,12 +117,21 @@ def azure_resource(
         state["name"] = assignment
         resource_id = f"{inputs['scope']}/providers/Microsoft.Authorization/roleAssignments/{assignment}"
         return resource_id, state
+    if typ.startswith("pulumi-python:dynamic/acr:"):
+        # The generated ACR token password (azure_registry.AcrTokenPassword).
+        state.update(
+            username=inputs["token_id"].rsplit("/", 1)[-1],
+            password=ACR_TOKEN_PASSWORD,
+            expiry="2026-12-29T00:00:00Z",
+        )
+        return f"{inputs['token_id']}/passwords/password1", state
     if typ not in _ARM:
         return f"{name}-id", state
     name_key, template = _ARM[typ]
     names = {**inputs, name_key: inputs.get(name_key) or f"{name}{AUTONAME_SUFFIX}"}
     state["name"] = names[name_key]
-    resource_id = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/" + template.format(**names)
+    prefix = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/"
+    resource_id = prefix + template.format(**names)
     if typ == "azure-native:containerservice:ManagedCluster":
         location = settings.region
         state["fqdn"] = f"{inputs.get('dnsPrefix', name)}-abcd1234.hcp.{location}.azmk8s.io"
@@ -76,17 +139,40 @@ def azure_resource(
             **(inputs.get("oidcIssuerProfile") or {}),
             "issuerURL": f"https://{location}.oic.prod-aks.azure.com/{TENANT}/{_guid(resource_id)}/",
         }
+        state["identity"] = {
+            **(inputs.get("identity") or {}),
+            "tenantId": TENANT,
+            "principalId": _guid(resource_id + "/identity"),
+        }
+        state["identityProfile"] = {
+            "kubeletidentity": {
+                "clientId": _guid(resource_id + "/kubelet-client"),
+                "objectId": KUBELET_OBJECT_ID,
+                "resourceId": f"{resource_id}-agentpool",
+            }
+        }
+    elif typ == "azure-native:containerregistry:Registry":
+        state["loginServer"] = f"{state['name']}.azurecr.io"
+    elif typ == "azure-native:apimanagement:ApiManagementService":
+        state["gatewayUrl"] = f"https://{state['name']}.azure-api.net"
     elif typ == "azure-native:managedidentity:UserAssignedIdentity":
-        state.update(clientId=_guid(resource_id + "/client"), principalId=_guid(resource_id + "/principal"),
-                     tenantId=TENANT)
+        state.update(
+            clientId=_guid(resource_id + "/client"),
+            principalId=_guid(resource_id + "/principal"),
+            tenantId=TENANT,
+        )
     elif typ == "azure-native:storage:StorageAccount":
         state["primaryEndpoints"] = {"blob": f"https://{state['name']}.blob.core.windows.net/"}
     identity = state.get("identity")
     if isinstance(identity, dict) and isinstance(identity.get("userAssignedIdentities"), list):
         # Inputs list the identity ids; Azure answers with a map of id -> principal and client ids.
-        state["identity"] = {**identity, "userAssignedIdentities": {
-            i: {"principalId": _guid(i + "/principal"), "clientId": _guid(i + "/client")}
-            for i in identity["userAssignedIdentities"]}}
+        state["identity"] = {
+            **identity,
+            "userAssignedIdentities": {
+                i: {"principalId": _guid(i + "/principal"), "clientId": _guid(i + "/client")}
+                for i in identity["userAssignedIdentities"]
+            },
+        }
     return resource_id, state
 
 
@@ -95,16 +181,39 @@ def _user_kubeconfig(cluster: str, region: str) -> str:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {
-            "server": f"https://{cluster}-abcd1234.hcp.{region}.azmk8s.io:443",
-            "certificate-authority-data": "Q0VSVElGSUNBVEU="}}],
+        "clusters": [
+            {
+                "name": cluster,
+                "cluster": {
+                    "server": f"https://{cluster}-abcd1234.hcp.{region}.azmk8s.io:443",
+                    "certificate-authority-data": "Q0VSVElGSUNBVEU=",
+                },
+            }
+        ],
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": f"clusterUser_{cluster}"}}],
         "current-context": cluster,
-        "users": [{"name": f"clusterUser_{cluster}", "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1",
-            "command": "kubelogin",
-            "args": ["get-token", "--environment", "AzurePublicCloud", "--server-id", AKS_SERVER_APP,
-                     "--tenant-id", TENANT, "--login", "devicecode"]}}}],
+        "users": [
+            {
+                "name": f"clusterUser_{cluster}",
+                "user": {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1beta1",
+                        "command": "kubelogin",
+                        "args": [
+                            "get-token",
+                            "--environment",
+                            "AzurePublicCloud",
+                            "--server-id",
+                            AKS_SERVER_APP,
+                            "--tenant-id",
+                            TENANT,
+                            "--login",
+                            "devicecode",
+                        ],
+                    }
+                },
+            }
+        ],
     }
     return base64.b64encode(yaml.safe_dump(config).encode()).decode()
 
@@ -112,8 +221,14 @@ def _user_kubeconfig(cluster: str, region: str) -> str:
 def azure_call(token: str, args: dict[str, Any], settings: StackSettings) -> dict[str, Any] | None:
     """The result of an Azure provider function, or None when this module does not know it."""
     if token == "azure-native:authorization:getClientConfig":
-        return {"clientId": _guid("deployer-client"), "objectId": DEPLOYER_OBJECT_ID,
-                "subscriptionId": SUBSCRIPTION, "tenantId": TENANT}
+        return {
+            "clientId": _guid("deployer-client"),
+            "objectId": DEPLOYER_OBJECT_ID,
+            "subscriptionId": SUBSCRIPTION,
+            "tenantId": TENANT,
+        }
+    if token == "azure-native:authorization:getClientToken":
+        return {"token": "offline-arm-access-token"}
     if token == "azure-native:containerservice:listManagedClusterUserCredentials":
         cluster = args.get("resourceName", "cluster")
         return {"kubeconfigs": [{"name": "clusterUser", "value": _user_kubeconfig(cluster, settings.region)}]}

@@ -22,9 +22,16 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from infra.mocks_aws import aws_call, aws_resource, neutral_resource
 from infra.mocks_azure import azure_call, azure_resource
 from infra.mocks_gcp import gcp_call, gcp_resource
-from infra.settings import NAMESPACE, StackSettings, config_from_stack_file, load_settings
+from infra.settings import (
+    NAMESPACE,
+    StackSettings,
+    config_from_stack_file,
+    load_settings,
+    secret_keys_in_stack_file,
+)
 
 PROGRAM = Path(__file__).resolve().parent / "__main__.py"
 SECRET = "[secret]"
@@ -130,41 +137,25 @@ class CloudMocks(pulumi_mocks.Mocks):
         self.settings = settings
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        state = dict(args.inputs)
-        name = args.name
-        resource_id = f"{name}-id"
-        typ = args.typ
-        region = self.settings.region
+        name, typ, state = args.name, args.typ, dict(args.inputs)
         if typ.startswith("aws:"):
-            service = typ.split(":")[1].split("/")[0]
-            state.setdefault("arn", f"arn:aws:{service}:{region}:111122223333:{name}")
-        if typ == "aws:eks/cluster:Cluster":
-            state.update(
-                endpoint=f"https://{name}.gr7.{region}.eks.amazonaws.com",
-                certificateAuthority={"data": "Q0VSVElGSUNBVEU="},
-                identities=[{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/{name.upper()}"}]}],
-            )
-        elif typ == "aws:s3/bucket:Bucket":
-            state.setdefault("bucket", f"{args.inputs.get('bucketPrefix', name)}0123abcd")
-            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
-        elif typ == "aws:eks/nodeGroup:NodeGroup":
-            state.setdefault("nodeGroupName", name)
-        elif typ == "aws:iam/role:Role":
-            state.setdefault("name", name)
-            state["arn"] = f"arn:aws:iam::111122223333:role/{name}"
-        elif typ.startswith("gcp:"):
+            return aws_resource(typ, name, state, self.settings)
+        neutral = neutral_resource(typ, name, state)
+        if neutral is not None:
+            return neutral
+        if typ.startswith("gcp:"):
             return gcp_resource(typ, name, state, self.settings)
-        elif typ.startswith("azure-native:"):
+        elif typ.startswith(("azure-native:", "pulumi-python:dynamic/acr:")):
             return azure_resource(typ, name, state, self.settings)
-        return resource_id, state
+        return f"{name}-id", state
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         token = args.token
-        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            region = self.settings.region
-            names = [f"{region}{z}" for z in "abcdef"]
-            return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(6)], "id": region}, []
-        answer = gcp_call(token, dict(args.args), self.settings) or azure_call(token, dict(args.args), self.settings)
+        answer = aws_call(token, dict(args.args), self.settings)
+        if answer is None:
+            answer = gcp_call(token, dict(args.args), self.settings)
+        if answer is None:
+            answer = azure_call(token, dict(args.args), self.settings)
         if answer is not None:
             return answer, []
         raise UnmockedInvokeError(
@@ -190,7 +181,10 @@ def plan_stack(stack_file: Path, *, preview: bool = False) -> Plan:
     pulumi_settings.ROOT.set(None)
     monitor = _RecordingMonitor(CloudMocks(settings))
     pulumi_mocks.set_mocks(monitor.mocks, project=NAMESPACE, stack=stack, preview=preview, monitor=monitor)
-    set_all_config(_pulumi_config(raw))
+    # Secret config cannot be decrypted offline: the program gets a marked placeholder instead.
+    secret_keys = secret_keys_in_stack_file(stack_file)
+    config = _pulumi_config(raw) | {f"{NAMESPACE}:{key}": f"offline-placeholder-{key}" for key in secret_keys}
+    set_all_config(config, [f"{NAMESPACE}:{key}" for key in secret_keys])
     settings_obj = pulumi_settings.SETTINGS
     settings_obj.rpc_manager.clear()
     settings_obj.outputs.clear()

@@ -1,4 +1,4 @@
-"""The whole stack as one function: settings in, cloud platform provisioned, outputs out.
+"""The whole stack as one function: settings in, cloud platform + workload + edge provisioned, outputs out.
 
 `infra/__main__.py` (what `pulumi up` runs) and the offline plan both call `build_stack`, so the plan
 exercises exactly the program that deploys.
@@ -11,7 +11,10 @@ from typing import Any
 import pulumi
 
 from infra.platform import platform_class
-from infra.settings import SettingsError, StackSettings, config_from_pulumi, load_settings
+from infra.platform.base import EdgeBackend
+from infra.settings import NAMESPACE, SettingsError, StackSettings, config_from_pulumi, load_settings
+from infra.workload import InferenceWorkload, WorkloadArgs
+from infra.workload.images import build_images
 
 
 def settings_from_pulumi() -> StackSettings:
@@ -22,16 +25,61 @@ def settings_from_pulumi() -> StackSettings:
         raise pulumi.RunError(str(exc)) from None
 
 
+def api_keys(settings: StackSettings) -> pulumi.Output[str]:
+    """The gateway's API keys: `tritonform:apiKeys` (secret, comma-separated), else one generated key."""
+    configured = pulumi.Config(NAMESPACE).get_secret("apiKeys")
+    if configured is not None:
+        return configured
+    import pulumi_random as random
+
+    generated = random.RandomPassword(f"{settings.name}-api-key", length=40, special=False)
+    return pulumi.Output.concat("tf-", generated.result)
+
+
 def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
-    """Provision the cloud platform for `settings` and return the stack outputs (same names everywhere)."""
-    platform = platform_class(settings.cloud)(settings).provision()
+    """Provision the cloud platform, the workload on it and the public edge; return the stack outputs."""
+    cloud = platform_class(settings.cloud)(settings)
+    platform = cloud.provision()
+    images = build_images(settings, platform.registry, pulumi.ResourceOptions())
+    keys = api_keys(settings)
+    exposure = cloud.gateway_exposure()
+    workload = InferenceWorkload(
+        "inference",
+        WorkloadArgs(
+            settings=settings,
+            provider=platform.cluster.provider,
+            scheduling=platform.gpu_pool.scheduling,
+            reader=platform.reader,
+            bucket_uri=platform.bucket.uri,
+            triton_image=images.triton,
+            gateway_image=images.gateway,
+            api_keys=keys,
+            exposure=exposure,
+        ),
+        opts=pulumi.ResourceOptions(depends_on=[platform.gpu_pool]),
+    )
+    edge = cloud.edge(
+        platform,
+        EdgeBackend(
+            namespace=workload.namespace,
+            service_name=workload.gateway_service,
+            port=workload.gateway_port,
+            exposure=exposure,
+            depends_on=[workload],
+        ),
+        platform.options,
+    )
     return {
         "cloud": settings.cloud,
         "cluster_name": platform.cluster.cluster_name,
         "kubeconfig": platform.cluster.kubeconfig,
         "bucket_uri": platform.bucket.uri,
+        "model_repository_uri": pulumi.Output.concat(platform.bucket.uri, "/", settings.triton.model_prefix),
         "gpu_node_selector": platform.gpu_pool.scheduling.node_selector,
         "gpu_tolerations": platform.gpu_pool.scheduling.tolerations,
         "model_reader_identity": platform.reader.identity_id,
+        "endpoint_url": edge.endpoint_url,
+        "openai_base_url": pulumi.Output.concat(edge.endpoint_url, "/v1"),
+        "api_key": pulumi.Output.secret(keys),
         **platform.extra_outputs,
     }

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from infra.catalog import AWS_GPU_FAMILIES, GCP_ACCELERATORS, GPU_MACHINES, CloudName, GpuMachine
+from infra.settings_base import Settings
+from infra.settings_serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
 
 NAMESPACE = "tritonform"
 
@@ -30,12 +32,20 @@ SYSTEM_MACHINE_DEFAULTS: dict[CloudName, str] = {
     "azure": "Standard_D4s_v5",
 }
 
+# Secret config (`pulumi config set --secret tritonform:apiKeys ...`) is not part of the settings: the
+# program reads it with pulumi.Config().get_secret so it stays encrypted from the stack file to the cluster.
+SECRET_CONFIG_KEYS = frozenset({"apiKeys"})
+
 _DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$")
 _K8S_VERSION = re.compile(r"^1\.(2[6-9]|3[0-9])$")
 _GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # N1 machines take attached GPUs; every other GCP GPU family has its GPUs built in (fixed type and count).
-_GCP_N1_ACCELERATORS = frozenset({"nvidia-tesla-t4", "nvidia-tesla-v100", "nvidia-tesla-p4", "nvidia-tesla-p100"})
+_GCP_N1_ACCELERATORS = frozenset(
+    {"nvidia-tesla-t4", "nvidia-tesla-v100", "nvidia-tesla-p4", "nvidia-tesla-p100"}
+)
 
 
 class SettingsError(ValueError):
@@ -47,21 +57,14 @@ class SettingsError(ValueError):
         super().__init__(f"Invalid settings in {source}:\n{lines}")
 
 
-class _Settings(BaseModel):
-    """Base for all settings blocks: immutable, camelCase keys in YAML, unknown keys rejected."""
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
-    )
+_Settings = Settings
 
 
 def _check_cidr(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value, strict=True))
     except ValueError as exc:
-        raise ValueError(
-            f"must be a CIDR block such as 10.0.0.0/16 or 203.0.113.7/32 ({exc})"
-        ) from None
+        raise ValueError(f"must be a CIDR block such as 10.0.0.0/16 or 203.0.113.7/32 ({exc})") from None
 
 
 class NetworkSettings(_Settings):
@@ -166,10 +169,23 @@ class WorkloadSettings(_Settings):
 class GcpSettings(_Settings):
     """GCP-only settings."""
 
-    project: str
-    zonal: bool = False  # True: a zonal cluster in `zone` (cheaper control plane, no zone redundancy)
-    zone: str | None = None  # required when zonal, e.g. us-central1-a
-    release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
+    project: str = Field(description="GCP only: project id the stack deploys into.")
+    zonal: bool = Field(
+        default=False,
+        description="GCP only: one zonal cluster in `gcp.zone` (cheaper, no zone redundancy), not regional.",
+    )
+    zone: str | None = Field(
+        default=None, description="GCP only: the zone of a zonal cluster (e.g. us-central1-a)."
+    )
+    release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = Field(
+        default="REGULAR",
+        description="GCP only: GKE release channel (cluster.kubernetesVersion is the minimum).",
+    )
+    domain: str | None = Field(
+        default=None,
+        description="GCP only: DNS name of the public endpoint (an A record to output `edge_ip` issues its "
+        "Google-managed certificate); unset: `<ip>.sslip.io`, fine for dev only.",
+    )
 
     @field_validator("project")
     @classmethod
@@ -178,6 +194,13 @@ class GcpSettings(_Settings):
             raise ValueError(
                 "must be a GCP project id: 6-30 lowercase letters, digits or '-', starting with a letter"
             )
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and not _DOMAIN.match(value):
+            raise ValueError("must be a lowercase DNS name such as api.example.com (no scheme, no port)")
         return value
 
     @field_validator("zone")
@@ -199,15 +222,37 @@ class GcpSettings(_Settings):
 class AzureSettings(_Settings):
     """Azure-only settings."""
 
-    spot_max_price: float = Field(default=-1, description="-1: pay up to the on-demand price")
-    resource_group: str | None = None  # None: "<name>-rg", created by the stack
-    # Entra ID groups whose members are cluster admins (Kubernetes RBAC through Azure RBAC).
-    admin_group_object_ids: tuple[str, ...] = ()
-    # Who runs `pulumi up` (gets cluster-admin RBAC, as local accounts are off): a person or a CI principal.
-    deployer_principal_type: Literal["User", "ServicePrincipal", "Group"] = "User"
-    # Azure CNI overlay: pods and services get addresses outside the VNet; these must not overlap it.
-    pod_cidr: str = "192.168.0.0/16"
-    service_cidr: str = "172.16.0.0/16"
+    spot_max_price: float = Field(
+        default=-1, description="Azure only: highest USD/hour for a Spot GPU node; -1 pays up to on-demand."
+    )
+    resource_group: str | None = Field(
+        default=None, description="Azure only: resource group the stack creates; unset means `<name>-rg`."
+    )
+    admin_group_object_ids: tuple[str, ...] = Field(
+        default=(), description="Azure only: Entra ID groups whose members are AKS cluster admins."
+    )
+    deployer_principal_type: Literal["User", "ServicePrincipal", "Group"] = Field(
+        default="User",
+        description="Azure only: kind of principal running `pulumi up` (it gets AKS RBAC cluster admin).",
+    )
+    pod_cidr: str = Field(
+        default="192.168.0.0/16", description="Azure only: CNI overlay pod range (outside network.cidr)."
+    )
+    service_cidr: str = Field(
+        default="172.16.0.0/16", description="Azure only: Kubernetes service range (outside network.cidr)."
+    )
+    apim_sku: Literal["Developer", "Premium"] | None = Field(
+        default=None,
+        description="Azure only: API Management tier (both stream and join a VNet); unset: Developer in dev, "
+        "Premium in prod.",
+    )
+    apim_publisher_email: str = Field(
+        default="platform-team@example.com",
+        description="Azure only: API Management publisher e-mail (receives service notifications).",
+    )
+    apim_publisher_name: str = Field(
+        default="tritonform", description="Azure only: API Management publisher (organisation) name."
+    )
 
     _cidrs = field_validator("pod_cidr", "service_cidr")(_check_cidr)
 
@@ -216,6 +261,13 @@ class AzureSettings(_Settings):
     def _price(cls, value: float) -> float:
         if value != -1 and value <= 0:
             raise ValueError("must be -1 (up to the on-demand price) or a positive USD price per hour")
+        return value
+
+    @field_validator("apim_publisher_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not _EMAIL.match(value):
+            raise ValueError("must be an e-mail address such as ops@example.com")
         return value
 
     @field_validator("resource_group")
@@ -249,6 +301,10 @@ class StackSettings(_Settings):
     allowed_client_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     bucket: BucketSettings = BucketSettings()
     workload: WorkloadSettings = WorkloadSettings()
+    triton: TritonSettings = TritonSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    addons: AddonSettings = AddonSettings()
+    edge: EdgeSettings = EdgeSettings()
     gcp: GcpSettings | None = None
     azure: AzureSettings | None = None
 
@@ -325,7 +381,9 @@ def _check_gpu_machine(cloud: CloudName, pool: GpuPoolSettings) -> None:
             )
         _check_gcp_accelerator(pool, machine, accelerator)
     elif cloud == "azure" and pool.accelerator is not None:
-        raise ValueError("gpuPool.accelerator: only GCP attaches accelerators; on Azure the VM size sets the GPU")
+        raise ValueError(
+            "gpuPool.accelerator: only GCP attaches accelerators; on Azure the VM size sets the GPU"
+        )
     if machine is not None and pool.gpus_per_node > machine.gpus:
         raise ValueError(
             f"gpuPool.gpusPerNode: {pool.instance_type} has {machine.gpus} GPU(s), "
@@ -410,9 +468,16 @@ def config_from_stack_file(path: Path) -> dict[str, Any]:
     ours: dict[str, Any] = {}
     for key, value in raw.items():
         namespace, _, short = str(key).partition(":")
-        if namespace == NAMESPACE and short:
+        if namespace == NAMESPACE and short and short not in SECRET_CONFIG_KEYS:
             ours[short] = value
     return ours
+
+
+def secret_keys_in_stack_file(path: Path) -> list[str]:
+    """The secret config keys (SECRET_CONFIG_KEYS) a stack file sets, without their values."""
+    document = yaml.safe_load(path.read_text()) or {}
+    raw = document.get("config") or {}
+    return [key for key in SECRET_CONFIG_KEYS if f"{NAMESPACE}:{key}" in raw]
 
 
 def load_stack_file(path: Path) -> StackSettings:
@@ -428,7 +493,7 @@ def config_from_pulumi() -> dict[str, Any]:
     ours: dict[str, Any] = {}
     for key, value in merged.items():
         namespace, _, short = key.partition(":")
-        if namespace != NAMESPACE or not short:
+        if namespace != NAMESPACE or not short or short in SECRET_CONFIG_KEYS:
             continue
         # Pulumi hands structured (object/list) config over as JSON text; scalars stay text.
         if isinstance(value, str) and value[:1] in ("{", "["):

@@ -9,6 +9,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra.platform.aws_addons import AUTOSCALER_SA, build_registry, install_gpu_addons
+from infra.platform.aws_edge import AwsEdgeTargets, build_edge
 from infra.platform.base import (
     GPU_POOL_LABEL,
     GPU_POOL_LABEL_VALUE,
@@ -16,13 +18,18 @@ from infra.platform.base import (
     GPU_TAINT_VALUE,
     Capability,
     CloudPlatform,
+    ContainerRegistry,
+    Edge,
+    EdgeBackend,
     GpuNodePool,
     GpuScheduling,
     KubernetesCluster,
     ModelBucket,
     Network,
+    Platform,
     ReaderIdentity,
     ServiceAccountRef,
+    ServiceExposure,
 )
 
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
@@ -215,7 +222,7 @@ class AwsPlatform(CloudPlatform):
             )
             for key, arn in NODE_POLICIES.items()
         ]
-        aws.eks.NodeGroup(
+        self._system_group = aws.eks.NodeGroup(
             self.name("system"),
             cluster_name=eks.name,
             node_role_arn=self._node_role.arn,
@@ -368,10 +375,7 @@ class AwsPlatform(CloudPlatform):
         opts: pulumi.ResourceOptions,
     ) -> ReaderIdentity:
         component = ReaderIdentity(self.name("model-reader"), opts)
-        issuer_host = cluster.oidc_issuer_url.apply(lambda url: url.removeprefix("https://"))
-        trust = pulumi.Output.all(self._oidc.arn, issuer_host).apply(
-            lambda args: _irsa_trust(args[0], args[1], service_account.subject)
-        )
+        trust = self._irsa_trust_for(cluster, service_account)
         role = aws.iam.Role(
             self.name("model-reader"),
             description=f"Read-only access to the model bucket for {service_account.subject}",
@@ -391,6 +395,40 @@ class AwsPlatform(CloudPlatform):
             env={"AWS_DEFAULT_REGION": self.settings.region, "AWS_REGION": self.settings.region},
         )
         return component
+
+    # -- GPU enablement, registry, edge --------------------------------------------------------
+    def _irsa_trust_for(self, cluster: KubernetesCluster, account: ServiceAccountRef) -> pulumi.Output[str]:
+        issuer_host = cluster.oidc_issuer_url.apply(lambda url: url.removeprefix("https://"))
+        return pulumi.Output.all(self._oidc.arn, issuer_host).apply(
+            lambda args: _irsa_trust(args[0], args[1], account.subject)
+        )
+
+    def gpu_enablement(
+        self, cluster: KubernetesCluster, gpu_pool: GpuNodePool, opts: pulumi.ResourceOptions
+    ) -> None:
+        addons = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[gpu_pool]))
+        install_gpu_addons(self.settings, cluster, self._irsa_trust_for(cluster, AUTOSCALER_SA), addons)
+
+    def container_registry(self, opts: pulumi.ResourceOptions) -> ContainerRegistry:
+        return build_registry(self.settings, opts)
+
+    def gateway_exposure(self) -> ServiceExposure:
+        # A fixed NodePort on the system nodes, behind an internal NLB that Pulumi owns (so the API
+        # gateway's VPC link can target it); traffic comes only from inside the VPC.
+        return ServiceExposure(
+            type="NodePort",
+            source_ranges=(self.settings.network.cidr,),
+            node_port=self.settings.edge.gateway_node_port,
+        )
+
+    def edge(self, platform: Platform, backend: EdgeBackend, opts: pulumi.ResourceOptions) -> Edge:
+        targets = AwsEdgeTargets(
+            vpc_id=platform.network.network_id,
+            private_subnet_ids=platform.network.private_subnet_ids,
+            node_security_group_id=self._eks.vpc_config.cluster_security_group_id,
+            node_group=self._system_group,
+        )
+        return build_edge(self.settings, targets, backend, opts)
 
 
 def _kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:

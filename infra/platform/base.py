@@ -54,6 +54,23 @@ class GpuScheduling:
 
 
 @dataclass(frozen=True)
+class ServiceExposure:
+    """How the gateway's Service is exposed to the cloud's edge (an internal load balancer or a port).
+
+    The workload applies it as given; only the cloud class knows what its edge can reach.
+    """
+
+    type: str  # "LoadBalancer" | "NodePort" | "ClusterIP"
+    # Where the edge's traffic comes from (CIDRs), for the gateway's network policy.
+    source_ranges: tuple[str, ...]
+    annotations: dict[str, str] = field(default_factory=dict)
+    node_port: int | None = None
+    # "Local" keeps the client's source address (needed where source_ranges name the edge's subnet
+    # and the dataplane would otherwise rewrite it to a node address); None: Kubernetes' default.
+    external_traffic_policy: str | None = None
+
+
+@dataclass(frozen=True)
 class ServiceAccountRef:
     """The Kubernetes service account a cloud identity is bound to."""
 
@@ -196,6 +213,65 @@ class ReaderIdentity(_Neutral):
         )
 
 
+class ContainerRegistry(_Neutral):
+    """A private registry the stack pushes its images to and the nodes pull from.
+
+    `repositories` maps an image name (e.g. "tritonform-triton") to its full repository address;
+    `username`/`password` are short-lived push credentials (secret).
+    """
+
+    address: pulumi.Output[str]
+    username: pulumi.Output[str]
+    password: pulumi.Output[str]
+    repositories: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("tritonform:platform:ContainerRegistry", name, None, opts)
+
+    def finish(
+        self,
+        *,
+        address: pulumi.Input[str],
+        username: pulumi.Input[str],
+        password: pulumi.Input[str],
+        repositories: dict[str, pulumi.Input[str]],
+    ) -> None:
+        self.repositories = {k: pulumi.Output.from_input(v) for k, v in repositories.items()}
+        self._finish(
+            {
+                "address": pulumi.Output.from_input(address),
+                "username": pulumi.Output.from_input(username),
+                "password": pulumi.Output.secret(password),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class EdgeBackend:
+    """What the edge forwards to: the gateway's Service inside the cluster."""
+
+    namespace: pulumi.Input[str]
+    service_name: pulumi.Input[str]
+    port: int
+    exposure: ServiceExposure
+    depends_on: list[pulumi.Resource]
+
+
+class Edge(_Neutral):
+    """The only public entry: the cloud's managed API gateway in front of the gateway Service."""
+
+    endpoint_url: pulumi.Output[str]
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("tritonform:platform:Edge", name, None, opts)
+
+    def finish(self, *, endpoint_url: pulumi.Input[str]) -> None:
+        self._finish({"endpoint_url": pulumi.Output.from_input(endpoint_url)})
+
+
+IMAGE_NAMES = ("tritonform-triton", "tritonform-gateway")
+
+
 @dataclass
 class Platform:
     """Everything a cloud provisioned, in neutral form: the input of the workload and stack outputs."""
@@ -206,6 +282,9 @@ class Platform:
     gpu_pool: GpuNodePool
     bucket: ModelBucket
     reader: ReaderIdentity
+    registry: ContainerRegistry
+    # Carries the cloud's explicit provider; steps after provisioning (the edge) take it too.
+    options: pulumi.ResourceOptions = field(default_factory=pulumi.ResourceOptions)
     extra_outputs: dict[str, pulumi.Input[Any]] = field(default_factory=dict)
 
 
@@ -252,6 +331,23 @@ class CloudPlatform(ABC):
         opts: pulumi.ResourceOptions,
     ) -> ReaderIdentity: ...
 
+    @abstractmethod
+    def gpu_enablement(
+        self, cluster: KubernetesCluster, gpu_pool: GpuNodePool, opts: pulumi.ResourceOptions
+    ) -> None:
+        """Whatever this cloud needs so that pods can request `nvidia.com/gpu` (device plugin, autoscaler)."""
+
+    @abstractmethod
+    def container_registry(self, opts: pulumi.ResourceOptions) -> ContainerRegistry: ...
+
+    @abstractmethod
+    def gateway_exposure(self) -> ServiceExposure:
+        """How the gateway Service must be exposed for this cloud's edge to reach it (internal only)."""
+
+    @abstractmethod
+    def edge(self, platform: Platform, backend: EdgeBackend, opts: pulumi.ResourceOptions) -> Edge:
+        """The public API gateway (TLS, client allow-list, rate limits, unbuffered streaming)."""
+
     def extra_outputs(self) -> dict[str, pulumi.Input[Any]]:
         """Cloud-specific stack outputs besides the common ones (e.g. the region)."""
         return {"region": self.settings.region}
@@ -268,7 +364,11 @@ class CloudPlatform(ABC):
         reader = self.model_reader(
             cluster, bucket, ServiceAccountRef(workload.namespace, workload.triton_service_account), opts
         )
-        return Platform(self.cloud, network, cluster, gpu_pool, bucket, reader, self.extra_outputs())
+        self.gpu_enablement(cluster, gpu_pool, opts)
+        registry = self.container_registry(opts)
+        return Platform(
+            self.cloud, network, cluster, gpu_pool, bucket, reader, registry, opts, self.extra_outputs()
+        )
 
     # -- helpers shared by every cloud ---------------------------------------------------------
     def name(self, *parts: str) -> str:

@@ -168,7 +168,7 @@ def test_irsa_policy_reads_only_the_model_bucket(dev: Plan) -> None:
 
 
 def test_prod_reader_may_decrypt_with_the_bucket_key_only(prod: Plan) -> None:
-    policy = json.loads(prod.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    policy = json.loads(prod.one("aws:iam/rolePolicy:RolePolicy", "tf-prod-model-reader").inputs["policy"])
     kms = [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"]
     assert len(kms) == 1 and kms[0]["Resource"] == prod.settings.bucket.kms_key
 

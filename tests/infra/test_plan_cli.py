@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tritonform.cli import app
 
 from .conftest import STACK_FILES
+from .conftest import STACKS as STACKS_DIR
 
 runner = CliRunner()
 
@@ -101,3 +102,32 @@ def test_planning_one_cloud_does_not_import_the_other_clouds_sdks() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("stack", ["aws-dev", "gcp-dev", "azure-dev"])
+def test_plan_json_reports_policies_and_dev_stacks_have_no_mandatory_violations(stack: str) -> None:
+    result = runner.invoke(app, ["plan", "--stack", stack, "--json"])
+    assert result.exit_code == 0, result.output
+    policies = json.loads(result.stdout)["policies"]
+    assert [p for p in policies if p["level"] == "mandatory"] == []
+    assert all(set(p) == {"rule", "resource", "level", "message"} for p in policies)
+
+
+def test_an_unsafe_stack_fails_plan_naming_the_rule(write_stack: Callable[..., Path]) -> None:
+    unsafe = (
+        (STACKS_DIR / "Pulumi.aws-prod.yaml")
+        .read_text()
+        .replace(
+            "    endpointPublicAccess: false\n",
+            "    endpointPublicAccess: true\n    endpointAllowedCidrs:\n      - 0.0.0.0/0\n",
+        )
+    )
+    assert "0.0.0.0/0" in unsafe
+    path = write_stack(unsafe, "unsafe-prod")
+    result = runner.invoke(app, ["plan", "--stack-file", str(path), "--json"])
+    assert result.exit_code == 1
+    policies = json.loads(result.stdout)["policies"]
+    hits = [p for p in policies if p["rule"] == "kubernetes-api-not-public-in-prod"]
+    assert hits and hits[0]["level"] == "mandatory" and "aws:eks/cluster:Cluster" in hits[0]["resource"]
+    tree = runner.invoke(app, ["plan", "--stack-file", str(path)])
+    assert tree.exit_code == 1 and "kubernetes-api-not-public-in-prod" in tree.output

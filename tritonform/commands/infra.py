@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.tree import Tree
 
 if TYPE_CHECKING:
@@ -88,13 +89,15 @@ def render_tree(plan: Plan) -> Tree:
     def add(node: Tree, parent: str | None) -> None:
         for res in sorted(children.get(parent, []), key=lambda r: (r.type, r.name)):
             key = f"{res.type}::{res.name}"
-            branch = node.add(f"[cyan]{res.type}[/] [bold]{res.name}[/]{_summary(res.type, res.inputs)}")
+            branch = node.add(
+                f"[cyan]{res.type}[/] [bold]{escape(res.name)}[/]{_summary(res.type, res.inputs)}"
+            )
             add(branch, key)
 
     add(tree, None)
     outputs = tree.add("[magenta]outputs[/]")
     for key, value in plan.outputs.items():
-        outputs.add(f"{key} = {json.dumps(value)}")
+        outputs.add(escape(f"{key} = {json.dumps(value)}"))
     return tree
 
 
@@ -113,7 +116,7 @@ _SUMMARY_KEYS = (
 
 def _summary(type_token: str, inputs: dict[str, Any]) -> str:
     parts = [f"{k}={json.dumps(inputs[k])}" for k in _SUMMARY_KEYS if k in inputs]
-    return f" [dim]{' '.join(parts)}[/]" if parts else ""
+    return f" [dim]{escape(' '.join(parts))}[/]" if parts else ""
 
 
 def plan(
@@ -128,17 +131,69 @@ def plan(
 ) -> None:
     """Show what `pulumi up` would create for a stack, offline: no Pulumi CLI, no credentials.
 
-    Runs the real Pulumi program (infra/__main__.py) under Pulumi's mocks and prints every resource
-    with its inputs as the program passes them. Secrets print as \\[secret].
+    Runs the real Pulumi program (infra/__main__.py) under Pulumi's mocks, prints every resource with
+    its inputs as the program passes them (secrets print as \\[secret]), then checks the policy pack's
+    rules offline. Exits 1 when a mandatory policy is violated, 2 on a bad stack or settings.
     """
+    from infra.policies.offline import evaluate, mandatory_violations
+
     path = resolve_stack(stack, stack_path)
     result = run_plan(path)
+    policies = evaluate(result)
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2, sort_keys=False))
+        doc = {**result.as_dict(), "policies": [p.as_dict() for p in policies]}
+        typer.echo(json.dumps(doc, indent=2, sort_keys=False))
     else:
         console.print(render_tree(result))
+        for p in policies:
+            colour = "red" if p.level == "mandatory" else "yellow"
+            console.print(f"[{colour}]{p.level}[/] {p.rule} {escape(p.resource)}: {escape(p.message)}")
+        if not policies:
+            console.print("[green]policies: no violations[/]")
+    if mandatory_violations(policies):
+        err_console.print(
+            f"[bold red]error:[/] {len(mandatory_violations(policies))} mandatory policy violation(s); "
+            "fix the stack before deploying"
+        )
+        raise typer.Exit(code=1)
+
+
+def render(
+    stack: Annotated[str | None, typer.Option("--stack", "-s", help="Stack name, e.g. aws-dev.")] = None,
+    stack_path: Annotated[
+        Path | None, typer.Option("--stack-file", help="Render this stack file instead of a named stack.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the YAML files to.")] = Path(
+        "rendered"
+    ),
+) -> None:
+    """Write every Kubernetes object the stack would apply as YAML, validated strictly.
+
+    Runs the program offline (like `plan`), turns each Kubernetes resource into a manifest, and
+    validates it against the schemas of the stack's Kubernetes version (kubernetes-validate, strict:
+    unknown fields and wrong types fail). An invalid object stops the command, naming the object and
+    the field, and nothing is written. Helm releases are listed in helm-releases.yaml.
+    """
+    from infra.render import ManifestError
+    from infra.render import render as render_manifests
+
+    path = resolve_stack(stack, stack_path)
+    result = run_plan(path)
+    try:
+        rendered = render_manifests(result, out)
+    except ManifestError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"wrote {len(rendered.files)} manifests to {out} "
+        f"(Kubernetes {result.settings.cluster.kubernetes_version}, strict schemas) "
+        f"and {len(rendered.helm_releases)} Helm releases to {out / 'helm-releases.yaml'}",
+        highlight=False,
+    )
+    for name in rendered.unchecked:
+        console.print(f"[yellow]not schema-checked (custom resource):[/] {name}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add the infrastructure commands to the main app."""
     app.command("plan")(plan)
+    app.command("render")(render)

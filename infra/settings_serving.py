@@ -1,0 +1,99 @@
+"""Settings of what runs on the cluster (Triton, the gateway, GPU add-ons) and of the public edge.
+
+Part of the one settings layer: `StackSettings` in infra/settings.py holds these blocks.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from infra.settings_base import Settings
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
+_IMAGE_TAG = re.compile(r"^[0-9]{2}\.[0-9]{2}$")
+
+
+def _check_quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError("must be a Kubernetes quantity such as 500m, 2, 512Mi or 16Gi")
+    return value
+
+
+class _Replicas(Settings):
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(default=4, ge=1, le=100)
+    cpu_request: str = "1"
+    cpu_limit: str = "2"
+    memory_request: str = "1Gi"
+    memory_limit: str = "2Gi"
+
+    _quantities = field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")(
+        _check_quantity
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Replicas:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"needs minReplicas <= maxReplicas, got {self.min_replicas} > {self.max_replicas}"
+            )
+        return self
+
+
+class TritonSettings(_Replicas):
+    """The Triton Deployment on the GPU pool."""
+
+    version: str = "25.02"  # NGC release of nvcr.io/nvidia/tritonserver:<version>-py3 our image builds on
+    image: str | None = None  # a prebuilt image to run instead of building docker/triton
+    model_prefix: str = "models"  # `tritonform model upload` writes versions/<id>/ and CURRENT under it
+    gpus_per_replica: int = Field(default=1, ge=1, le=8)
+    cpu_request: str = "2"
+    cpu_limit: str = "4"
+    memory_request: str = "8Gi"
+    memory_limit: str = "12Gi"
+    # Autoscaling on inference load: average in-flight requests per replica that triggers a scale-out.
+    target_inflight_requests: int = Field(default=8, ge=1, le=1024)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not _IMAGE_TAG.match(value):
+            raise ValueError('must be an NGC release such as "25.02"')
+        return value
+
+
+class GatewaySettings(_Replicas):
+    """Our OpenAI-compatible gateway in front of Triton (CPU nodes)."""
+
+    image: str | None = None  # a prebuilt image to run instead of building docker/gateway
+    min_replicas: int = Field(default=2, ge=1, le=100)
+    max_replicas: int = Field(default=6, ge=1, le=100)
+    cpu_request: str = "250m"
+    cpu_limit: str = "1"
+    memory_request: str = "512Mi"
+    memory_limit: str = "1Gi"
+    requests_per_minute: int = Field(default=60, ge=1, le=1_000_000)
+    tokens_per_minute: int = Field(default=20_000, ge=1, le=100_000_000)
+    max_prompt_tokens: int = Field(default=4096, ge=16, le=1_000_000)
+    max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+
+
+class AddonSettings(Settings):
+    """Versions of the cluster add-ons (Helm charts) the stack installs."""
+
+    device_plugin_version: str = "0.17.1"  # NVIDIA k8s-device-plugin chart (clouds whose nodes lack one)
+    cluster_autoscaler_version: str = "9.46.6"  # kubernetes cluster-autoscaler chart (clouds that need it)
+    prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
+    prometheus_adapter_version: str = "4.14.1"  # prometheus-community/prometheus-adapter chart
+
+
+class EdgeSettings(Settings):
+    """The public entry: the cloud's managed API gateway in front of the internal load balancer."""
+
+    rate_limit_per_second: int = Field(default=50, ge=1, le=100_000)
+    burst: int = Field(default=100, ge=1, le=100_000)
+    # Streams longer than this are cut by the edge; the clouds allow up to 15 minutes.
+    stream_timeout_seconds: int = Field(default=600, ge=30, le=900)
+    gateway_node_port: int = Field(default=30080, ge=30000, le=32767)

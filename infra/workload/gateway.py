@@ -1,0 +1,181 @@
+"""The OpenAI-compatible gateway in front of Triton: one implementation for every cloud."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.platform.base import ServiceExposure
+from infra.settings import StackSettings
+from infra.workload.triton import (
+    APP_LABEL,
+    GRPC_PORT,
+    disruption_budget,
+    labels,
+    restricted_security_context,
+    spread,
+)
+
+GATEWAY = "gateway"
+GATEWAY_PORT = 8080
+API_KEYS_SECRET = "gateway-api-keys"
+
+
+@dataclass(frozen=True)
+class GatewayArgs:
+    """Everything the gateway component needs; the same for every cloud."""
+
+    settings: StackSettings
+    namespace: pulumi.Input[str]
+    service_account: pulumi.Input[str]
+    image: pulumi.Input[str]
+    triton_service: pulumi.Input[str]
+    model_name: str
+    api_keys: pulumi.Input[str]  # a Pulumi secret: comma-separated keys
+    exposure: ServiceExposure
+
+
+class Gateway(pulumi.ComponentResource):
+    """Secret with the API keys, Deployment, Service (as the cloud exposes it), PDB and autoscaler."""
+
+    service_name: pulumi.Output[str]
+    port: int = GATEWAY_PORT
+
+    def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("tritonform:workload:Gateway", name, None, opts)
+        g = args.settings.gateway
+        child = pulumi.ResourceOptions(parent=self)
+        secret = k8s.core.v1.Secret(
+            API_KEYS_SECRET,
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=API_KEYS_SECRET, namespace=args.namespace, labels=labels(GATEWAY)
+            ),
+            type="Opaque",
+            string_data={"keys": pulumi.Output.secret(args.api_keys)},
+            opts=child,
+        )
+        triton_url = pulumi.Output.concat(args.triton_service, ":", str(GRPC_PORT))
+        # serving/gateway/settings.py reads TRITONFORM_GATEWAY_<FIELD> and TRITONFORM_API_KEYS.
+        env = [
+            k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_TRITON_GRPC_URL", value=triton_url),
+            k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MODEL_NAME", value=args.model_name),
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_REQUESTS_PER_MINUTE", value=str(g.requests_per_minute)
+            ),
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_TOKENS_PER_MINUTE", value=str(g.tokens_per_minute)
+            ),
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_MAX_PROMPT_TOKENS", value=str(g.max_prompt_tokens)
+            ),
+            k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MAX_TOKENS_CAP", value=str(g.max_tokens)),
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_API_KEYS",
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret.metadata.name, key="keys")
+                ),
+            ),
+        ]
+        container = k8s.core.v1.ContainerArgs(
+            name=GATEWAY,
+            image=args.image,
+            ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=GATEWAY_PORT)],
+            env=env,
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": g.cpu_request, "memory": g.memory_request},
+                limits={"cpu": g.cpu_limit, "memory": g.memory_limit},
+            ),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path="/readyz", port=GATEWAY_PORT), period_seconds=5
+            ),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port=GATEWAY_PORT), period_seconds=10
+            ),
+            security_context=restricted_security_context(user=10001, read_only_root=True),
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
+        )
+        deployment = k8s.apps.v1.Deployment(
+            GATEWAY,
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=GATEWAY, namespace=args.namespace, labels=labels(GATEWAY)
+            ),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=g.min_replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: GATEWAY}),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=labels(GATEWAY),
+                        annotations={
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(GATEWAY_PORT),
+                            "prometheus.io/path": "/metrics",
+                        },
+                    ),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        service_account_name=args.service_account,
+                        automount_service_account_token=False,
+                        topology_spread_constraints=spread(GATEWAY),
+                        # Long generations: give streams time to finish before the pod goes away.
+                        termination_grace_period_seconds=120,
+                        containers=[container],
+                        volumes=[
+                            k8s.core.v1.VolumeArgs(
+                                name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="256Mi")
+                            )
+                        ],
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
+        )
+        exposure = args.exposure
+        service = k8s.core.v1.Service(
+            GATEWAY,
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=GATEWAY,
+                namespace=args.namespace,
+                labels=labels(GATEWAY),
+                annotations=exposure.annotations,
+            ),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type=exposure.type,
+                external_traffic_policy=exposure.external_traffic_policy,
+                selector={APP_LABEL: GATEWAY},
+                ports=[
+                    k8s.core.v1.ServicePortArgs(
+                        name="http", port=80, target_port="http", node_port=exposure.node_port
+                    )
+                ],
+            ),
+            opts=child,
+        )
+        disruption_budget(GATEWAY, args.namespace, child)
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            GATEWAY,
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=GATEWAY, namespace=args.namespace, labels=labels(GATEWAY)
+            ),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=deployment.metadata.name
+                ),
+                min_replicas=g.min_replicas,
+                max_replicas=g.max_replicas,
+                metrics=[
+                    k8s.autoscaling.v2.MetricSpecArgs(
+                        type="Resource",
+                        resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                            name="cpu",
+                            target=k8s.autoscaling.v2.MetricTargetArgs(
+                                type="Utilization", average_utilization=70
+                            ),
+                        ),
+                    )
+                ],
+            ),
+            opts=child,
+        )
+        self.service_name = service.metadata.name
+        self.register_outputs({"service_name": self.service_name})

@@ -1,0 +1,74 @@
+"""Container images: built from docker/triton and docker/gateway and pushed to the stack's registry.
+
+A stack may instead name prebuilt images (`triton.image`, `gateway.image`); then nothing is built.
+The workload runs the digest-pinned reference the build returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+
+from infra.platform.base import ContainerRegistry
+from infra.settings import StackSettings
+from tritonform import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+TRITON_IMAGE, GATEWAY_IMAGE = "tritonform-triton", "tritonform-gateway"
+
+
+@dataclass(frozen=True)
+class Images:
+    triton: pulumi.Input[str]
+    gateway: pulumi.Input[str]
+
+
+def build_images(
+    settings: StackSettings, registry: ContainerRegistry, opts: pulumi.ResourceOptions
+) -> Images:
+    """Build (or take from the settings) both images."""
+    triton_tag = f"{settings.triton.version}-{__version__}"
+    triton = settings.triton.image or _build(
+        settings,
+        registry,
+        TRITON_IMAGE,
+        "docker/triton/Dockerfile",
+        triton_tag,
+        {"TRITON_VERSION": settings.triton.version},
+        opts,
+    )
+    gateway = settings.gateway.image or _build(
+        settings, registry, GATEWAY_IMAGE, "docker/gateway/Dockerfile", __version__, {}, opts
+    )
+    return Images(triton=triton, gateway=gateway)
+
+
+def _build(
+    settings: StackSettings,
+    registry: ContainerRegistry,
+    image: str,
+    dockerfile: str,
+    tag: str,
+    build_args: dict[str, str],
+    opts: pulumi.ResourceOptions,
+) -> pulumi.Output[str]:
+    import pulumi_docker_build as docker_build
+
+    built = docker_build.Image(
+        f"{settings.name}-{image}",
+        tags=[pulumi.Output.concat(registry.repositories[image], ":", tag)],
+        context=docker_build.BuildContextArgs(location=str(ROOT)),
+        dockerfile=docker_build.DockerfileArgs(location=str(ROOT / dockerfile)),
+        build_args=build_args,
+        platforms=[docker_build.Platform.LINUX_AMD64],
+        push=True,
+        registries=[
+            docker_build.RegistryArgs(
+                address=registry.address, username=registry.username, password=registry.password
+            )
+        ],
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[registry])),
+    )
+    return built.ref

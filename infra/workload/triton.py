@@ -1,0 +1,246 @@
+"""Triton Inference Server on the GPU pool: one implementation for every cloud.
+
+The server reads the model repository straight from the stack's bucket (`s3://`, `gs://`, `as://`),
+authenticated by the cloud's workload identity that the platform bound to its service account, so no
+key ever appears in a manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.platform.base import GpuScheduling, ReaderIdentity
+from infra.settings import StackSettings
+
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+APP_LABEL = "app.kubernetes.io/name"
+TRITON = "triton"
+
+
+@dataclass(frozen=True)
+class TritonArgs:
+    """Everything the Triton component needs; the same for every cloud."""
+
+    settings: StackSettings
+    namespace: pulumi.Input[str]
+    service_account: pulumi.Input[str]
+    image: pulumi.Input[str]
+    model_repository: pulumi.Input[str]
+    scheduling: GpuScheduling
+    reader: ReaderIdentity
+
+
+def labels(name: str) -> dict[str, str]:
+    return {APP_LABEL: name, "app.kubernetes.io/part-of": "tritonform"}
+
+
+def restricted_security_context(user: int, read_only_root: bool = False) -> k8s.core.v1.SecurityContextArgs:
+    """Pod Security Standards 'restricted' for one container."""
+    return k8s.core.v1.SecurityContextArgs(
+        run_as_non_root=True,
+        read_only_root_filesystem=read_only_root,
+        run_as_user=user,
+        allow_privilege_escalation=False,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def disruption_budget(
+    name: str, namespace: pulumi.Input[str], opts: pulumi.ResourceOptions
+) -> k8s.policy.v1.PodDisruptionBudget:
+    """At most one pod down at a time for voluntary disruptions (node drains, scale-down)."""
+    return k8s.policy.v1.PodDisruptionBudget(
+        name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels(name)),
+        spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+            max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: name})
+        ),
+        opts=opts,
+    )
+
+
+def spread(name: str) -> list[k8s.core.v1.TopologySpreadConstraintArgs]:
+    """Spread replicas over nodes and zones, preferring but not requiring it (so scale-up never blocks)."""
+    return [
+        k8s.core.v1.TopologySpreadConstraintArgs(
+            max_skew=1,
+            topology_key=key,
+            when_unsatisfiable="ScheduleAnyway",
+            label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: name}),
+        )
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+
+
+class TritonServer(pulumi.ComponentResource):
+    """Deployment, Service, PodDisruptionBudget and load-based autoscaler for Triton."""
+
+    service_name: pulumi.Output[str]
+    grpc_port: int = GRPC_PORT
+
+    def __init__(self, name: str, args: TritonArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("tritonform:workload:TritonServer", name, None, opts)
+        t = args.settings.triton
+        child = pulumi.ResourceOptions(parent=self)
+        gpu = str(t.gpus_per_replica)
+        health = "/v2/health/ready"
+        container = k8s.core.v1.ContainerArgs(
+            name=TRITON,
+            image=args.image,
+            args=pulumi.Output.from_input(args.model_repository).apply(
+                lambda repo: [
+                    "tritonserver",
+                    f"--model-repository={repo}",
+                    f"--http-port={HTTP_PORT}",
+                    f"--grpc-port={GRPC_PORT}",
+                    f"--metrics-port={METRICS_PORT}",
+                    "--strict-readiness=true",
+                    "--exit-on-error=true",
+                    "--log-format=ISO8601",
+                ]
+            ),
+            ports=[
+                k8s.core.v1.ContainerPortArgs(name="http", container_port=HTTP_PORT),
+                k8s.core.v1.ContainerPortArgs(name="grpc", container_port=GRPC_PORT),
+                k8s.core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT),
+            ],
+            env=args.reader.env.apply(
+                lambda env: [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(env.items())]
+            ),
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={
+                    "cpu": t.cpu_request,
+                    "memory": t.memory_request,
+                    args.scheduling.gpu_resource: gpu,
+                },
+                limits={"cpu": t.cpu_limit, "memory": t.memory_limit, args.scheduling.gpu_resource: gpu},
+            ),
+            # Model loading from the bucket can take minutes: the startup probe allows 10, then the
+            # readiness and liveness probes take over.
+            startup_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=health, port=HTTP_PORT),
+                period_seconds=10,
+                failure_threshold=60,
+            ),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=health, port=HTTP_PORT), period_seconds=5
+            ),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path="/v2/health/live", port=HTTP_PORT),
+                period_seconds=10,
+                failure_threshold=3,
+            ),
+            security_context=restricted_security_context(user=1000),
+            volume_mounts=[
+                # The python backend passes tensors through shared memory; the default 64 MB is too small.
+                k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
+                k8s.core.v1.VolumeMountArgs(name="scratch", mount_path="/tmp"),
+            ],
+        )
+        pod_labels = {**labels(TRITON), **args.reader.pod_labels}
+        deployment = k8s.apps.v1.Deployment(
+            TRITON,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=t.min_replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: TRITON}),
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
+                ),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=pod_labels,
+                        annotations={
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(METRICS_PORT),
+                            "prometheus.io/path": "/metrics",
+                        },
+                    ),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        service_account_name=args.service_account,
+                        node_selector=args.scheduling.node_selector,
+                        tolerations=[
+                            k8s.core.v1.TolerationArgs(
+                                key=tol.get("key"),
+                                operator=tol.get("operator"),
+                                effect=tol.get("effect"),
+                                value=tol.get("value"),
+                            )
+                            for tol in args.scheduling.tolerations
+                        ],
+                        topology_spread_constraints=spread(TRITON),
+                        termination_grace_period_seconds=60,
+                        security_context=k8s.core.v1.PodSecurityContextArgs(fs_group=1000),
+                        containers=[container],
+                        volumes=[
+                            k8s.core.v1.VolumeArgs(
+                                name="dshm",
+                                empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                                    medium="Memory", size_limit="1Gi"
+                                ),
+                            ),
+                            k8s.core.v1.VolumeArgs(
+                                name="scratch",
+                                empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="20Gi"),
+                            ),
+                        ],
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
+        )
+        service = k8s.core.v1.Service(
+            TRITON,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector={APP_LABEL: TRITON},
+                ports=[
+                    k8s.core.v1.ServicePortArgs(name="http", port=HTTP_PORT, target_port="http"),
+                    k8s.core.v1.ServicePortArgs(name="grpc", port=GRPC_PORT, target_port="grpc"),
+                    k8s.core.v1.ServicePortArgs(name="metrics", port=METRICS_PORT, target_port="metrics"),
+                ],
+            ),
+            opts=child,
+        )
+        disruption_budget(TRITON, args.namespace, child)
+        # Scale on inference load, not CPU: the gateway exports how many generations are in flight,
+        # and the Prometheus adapter serves it as an external metric (see infra/workload/monitoring.py).
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            TRITON,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=deployment.metadata.name
+                ),
+                min_replicas=t.min_replicas,
+                max_replicas=t.max_replicas,
+                metrics=[
+                    k8s.autoscaling.v2.MetricSpecArgs(
+                        type="External",
+                        external=k8s.autoscaling.v2.ExternalMetricSourceArgs(
+                            metric=k8s.autoscaling.v2.MetricIdentifierArgs(name=INFLIGHT_METRIC),
+                            target=k8s.autoscaling.v2.MetricTargetArgs(
+                                type="AverageValue", average_value=str(t.target_inflight_requests)
+                            ),
+                        ),
+                    )
+                ],
+                behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
+                    # GPU nodes take minutes to arrive; scale down slowly so a lull does not thrash them.
+                    scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(stabilization_window_seconds=600)
+                ),
+            ),
+            opts=child,
+        )
+        self.service_name = service.metadata.name
+        self.register_outputs({"service_name": self.service_name})
+
+
+# The gateway's gauge of generations in flight, summed over gateway pods (external metric).
+INFLIGHT_METRIC = "tritonform_gateway_generations_in_flight"  # serving/gateway/observability.py

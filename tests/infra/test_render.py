@@ -1,0 +1,90 @@
+"""`tritonform render`: every Kubernetes object as YAML, strictly valid for the stack's Kubernetes version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from infra.offline import Plan
+from infra.render import ManifestError, api_version_kind, render
+from tritonform.cli import app
+
+from .conftest import STACK_FILES
+
+runner = CliRunner()
+
+
+def test_type_tokens_map_to_api_versions() -> None:
+    assert api_version_kind("kubernetes:apps/v1:Deployment") == ("apps/v1", "Deployment")
+    assert api_version_kind("kubernetes:core/v1:Service") == ("v1", "Service")
+    assert api_version_kind("kubernetes:networking.k8s.io/v1:NetworkPolicy") == (
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+    )
+
+
+@pytest.mark.parametrize("path", STACK_FILES, ids=lambda p: p.name)
+def test_every_stack_renders_strictly_valid_manifests(path: Path, tmp_path: Path) -> None:
+    stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    out = tmp_path / "manifests"
+    result = runner.invoke(app, ["render", "--stack", stack, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("0*.yaml"))]
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Secret",
+        "ServiceAccount",
+    } <= kinds
+    assert docs[0]["kind"] == "Namespace"
+    assert yaml.safe_load((out / "helm-releases.yaml").read_text())
+
+
+def test_an_invalid_object_names_the_object_and_field(plan_of: Callable[[str], Plan], tmp_path: Path) -> None:
+    plan = plan_of("aws-dev")
+    broken = []
+    for res in plan.resources:
+        if res.type == "kubernetes:core/v1:Service" and res.inputs["metadata"]["name"] == "triton":
+            spec = {**res.inputs["spec"], "ports": [{"name": "http", "port": "eighty"}]}
+            res = replace(res, inputs={**res.inputs, "spec": spec})
+        broken.append(res)
+    with pytest.raises(ManifestError, match=r"Service tritonform/triton: field spec.ports.0.port"):
+        render(replace(plan, resources=broken), tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing is written when an object is invalid"
+
+
+def test_unknown_fields_fail_strict_validation(plan_of: Callable[[str], Plan], tmp_path: Path) -> None:
+    plan = plan_of("aws-dev")
+    broken = [
+        replace(r, inputs={**r.inputs, "spec": {**r.inputs["spec"], "replicaz": 3}})
+        if r.type == "kubernetes:apps/v1:Deployment"
+        else r
+        for r in plan.resources
+    ]
+    with pytest.raises(ManifestError, match="replicaz"):
+        render(replace(plan, resources=broken), tmp_path / "out")
+
+
+def test_render_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    result = runner.invoke(app, ["render", "--stack", "aws-dev", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "is not an earlier render" in result.output
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_render_replaces_its_own_earlier_output(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert runner.invoke(app, ["render", "--stack", "aws-dev", "--out", str(out)]).exit_code == 0
+    (out / "stale.yaml").write_text("old")
+    assert runner.invoke(app, ["render", "--stack", "aws-dev", "--out", str(out)]).exit_code == 0
+    assert not (out / "stale.yaml").exists()

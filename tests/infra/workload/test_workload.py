@@ -1,0 +1,185 @@
+"""The Kubernetes workload, through the real program: the same objects on every cloud, safe by default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from infra.offline import Plan, PlannedResource
+
+PlanOf = Callable[[str], Plan]
+DEV_STACKS = ["aws-dev", "gcp-dev", "azure-dev"]
+
+
+def _k8s(plan: Plan, kind: str, name: str) -> dict[str, Any]:
+    found = [
+        r
+        for r in plan.resources
+        if r.type.endswith(f":{kind}")
+        and r.type.startswith("kubernetes:")
+        and (r.inputs.get("metadata") or {}).get("name") == name
+    ]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0].inputs
+
+
+def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(deployment["spec"]["template"]["spec"]["containers"])
+
+
+@pytest.fixture(params=DEV_STACKS)
+def plan(request: pytest.FixtureRequest, plan_of: PlanOf) -> Plan:
+    return plan_of(request.param)
+
+
+def test_same_workload_objects_on_every_cloud(plan_of: PlanOf) -> None:
+    def shape(p: Plan) -> set[tuple[str, str]]:
+        return {
+            (r.type, (r.inputs.get("metadata") or {}).get("name", r.name))
+            for r in p.resources
+            if r.type.startswith("kubernetes:") and r.parent and "workload" in r.parent
+        }
+
+    shapes = [shape(plan_of(s)) for s in DEV_STACKS]
+    assert shapes[0] and shapes[0] == shapes[1] == shapes[2]
+
+
+def test_triton_reads_the_stack_bucket_and_lands_on_the_gpu_pool(plan: Plan) -> None:
+    deployment = _k8s(plan, "Deployment", "triton")
+    pod = deployment["spec"]["template"]["spec"]
+    (triton,) = _containers(deployment)
+    repo = f"--model-repository={plan.outputs['bucket_uri']}/{plan.settings.triton.model_prefix}"
+    assert repo in triton["args"]
+    assert pod["nodeSelector"] == plan.outputs["gpu_node_selector"]
+    for toleration in plan.outputs["gpu_tolerations"]:
+        assert toleration in pod["tolerations"]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert triton["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert pod["serviceAccountName"] == plan.settings.workload.triton_service_account
+
+
+def test_triton_probes_ports_shm_and_spread(plan: Plan) -> None:
+    deployment = _k8s(plan, "Deployment", "triton")
+    pod = deployment["spec"]["template"]["spec"]
+    (triton,) = _containers(deployment)
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
+    assert {"mountPath": "/dev/shm", "name": "dshm"} in triton["volumeMounts"]
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    assert triton["securityContext"]["runAsNonRoot"] is True
+    assert triton["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_triton_service_account_carries_the_cloud_identity(plan: Plan) -> None:
+    account = _k8s(plan, "ServiceAccount", plan.settings.workload.triton_service_account)
+    annotations = account["metadata"].get("annotations") or {}
+    assert annotations, "the Triton service account must be bound to the cloud's reader identity"
+    assert all(v not in ("", "[unknown]") for v in annotations.values())
+
+
+def test_every_container_has_requests_and_limits(plan: Plan) -> None:
+    for name in ("triton", "gateway"):
+        for container in _containers(_k8s(plan, "Deployment", name)):
+            for section in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][section]), (name, section)
+
+
+def test_gateway_api_keys_come_from_a_secret_never_a_literal(plan: Plan) -> None:
+    (gateway,) = _containers(_k8s(plan, "Deployment", "gateway"))
+    keys = [e for e in gateway["env"] if e["name"] == "TRITONFORM_API_KEYS"]
+    assert len(keys) == 1 and "value" not in keys[0]
+    assert keys[0]["valueFrom"]["secretKeyRef"] == {"name": "gateway-api-keys", "key": "keys"}
+    secret = _k8s(plan, "Secret", "gateway-api-keys")
+    assert secret["stringData"] == "[secret]"
+    assert plan.outputs["api_key"] == "[secret]"
+
+
+def test_gateway_reaches_triton_over_grpc_and_has_probes(plan: Plan) -> None:
+    (gateway,) = _containers(_k8s(plan, "Deployment", "gateway"))
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["TRITONFORM_GATEWAY_TRITON_GRPC_URL"] == "triton:8001"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_gateway_service_is_never_a_public_load_balancer(plan: Plan) -> None:
+    service = _k8s(plan, "Service", "gateway")
+    spec_type = service["spec"]["type"]
+    annotations = service["metadata"].get("annotations") or {}
+    if spec_type == "LoadBalancer":
+        assert any("internal" in k or "internal" in str(v).lower() for k, v in annotations.items())
+    assert _k8s(plan, "Service", "triton")["spec"]["type"] == "ClusterIP"
+
+
+def test_both_deployments_have_disruption_budgets_and_autoscalers(plan: Plan) -> None:
+    for name in ("triton", "gateway"):
+        pdb = _k8s(plan, "PodDisruptionBudget", name)
+        assert pdb["spec"]["maxUnavailable"] == 1
+        hpa = _k8s(plan, "HorizontalPodAutoscaler", name)
+        block = getattr(plan.settings, name)
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+            block.min_replicas,
+            block.max_replicas,
+        )
+
+
+def test_triton_scales_on_inference_load_not_cpu(plan: Plan) -> None:
+    metrics = _k8s(plan, "HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["External"]
+    assert metrics[0]["external"]["metric"]["name"] == "tritonform_gateway_generations_in_flight"
+    assert metrics[0]["external"]["target"]["averageValue"] == str(
+        plan.settings.triton.target_inflight_requests
+    )
+    adapter = [
+        r
+        for r in plan.resources
+        if r.type == "kubernetes:helm.sh/v3:Release" and r.inputs.get("name") == "prometheus-adapter"
+    ]
+    assert "tritonform_gateway_generations_in_flight" in str(adapter[0].inputs["values"])
+
+
+def test_network_policies_default_deny_and_only_gateway_reaches_triton(plan: Plan) -> None:
+    deny = _k8s(plan, "NetworkPolicy", "default-deny-ingress")["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    to_triton = _k8s(plan, "NetworkPolicy", "triton-from-gateway")["spec"]["ingress"]
+    peers = [peer for rule in to_triton for peer in rule["from"]]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}} in peers
+    assert all("ipBlock" not in peer for peer in peers)
+
+
+def test_pods_are_scraped_by_prometheus(plan: Plan) -> None:
+    for name, port in (("triton", "8002"), ("gateway", "8080")):
+        annotations = _k8s(plan, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
+
+
+def test_images_are_built_from_our_dockerfiles_and_pinned_by_digest(plan: Plan) -> None:
+    builds: list[PlannedResource] = plan.of_type("docker-build:index:Image")
+    dockerfiles = sorted(b.inputs["dockerfile"]["location"].rsplit("/", 2)[-2] for b in builds)
+    assert dockerfiles == ["gateway", "triton"]
+    assert all(b.inputs["push"] is True for b in builds)
+    for name in ("triton", "gateway"):
+        (container,) = _containers(_k8s(plan, "Deployment", name))
+        assert "@sha256:" in container["image"]
+
+
+def test_endpoint_url_is_https(plan: Plan) -> None:
+    assert plan.outputs["endpoint_url"].startswith("https://")
+    assert plan.outputs["openai_base_url"] == plan.outputs["endpoint_url"] + "/v1"
+
+
+def test_gateway_service_keeps_the_source_address_where_the_cloud_asks(plan: Plan) -> None:
+    from infra.platform import platform_class
+
+    exposure = platform_class(plan.cloud)(plan.settings).gateway_exposure()
+    spec = _k8s(plan, "Service", "gateway")["spec"]
+    assert spec.get("externalTrafficPolicy") == exposure.external_traffic_policy
+    assert spec["type"] == exposure.type
