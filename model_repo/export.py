@@ -1,0 +1,311 @@
+"""ONNX export with a KV cache, then onnxruntime graph optimisation (fp32 output).
+
+Why `torch.onnx.export(dynamo=True)` and not optimum-onnx: optimum-onnx 0.1 needs transformers<4.58, while
+the kit runs transformers 5.x (pinned in pyproject, also needed for GGUF loading of current models).
+Exporting our own thin wrapper also fixes the graph's interface to exactly what `model_repo.engine`
+expects (see its module docstring), for every supported family, with no extra dependency but onnxscript
+(which the dynamo exporter itself requires).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_repo.checkpoint import CheckpointError, inspect_checkpoint
+from model_repo.engine import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
+
+OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """Export or optimisation failed; the message says which step."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_dir: Path
+    metadata: GenerationMetadata
+    export_seconds: float
+    optimize_seconds: float
+    fusions: dict[str, int]
+
+
+def load_torch_model(checkpoint: Path) -> tuple[Any, Any]:
+    """(model in fp32 eval mode, transformers tokenizer) from a local checkpoint, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(checkpoint), dtype="float32", attn_implementation="eager"
+    ).eval()
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    return model, tok
+
+
+def generation_metadata(model: Any, tok: Any, quantization: str = "none") -> GenerationMetadata:
+    cfg = model.config
+    heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)))
+    hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    layers = int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0)))
+    max_ctx = int(getattr(cfg, "max_position_embeddings", getattr(cfg, "n_positions", 2048)))
+    eos: list[int] = []
+    for src in (getattr(model, "generation_config", None), cfg):
+        val = getattr(src, "eos_token_id", None) if src is not None else None
+        for e in val if isinstance(val, list) else [val]:
+            if e is not None and int(e) not in eos:
+                eos.append(int(e))
+    if tok.eos_token_id is not None and tok.eos_token_id not in eos:
+        eos.append(int(tok.eos_token_id))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
+    return GenerationMetadata(
+        architecture=str(cfg.model_type),
+        num_layers=layers,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=int(cfg.vocab_size),
+        max_context=max_ctx,
+        eos_token_ids=tuple(eos),
+        pad_token_id=int(pad),
+        bos_token_id=None if tok.bos_token_id is None else int(tok.bos_token_id),
+        chat_template=getattr(tok, "chat_template", None),
+        bos_token=tok.bos_token,
+        eos_token=tok.eos_token,
+        quantization=quantization,
+    )
+
+
+def cache_argument(model: Any) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` (the old name is deprecated)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _wrapper(model: Any, num_layers: int) -> Any:
+    import torch
+    from transformers import DynamicCache
+
+    cache_kw = cache_argument(model)
+
+    class KVCacheLM(torch.nn.Module):
+        """Flat tensors in and out, so the ONNX graph has one named input/output per cache tensor."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *past: Any) -> Any:
+            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(num_layers)])
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{cache_kw: cache},
+            )
+            flat = []
+            for layer in output_cache(out).layers:
+                flat.extend([layer.keys, layer.values])
+            return (out.logits, *flat)
+
+    return KVCacheLM().eval()
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    optimize: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export `checkpoint` to `out_dir/model.onnx` (+ external data), write tokenizer.json and
+    generation.json, and optimise the graph with onnxruntime. fp32 throughout."""
+    import torch
+
+    say = progress or (lambda _m: None)
+    info = inspect_checkpoint(checkpoint)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = load_torch_model(info.path)
+    _untie_output_projection(model)
+    meta = generation_metadata(model, tok)
+    n = meta.num_layers
+    wrapper = _wrapper(model, n)
+
+    # Example sizes avoid 0 and 1, which torch.export would specialise on.
+    b, s, p = 2, 3, 4
+    kv = (b, meta.num_kv_heads, p, meta.head_dim)
+    args = (
+        torch.randint(0, meta.vocab_size, (b, s)),
+        torch.ones((b, p + s), dtype=torch.int64),
+        torch.arange(p, p + s).repeat(b, 1),
+        *[torch.randn(kv) for _ in range(2 * n)],
+    )
+    past_names = [f"past_key_values.{i}.{kind}" for i in range(n) for kind in ("key", "value")]
+    present_names = [f"present.{i}.{kind}" for i in range(n) for kind in ("key", "value")]
+    dyn = torch.export.Dim.DYNAMIC
+    dynamic_shapes = (
+        {0: dyn, 1: dyn},
+        {0: dyn, 1: dyn},
+        {0: dyn, 1: dyn},
+        # `*past` reaches torch.export as one tuple argument.
+        tuple({0: dyn, 2: dyn} for _ in range(2 * n)),
+    )
+    raw = out / "raw"
+    raw.mkdir(exist_ok=True)
+    say(f"exporting {info.model_type} ({n} layers) to ONNX")
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+                output_names=["logits", *present_names],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=OPSET,
+                optimize=True,
+                verbose=False,
+            )
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        program.save(str(raw / ONNX_FILE), external_data=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # the exporter raises many types; name the step
+        raise ExportError(f"ONNX export of {info.path} failed: {type(exc).__name__}: {exc}") from exc
+    export_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    fusions: dict[str, int] = {}
+    if optimize:
+        say("fusing transformer patterns (RMSNorm, attention) for onnxruntime")
+        fused = raw / "fused.onnx"
+        say("optimising the ONNX graph with onnxruntime")
+        try:
+            fusions = fuse_for_onnxruntime(raw / ONNX_FILE, fused, meta.max_context)
+            optimize_graph(fused, out / ONNX_FILE)
+        except Exception as exc:  # a fusion pattern that does not fit this model: keep the plain graph
+            say(f"transformer fusions skipped ({type(exc).__name__}); optimising the plain graph")
+            fusions = {}
+            optimize_graph(raw / ONNX_FILE, out / ONNX_FILE)
+    else:
+        _move_model(raw / ONNX_FILE, out / ONNX_FILE)
+    shutil.rmtree(raw, ignore_errors=True)
+    optimize_s = time.perf_counter() - t1
+
+    tok.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+    meta.save(out)
+    return ExportResult(out, meta, export_s, optimize_s, fusions)
+
+
+def _untie_output_projection(model: Any) -> None:
+    """Give lm_head its own copy of a tied embedding matrix.
+
+    Tied, the exporter emits MatMul(x, Transpose(embedding)) because the matrix is shared with the
+    embedding Gather; the later fusion turns that into a FusedMatMul that weight-only quantisation
+    skips, leaving the largest matmul in fp32. Untied, it is a plain MatMul with a constant weight.
+    """
+    import torch
+
+    head = getattr(model, "lm_head", None)
+    emb = model.get_input_embeddings()
+    if head is not None and emb is not None and head.weight.data_ptr() == emb.weight.data_ptr():
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
+
+
+def fuse_for_onnxruntime(src: Path, dst: Path, max_positions: int) -> dict[str, int]:
+    """onnxscript's onnxruntime fusions for dynamo-exported transformers: RMSNorm and skip-RMSNorm to
+    (Skip)SimplifiedLayerNormalization, rotary embedding to RotaryEmbedding with a cos/sin cache,
+    scaled-dot-product attention to MultiHeadAttention. Returns the count of each fusion applied.
+
+    GroupQueryAttention fusion is switched off: that op expects right-padded past keys, while the
+    engine's continuous batching left-pads; MultiHeadAttention takes the mask as is.
+    """
+    from unittest import mock
+
+    import onnx_ir as ir
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter import _fusion_utils, pattern
+    from onnxscript.rewriter.ort_fusions import _core, optimize_for_ort
+    from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
+
+    from model_repo.rope_fusion import MulFreqsCosSinCache
+
+    model = ir.load(str(src))
+    optimize(model)
+    counts = {"rotary_embedding": int(fuse_rotary_embedding(model))}
+    rule = MulFreqsCosSinCache.rule(
+        "CosSinCache_mul", cast=False, const_freqs=False, max_pos_id=max_positions - 1
+    )
+    counts["cos_sin_cache_mul"] = int(_fusion_utils.apply_fusion_rules(pattern.RewriteRuleSet([rule]))(model))
+    with mock.patch.object(_core, "fuse_gqa", lambda *_a, **_k: 0):
+        model, more = optimize_for_ort(model)
+    counts.update({k: int(v) for k, v in more.items() if v})
+    ir.save(model, str(dst), external_data=dst.name + ".data")
+    return {k: v for k, v in counts.items() if v}
+
+
+def _move_model(src: Path, dst: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(src))
+    save_onnx(model, dst)
+
+
+def save_onnx(model: Any, dst: Path) -> None:
+    """Save with all weights in one external data file next to the graph (`model.onnx.data`)."""
+    import onnx
+
+    data = dst.name + ".data"
+    for stale in (dst, dst.parent / data):
+        stale.unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(dst),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data,
+        size_threshold=1024,
+    )
+
+
+def optimize_graph(src: Path, dst: Path) -> None:
+    """Hardware-independent onnxruntime graph optimisations (constant folding, fusions such as
+    SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, Gelu), written to `dst`.
+
+    ORT_ENABLE_EXTENDED is the highest level that stays portable between CPU and GPU providers;
+    the engine still applies the provider-specific layout optimisations when it opens the model.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    tmp = dst.with_name(dst.name + ".ortopt.onnx")
+    opts.optimized_model_filepath = str(tmp)
+    opts.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", tmp.name + ".data"
+    )
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"onnxruntime could not optimise {src}: {exc}") from exc
+    _move_model(tmp, dst)
+    tmp.unlink(missing_ok=True)
+    (tmp.parent / (tmp.name + ".data")).unlink(missing_ok=True)

@@ -1,0 +1,141 @@
+"""Weight-only quantisation of an exported model directory: none | int8 | int4.
+
+Chosen for quality: onnxruntime's default dynamic QInt8 (`quantize_dynamic`) quantises activations too and
+drops SmolLM2-135M's next-token agreement with fp32 to ~66%, so it is not offered. Instead every MatMul with
+a constant weight becomes a `MatMulNBits` (block-wise, weights only, activations stay float):
+
+- int8: 8-bit symmetric, block 16, accuracy_level 4 (int8 compute in the CPU kernel). On SmolLM2 block 32
+  kept 95.9% agreement on held-out text but only 91.7% while generating (the gate checks both); block 16
+  keeps 96.2% / 96.9% at about 0.9x block 32's speed.
+- int4: 4-bit asymmetric, block 32, accuracy_level 4; the output projection (lm_head, the MatMul
+  producing `logits`) is kept at 8 bits because it decides the next token directly and 4 bits there
+  cost the most agreement for little speed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from model_repo.engine import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
+from model_repo.export import save_onnx
+
+METHODS = ("none", "int8", "int4")
+
+
+class QuantizeError(RuntimeError):
+    """Quantisation failed or was asked for something unsupported."""
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    method: str
+    bits: int | None
+    block_size: int | None
+    symmetric: bool | None
+    accuracy_level: int | None
+    lm_head_bits: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+SETTINGS: dict[str, QuantSettings] = {
+    "none": QuantSettings("none", None, None, None, None, None),
+    "int8": QuantSettings("int8", 8, 16, True, 4, 8),
+    "int4": QuantSettings("int4", 4, 32, False, 4, 8),
+}
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    model_dir: Path
+    settings: QuantSettings
+    quantized_matmuls: int
+    seconds: float
+
+
+def _logits_matmul(model: Any) -> str | None:
+    """Name of the MatMul that produces the graph output `logits` (through at most a few nodes)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    frontier, seen = ["logits"], set()
+    for _ in range(6):
+        nxt = []
+        for name in frontier:
+            node = producers.get(name)
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type == "MatMul":
+                return str(node.name)
+            nxt.extend(node.input)
+        frontier = nxt
+    return None
+
+
+def _matmul_nbits(model: Any, bits: int, s: QuantSettings, only: str | None = None) -> Any:
+    """Quantise MatMuls with constant weights to `bits`; with `only`, just that node."""
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # The quantizer logs one INFO line per node, which would drown the progress display.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    q = MatMulNBitsQuantizer(
+        model,
+        bits=bits,
+        block_size=s.block_size or 32,
+        is_symmetric=bool(s.symmetric),
+        accuracy_level=s.accuracy_level,
+        # nodes_to_include only adds to op_types_to_quantize, so restrict by excluding the others.
+        nodes_to_exclude=[n.name for n in model.graph.node if only is not None and n.name != only],
+        op_types_to_quantize=("MatMul",),
+    )
+    q.process()
+    return q.model.model
+
+
+def quantize_model(
+    src_dir: str | Path,
+    dst_dir: str | Path,
+    method: str,
+    progress: Callable[[str], None] | None = None,
+) -> QuantizeResult:
+    """Write a quantised copy of the model directory `src_dir` (from `export_onnx`) to `dst_dir`."""
+    import onnx
+
+    if method not in METHODS:
+        raise QuantizeError(f"unknown quantisation {method!r}; choose one of {', '.join(METHODS)}")
+    say = progress or (lambda _m: None)
+    src, dst = Path(src_dir), Path(dst_dir)
+    settings = SETTINGS[method]
+    dst.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    meta = GenerationMetadata.load(src)
+    count = 0
+    if method == "none":
+        for name in (ONNX_FILE, ONNX_FILE + ".data"):
+            if (src / name).exists():
+                shutil.copy2(src / name, dst / name)
+    else:
+        model = onnx.load(str(src / ONNX_FILE))
+        before = sum(1 for n in model.graph.node if n.op_type == "MatMul")
+        head = _logits_matmul(model)
+        bits = settings.bits or 8
+        if head is not None and settings.lm_head_bits and settings.lm_head_bits != bits:
+            say(f"quantising the output projection to {settings.lm_head_bits} bits")
+            model = _matmul_nbits(model, settings.lm_head_bits, settings, only=head)
+        say(f"quantising weights to {bits} bits (MatMulNBits, block {settings.block_size})")
+        model = _matmul_nbits(model, bits, settings)
+        after = sum(1 for n in model.graph.node if n.op_type == "MatMul")
+        count = before - after
+        if count == 0:
+            raise QuantizeError("no MatMul with a constant weight was found to quantise")
+        save_onnx(model, dst / ONNX_FILE)
+    shutil.copy2(src / TOKENIZER_FILE, dst / TOKENIZER_FILE)
+    replace(meta, quantization=method).save(dst)
+    return QuantizeResult(dst, settings, count, time.perf_counter() - t0)

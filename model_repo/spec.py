@@ -1,0 +1,293 @@
+"""One typed spec for every Triton `config.pbtxt` tritonform writes, and the strict renderer.
+
+`GenerationSpec` is what a user chooses (model name, batch size, limits, execution providers).
+From it, `python_model_config` (ONNX backend) and the TensorRT-LLM builders in
+`model_repo.tensorrt_llm` derive `ModelConfig` values, and `render_model_config` turns a
+`ModelConfig` into text with the Jinja2 templates in `model_repo/templates/`.
+
+Rendering is strict: a placeholder without a value, or a value without a placeholder, is an
+error (`TemplateError`); templates are read-only inputs and never edited in place. Every rendered
+config is parsed back with Triton's own protobuf schema (`tritonclient.grpc.model_config_pb2`)
+so a typo in a field name fails here and not at server load.
+
+Request/response tensors (`GENERATION_INPUTS` / `GENERATION_OUTPUTS`) follow the TensorRT-LLM
+`ensemble` model, so one client or gateway talks to either backend:
+
+  text_input  BYTES [1]   prompt                     max_tokens  INT32 [1]   new-token budget
+  temperature FP32  [1]   optional (0 = greedy)      top_p       FP32  [1]   optional
+  top_k       INT32 [1]   optional (0 = off)         random_seed UINT64 [1]  optional (TRT-LLM's name
+  stop_words  BYTES [-1]  optional stop strings                              for a seed)
+  stream      BOOL  [1]   optional (false: one final response)
+  -> text_output BYTES [-1]
+     completion_tokens INT32 [1]  tokens generated for THIS response (sum them over a stream; a
+                                  non-streaming answer carries the total). From TRT-LLM's
+                                  `sequence_length`, so both backends mean the same thing.
+     prompt_tokens INT32 [1]      ONNX backend only: a decoupled TRT-LLM ensemble cannot return a
+                                  tensor that does not come through the engine (Triton rejects it at
+                                  load), so with TRT-LLM count prompt tokens with the `preprocessing`
+                                  model (REQUEST_INPUT_LEN) or the tokenizer.
+
+With `max_batch_size > 0` every tensor gets a leading batch dimension, so a request carries
+`text_input` of shape [1, 1], exactly as for TensorRT-LLM.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_TENSOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class TemplateError(ValueError):
+    """A template and the values given to it do not match (missing or unused placeholder)."""
+
+
+class SpecError(ValueError):
+    """A spec value is out of range; the message names the field."""
+
+
+class DataType(enum.StrEnum):
+    """Triton data types we use (`TYPE_STRING` is BYTES on the wire)."""
+
+    STRING = "TYPE_STRING"
+    BOOL = "TYPE_BOOL"
+    INT32 = "TYPE_INT32"
+    INT64 = "TYPE_INT64"
+    UINT64 = "TYPE_UINT64"
+    FP32 = "TYPE_FP32"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor of a model (dims exclude the batch dimension)."""
+
+    name: str
+    data_type: DataType
+    dims: tuple[int, ...]
+    optional: bool = False
+    reshape: tuple[int, ...] | None = None  # e.g. () to drop a [1] dim for the TRT-LLM backend
+    ragged: bool = False  # allow_ragged_batch (TRT-LLM input_ids, stop_words_list)
+
+    def __post_init__(self) -> None:
+        if not _TENSOR_NAME.match(self.name):
+            raise SpecError(f"tensor name {self.name!r}: use letters, digits and '_'")
+        if not self.dims or any(d == 0 or d < -1 for d in self.dims):
+            raise SpecError(f"tensor {self.name}: dims {self.dims} must be positive or -1")
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """`instance_group` entry: how many model instances, on CPU or GPU."""
+
+    kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_CPU"
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble: model name and tensor maps (step tensor -> ensemble tensor)."""
+
+    model_name: str
+    input_map: tuple[tuple[str, str], ...]
+    output_map: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything a `config.pbtxt` says. Exactly one of `backend` / `platform` is set."""
+
+    name: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    backend: str | None = None
+    platform: str | None = None
+    decoupled: bool = False
+    instance_groups: tuple[InstanceGroup, ...] = ()
+    parameters: tuple[tuple[str, str], ...] = ()
+    ensemble_steps: tuple[EnsembleStep, ...] = ()
+    dynamic_batching: bool = False
+
+    def __post_init__(self) -> None:
+        if not _MODEL_NAME.match(self.name):
+            raise SpecError(f"model name {self.name!r}: 1-63 letters, digits, '_', '.', '-'")
+        if (self.backend is None) == (self.platform is None):
+            raise SpecError(f"model {self.name}: set exactly one of backend / platform")
+        if self.max_batch_size < 0:
+            raise SpecError(f"model {self.name}: max_batch_size must be >= 0")
+        names = [t.name for t in (*self.inputs, *self.outputs)]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SpecError(f"model {self.name}: duplicate tensor names {duplicates}")
+        if self.platform == "ensemble" and not self.ensemble_steps:
+            raise SpecError(f"model {self.name}: an ensemble needs at least one step")
+
+
+# --- the generation interface (TensorRT-LLM ensemble compatible) -----------------------------
+
+GENERATION_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("text_input", DataType.STRING, (1,)),
+    TensorSpec("max_tokens", DataType.INT32, (1,)),
+    TensorSpec("temperature", DataType.FP32, (1,), optional=True),
+    TensorSpec("top_p", DataType.FP32, (1,), optional=True),
+    TensorSpec("top_k", DataType.INT32, (1,), optional=True),
+    TensorSpec("random_seed", DataType.UINT64, (1,), optional=True),
+    TensorSpec("stop_words", DataType.STRING, (-1,), optional=True),
+    TensorSpec("stream", DataType.BOOL, (1,), optional=True),
+)
+GENERATION_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("text_output", DataType.STRING, (-1,)),
+    TensorSpec("prompt_tokens", DataType.INT32, (1,)),
+    TensorSpec("completion_tokens", DataType.INT32, (1,)),
+)
+# what the TensorRT-LLM ensemble can return (see the module docs about prompt_tokens)
+ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = tuple(t for t in GENERATION_OUTPUTS if t.name != "prompt_tokens")
+
+ExecutionProvider = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What the user chooses for the served generation model; every config derives from this.
+
+    `max_batch_size` is the number of sequences decoded together (continuous batching in the
+    python backend, in-flight batching in TensorRT-LLM). `execution_provider="auto"` uses
+    TensorRT/CUDA when onnxruntime in the container offers them, else CPU.
+    """
+
+    model_name: str = "llm"
+    max_batch_size: int = 8
+    max_tokens_limit: int = 2048
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
+    instance_count: int = 1
+    execution_provider: ExecutionProvider = "auto"
+    intra_op_threads: int = 0  # 0: onnxruntime decides
+    # Busy-waiting ORT threads steal the cores Triton's server process needs to forward each response:
+    # measured here, 8 Triton streams ran ~1.5-2x faster with spinning off.
+    allow_spinning: bool = False
+    engine_subdir: str = "engine"  # artefacts, relative to the model version directory
+    extra_parameters: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not _MODEL_NAME.match(self.model_name):
+            raise SpecError(f"model_name {self.model_name!r}: 1-63 letters, digits, '_', '.', '-'")
+        checks = {
+            "max_batch_size": (self.max_batch_size, 1, 256),
+            "max_tokens_limit": (self.max_tokens_limit, 1, 1 << 20),
+            "instance_count": (self.instance_count, 1, 64),
+            "intra_op_threads": (self.intra_op_threads, 0, 1024),
+        }
+        for name, (value, low, high) in checks.items():
+            if not low <= value <= high:
+                raise SpecError(f"{name}={value}: must be between {low} and {high}")
+        if "/" in self.engine_subdir or self.engine_subdir in ("", ".", ".."):
+            raise SpecError(f"engine_subdir {self.engine_subdir!r}: one plain directory name")
+
+    def parameters(self) -> tuple[tuple[str, str], ...]:
+        """The `parameters` block the python model reads in `initialize`."""
+        own = (
+            ("max_active_sequences", str(self.max_batch_size)),
+            ("max_tokens_limit", str(self.max_tokens_limit)),
+            ("execution_provider", self.execution_provider),
+            ("intra_op_threads", str(self.intra_op_threads)),
+            ("allow_spinning", "true" if self.allow_spinning else "false"),
+            ("engine_subdir", self.engine_subdir),
+        )
+        clash = {k for k, _ in own} & {k for k, _ in self.extra_parameters}
+        if clash:
+            raise SpecError(f"extra_parameters may not override {sorted(clash)}")
+        return own + self.extra_parameters
+
+
+def python_model_config(spec: GenerationSpec) -> ModelConfig:
+    """The decoupled python-backend generation model (ONNX Runtime inside)."""
+    return ModelConfig(
+        name=spec.model_name,
+        backend="python",
+        max_batch_size=spec.max_batch_size,
+        inputs=GENERATION_INPUTS,
+        outputs=GENERATION_OUTPUTS,
+        decoupled=True,
+        instance_groups=(InstanceGroup(spec.instance_kind, spec.instance_count),),
+        parameters=spec.parameters(),
+    )
+
+
+# --- strict rendering ------------------------------------------------------------------------
+
+
+@cache
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = pbtxt_string
+    return env
+
+
+def pbtxt_string(value: object) -> str:
+    """A protobuf text-format string literal (quotes and backslashes escaped, one line only)."""
+    text = str(value)
+    if any(ch in text for ch in "\n\r\0"):
+        raise TemplateError(f"value {text!r} may not contain line breaks or NUL")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_template(template_name: str, values: Mapping[str, Any]) -> str:
+    """Render `templates/<template_name>`; missing or unused values raise `TemplateError`."""
+    import jinja2
+    from jinja2 import meta
+
+    env = _environment()
+    try:
+        source = (TEMPLATE_DIR / template_name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TemplateError(f"no template {template_name!r} in {TEMPLATE_DIR}") from None
+    wanted = meta.find_undeclared_variables(env.parse(source))
+    missing, unused = sorted(wanted - set(values)), sorted(set(values) - wanted)
+    if missing or unused:
+        raise TemplateError(f"{template_name}: missing values {missing}, unused values {unused}")
+    try:
+        text = env.get_template(template_name).render(**values)
+    except jinja2.UndefinedError as exc:  # e.g. an attribute the value does not have
+        raise TemplateError(f"{template_name}: {exc}") from None
+    leftover = re.search(r"\$\{[^}]*\}|\{\{|\{%", text)
+    if leftover:
+        raise TemplateError(f"{template_name}: unrendered placeholder {leftover.group(0)!r}")
+    return text
+
+
+def render_model_config(config: ModelConfig) -> str:
+    """`config.pbtxt` text for `config`, checked against Triton's ModelConfig protobuf."""
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    text = render_template("config.pbtxt.j2", values)
+    parse_model_config(text)
+    return text
+
+
+def parse_model_config(text: str) -> Any:
+    """Parse `config.pbtxt` text with Triton's schema; raises `SpecError` naming the problem."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise SpecError(f"rendered config.pbtxt does not parse: {exc}") from None
+    return message

@@ -1,0 +1,1 @@
+"""Serving: a local Triton launcher and (later) the OpenAI-compatible gateway in front of Triton."""

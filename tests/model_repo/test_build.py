@@ -1,0 +1,105 @@
+"""The build pipeline: repository + build_report.json, gates enforced, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_repo.build import BuildError, BuildOptions, build, step_names
+from model_repo.gates import GateError
+
+
+def _report(repo: Path) -> dict[str, Any]:
+    return json.loads((repo / "llm" / "1" / "engine" / "build_report.json").read_text())
+
+
+@pytest.fixture
+def reuse_export(monkeypatch: pytest.MonkeyPatch, tiny_llama_export: Path) -> None:
+    """Builds below reuse the session's tiny export instead of exporting again (export has its own tests)."""
+    from model_repo import export
+
+    def fake_export(checkpoint: Path, out_dir: Path, **_kw: Any) -> export.ExportResult:
+        shutil.copytree(tiny_llama_export, out_dir)
+        from model_repo.engine import GenerationMetadata
+
+        return export.ExportResult(Path(out_dir), GenerationMetadata.load(out_dir), 0.0, 0.0, {})
+
+    monkeypatch.setattr(export, "export_onnx", fake_export)
+
+
+def test_int8_build_writes_repository_and_report(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    seen: list[str] = []
+    options = BuildOptions(
+        model=str(tiny_llama_checkpoint), out=out, quantize="int8", min_agreement=0.5, max_ppl_increase=0.5
+    )
+    report = build(options, on_step=lambda name, _done: seen.append(name))
+    assert set(seen) == set(step_names(options))
+    assert (out / "REPOSITORY.json").is_file() and (out / "llm" / "config.pbtxt").is_file()
+    engine_dir = out / "llm" / "1" / "engine"
+    assert {"model.onnx", "tokenizer.json", "generation.json", "build_report.json"} <= {
+        p.name for p in engine_dir.iterdir()
+    }
+    written = _report(out)
+    assert written["checkpoint"]["sha256"] == report["checkpoint"]["sha256"]
+    assert written["parity"]["passed"] and written["parity"]["n_tokens"] == 64
+    assert written["quantization"]["method"] == "int8" and written["quality"]["passed"]
+    assert {"export", "parity", "quantize", "quality"} <= set(written["timings_s"])
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no temp dirs left behind
+
+
+@pytest.mark.usefixtures("reuse_export")
+def test_failed_gate_keeps_the_previous_repository(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    build(BuildOptions(model=str(tiny_llama_checkpoint), out=out))
+    before = (out / "REPOSITORY.json").read_text()
+    with pytest.raises(GateError, match="quality gate"):
+        build(BuildOptions(model=str(tiny_llama_checkpoint), out=out, quantize="int8", min_agreement=1.0))
+    assert (out / "REPOSITORY.json").read_text() == before
+    assert _report(out)["quantization"]["method"] == "none"
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]
+
+
+def test_interrupted_build_keeps_the_previous_repository(
+    tiny_llama_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "REPOSITORY.json").write_text("{}")
+    from model_repo import export
+
+    def interrupted(*_a: Any, **_kw: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(BuildOptions(model=str(tiny_llama_checkpoint), out=out))
+    assert (out / "REPOSITORY.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quantize": "fp8"}, "--quantize"),
+        ({"backend": "vllm"}, "--backend"),
+        ({"min_agreement": 1.5}, "--min-agreement"),
+        ({"max_ppl_increase": -0.1}, "--max-ppl-increase"),
+    ],
+)
+def test_bad_options_are_rejected_before_work(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(BuildError, match=message):
+        build(BuildOptions(model="unused", out=tmp_path / "repo", **kwargs))
+
+
+def test_tensorrt_llm_backend_writes_its_layout(  # the ensemble is named after the model
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "trt"
+    build(BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8"))
+    assert {"llm", "preprocessing", "tensorrt_llm", "postprocessing"} <= {p.name for p in out.iterdir()}
+    assert (out / "engine-build-job.yaml").is_file()

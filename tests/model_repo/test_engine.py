@@ -1,0 +1,161 @@
+"""The in-process onnxruntime engine: batching, sampling, stopping and streaming text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_repo.engine import (
+    Engine,
+    EngineError,
+    GenerationMetadata,
+    IncrementalDetokenizer,
+    Sampler,
+    SamplingParams,
+    TextStream,
+    available_providers,
+)
+
+
+def _drain(batch: object, outs: dict[str, list[int]]) -> None:
+    while len(batch):  # type: ignore[arg-type]
+        for o in batch.step():  # type: ignore[attr-defined]
+            outs[o.request_id].append(o.token_id)
+
+
+def test_cpu_provider_is_always_last_and_available() -> None:
+    provs = available_providers()
+    assert provs[-1] == "CPUExecutionProvider"
+
+
+def test_metadata_round_trips_and_rejects_missing_file(tmp_path: Path, tiny_engine: Engine) -> None:
+    tiny_engine.metadata.save(tmp_path)
+    assert GenerationMetadata.load(tmp_path) == tiny_engine.metadata
+    with pytest.raises(EngineError, match="not found"):
+        GenerationMetadata.load(tmp_path / "nowhere")
+
+
+def test_load_rejects_incomplete_directory(tmp_path: Path, tiny_engine: Engine) -> None:
+    tiny_engine.metadata.save(tmp_path)
+    with pytest.raises(EngineError, match="incomplete"):
+        Engine.load(tmp_path)
+
+
+def test_batched_step_equals_each_sequence_alone(tiny_engine: Engine) -> None:
+    """Sequences with different prompt lengths that join at different times give exactly the tokens
+    they give alone: padding, masks and per-sequence positions are right."""
+    prompts = [
+        tiny_engine.encode(t)
+        for t in ("hello world how are you", "the", "quick brown fox jumps over a lazy dog")
+    ]
+    alone = [tiny_engine.greedy_ids(p, 12) for p in prompts]
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    batch = tiny_engine.new_batch()
+    outs: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    outs["a"].append(batch.add("a", prompts[0], params).token_id)
+    for _ in range(3):
+        for o in batch.step():
+            outs[o.request_id].append(o.token_id)
+    outs["b"].append(batch.add("b", prompts[1], params).token_id)
+    outs["c"].append(batch.add("c", prompts[2], params).token_id)
+    assert len(batch) == 3
+    _drain(batch, outs)
+    assert [outs["a"], outs["b"], outs["c"]] == alone
+
+
+def test_removing_a_sequence_mid_batch_keeps_the_others_exact(tiny_engine: Engine) -> None:
+    prompts = [tiny_engine.encode(t) for t in ("a lazy dog", "model servers stream tokens to clients")]
+    alone = tiny_engine.greedy_ids(prompts[0], 10)
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    batch = tiny_engine.new_batch()
+    outs: dict[str, list[int]] = {"keep": [], "drop": []}
+    outs["keep"].append(batch.add("keep", prompts[0], params).token_id)
+    outs["drop"].append(batch.add("drop", prompts[1], params).token_id)
+    for o in batch.step():
+        outs[o.request_id].append(o.token_id)
+    assert batch.remove("drop") and not batch.remove("drop")
+    assert batch.request_ids == ["keep"]
+    _drain(batch, outs)
+    assert outs["keep"] == alone
+
+
+def test_max_tokens_and_eos_stop_sequences(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode("hello")
+    toks = list(tiny_engine.generate(ids, SamplingParams(max_tokens=5, ignore_eos=True)))
+    assert len(toks) == 5 and toks[-1].finished and toks[-1].finish_reason == "length"
+    first = toks[0].token_id
+    stopped = list(tiny_engine.generate(ids, SamplingParams(max_tokens=5, stop_token_ids=(first,))))
+    assert len(stopped) == 1 and stopped[0].finish_reason == "stop" and stopped[0].text == ""
+
+
+def test_seeded_sampling_is_reproducible_and_differs_from_greedy(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode("the quick")
+    p = SamplingParams(max_tokens=16, temperature=1.5, top_p=0.95, top_k=50, seed=7, ignore_eos=True)
+    a = [t.token_id for t in tiny_engine.generate(ids, p)]
+    b = [t.token_id for t in tiny_engine.generate(ids, p)]
+    assert a == b
+    assert a != tiny_engine.greedy_ids(ids, 16)
+
+
+def test_sampler_respects_top_k_and_top_p() -> None:
+    logits = np.array([5.0, 4.0, 3.0, -10.0, -10.0], dtype=np.float32)
+    top2 = Sampler(SamplingParams(temperature=1.0, top_k=2, seed=0))
+    assert {top2(logits) for _ in range(200)} <= {0, 1}
+    nucleus = Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=0))
+    assert {nucleus(logits) for _ in range(50)} == {0}
+    assert Sampler(SamplingParams())(logits) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1}]
+)
+def test_bad_sampling_params_are_rejected(kwargs: dict[str, float]) -> None:
+    with pytest.raises(EngineError):
+        SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_prompts_are_rejected(tiny_engine: Engine) -> None:
+    batch = tiny_engine.new_batch()
+    with pytest.raises(EngineError, match="empty"):
+        batch.add("x", [], SamplingParams())
+    with pytest.raises(EngineError, match="token ids"):
+        batch.add("x", [tiny_engine.metadata.vocab_size], SamplingParams())
+
+
+def test_incremental_detokenizer_never_splits_a_character(tiny_engine: Engine) -> None:
+    text = "Café naïve 東京 🙂 hello"
+    ids = tiny_engine.encode(text)
+    detok = IncrementalDetokenizer(tiny_engine.tokenizer)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in d for d in deltas)
+
+
+def test_text_stream_cuts_at_a_stop_string_spanning_tokens(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode("hello world how are you")
+    stream = TextStream(tiny_engine.tokenizer, stop=("how are",))
+    out = ""
+    for i in ids:
+        out += stream.push(i)
+        if stream.stopped:
+            break
+    assert stream.stopped and out == "hello world "
+
+
+def test_generate_text_and_chat_template(tiny_engine: Engine) -> None:
+    prompt = tiny_engine.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert prompt.endswith("<|im_start|>assistant\n") and prompt.count("<|im_start|>") == 3
+    text = tiny_engine.generate_text(prompt, SamplingParams(max_tokens=8, ignore_eos=True))
+    ids = tiny_engine.greedy_ids(tiny_engine.encode(prompt), 8)
+    assert text == tiny_engine.decode(ids)
+
+
+def test_host_copy_path_used_for_gpu_providers_gives_the_same_tokens(tiny_llama_export: Path) -> None:
+    """With a GPU provider the engine feeds numpy and reads host copies; results must not change."""
+    engine = Engine.load(tiny_llama_export, num_threads=1)
+    ids = engine.encode("hello world")
+    expected = engine.greedy_ids(ids, 10)
+    engine._cpu_only = False  # what a CUDA/TensorRT session selects
+    assert engine.greedy_ids(ids, 10) == expected

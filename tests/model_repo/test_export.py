@@ -1,0 +1,47 @@
+"""ONNX export with KV cache: interface, fp32 greedy parity with PyTorch, both families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_repo.checkpoint import CheckpointError
+from model_repo.engine import Engine, GenerationMetadata
+from model_repo.export import export_onnx
+from model_repo.gates import check_parity
+
+
+def test_export_writes_the_engine_model_directory(tiny_llama_export: Path) -> None:
+    names = {p.name for p in tiny_llama_export.iterdir()}
+    assert {"model.onnx", "model.onnx.data", "tokenizer.json", "generation.json"} <= names
+    assert not (tiny_llama_export / "raw").exists()
+    meta = GenerationMetadata.load(tiny_llama_export)
+    assert (meta.architecture, meta.num_layers, meta.num_kv_heads, meta.head_dim) == ("llama", 2, 2, 16)
+    assert meta.eos_token_ids and meta.chat_template and meta.quantization == "none"
+
+
+def test_export_graph_has_kv_cache_inputs_and_outputs(tiny_engine: Engine) -> None:
+    inputs = {i.name for i in tiny_engine.session.get_inputs()}
+    outputs = {o.name for o in tiny_engine.session.get_outputs()}
+    assert {"input_ids", "attention_mask", "position_ids", "past_key_values.1.value"} <= inputs
+    assert {"logits", "present.0.key", "present.1.value"} <= outputs
+
+
+def test_fp32_llama_export_matches_pytorch_greedy_for_64_tokens(
+    tiny_engine: Engine, tiny_llama_checkpoint: Path
+) -> None:
+    result = check_parity(tiny_engine, tiny_llama_checkpoint, n_tokens=64)
+    assert result.passed and result.matched_tokens == [64, 64, 64]
+
+
+def test_fp32_gpt2_export_matches_pytorch_greedy(tiny_gpt2_checkpoint: Path, tmp_path: Path) -> None:
+    out = export_onnx(tiny_gpt2_checkpoint, tmp_path / "gpt2").model_dir
+    result = check_parity(Engine.load(out, num_threads=1), tiny_gpt2_checkpoint, n_tokens=64)
+    assert result.passed
+
+
+def test_export_of_an_unsupported_architecture_fails_before_loading(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CheckpointError, match="unsupported architecture 'bert'"):
+        export_onnx(tmp_path, tmp_path / "out")

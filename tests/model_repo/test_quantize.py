@@ -1,0 +1,48 @@
+"""Weight-only quantisation: MatMulNBits at the chosen bits, lm_head included, metadata updated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from model_repo.engine import Engine, GenerationMetadata
+from model_repo.quantize import QuantizeError, quantize_model
+
+
+def _nbits(model_dir: Path) -> list[int]:
+    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    return [
+        next(a.i for a in n.attribute if a.name == "bits")
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits"
+    ]
+
+
+def test_int8_turns_every_weight_matmul_into_8bit_matmulnbits(tiny_llama_int8: Path) -> None:
+    bits = _nbits(tiny_llama_int8)
+    # 2 layers x 7 projections + the output projection (untied at export so it is quantised too).
+    assert bits == [8] * 15
+    assert GenerationMetadata.load(tiny_llama_int8).quantization == "int8"
+
+
+def test_int4_keeps_the_output_projection_at_8_bits(tiny_llama_export: Path, tmp_path: Path) -> None:
+    result = quantize_model(tiny_llama_export, tmp_path / "int4", "int4")
+    bits = sorted(_nbits(result.model_dir))
+    assert bits == [4] * 14 + [8] and result.quantized_matmuls == 15
+
+
+def test_quantised_model_still_generates(tiny_llama_int8: Path) -> None:
+    engine = Engine.load(tiny_llama_int8, num_threads=1)
+    assert len(engine.greedy_ids(engine.encode("hello world"), 8)) == 8
+
+
+def test_none_copies_the_fp32_model(tiny_llama_export: Path, tmp_path: Path) -> None:
+    out = quantize_model(tiny_llama_export, tmp_path / "none", "none").model_dir
+    assert (out / "model.onnx").read_bytes() == (tiny_llama_export / "model.onnx").read_bytes()
+
+
+def test_unknown_method_is_rejected(tiny_llama_export: Path, tmp_path: Path) -> None:
+    with pytest.raises(QuantizeError, match="choose one of none, int8, int4"):
+        quantize_model(tiny_llama_export, tmp_path / "x", "qint8-dynamic")

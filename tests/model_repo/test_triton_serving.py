@@ -1,0 +1,236 @@
+"""A real Triton (nvidia-pytriton's binary) serving the tiny model's repository over gRPC and HTTP."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+PROMPT = "hello world, the"
+
+
+@dataclass
+class Chunk:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    final: bool
+    at: float
+
+
+def _input(name: str, value: np.ndarray, datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+def request_inputs(prompt: str, max_tokens: int, stream: bool = False, **extra: Any) -> list[Any]:
+    inputs = [
+        _input("text_input", np.array([[prompt.encode()]], dtype=np.object_), "BYTES"),
+        _input("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+        _input("stream", np.array([[stream]], dtype=bool), "BOOL"),
+    ]
+    if "temperature" in extra:
+        inputs.append(_input("temperature", np.array([[extra["temperature"]]], np.float32), "FP32"))
+    if "top_k" in extra:
+        inputs.append(_input("top_k", np.array([[extra["top_k"]]], np.int32), "INT32"))
+    if "seed" in extra:
+        inputs.append(_input("random_seed", np.array([[extra["seed"]]], np.uint64), "UINT64"))
+    if "stop" in extra:
+        words = np.array([[s.encode() for s in extra["stop"]]], dtype=np.object_)
+        inputs.append(_input("stop_words", words, "BYTES"))
+    return inputs
+
+
+def generate(url: str, inputs: list[Any], timeout: float = 60) -> list[Chunk]:
+    """Send one request on a gRPC stream; collect every response until the final one."""
+    client = grpcclient.InferenceServerClient(url)
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer("llm", inputs)
+        chunks: list[Chunk] = []
+        while True:
+            result, error = responses.get(timeout=timeout)
+            if error is not None:
+                raise error
+            final = result.get_response().parameters["triton_final_response"].bool_param
+            chunks.append(
+                Chunk(
+                    result.as_numpy("text_output").reshape(-1)[0].decode(),
+                    int(result.as_numpy("prompt_tokens").reshape(-1)[0]),
+                    int(result.as_numpy("completion_tokens").reshape(-1)[0]),
+                    final,
+                    time.monotonic(),
+                )
+            )
+            if final:
+                return chunks
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_export: Any) -> Any:
+    from model_repo.engine import Engine
+
+    return Engine.load(tiny_llama_export, num_threads=1)
+
+
+def greedy(engine: Any, prompt: str, max_tokens: int, **kw: Any) -> str:
+    from model_repo.engine import SamplingParams
+
+    return str(engine.generate_text(prompt, SamplingParams(max_tokens=max_tokens, **kw)))
+
+
+def test_non_streaming_returns_one_final_response_equal_to_engine_greedy(
+    tiny_triton: Any, engine: Any
+) -> None:
+    chunks = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 24, temperature=0.0))
+    assert len(chunks) == 1 and chunks[0].final
+    expected = greedy(engine, PROMPT, 24)
+    assert expected and chunks[0].text == expected
+    assert chunks[0].prompt_tokens == len(engine.encode(PROMPT))
+    assert 1 <= chunks[0].completion_tokens <= 24
+
+
+def test_streaming_sends_deltas_in_order_then_final(tiny_triton: Any, engine: Any) -> None:
+    chunks = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 24, stream=True))
+    assert len(chunks) > 2
+    assert [c.final for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    # completion_tokens counts the tokens behind each response (TRT-LLM semantics): sum them
+    assert all(c.completion_tokens >= 1 for c in chunks) and sum(c.completion_tokens for c in chunks) <= 24
+    assert all(c.prompt_tokens == len(engine.encode(PROMPT)) for c in chunks)
+    assert "".join(c.text for c in chunks) == greedy(engine, PROMPT, 24)
+
+
+def test_concurrent_requests_are_batched_and_all_complete(tiny_triton: Any, engine: Any) -> None:
+    prompts = [f"{PROMPT} {word}" for word in ("one", "two and three", "four", "five six seven")]
+    results: dict[int, list[Chunk]] = {}
+
+    def run(i: int) -> None:
+        results[i] = generate(tiny_triton.grpc_url, request_inputs(prompts[i], 64, stream=True))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == list(range(len(prompts)))
+    for i, chunks in results.items():
+        assert chunks[-1].final
+        # batched decoding (left-padded shared KV cache) gives the same greedy text as batch size 1
+        assert "".join(c.text for c in chunks) == greedy(engine, prompts[i], 64)
+    # the streams overlap in time: each started before all the others had finished
+    starts = [chunks[0].at for chunks in results.values()]
+    ends = [chunks[-1].at for chunks in results.values()]
+    assert max(starts) < min(ends)
+    # and one engine step advanced several of them together (the model logs each new maximum)
+    assert re.search(r"decode step batched [2-9] sequences", tiny_triton.log_text())
+
+
+def test_stop_words_cut_the_text(tiny_triton: Any, engine: Any) -> None:
+    full = greedy(engine, PROMPT, 32)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    assert stop.strip(), f"pick a visible stop string from {full!r}"
+    chunks = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 32, stream=True, stop=[stop]))
+    text = "".join(c.text for c in chunks)
+    assert text == full[: full.index(stop)]
+    assert chunks[-1].final
+
+
+def test_seeded_sampling_is_repeatable(tiny_triton: Any) -> None:
+    first = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 16, temperature=1.0, seed=7))
+    again = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 16, temperature=1.0, seed=7))
+    assert first[0].text == again[0].text
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (lambda: request_inputs(PROMPT, 0), "max_tokens=0"),
+        (lambda: request_inputs("", 8), "text_input is empty"),
+        (lambda: request_inputs(PROMPT, 8, temperature=-1.0), "temperature"),
+        (lambda: request_inputs(PROMPT, 8)[:1], "max_tokens"),  # a required input is missing
+        (
+            lambda: [
+                request_inputs(PROMPT, 8)[0],
+                _input("max_tokens", np.array([[8.0]], np.float32), "FP32"),
+            ],
+            "FP32",  # wrong data type, rejected by Triton itself
+        ),
+    ],
+    ids=["zero-max-tokens", "empty-prompt", "negative-temperature", "missing-input", "wrong-dtype"],
+)
+def test_malformed_requests_get_triton_errors(tiny_triton: Any, inputs: Any, message: str) -> None:
+    with pytest.raises(InferenceServerException, match=message):
+        generate(tiny_triton.grpc_url, inputs())
+    # the model is still serving
+    assert generate(tiny_triton.grpc_url, request_inputs(PROMPT, 4))[0].final
+
+
+def test_http_generate_endpoint(tiny_triton: Any, engine: Any) -> None:
+    body = json.dumps({"text_input": PROMPT, "max_tokens": 12, "stream": False}).encode()
+    request = urllib.request.Request(
+        f"{tiny_triton.http_url}/v2/models/llm/generate",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.load(response)
+    assert answer["text_output"] == greedy(engine, PROMPT, 12)
+    assert answer["completion_tokens"] >= 1
+
+
+def test_cancelled_stream_leaves_the_batch(tiny_triton: Any) -> None:
+    client = grpcclient.InferenceServerClient(tiny_triton.grpc_url)
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    long_request = request_inputs(PROMPT, 400, stream=True, top_k=0, temperature=1.0, seed=1)
+    client.async_stream_infer("llm", long_request)
+    for _ in range(2):
+        _result, error = responses.get(timeout=30)
+        assert error is None
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 20
+    cancelled = re.compile(r"cancelled after \d+ tokens")
+    while time.monotonic() < deadline and not cancelled.search(tiny_triton.log_text()):
+        time.sleep(0.1)
+    assert re.search(r"cancelled after \d+ tokens", tiny_triton.log_text())
+    assert generate(tiny_triton.grpc_url, request_inputs(PROMPT, 4))[0].final  # still serving
+
+
+def test_request_parsing_rejects_batches_and_bad_values() -> None:
+    from model_repo.python_model.model import RequestError, parse_request
+
+    def tensors(**kw: Any) -> dict[str, Any]:
+        base = {"text_input": np.array([[b"hi"]], dtype=np.object_), "max_tokens": np.array([[4]], np.int32)}
+        return {**base, **kw}
+
+    parsed = parse_request(tensors(stop_words=np.array([[b"a", b""]], dtype=np.object_)), 100)
+    assert parsed.prompt == "hi" and parsed.max_tokens == 4 and parsed.stop == ("a",) and not parsed.stream
+    bad = {
+        "one prompt per request": tensors(text_input=np.array([[b"a"], [b"b"]], dtype=np.object_)),
+        "between 1 and 100": tensors(max_tokens=np.array([[101]], np.int32)),
+        "not valid UTF-8": tensors(text_input=np.array([[b"\xff"]], dtype=np.object_)),
+        "top_p": tensors(top_p=np.array([[0.0]], np.float32)),
+        "top_k": tensors(top_k=np.array([[-1]], np.int32)),
+        "max_tokens is required": {"text_input": np.array([[b"hi"]], dtype=np.object_)},
+    }
+    for message, value in bad.items():
+        with pytest.raises(RequestError, match=message):
+            parse_request(value, 100)
