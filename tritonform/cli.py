@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tritonform.commands import infra, model
+from tritonform.commands import infra, model, serve
 
 app = typer.Typer(
     name="tritonform",
@@ -25,6 +25,7 @@ def _root() -> None:
 
 infra.register(app)
 model.register(app)
+serve.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,155 @@
+"""Time to first token and tokens/s: through the gateway vs Triton directly vs the in-process engine.
+
+    python benchmarks/bench_gateway.py --tiny                 # seconds: the tiny random test model
+    python benchmarks/bench_gateway.py [--model-repo DIR]     # the default model (built once, cached)
+
+Everything runs on loopback: a real Triton (serving/triton_local.py) and the gateway (uvicorn in a
+thread of this process, as `tritonform serve` runs it). Streams of `--max-tokens` new tokens at
+temperature 0, at concurrency 1 and 8; TTFT is measured from sending the request to the first text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import openai
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serving.gateway.triton import GenerationParams, TritonGenerator  # noqa: E402
+from serving.local_stack import LocalStack, LocalStackConfig, default_repository, find_model_name  # noqa: E402
+from serving.triton_local import free_port  # noqa: E402
+
+PROMPT = "Write a short story about a robot who learns to paint landscapes at sunset."  # ~16 tokens
+Sample = tuple[float, int, float]  # ttft seconds, tokens, total seconds
+
+
+def _tiny_repository(root: Path) -> Path:
+    from model_repo.checkpoint import make_tiny_checkpoint
+    from model_repo.export import export_onnx
+    from model_repo.layout import write_repository
+    from model_repo.spec import GenerationSpec
+
+    onnx = export_onnx(make_tiny_checkpoint(root / "checkpoint"), root / "onnx").model_dir
+    return write_repository(root / "repo", onnx, GenerationSpec(model_name="llm"))
+
+
+async def _gateway_stream(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> Sample:
+    started = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    stream = await client.completions.create(
+        model=model,
+        prompt=PROMPT,
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in stream:
+        if not first and chunk.choices and chunk.choices[0].text:
+            first = time.perf_counter() - started
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return first, tokens, time.perf_counter() - started
+
+
+async def _triton_stream(triton: TritonGenerator, max_tokens: int) -> Sample:
+    started = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    params = GenerationParams(PROMPT, max_tokens, temperature=0.0, stream=True)
+    async for delta in triton.generate(params, "bench", 300):
+        if not first and delta.text:
+            first = time.perf_counter() - started
+        tokens += delta.completion_tokens or 0
+    return first, tokens, time.perf_counter() - started
+
+
+async def _round(
+    one: Callable[[], Awaitable[Sample]], concurrency: int, rounds: int
+) -> tuple[list[Sample], float]:
+    samples: list[Sample] = []
+    started = time.perf_counter()
+    for _ in range(rounds):
+        samples += await asyncio.gather(*(one() for _ in range(concurrency)))
+    return samples, time.perf_counter() - started
+
+
+def _summary(samples: list[Sample], wall: float) -> dict[str, float]:
+    ttfts = sorted(s[0] for s in samples)
+    p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
+    return {
+        "ttft_p50_ms": statistics.median(ttfts) * 1000,
+        "ttft_p95_ms": p95 * 1000,
+        "tok_s": sum(s[1] for s in samples) / wall,
+    }
+
+
+def _engine_single(onnx_dir: Path, max_tokens: int, rounds: int) -> dict[str, float]:
+    from model_repo.engine import Engine, SamplingParams
+
+    engine = Engine.load(onnx_dir)
+    samples: list[Sample] = []
+    started = time.perf_counter()
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        first, count = 0.0, 0
+        for token in engine.generate(PROMPT, SamplingParams(max_tokens=max_tokens)):
+            count += 1
+            if not first and token.text:
+                first = time.perf_counter() - t0
+        samples.append((first, count, time.perf_counter() - t0))
+    return _summary(samples, time.perf_counter() - started)
+
+
+async def _measure(stack: LocalStack, max_tokens: int, rounds: int) -> dict[str, dict[str, float]]:
+    assert stack.triton is not None
+    triton = TritonGenerator(stack.triton.grpc_url, stack.model_name)
+    results: dict[str, dict[str, float]] = {}
+    async with openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key=stack.api_key, max_retries=0) as client:
+        await _gateway_stream(client, stack.model_name, 4)  # warm up both paths
+        await _triton_stream(triton, 4)
+        for concurrency in (1, 8):
+            for name, one in (
+                ("triton", lambda: _triton_stream(triton, max_tokens)),
+                ("gateway", lambda: _gateway_stream(client, stack.model_name, max_tokens)),
+            ):
+                results[f"{name} x{concurrency}"] = _summary(*await _round(one, concurrency, rounds))
+    await triton.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repo", type=Path, help="a built repository (default: the default model)")
+    parser.add_argument("--tiny", action="store_true", help="use the tiny random test model (fast)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per concurrency level")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tritonform-bench-") as scratch:
+        repo = _tiny_repository(Path(scratch)) if args.tiny else args.model_repo or default_repository(print)
+        model = find_model_name(repo)
+        config = LocalStackConfig(repo, port=free_port(), api_key="bench-" + "k" * 20)
+        with LocalStack(config) as stack:
+            results = asyncio.run(_measure(stack, args.max_tokens, args.rounds))
+        engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
+        results["engine x1 (in-process)"] = _engine_single(engine_dir, args.max_tokens, args.rounds)
+    print(f"{'path':<24} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s':>9}")
+    for name, row in results.items():
+        print(f"{name:<24} {row['ttft_p50_ms']:>12.1f} {row['ttft_p95_ms']:>12.1f} {row['tok_s']:>9.1f}")
+    for c in (1, 8):
+        ratio = results[f"gateway x{c}"]["tok_s"] / results[f"triton x{c}"]["tok_s"]
+        print(f"gateway / triton tok/s at concurrency {c}: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

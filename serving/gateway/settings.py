@@ -1,0 +1,120 @@
+"""Typed gateway settings: every default lives here, once.
+
+`GatewaySettings.from_env()` reads `TRITONFORM_*` environment variables (the Kubernetes Deployment sets
+them); tests and `tritonform serve` build the object directly. API keys come from `api_keys`,
+a file (`api_keys_file`, one key per line, `#` comments) and/or `TRITONFORM_API_KEYS` (comma-separated);
+they are `SecretStr`, so a settings dump or a log line never shows them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+API_KEYS_ENV = "TRITONFORM_API_KEYS"
+ENV_PREFIX = "TRITONFORM_GATEWAY_"
+
+
+class SettingsError(ValueError):
+    """The gateway cannot start with these settings; the message names the setting."""
+
+
+class GatewaySettings(BaseModel):
+    """How the gateway reaches Triton, who may call it, and the limits it enforces."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    triton_grpc_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address, host:port")
+    model_name: str = Field(default="llm", description="the generation model's name in Triton")
+    served_model_name: str | None = Field(
+        default=None, description="the name clients use; default: model_name"
+    )
+    model_repository: Path | None = Field(
+        default=None, description="local model repository (for the tokenizer)"
+    )
+    tokenizer_dir: Path | None = Field(
+        default=None, description="folder with tokenizer.json and generation.json"
+    )
+    api_keys: tuple[SecretStr, ...] = ()
+    api_keys_file: Path | None = None
+    requests_per_minute: int = Field(default=600, ge=1, description="per API key")
+    tokens_per_minute: int = Field(
+        default=500_000, ge=1, description="per API key; prompt + completion tokens"
+    )
+    max_prompt_tokens: int = Field(default=4096, ge=1)
+    max_tokens_cap: int = Field(default=2048, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    generation_timeout_s: float = Field(default=300.0, gt=0)
+    triton_check_timeout_s: float = Field(default=2.0, gt=0)
+    max_concurrent_requests: int = Field(default=256, ge=1, description="beyond this, 429 at once")
+    log_prompts: bool = False
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySettings:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"default_max_tokens={self.default_max_tokens} exceeds max_tokens_cap={self.max_tokens_cap}"
+            )
+        return self
+
+    @property
+    def public_model_name(self) -> str:
+        return self.served_model_name or self.model_name
+
+    def resolved_api_keys(self) -> tuple[str, ...]:
+        """Every configured key (settings, file, env var), deduplicated; `SettingsError` if none."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(f"api_keys_file {self.api_keys_file}: {exc.strerror}") from None
+            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        keys += [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+        unique = tuple(dict.fromkeys(keys))
+        if not unique:
+            raise SettingsError(
+                f"no API keys configured: set {API_KEYS_ENV}, api_keys_file or api_keys "
+                "(the gateway never runs without authentication)"
+            )
+        return unique
+
+    def resolved_tokenizer_dir(self) -> Path:
+        """The folder holding tokenizer.json / generation.json: given, or found in the repository."""
+        if self.tokenizer_dir is not None:
+            folder = self.tokenizer_dir
+        elif self.model_repository is not None:
+            folder = self.model_repository / self.model_name / "1" / _engine_subdir(self.model_repository)
+        else:
+            raise SettingsError(
+                "set tokenizer_dir or model_repository: the gateway needs the model's tokenizer"
+            )
+        if not (folder / "tokenizer.json").is_file():
+            raise SettingsError(f"tokenizer_dir {folder} has no tokenizer.json")
+        return folder
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> GatewaySettings:
+        """Settings from `TRITONFORM_GATEWAY_<FIELD>` variables (upper case), then `overrides`."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and name != "api_keys":
+                values[name] = raw
+        values.update(overrides)
+        return cls.model_validate(values)
+
+
+def _engine_subdir(repository: Path) -> str:
+    try:
+        manifest = json.loads((repository / "REPOSITORY.json").read_text(encoding="utf-8"))
+        return str(manifest["spec"]["engine_subdir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "engine"

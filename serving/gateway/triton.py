@@ -1,0 +1,229 @@
+"""The gateway's only way to Triton: tritonclient's asyncio gRPC client, one stream per request.
+
+Works with the python-backend model and the TensorRT-LLM ensemble alike (same tensor names, see
+model_repo/spec.py). The model's config is read once (batch dimension, which optional inputs it
+has) and read again after Triton was unreachable, so a restarted or replaced Triton is picked up.
+Every failure becomes a `TritonError` carrying the HTTP status the gateway should answer with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+# Reconnect fast after Triton restarts (gRPC's default backoff grows to two minutes).
+CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class TritonError(Exception):
+    """A generation that failed; `status` is the HTTP status for the client."""
+
+    def __init__(self, status: int, message: str, kind: str = "server_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    prompt: str
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One response from Triton: new text, final flag, and token counts when the model reports them
+    (`completion_tokens` counts the tokens behind this response; the ensemble has no `prompt_tokens`)."""
+
+    text: str
+    final: bool
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class _ModelLayout:
+    batched: bool
+    inputs: frozenset[str]
+
+
+class TritonGenerator:
+    """Streams generations from one Triton model over gRPC."""
+
+    def __init__(self, url: str, model_name: str, check_timeout_s: float = 2.0) -> None:
+        self.url, self.model_name, self.check_timeout_s = url, model_name, check_timeout_s
+        self.client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self._layout: _ModelLayout | None = None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- readiness ------------------------------------------------------------------------------
+    async def not_ready_reason(self) -> str | None:
+        """None when Triton is up and the model is loaded, else a sentence saying what is wrong."""
+        try:
+            if not await self.client.is_server_ready(client_timeout=self.check_timeout_s):
+                return f"Triton at {self.url} is not ready"
+            if not await self.client.is_model_ready(self.model_name, client_timeout=self.check_timeout_s):
+                return f"model {self.model_name!r} is not loaded in Triton at {self.url}"
+        except InferenceServerException as exc:
+            self._layout = None
+            return f"Triton at {self.url} is unreachable ({_short(exc)})"
+        return None
+
+    async def _model_layout(self) -> _ModelLayout:
+        if self._layout is None:
+            try:
+                answer = await self.client.get_model_config(
+                    self.model_name, as_json=True, client_timeout=self.check_timeout_s
+                )
+            except InferenceServerException as exc:
+                raise _classify_exception(exc, self.url, self.model_name) from None
+            config: dict[str, Any] = answer.get("config", answer)
+            self._layout = _ModelLayout(
+                batched=int(config.get("max_batch_size", 0)) > 0,
+                inputs=frozenset(str(i["name"]) for i in config.get("input", [])),
+            )
+        return self._layout
+
+    # -- generation -----------------------------------------------------------------------------
+    async def generate(
+        self, params: GenerationParams, request_id: str, timeout_s: float
+    ) -> AsyncGenerator[Delta, None]:
+        """Yield Triton's responses until the final one; closing the iterator cancels the request."""
+        layout = await self._model_layout()
+        request = {
+            "model_name": self.model_name,
+            "inputs": _inputs(params, layout),
+            "request_id": request_id,
+        }
+        finished = asyncio.Event()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield request
+            await finished.wait()  # keep our side open until the last response arrived
+
+        call: Any = None
+        clean = False
+        try:
+            call = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+            async for result, error in call:
+                if error is not None:
+                    raise _classify_exception(error, self.url, self.model_name)
+                delta = _delta(result)
+                if delta.final:
+                    clean = True
+                yield delta
+                if delta.final:
+                    return
+            raise TritonError(502, "Triton closed the stream before the final response")
+        except grpc.aio.AioRpcError as exc:
+            raise self._classify_rpc(exc) from None
+        except InferenceServerException as exc:
+            raise _classify_exception(exc, self.url, self.model_name) from None
+        finally:
+            finished.set()
+            if call is not None and not clean:
+                with contextlib.suppress(Exception):
+                    call.cancel()  # client went away, timeout or error: stop the generation in Triton
+
+    def _classify_rpc(self, exc: grpc.aio.AioRpcError) -> TritonError:
+        code = exc.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return TritonError(504, "generation timed out", "timeout")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            self._layout = None
+            return TritonError(503, f"Triton at {self.url} is unreachable; try again shortly", "unavailable")
+        return TritonError(502, f"Triton failed: {code.name}: {exc.details()}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc.message() if isinstance(exc, InferenceServerException) else exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _classify_exception(exc: InferenceServerException, url: str, model: str) -> TritonError:
+    text = _short(exc)
+    status = str(exc.status() or "")
+    lowered = text.lower()
+    if lowered.startswith("bad request:"):
+        return TritonError(400, text.removeprefix("bad request:").strip(), "invalid_request_error")
+    if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
+        return TritonError(503, f"model {model!r} is not loaded in Triton at {url}", "unavailable")
+    if "UNAVAILABLE" in status or "unavailable" in lowered or "failed to connect" in lowered:
+        return TritonError(503, f"Triton at {url} is unreachable; try again shortly", "unavailable")
+    if "DEADLINE_EXCEEDED" in status:
+        return TritonError(504, "generation timed out", "timeout")
+    if "shutting down" in lowered:
+        return TritonError(503, "the model is shutting down; try again shortly", "unavailable")
+    return TritonError(502, f"generation failed in Triton: {text}")
+
+
+def _tensor(name: str, value: np.ndarray, datatype: str, batched: bool) -> grpcclient.InferInput:
+    if batched:
+        value = value.reshape(1, *value.shape)
+    tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+def _inputs(p: GenerationParams, layout: _ModelLayout) -> list[grpcclient.InferInput]:
+    b = layout.batched
+    inputs = [
+        _tensor("text_input", np.array([p.prompt.encode("utf-8")], dtype=np.object_), "BYTES", b),
+        _tensor("max_tokens", np.array([p.max_tokens], dtype=np.int32), "INT32", b),
+    ]
+    optional: list[tuple[str, np.ndarray, str]] = [
+        ("temperature", np.array([p.temperature], dtype=np.float32), "FP32"),
+        ("top_p", np.array([p.top_p], dtype=np.float32), "FP32"),
+        ("stream", np.array([p.stream], dtype=bool), "BOOL"),
+    ]
+    if p.seed is not None:
+        optional.append(("random_seed", np.array([p.seed], dtype=np.uint64), "UINT64"))
+    if p.stop:
+        optional.append(
+            ("stop_words", np.array([s.encode("utf-8") for s in p.stop], dtype=np.object_), "BYTES")
+        )
+    for name, value, datatype in optional:
+        if name in layout.inputs:
+            inputs.append(_tensor(name, value, datatype, b))
+    return inputs
+
+
+def _first(result: Any, name: str) -> Any:
+    value = result.as_numpy(name)
+    if value is None or value.size == 0:
+        return None
+    return value.reshape(-1)[0]
+
+
+def _delta(result: Any) -> Delta:
+    text = _first(result, "text_output")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    params = result.get_response().parameters
+    final = "triton_final_response" in params and params["triton_final_response"].bool_param
+    prompt_tokens, completion_tokens = _first(result, "prompt_tokens"), _first(result, "completion_tokens")
+    return Delta(
+        text="" if text is None else str(text),
+        final=bool(final),
+        prompt_tokens=None if prompt_tokens is None else int(prompt_tokens),
+        completion_tokens=None if completion_tokens is None else int(completion_tokens),
+    )

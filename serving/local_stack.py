@@ -1,0 +1,171 @@
+"""The local stack behind `tritonform serve`: a real Triton plus the gateway, started and stopped together.
+
+    with LocalStack(LocalStackConfig(model_repository=repo, port=8000)) as stack:
+        print(stack.url, stack.api_key)
+
+Start order: check the gateway port is free, start Triton (serving/triton_local.py, free loopback
+ports), start the gateway (uvicorn in a thread of this process), wait until `/readyz` answers 200.
+`stop()` shuts the gateway, then Triton (its whole process group) and removes Triton's scratch
+directory, so nothing is left behind. Every failure a user can cause is a `StackError` with one line.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+from pydantic import SecretStr
+
+from serving.gateway import GatewaySettings, create_app
+from serving.triton_local import TritonServer, TritonServerConfig, TritonStartError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+class StackError(RuntimeError):
+    """The local stack cannot start; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class LocalStackConfig:
+    model_repository: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    api_key: str | None = None  # None: a fresh random key
+    startup_timeout_s: float = 120.0
+    log_level: str = "WARNING"
+
+
+def find_model_name(repository: Path) -> str:
+    """The one model in a repository (a folder with config.pbtxt); `StackError` otherwise."""
+    if not repository.is_dir():
+        raise StackError(f"model repository {repository} does not exist; build one with `tritonform build`")
+    models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+    if len(models) != 1:
+        found = ", ".join(models) or "none"
+        raise StackError(f"model repository {repository} must hold exactly one model (found: {found})")
+    return models[0]
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StackError(
+                f"port {port} on {host} is not available ({exc.strerror}); choose another with --port"
+            ) from None
+
+
+class LocalStack:
+    """Triton + gateway on this machine; a context manager."""
+
+    def __init__(self, config: LocalStackConfig) -> None:
+        self.config = config
+        self.api_key = config.api_key or "tf-local-" + secrets.token_urlsafe(24)
+        self.triton: TritonServer | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.model_name = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        c = self.config
+        self.model_name = find_model_name(c.model_repository)
+        check_port_free(c.host, c.port)
+        deadline = time.monotonic() + c.startup_timeout_s
+        try:
+            self.triton = TritonServer(
+                TritonServerConfig(c.model_repository, startup_timeout_s=c.startup_timeout_s)
+            )
+            try:
+                self.triton.start()
+            except TritonStartError as exc:
+                first = str(exc).splitlines()[0]
+                raise StackError(f"Triton did not start: {first}") from exc
+            settings = GatewaySettings(
+                triton_grpc_url=self.triton.grpc_url,
+                model_name=self.model_name,
+                model_repository=c.model_repository,
+                api_keys=(SecretStr(self.api_key),),
+                log_level=c.log_level,
+            )
+            app = create_app(settings)
+            self._server = uvicorn.Server(
+                uvicorn.Config(
+                    app, host=c.host, port=c.port, log_level="warning", access_log=False, lifespan="on"
+                )
+            )
+            self._thread = threading.Thread(target=self._server.run, name="tritonform-gateway", daemon=True)
+            self._thread.start()
+            self._wait_ready(deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self._server is not None and self._thread is not None
+        while time.monotonic() < deadline:
+            if not self._thread.is_alive():
+                raise StackError(f"the gateway stopped during start-up (is port {self.config.port} free?)")
+            if self._server.started and _status(self.url + "/readyz") == 200:
+                return
+            time.sleep(0.1)
+        raise StackError(f"the stack was not ready after {self.config.startup_timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """Stop the gateway, then Triton; idempotent."""
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=15)
+            if thread.is_alive() and server is not None:
+                server.force_exit = True
+                thread.join(timeout=5)
+        triton, self.triton = self.triton, None
+        if triton is not None:
+            triton.stop()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+# --- the default model's repository ------------------------------------------------------------
+
+
+def default_repository(progress: Callable[[str], None] | None = None) -> Path:
+    """The default model's repository: built once (int8, gates on) and cached by content."""
+    from model_repo.build import build_default_repository
+
+    return build_default_repository(progress)

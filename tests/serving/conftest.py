@@ -1,0 +1,141 @@
+"""Gateway fixtures: the tiny model's repository, a real Triton, and gateways on loopback.
+
+The tiny model fixtures mirror tests/model_repo/conftest.py (same calls), so these tests run alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from pydantic import SecretStr
+
+from serving.gateway import GatewaySettings, create_app
+from serving.triton_local import TritonServer, TritonServerConfig, free_port
+
+API_KEY = "test-key-" + "x" * 24
+MODEL = "llm"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_repo.checkpoint import make_tiny_checkpoint
+    from model_repo.export import export_onnx
+
+    root = tmp_path_factory.mktemp("tiny-gateway")
+    checkpoint = make_tiny_checkpoint(root / "checkpoint", family="llama", seed=0)
+    return Path(export_onnx(checkpoint, root / "onnx").model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_repo.layout import write_repository
+    from model_repo.spec import GenerationSpec
+
+    out = tmp_path_factory.mktemp("tiny-gateway-repository") / "repo"
+    return write_repository(out, tiny_onnx_dir, GenerationSpec(model_name=MODEL, intra_op_threads=1))
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_repository: Path) -> Iterator[TritonServer]:
+    with TritonServer(TritonServerConfig(tiny_repository, startup_timeout_s=120)) as server:
+        yield server
+
+
+@dataclass
+class RunningGateway:
+    """A gateway served by uvicorn in a thread of the test process."""
+
+    url: str
+    app: Any
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def start_gateway(settings: GatewaySettings, timeout: float = 20) -> RunningGateway:
+    port = free_port()
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.05)
+    return RunningGateway(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+def gateway_settings(triton_grpc_url: str, repository: Path, **overrides: Any) -> GatewaySettings:
+    values: dict[str, Any] = {
+        "triton_grpc_url": triton_grpc_url,
+        "model_name": MODEL,
+        "model_repository": repository,
+        "api_keys": (SecretStr(API_KEY),),
+        "max_prompt_tokens": 200,
+        "max_tokens_cap": 128,
+        "default_max_tokens": 32,
+        "max_body_bytes": 64 * 1024,
+        "generation_timeout_s": 60,
+        "log_prompts": False,
+    }
+    values.update(overrides)
+    return GatewaySettings(**values)
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def make_gateway(tiny_repository: Path) -> Iterator[Callable[..., RunningGateway]]:
+    """`make_gateway(triton_grpc_url, **settings)`: a gateway on a free port, stopped after the session."""
+    started: list[RunningGateway] = []
+
+    def make(triton_grpc_url: str, **overrides: Any) -> RunningGateway:
+        running = start_gateway(gateway_settings(triton_grpc_url, tiny_repository, **overrides))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: TritonServer, make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    return make_gateway(triton.grpc_url)
+
+
+@pytest.fixture
+def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_onnx_dir: Path) -> Any:
+    """The same model in-process: the reference for greedy outputs."""
+    from model_repo.engine import Engine
+
+    return Engine.load(tiny_onnx_dir, num_threads=1)

@@ -1,0 +1,103 @@
+"""`tritonform serve`: a real local Triton plus the OpenAI-compatible gateway, until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def usage_examples(url: str, api_key: str, model: str) -> str:
+    """The ready-to-paste `curl` and `openai` snippets printed once the stack is up."""
+    return f"""curl {url}/v1/chat/completions \\
+  -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 64}}'
+
+python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="{api_key}")
+for chunk in client.chat.completions.create(
+    model="{model}", messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=64, stream=True
+):
+    print(chunk.choices[0].delta.content or "", end="", flush=True)
+print()
+PY"""
+
+
+def serve(
+    model_repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-repo", help="Triton model repository (default: build the default model, cached)."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address the gateway listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Gateway port.", min=1, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="TRITONFORM_LOCAL_API_KEY", help="Key to accept (default: new)."),
+    ] = None,
+) -> None:
+    """Serve a model locally: real Triton + OpenAI-compatible gateway. Ctrl-C stops both."""
+    from serving.local_stack import (
+        LocalStack,
+        LocalStackConfig,
+        StackError,
+        check_port_free,
+        default_repository,
+    )
+
+    try:
+        check_port_free(host, port)  # before a possibly long build
+        if model_repo is None:
+            with console.status("preparing the default model's repository") as status:
+                model_repo = default_repository(lambda message: status.update(message))
+        elif not model_repo.is_dir():
+            raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
+        stack = LocalStack(
+            LocalStackConfig(model_repository=model_repo, host=host, port=port, api_key=api_key)
+        )
+        with console.status("starting Triton and the gateway"):
+            stack.start()
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(code=130) from None
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
+    try:
+        console.print(
+            f"[bold green]ready[/] {stack.url}  (model [bold]{stack.model_name}[/], repository {model_repo})",
+            soft_wrap=True,
+        )
+        console.print(f"API key: {stack.api_key}", soft_wrap=True, highlight=False)
+        examples = usage_examples(stack.url, stack.api_key, stack.model_name)
+        console.print(examples, highlight=False, markup=False, soft_wrap=True)
+        console.print("Press Ctrl-C to stop.")
+        threading.Event().wait()  # until Ctrl-C
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        stack.stop()
+        console.print("stopped")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def register(app: typer.Typer) -> None:
+    """Add `tritonform serve` to the main app."""
+    app.command("serve")(serve)
