@@ -26,7 +26,9 @@ def _time(cmd: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("stacks", nargs="*", help="stack names (default: every stacks/Pulumi.*.yaml)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()

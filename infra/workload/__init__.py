@@ -87,12 +87,7 @@ class InferenceWorkload(pulumi.ComponentResource):
             automount_service_account_token=True,  # the cloud identity exchanges this token
             opts=child,
         )
-        gateway_sa = k8s.core.v1.ServiceAccount(
-            GATEWAY,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=GATEWAY, namespace=ns),
-            automount_service_account_token=False,
-            opts=child,
-        )
+        model_prefix = pulumi.Output.concat(args.bucket_uri, "/", s.triton.model_prefix)
         monitoring = Monitoring("monitoring", s, opts=child)
         triton = TritonServer(
             "triton",
@@ -101,7 +96,8 @@ class InferenceWorkload(pulumi.ComponentResource):
                 namespace=ns,
                 service_account=triton_sa.metadata.name,
                 image=args.triton_image,
-                model_repository=pulumi.Output.concat(args.bucket_uri, "/", s.triton.model_prefix),
+                locator_image=args.gateway_image,
+                model_prefix=model_prefix,
                 scheduling=args.scheduling,
                 reader=args.reader,
             ),
@@ -112,12 +108,15 @@ class InferenceWorkload(pulumi.ComponentResource):
             GatewayArgs(
                 settings=s,
                 namespace=ns,
-                service_account=gateway_sa.metadata.name,
+                # The model reader identity: the gateway reads only the tokenizer files with it.
+                service_account=triton_sa.metadata.name,
                 image=args.gateway_image,
                 triton_service=triton.service_name,
                 model_name=MODEL_NAME,
                 api_keys=args.api_keys,
                 exposure=args.exposure,
+                model_prefix=model_prefix,
+                reader=args.reader,
             ),
             opts=child,
         )

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.platform.base import ServiceExposure
+from infra.platform.base import ReaderIdentity, ServiceExposure
 from infra.settings import StackSettings
 from infra.workload.triton import (
     APP_LABEL,
     GRPC_PORT,
+    LOCATOR_MOUNT,
     disruption_budget,
     labels,
+    locator_container,
     restricted_security_context,
     spread,
 )
@@ -35,6 +37,8 @@ class GatewayArgs:
     model_name: str
     api_keys: pulumi.Input[str]  # a Pulumi secret: comma-separated keys
     exposure: ServiceExposure
+    model_prefix: pulumi.Input[str]  # where uploads put versions/ and CURRENT (for the tokenizer)
+    reader: ReaderIdentity  # the gateway reads the tokenizer files with the model reader identity
 
 
 class Gateway(pulumi.ComponentResource):
@@ -71,6 +75,7 @@ class Gateway(pulumi.ComponentResource):
                 name="TRITONFORM_GATEWAY_MAX_PROMPT_TOKENS", value=str(g.max_prompt_tokens)
             ),
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MAX_TOKENS_CAP", value=str(g.max_tokens)),
+            k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_TOKENIZER_DIR", value=f"{LOCATOR_MOUNT}/model"),
             k8s.core.v1.EnvVarArgs(
                 name="TRITONFORM_API_KEYS",
                 value_from=k8s.core.v1.EnvVarSourceArgs(
@@ -94,7 +99,23 @@ class Gateway(pulumi.ComponentResource):
                 http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port=GATEWAY_PORT), period_seconds=10
             ),
             security_context=restricted_security_context(user=10001, read_only_root=True),
-            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
+            volume_mounts=[
+                k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT, read_only=True),
+            ],
+        )
+        locator = locator_container(
+            args.image,
+            args.reader,
+            [
+                "tokenizer",
+                "--prefix",
+                args.model_prefix,
+                "--model",
+                args.model_name,
+                "--dest",
+                f"{LOCATOR_MOUNT}/model",
+            ],
         )
         deployment = k8s.apps.v1.Deployment(
             GATEWAY,
@@ -106,7 +127,7 @@ class Gateway(pulumi.ComponentResource):
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: GATEWAY}),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=labels(GATEWAY),
+                        labels={**labels(GATEWAY), **args.reader.pod_labels},
                         annotations={
                             "prometheus.io/scrape": "true",
                             "prometheus.io/port": str(GATEWAY_PORT),
@@ -115,15 +136,19 @@ class Gateway(pulumi.ComponentResource):
                     ),
                     spec=k8s.core.v1.PodSpecArgs(
                         service_account_name=args.service_account,
-                        automount_service_account_token=False,
                         topology_spread_constraints=spread(GATEWAY),
                         # Long generations: give streams time to finish before the pod goes away.
                         termination_grace_period_seconds=120,
+                        init_containers=[locator],
                         containers=[container],
                         volumes=[
                             k8s.core.v1.VolumeArgs(
                                 name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="256Mi")
-                            )
+                            ),
+                            k8s.core.v1.VolumeArgs(
+                                name="locator",
+                                empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi"),
+                            ),
                         ],
                     ),
                 ),

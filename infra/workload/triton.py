@@ -28,7 +28,8 @@ class TritonArgs:
     namespace: pulumi.Input[str]
     service_account: pulumi.Input[str]
     image: pulumi.Input[str]
-    model_repository: pulumi.Input[str]
+    locator_image: pulumi.Input[str]  # has serving.model_locator (the gateway image)
+    model_prefix: pulumi.Input[str]  # where uploads put versions/ and CURRENT
     scheduling: GpuScheduling
     reader: ReaderIdentity
 
@@ -46,6 +47,34 @@ def restricted_security_context(user: int, read_only_root: bool = False) -> k8s.
         allow_privilege_escalation=False,
         capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
         seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+LOCATOR_MOUNT = "/var/run/tritonform"
+
+
+def reader_env(reader: ReaderIdentity) -> pulumi.Output[list[k8s.core.v1.EnvVarArgs]]:
+    """The environment the cloud's SDKs need to read the bucket as the reader identity."""
+    return reader.env.apply(
+        lambda env: [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(env.items())]
+    )
+
+
+def locator_container(
+    image: pulumi.Input[str], reader: ReaderIdentity, command: list[pulumi.Input[str]]
+) -> k8s.core.v1.ContainerArgs:
+    """An init container running `python -m serving.model_locator ...` with the pod's cloud identity."""
+    return k8s.core.v1.ContainerArgs(
+        name="model-locator",
+        image=image,
+        command=["python", "-m", "serving.model_locator"],
+        args=command,
+        env=reader_env(reader),
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "50m", "memory": "128Mi"}, limits={"cpu": "500m", "memory": "256Mi"}
+        ),
+        security_context=restricted_security_context(user=10001, read_only_root=True),
+        volume_mounts=[k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT)],
     )
 
 
@@ -91,26 +120,28 @@ class TritonServer(pulumi.ComponentResource):
         container = k8s.core.v1.ContainerArgs(
             name=TRITON,
             image=args.image,
-            args=pulumi.Output.from_input(args.model_repository).apply(
-                lambda repo: [
-                    "tritonserver",
-                    f"--model-repository={repo}",
-                    f"--http-port={HTTP_PORT}",
-                    f"--grpc-port={GRPC_PORT}",
-                    f"--metrics-port={METRICS_PORT}",
-                    "--strict-readiness=true",
-                    "--exit-on-error=true",
-                    "--log-format=ISO8601",
-                ]
-            ),
+            # The serving version is whatever CURRENT named when the pod started (written by the
+            # init container), so an upload never changes a running server's files under it.
+            command=["/bin/sh", "-c"],
+            args=[
+                " ".join(
+                    [
+                        f'exec tritonserver --model-repository="$(cat {LOCATOR_MOUNT}/repository)"',
+                        f"--http-port={HTTP_PORT}",
+                        f"--grpc-port={GRPC_PORT}",
+                        f"--metrics-port={METRICS_PORT}",
+                        "--strict-readiness=true",
+                        "--exit-on-error=true",
+                        "--log-format=ISO8601",
+                    ]
+                )
+            ],
             ports=[
                 k8s.core.v1.ContainerPortArgs(name="http", container_port=HTTP_PORT),
                 k8s.core.v1.ContainerPortArgs(name="grpc", container_port=GRPC_PORT),
                 k8s.core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT),
             ],
-            env=args.reader.env.apply(
-                lambda env: [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(env.items())]
-            ),
+            env=reader_env(args.reader),
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={
                     "cpu": t.cpu_request,
@@ -139,7 +170,13 @@ class TritonServer(pulumi.ComponentResource):
                 # The python backend passes tensors through shared memory; the default 64 MB is too small.
                 k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
                 k8s.core.v1.VolumeMountArgs(name="scratch", mount_path="/tmp"),
+                k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT, read_only=True),
             ],
+        )
+        locator = locator_container(
+            args.locator_image,
+            args.reader,
+            ["resolve", "--prefix", args.model_prefix, "--out", f"{LOCATOR_MOUNT}/repository"],
         )
         pod_labels = {**labels(TRITON), **args.reader.pod_labels}
         deployment = k8s.apps.v1.Deployment(
@@ -176,8 +213,13 @@ class TritonServer(pulumi.ComponentResource):
                         topology_spread_constraints=spread(TRITON),
                         termination_grace_period_seconds=60,
                         security_context=k8s.core.v1.PodSecurityContextArgs(fs_group=1000),
+                        init_containers=[locator],
                         containers=[container],
                         volumes=[
+                            k8s.core.v1.VolumeArgs(
+                                name="locator",
+                                empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="16Mi"),
+                            ),
                             k8s.core.v1.VolumeArgs(
                                 name="dshm",
                                 empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(

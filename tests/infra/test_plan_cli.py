@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from infra.offline import Plan
 from tritonform.cli import app
 
 from .conftest import STACK_FILES
@@ -131,3 +132,13 @@ def test_an_unsafe_stack_fails_plan_naming_the_rule(write_stack: Callable[..., P
     assert hits and hits[0]["level"] == "mandatory" and "aws:eks/cluster:Cluster" in hits[0]["resource"]
     tree = runner.invoke(app, ["plan", "--stack-file", str(path)])
     assert tree.exit_code == 1 and "kubernetes-api-not-public-in-prod" in tree.output
+
+
+def test_upload_finds_the_prefix_triton_serves_from_in_the_stack_outputs(
+    plan_of: Callable[[str], Plan],
+) -> None:
+    from model_repo.upload import STACK_OUTPUT_KEYS
+
+    outputs = plan_of("aws-dev").outputs
+    (key,) = STACK_OUTPUT_KEYS
+    assert outputs[key] == f"{outputs['bucket_uri']}/{plan_of('aws-dev').settings.triton.model_prefix}"

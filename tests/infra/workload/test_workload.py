@@ -50,8 +50,13 @@ def test_triton_reads_the_stack_bucket_and_lands_on_the_gpu_pool(plan: Plan) -> 
     deployment = _k8s(plan, "Deployment", "triton")
     pod = deployment["spec"]["template"]["spec"]
     (triton,) = _containers(deployment)
-    repo = f"--model-repository={plan.outputs['bucket_uri']}/{plan.settings.triton.model_prefix}"
-    assert repo in triton["args"]
+    (locator,) = pod["initContainers"]
+    prefix = f"{plan.outputs['bucket_uri']}/{plan.settings.triton.model_prefix}"
+    assert locator["command"] == ["python", "-m", "serving.model_locator"]
+    assert locator["args"] == ["resolve", "--prefix", prefix, "--out", "/var/run/tritonform/repository"]
+    # Triton serves the version CURRENT named at pod start, read from the file the locator wrote.
+    assert '--model-repository="$(cat /var/run/tritonform/repository)"' in triton["args"][0]
+    assert triton["args"][0].startswith("exec tritonserver ")
     assert pod["nodeSelector"] == plan.outputs["gpu_node_selector"]
     for toleration in plan.outputs["gpu_tolerations"]:
         assert toleration in pod["tolerations"]
@@ -86,7 +91,8 @@ def test_triton_service_account_carries_the_cloud_identity(plan: Plan) -> None:
 
 def test_every_container_has_requests_and_limits(plan: Plan) -> None:
     for name in ("triton", "gateway"):
-        for container in _containers(_k8s(plan, "Deployment", name)):
+        pod = _k8s(plan, "Deployment", name)["spec"]["template"]["spec"]
+        for container in [*pod["containers"], *pod.get("initContainers", [])]:
             for section in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][section]), (name, section)
 
@@ -108,6 +114,18 @@ def test_gateway_reaches_triton_over_grpc_and_has_probes(plan: Plan) -> None:
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_gateway_takes_the_tokenizer_of_the_serving_version(plan: Plan) -> None:
+    deployment = _k8s(plan, "Deployment", "gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    (locator,) = pod["initContainers"]
+    assert locator["args"][:1] == ["tokenizer"] and "/var/run/tritonform/model" in locator["args"]
+    (gateway,) = _containers(deployment)
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["TRITONFORM_GATEWAY_TOKENIZER_DIR"] == "/var/run/tritonform/model"
+    # It reads with the model reader identity (read-only, that bucket only), like Triton.
+    assert pod["serviceAccountName"] == plan.settings.workload.triton_service_account
 
 
 def test_gateway_service_is_never_a_public_load_balancer(plan: Plan) -> None:
