@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from serving.triton_local import free_port
+from tests.procs import PARENT, live_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -71,19 +72,6 @@ def _lines(stream: object) -> queue.Queue[str]:
     return out
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
 def _scratch_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("tritonform-triton-*")}
 
@@ -129,7 +117,7 @@ def test_serve_answers_the_openai_client_and_ctrl_c_stops_everything(
         client.chat.completions.create(model="llm", messages=messages, max_tokens=8, stream=True)  # type: ignore[arg-type]
     )
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
-    children = _children(process.pid)
+    children = live_processes(PARENT, process.pid)
     assert children, "Triton should run as a child of `tritonform serve`"
     assert _scratch_dirs() - scratch_before
 

@@ -11,6 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from serving.triton_local import TritonServer, TritonServerConfig, TritonStartError
+from tests.procs import GROUP, live_processes
 
 ECHO_CONFIG = """name: "echo"
 backend: "python"
@@ -50,19 +51,6 @@ def _alive(pid: int) -> bool:
     return status.exists() and "zombie" not in status.read_text()
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
 @pytest.mark.timeout(90)
 def test_serves_and_cleans_up(tmp_path: Path) -> None:
     server = TritonServer(TritonServerConfig(_repository(tmp_path / "repo")))
@@ -77,10 +65,10 @@ def test_serves_and_cleans_up(tmp_path: Path) -> None:
             client.close()
         pid, scratch = server.pid, server._scratch
         assert pid is not None and scratch is not None and scratch.is_dir()
-        assert len(_group_members(pid)) >= 2  # the server and the model's python stub
+        assert len(live_processes(GROUP, pid)) >= 2  # the server and the model's python stub
     assert not scratch.exists()
     assert not _alive(pid)
-    assert _group_members(pid) == []
+    assert live_processes(GROUP, pid) == []
     server.stop()  # idempotent
 
 
