@@ -40,11 +40,10 @@ def test_shipped_stacks_have_no_mandatory_violation(plan_of: Callable[[str], Pla
 
 @pytest.mark.parametrize("stack", DEV_STACKS)
 def test_the_workload_is_judged(plan_of: Callable[[str], Plan], stack: str) -> None:
-    """Once the workload is in the plan, its GPU Deployment and gateway Service pass every rule."""
+    """The workload is in the plan, and its GPU Deployment and gateway Service pass every rule."""
     plan = plan_of(stack)
     workloads = [r for r in plan.resources if r.type == "kubernetes:apps/v1:Deployment"]
-    if not workloads:
-        pytest.skip("the Kubernetes workload is not in the plan yet")
+    assert workloads, "the Kubernetes workload is missing from the plan"
     assert any("nvidia.com/gpu" in str(r.inputs) for r in workloads), "no Deployment asks for a GPU"
     judged = {r.resource for r in evaluate(plan)}
     assert not any(f"kubernetes:apps/v1:Deployment::{r.name}" in judged for r in workloads)
@@ -172,8 +171,7 @@ def test_unsafe_stack_file_is_flagged(write_stack: Callable[..., Path]) -> None:
 def _edit(plan: Plan, type_: str, name: str, edit: Callable[[dict[str, Any]], None]) -> Plan:
     """A copy of a cached plan with one resource's inputs changed in place by `edit` (on a deep copy)."""
     found = [r for r in plan.resources if (r.type, r.name) == (type_, name)]
-    if not found:
-        pytest.skip(f"{type_}::{name} is not in the plan yet")
+    assert found, f"{type_}::{name} is missing from the plan"
     inputs = copy.deepcopy(found[0].inputs)
     edit(inputs)
     return _with(plan, type_, name, **inputs)
