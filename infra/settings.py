@@ -21,6 +21,8 @@ from pydantic.alias_generators import to_camel
 
 from infra.catalog import AWS_GPU_FAMILIES, GCP_ACCELERATORS, GPU_MACHINES, CloudName, GpuMachine
 from infra.settings_base import Settings
+from infra.settings_base import check_cidr as _check_cidr
+from infra.settings_clouds import AzureSettings, GcpSettings
 from infra.settings_serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
 
 NAMESPACE = "tritonform"
@@ -38,10 +40,6 @@ SECRET_CONFIG_KEYS = frozenset({"apiKeys"})
 
 _DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$")
 _K8S_VERSION = re.compile(r"^1\.(2[6-9]|3[0-9])$")
-_GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # N1 machines take attached GPUs; every other GCP GPU family has its GPUs built in (fixed type and count).
 _GCP_N1_ACCELERATORS = frozenset(
     {"nvidia-tesla-t4", "nvidia-tesla-v100", "nvidia-tesla-p4", "nvidia-tesla-p100"}
@@ -58,13 +56,6 @@ class SettingsError(ValueError):
 
 
 _Settings = Settings
-
-
-def _check_cidr(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=True))
-    except ValueError as exc:
-        raise ValueError(f"must be a CIDR block such as 10.0.0.0/16 or 203.0.113.7/32 ({exc})") from None
 
 
 class NetworkSettings(_Settings):
@@ -163,126 +154,6 @@ class WorkloadSettings(_Settings):
     def _dns(cls, value: str) -> str:
         if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", value):
             raise ValueError("must be a lowercase DNS label (letters, digits and '-')")
-        return value
-
-
-class GcpSettings(_Settings):
-    """GCP-only settings."""
-
-    project: str = Field(description="GCP only: project id the stack deploys into.")
-    zonal: bool = Field(
-        default=False,
-        description="GCP only: one zonal cluster in `gcp.zone` (cheaper, no zone redundancy), not regional.",
-    )
-    zone: str | None = Field(
-        default=None, description="GCP only: the zone of a zonal cluster (e.g. us-central1-a)."
-    )
-    release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = Field(
-        default="REGULAR",
-        description="GCP only: GKE release channel (cluster.kubernetesVersion is the minimum).",
-    )
-    domain: str | None = Field(
-        default=None,
-        description="GCP only: DNS name of the public endpoint (an A record to output `edge_ip` issues its "
-        "Google-managed certificate); unset: `<ip>.sslip.io`, fine for dev only.",
-    )
-
-    @field_validator("project")
-    @classmethod
-    def _project(cls, value: str) -> str:
-        if not _GCP_PROJECT.match(value):
-            raise ValueError(
-                "must be a GCP project id: 6-30 lowercase letters, digits or '-', starting with a letter"
-            )
-        return value
-
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, value: str | None) -> str | None:
-        if value is not None and not _DOMAIN.match(value):
-            raise ValueError("must be a lowercase DNS name such as api.example.com (no scheme, no port)")
-        return value
-
-    @field_validator("zone")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$", value):
-            raise ValueError("must be a GCP zone such as us-central1-a")
-        return value
-
-    @model_validator(mode="after")
-    def _zone_when_zonal(self) -> GcpSettings:
-        if self.zonal and self.zone is None:
-            raise ValueError("zone: a zonal cluster (zonal: true) needs `zone`, e.g. us-central1-a")
-        if not self.zonal and self.zone is not None:
-            raise ValueError("zone: only used with zonal: true; a regional cluster spans the region's zones")
-        return self
-
-
-class AzureSettings(_Settings):
-    """Azure-only settings."""
-
-    spot_max_price: float = Field(
-        default=-1, description="Azure only: highest USD/hour for a Spot GPU node; -1 pays up to on-demand."
-    )
-    resource_group: str | None = Field(
-        default=None, description="Azure only: resource group the stack creates; unset means `<name>-rg`."
-    )
-    admin_group_object_ids: tuple[str, ...] = Field(
-        default=(), description="Azure only: Entra ID groups whose members are AKS cluster admins."
-    )
-    deployer_principal_type: Literal["User", "ServicePrincipal", "Group"] = Field(
-        default="User",
-        description="Azure only: kind of principal running `pulumi up` (it gets AKS RBAC cluster admin).",
-    )
-    pod_cidr: str = Field(
-        default="192.168.0.0/16", description="Azure only: CNI overlay pod range (outside network.cidr)."
-    )
-    service_cidr: str = Field(
-        default="172.16.0.0/16", description="Azure only: Kubernetes service range (outside network.cidr)."
-    )
-    apim_sku: Literal["Developer", "Premium"] | None = Field(
-        default=None,
-        description="Azure only: API Management tier (both stream and join a VNet); unset: Developer in dev, "
-        "Premium in prod.",
-    )
-    apim_publisher_email: str = Field(
-        default="platform-team@example.com",
-        description="Azure only: API Management publisher e-mail (receives service notifications).",
-    )
-    apim_publisher_name: str = Field(
-        default="tritonform", description="Azure only: API Management publisher (organisation) name."
-    )
-
-    _cidrs = field_validator("pod_cidr", "service_cidr")(_check_cidr)
-
-    @field_validator("spot_max_price")
-    @classmethod
-    def _price(cls, value: float) -> float:
-        if value != -1 and value <= 0:
-            raise ValueError("must be -1 (up to the on-demand price) or a positive USD price per hour")
-        return value
-
-    @field_validator("apim_publisher_email")
-    @classmethod
-    def _email(cls, value: str) -> str:
-        if not _EMAIL.match(value):
-            raise ValueError("must be an e-mail address such as ops@example.com")
-        return value
-
-    @field_validator("resource_group")
-    @classmethod
-    def _group(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[-\w.()]{1,89}[-\w()]$", value):
-            raise ValueError("must be 1-90 letters, digits, '-', '_', '.', '(' or ')', not ending in '.'")
-        return value
-
-    @field_validator("admin_group_object_ids")
-    @classmethod
-    def _guids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            if not _GUID.match(item):
-                raise ValueError(f"{item!r} is not an Entra ID object id (a GUID)")
         return value
 
 

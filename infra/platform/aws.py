@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
@@ -11,6 +10,7 @@ import pulumi_aws as aws
 
 from infra.platform.aws_addons import AUTOSCALER_SA, build_registry, install_gpu_addons
 from infra.platform.aws_edge import AwsEdgeTargets, build_edge
+from infra.platform.aws_network import build_network
 from infra.platform.base import (
     GPU_POOL_LABEL,
     GPU_POOL_LABEL_VALUE,
@@ -51,18 +51,6 @@ def _assume_role(service: str) -> str:
     )
 
 
-def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
-    """Split the VPC into `zones` small public subnets and `zones` large private ones."""
-    network = ipaddress.IPv4Network(vpc_cidr)
-    # Private subnets take the first quarters/eighths (nodes and pods need many addresses);
-    # public subnets take small blocks from the last one (only load balancers and NAT live there).
-    halves = list(network.subnets(prefixlen_diff=1))
-    private_bits = max(1, (zones - 1).bit_length())
-    private = [str(s) for s in list(halves[0].subnets(prefixlen_diff=private_bits))[:zones]]
-    public = [str(s) for s in list(halves[1].subnets(prefixlen_diff=3))[:zones]]
-    return public, private
-
-
 class AwsPlatform(CloudPlatform):
     """Amazon Web Services: EKS + managed node groups + S3 + IAM roles for service accounts."""
 
@@ -81,82 +69,7 @@ class AwsPlatform(CloudPlatform):
 
     # -- network ---------------------------------------------------------------------------------
     def network(self, opts: pulumi.ResourceOptions) -> Network:
-        s = self.settings
-        net = Network(self.name("network"), opts)
-        cluster_tag = {f"kubernetes.io/cluster/{self.name('eks')}": "shared"}
-        vpc = aws.ec2.Vpc(
-            self.name("vpc"),
-            cidr_block=s.network.cidr,
-            enable_dns_hostnames=True,
-            enable_dns_support=True,
-            tags={"Name": self.name("vpc")},
-            opts=self.child(net),
-        )
-        zones = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOptions(parent=net))
-        igw = aws.ec2.InternetGateway(self.name("igw"), vpc_id=vpc.id, opts=self.child(net))
-        public_rt = aws.ec2.RouteTable(
-            self.name("public"),
-            vpc_id=vpc.id,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
-            opts=self.child(net),
-        )
-        public_cidrs, private_cidrs = subnet_cidrs(s.network.cidr, s.network.zone_count)
-        private_ids: list[pulumi.Output[str]] = []
-        nat: aws.ec2.NatGateway | None = None
-        # One NAT gateway per zone in prod (a zone outage keeps egress), one in dev (cost).
-        nat_per_zone = s.environment == "prod"
-        for i in range(s.network.zone_count):
-            zone = zones.names[i]
-            public = aws.ec2.Subnet(
-                self.name(f"public-{i}"),
-                vpc_id=vpc.id,
-                cidr_block=public_cidrs[i],
-                availability_zone=zone,
-                map_public_ip_on_launch=False,
-                tags={"Name": self.name(f"public-{i}"), "kubernetes.io/role/elb": "1", **cluster_tag},
-                opts=self.child(net),
-            )
-            aws.ec2.RouteTableAssociation(
-                self.name(f"public-{i}"),
-                subnet_id=public.id,
-                route_table_id=public_rt.id,
-                opts=self.child(net),
-            )
-            if nat is None or nat_per_zone:
-                eip = aws.ec2.Eip(self.name(f"nat-{i}"), domain="vpc", opts=self.child(net))
-                nat = aws.ec2.NatGateway(
-                    self.name(f"nat-{i}"),
-                    allocation_id=eip.id,
-                    subnet_id=public.id,
-                    opts=pulumi.ResourceOptions(parent=net, depends_on=[igw]),
-                )
-            private = aws.ec2.Subnet(
-                self.name(f"private-{i}"),
-                vpc_id=vpc.id,
-                cidr_block=private_cidrs[i],
-                availability_zone=zone,
-                tags={
-                    "Name": self.name(f"private-{i}"),
-                    "kubernetes.io/role/internal-elb": "1",
-                    **cluster_tag,
-                },
-                opts=self.child(net),
-            )
-            private_rt = aws.ec2.RouteTable(
-                self.name(f"private-{i}"),
-                vpc_id=vpc.id,
-                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
-                opts=self.child(net),
-            )
-            aws.ec2.RouteTableAssociation(
-                self.name(f"private-{i}"),
-                subnet_id=private.id,
-                route_table_id=private_rt.id,
-                opts=self.child(net),
-            )
-            private_ids.append(private.id)
-        net.finish(network_id=vpc.id, private_subnet_ids=pulumi.Output.all(*private_ids))
-        return net
+        return build_network(self.settings, self.name, opts)
 
     # -- cluster ---------------------------------------------------------------------------------
     def cluster(self, network: Network, opts: pulumi.ResourceOptions) -> KubernetesCluster:
