@@ -36,21 +36,6 @@ CLI = (
 )
 
 
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model's repository (same calls as tests/model_repo/conftest.py)."""
-    from model_repo.checkpoint import make_tiny_checkpoint
-    from model_repo.export import export_onnx
-    from model_repo.layout import write_repository
-    from model_repo.spec import GenerationSpec
-
-    root = tmp_path_factory.mktemp("e2e")
-    onnx = export_onnx(
-        make_tiny_checkpoint(root / "checkpoint", family="llama", seed=0), root / "onnx"
-    ).model_dir
-    return write_repository(root / "repo", onnx, GenerationSpec(model_name="llm", intra_op_threads=1))
-
-
 def _serve(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", CLI, "serve", *args],
@@ -77,9 +62,9 @@ def _scratch_dirs() -> set[str]:
 
 
 @pytest.fixture
-def serve_process(repository: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def serve_process(tiny_repository: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
-    process = _serve("--model-repo", str(repository), "--port", str(port))
+    process = _serve("--model-repo", str(tiny_repository), "--port", str(port))
     yield process, port
     if process.poll() is None:
         process.kill()
@@ -128,11 +113,11 @@ def test_serve_answers_the_openai_client_and_ctrl_c_stops_everything(
     assert _scratch_dirs() - scratch_before == set()
 
 
-def test_port_in_use_is_one_clear_line(repository: Path) -> None:
+def test_port_in_use_is_one_clear_line(tiny_repository: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        process = _serve("--model-repo", str(repository), "--port", str(taken.getsockname()[1]))
+        process = _serve("--model-repo", str(tiny_repository), "--port", str(taken.getsockname()[1]))
         _, err = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "Traceback" not in err and "is not available" in err and len(err.strip().splitlines()) == 1

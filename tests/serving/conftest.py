@@ -1,6 +1,6 @@
 """Gateway fixtures: the tiny model's repository, a real Triton, and gateways on loopback.
 
-The tiny model fixtures mirror tests/model_repo/conftest.py (same calls), so these tests run alone.
+The tiny model, its export and its repository come from tests/conftest.py (built once per session).
 """
 
 from __future__ import annotations
@@ -22,25 +22,6 @@ from serving.triton_local import TritonServer, TritonServerConfig, free_port
 
 API_KEY = "test-key-" + "x" * 24
 MODEL = "llm"
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_repo.checkpoint import make_tiny_checkpoint
-    from model_repo.export import export_onnx
-
-    root = tmp_path_factory.mktemp("tiny-gateway")
-    checkpoint = make_tiny_checkpoint(root / "checkpoint", family="llama", seed=0)
-    return Path(export_onnx(checkpoint, root / "onnx").model_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_repository(tiny_onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_repo.layout import write_repository
-    from model_repo.spec import GenerationSpec
-
-    out = tmp_path_factory.mktemp("tiny-gateway-repository") / "repo"
-    return write_repository(out, tiny_onnx_dir, GenerationSpec(model_name=MODEL, intra_op_threads=1))
 
 
 @pytest.fixture(scope="session")
@@ -134,8 +115,8 @@ def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def engine(tiny_onnx_dir: Path) -> Any:
+def engine(tiny_llama_export: Path) -> Any:
     """The same model in-process: the reference for greedy outputs."""
     from model_repo.engine import Engine
 
-    return Engine.load(tiny_onnx_dir, num_threads=1)
+    return Engine.load(tiny_llama_export, num_threads=1)

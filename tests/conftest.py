@@ -1,0 +1,38 @@
+"""Session fixtures shared by every test folder: one tiny Llama, exported and laid out once per run.
+
+Exporting costs tens of seconds on our machines, so the model_repo, serving and e2e tests all use
+these instead of building their own copies. Tests only read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded random tiny Llama (2 layers, GQA 4/2 heads) with a locally trained byte-level BPE."""
+    from model_repo.checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("build-tiny-llama") / "checkpoint", "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_export(tiny_llama_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama exported to fp32 ONNX with KV cache and optimised (an engine model directory)."""
+    from model_repo.export import export_onnx
+
+    out = tmp_path_factory.mktemp("build-tiny-llama-onnx") / "fp32"
+    return export_onnx(tiny_llama_checkpoint, out).model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Triton model repository (python backend, model name `llm`) for the tiny fp32 Llama export."""
+    from model_repo.layout import write_repository
+    from model_repo.spec import GenerationSpec
+
+    out = tmp_path_factory.mktemp("tiny-repository") / "repo"
+    return write_repository(out, tiny_llama_export, GenerationSpec(model_name="llm", intra_op_threads=1))
