@@ -119,15 +119,11 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
 
             _ensure_event_loop()
             wire = rpc.deserialize_properties(request.object, keep_unknowns=True)
-            inputs = _scrub(_sync_await(_plain(wire)))
+            inputs = _scrub(wire)
             parent = self._names.get(request.parent) if request.parent else None
             self._names[response.urn] = f"{request.type}::{request.name}"
             self.recorded.append(PlannedResource(request.type, request.name, parent, inputs, response.urn))
         return response
-
-
-async def _plain(value: Any) -> Any:
-    return value
 
 
 class CloudMocks(pulumi_mocks.Mocks):

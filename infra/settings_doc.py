@@ -10,7 +10,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
@@ -88,9 +88,7 @@ def _type_name(annotation: Any) -> str:
     if origin in (Union, types.UnionType):
         names = [_type_name(a) for a in get_args(annotation) if a is not type(None)]
         return " or ".join(names)
-    if origin is not None and getattr(origin, "__name__", "") == "Literal":
-        return " \\| ".join(f"`{a}`" for a in get_args(annotation))
-    if str(origin) == "typing.Literal" or repr(annotation).startswith("typing.Literal"):
+    if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in get_args(annotation))
     if origin is tuple:
         return f"list of {_type_name(get_args(annotation)[0])}"

@@ -14,7 +14,6 @@ the pod's workload identity (no keys) and fail with one clear line when nothing 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -44,14 +43,12 @@ def current_repository(prefix: str) -> str:
 def fetch_tokenizer(prefix: str, model: str, dest: Path) -> list[Path]:
     """Copy the current version's tokenizer files for `model` into `dest`."""
     from model_repo.upload import StorageUri, UploadError, open_store
+    from serving.gateway.settings import MANIFEST_FILE, engine_subdir
 
     repository = StorageUri.parse(current_repository(prefix))
     try:
         store = open_store(repository)
-        manifest_raw = store.get_bytes(repository.key("REPOSITORY.json"))
-        subdir = "engine"
-        if manifest_raw is not None:
-            subdir = str(json.loads(manifest_raw).get("spec", {}).get("engine_subdir", subdir))
+        subdir = engine_subdir(store.get_bytes(repository.key(MANIFEST_FILE)))
         dest.mkdir(parents=True, exist_ok=True)
         written = []
         for name in TOKENIZER_FILES:

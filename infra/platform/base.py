@@ -269,7 +269,8 @@ class Edge(_Neutral):
         self._finish({"endpoint_url": pulumi.Output.from_input(endpoint_url)})
 
 
-IMAGE_NAMES = ("tritonform-triton", "tritonform-gateway")
+TRITON_IMAGE, GATEWAY_IMAGE = "tritonform-triton", "tritonform-gateway"
+IMAGE_NAMES = (TRITON_IMAGE, GATEWAY_IMAGE)
 
 
 @dataclass

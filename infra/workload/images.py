@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pulumi
 
-from infra.platform.base import ContainerRegistry
+from infra.platform.base import GATEWAY_IMAGE, TRITON_IMAGE, ContainerRegistry
 from infra.settings import StackSettings
 from tritonform import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
-TRITON_IMAGE, GATEWAY_IMAGE = "tritonform-triton", "tritonform-gateway"
 
 
 @dataclass(frozen=True)

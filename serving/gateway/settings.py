@@ -112,9 +112,20 @@ class GatewaySettings(BaseModel):
         return cls.model_validate(values)
 
 
+MANIFEST_FILE = "REPOSITORY.json"  # model_repo/layout.py writes it at the repository's root
+
+
+def engine_subdir(manifest: str | bytes | None) -> str:
+    """Where a repository keeps its artefacts (tokenizer, ONNX), from its manifest's text; "engine"
+    when the manifest is absent or does not say (repositories written before the field existed)."""
+    try:
+        return str(json.loads(manifest or "")["spec"]["engine_subdir"])
+    except (ValueError, KeyError, TypeError):
+        return "engine"
+
+
 def _engine_subdir(repository: Path) -> str:
     try:
-        manifest = json.loads((repository / "REPOSITORY.json").read_text(encoding="utf-8"))
-        return str(manifest["spec"]["engine_subdir"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "engine"
+        return engine_subdir((repository / MANIFEST_FILE).read_bytes())
+    except OSError:
+        return engine_subdir(None)

@@ -63,3 +63,10 @@ def test_nothing_uploaded_yet_is_one_clear_line(
     err = capsys.readouterr().err
     assert "tritonform model upload" in err and "Traceback" not in err
     assert main(["resolve", "--prefix", "http://nope", "--out", str(tmp_path / "r")]) == 2
+
+
+def test_the_gateway_and_the_layout_agree_on_the_manifest_name() -> None:
+    from model_repo import layout
+    from serving.gateway import settings
+
+    assert settings.MANIFEST_FILE == layout.MANIFEST_FILE

@@ -150,9 +150,10 @@ def plan(
             console.print(f"[{colour}]{p.level}[/] {p.rule} {escape(p.resource)}: {escape(p.message)}")
         if not policies:
             console.print("[green]policies: no violations[/]")
-    if mandatory_violations(policies):
+    mandatory = mandatory_violations(policies)
+    if mandatory:
         err_console.print(
-            f"[bold red]error:[/] {len(mandatory_violations(policies))} mandatory policy violation(s); "
+            f"[bold red]error:[/] {len(mandatory)} mandatory policy violation(s); "
             "fix the stack before deploying"
         )
         raise typer.Exit(code=1)

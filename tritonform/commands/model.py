@@ -208,9 +208,7 @@ def register(app: typer.Typer) -> None:
 
 def _register_upload() -> None:
     # `model upload` lives with the upload code (model_repo/upload.py), which owns its options.
-    try:
-        from model_repo.upload import register_upload
-    except ImportError:
-        return
+    from model_repo.upload import register_upload
+
     if not any(c.name == "upload" for c in model_app.registered_commands):
         register_upload(model_app)
