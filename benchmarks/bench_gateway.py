@@ -136,13 +136,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per concurrency level")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tritonform-bench-") as scratch:
-        repo = _tiny_repository(Path(scratch)) if args.tiny else args.model_repo or default_repository(print)
+        if args.tiny or args.model_repo:
+            repo = _tiny_repository(Path(scratch)) if args.tiny else args.model_repo
+        else:
+            default_repository(print)  # build it (or find it in the cache) before the clock starts
+        # Ready time as `tritonform serve` sees it with a cached repository: cache lookup, Triton start
+        # and model load, gateway start, both ready.
+        started = time.perf_counter()
+        if not (args.tiny or args.model_repo):
+            repo = default_repository(print)
         model = find_model_name(repo)
         config = LocalStackConfig(repo, port=free_port(), api_key="bench-" + "k" * 20)
         with LocalStack(config) as stack:
+            ready_s = time.perf_counter() - started
             results = asyncio.run(_measure(stack, args.max_tokens, args.rounds))
         engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
         results["engine x1 (in-process)"] = _engine_single(engine_dir, args.max_tokens, args.rounds)
+    print(f"local stack ready in {ready_s:.1f} s (cached repository; target < 10 s)")
     print(f"{'path':<24} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s':>9}")
     for name, row in results.items():
         print(f"{name:<24} {row['ttft_p50_ms']:>12.1f} {row['ttft_p95_ms']:>12.1f} {row['tok_s']:>9.1f}")
