@@ -53,7 +53,11 @@ def merge_sibling_matmuls(model: Any) -> int:
         replace[id(nodes[0])] = [
             helper.make_node("MatMul", [source, base + "_weight"], [base + "_out"], name=base),
             helper.make_node(
-                "Split", [base + "_out", base + "_sizes"], [n.output[0] for n in nodes], axis=-1, name=base + "_split"
+                "Split",
+                [base + "_out", base + "_sizes"],
+                [n.output[0] for n in nodes],
+                axis=-1,
+                name=base + "_split",
             ),
         ]
         for n in nodes[1:]:
@@ -88,7 +92,7 @@ def quantize_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
-    """Inverse of `quantize_blocks` (for tests and checks): the [K, N] float weight the graph computes with."""
+    """Inverse of `quantize_blocks` (tests, checks): the [K, N] float weight the graph computes with."""
     n, blocks, _ = packed.shape
     q = np.empty((n, blocks, BLOCK), dtype=np.float32)
     q[..., 0::2] = packed & 0x0F
@@ -147,7 +151,9 @@ def quantize_int4_with_offsets(model: Any, accuracy_level: int, skip: frozenset[
                 accuracy_level=accuracy_level,
             ),
             helper.make_node("MatMul", [block_sums[source], base + "_offsets"], [base + "_correction"]),
-            helper.make_node("Add", [base + "_main", base + "_correction"], list(node.output), name=base + "_add"),
+            helper.make_node(
+                "Add", [base + "_main", base + "_correction"], list(node.output), name=base + "_add"
+            ),
         ]
         count += 1
     del graph.node[:]
