@@ -6,6 +6,8 @@
 Everything runs on loopback: a real Triton (serving/triton_local.py) and the gateway (uvicorn in a
 thread of this process, as `tritonform serve` runs it). Streams of `--max-tokens` new tokens at
 temperature 0, at concurrency 1 and 8; TTFT is measured from sending the request to the first text.
+A model with a chat template gets the prompt as a chat message (gateway: /v1/chat/completions; Triton
+and the engine: the same rendered template), so an instruct model answers instead of ending at once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 
@@ -42,31 +45,51 @@ def _tiny_repository(root: Path) -> Path:
     return write_repository(root / "repo", onnx, GenerationSpec(model_name="llm"))
 
 
-async def _gateway_stream(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> Sample:
+def _prompt(engine_dir: Path) -> str:
+    """PROMPT as the model sees it: through its chat template when it has one (an instruct model given
+    a bare sentence may answer with end-of-text at once)."""
+    from model_repo.engine import GenerationMetadata, render_chat_template
+
+    meta = GenerationMetadata.load(engine_dir)
+    if not meta.chat_template:
+        return PROMPT
+    return render_chat_template(
+        meta.chat_template, [{"role": "user", "content": PROMPT}], bos_token=meta.bos_token or ""
+    )
+
+
+async def _gateway_stream(client: openai.AsyncOpenAI, model: str, max_tokens: int, chat: bool) -> Sample:
     started = time.perf_counter()
     first = 0.0
     tokens = 0
-    stream = await client.completions.create(
-        model=model,
-        prompt=PROMPT,
-        max_tokens=max_tokens,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    common: dict[str, Any] = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if chat:
+        stream: Any = await client.chat.completions.create(
+            messages=[{"role": "user", "content": PROMPT}], **common
+        )
+    else:
+        stream = await client.completions.create(prompt=PROMPT, **common)
     async for chunk in stream:
-        if not first and chunk.choices and chunk.choices[0].text:
-            first = time.perf_counter() - started
+        if not first and chunk.choices:
+            choice = chunk.choices[0]
+            if choice.delta.content if chat else choice.text:
+                first = time.perf_counter() - started
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
     return first, tokens, time.perf_counter() - started
 
 
-async def _triton_stream(triton: TritonGenerator, max_tokens: int) -> Sample:
+async def _triton_stream(triton: TritonGenerator, prompt: str, max_tokens: int) -> Sample:
     started = time.perf_counter()
     first = 0.0
     tokens = 0
-    params = GenerationParams(PROMPT, max_tokens, temperature=0.0, stream=True)
+    params = GenerationParams(prompt, max_tokens, temperature=0.0, stream=True)
     async for delta in triton.generate(params, "bench", 300):
         if not first and delta.text:
             first = time.perf_counter() - started
@@ -94,7 +117,7 @@ def _summary(samples: list[Sample], wall: float) -> dict[str, float]:
     }
 
 
-def _engine_single(onnx_dir: Path, max_tokens: int, rounds: int) -> dict[str, float]:
+def _engine_single(onnx_dir: Path, prompt: str, max_tokens: int, rounds: int) -> dict[str, float]:
     from model_repo.engine import Engine, SamplingParams
 
     engine = Engine.load(onnx_dir)
@@ -103,7 +126,7 @@ def _engine_single(onnx_dir: Path, max_tokens: int, rounds: int) -> dict[str, fl
     for _ in range(rounds):
         t0 = time.perf_counter()
         first, count = 0.0, 0
-        for token in engine.generate(PROMPT, SamplingParams(max_tokens=max_tokens)):
+        for token in engine.generate(prompt, SamplingParams(max_tokens=max_tokens)):
             count += 1
             if not first and token.text:
                 first = time.perf_counter() - t0
@@ -111,17 +134,19 @@ def _engine_single(onnx_dir: Path, max_tokens: int, rounds: int) -> dict[str, fl
     return _summary(samples, time.perf_counter() - started)
 
 
-async def _measure(stack: LocalStack, max_tokens: int, rounds: int) -> dict[str, dict[str, float]]:
+async def _measure(
+    stack: LocalStack, prompt: str, chat: bool, max_tokens: int, rounds: int
+) -> dict[str, dict[str, float]]:
     assert stack.triton is not None
     triton = TritonGenerator(stack.triton.grpc_url, stack.model_name)
     results: dict[str, dict[str, float]] = {}
     async with openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key=stack.api_key, max_retries=0) as client:
-        await _gateway_stream(client, stack.model_name, 4)  # warm up both paths
-        await _triton_stream(triton, 4)
+        await _gateway_stream(client, stack.model_name, 4, chat)  # warm up both paths
+        await _triton_stream(triton, prompt, 4)
         for concurrency in (1, 8):
             for name, one in (
-                ("triton", lambda: _triton_stream(triton, max_tokens)),
-                ("gateway", lambda: _gateway_stream(client, stack.model_name, max_tokens)),
+                ("triton", lambda: _triton_stream(triton, prompt, max_tokens)),
+                ("gateway", lambda: _gateway_stream(client, stack.model_name, max_tokens, chat)),
             ):
                 results[f"{name} x{concurrency}"] = _summary(*await _round(one, concurrency, rounds))
     await triton.close()
@@ -149,9 +174,11 @@ def main() -> None:
         config = LocalStackConfig(repo, port=free_port(), api_key="bench-" + "k" * 20)
         with LocalStack(config) as stack:
             ready_s = time.perf_counter() - started
-            results = asyncio.run(_measure(stack, args.max_tokens, args.rounds))
-        engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
-        results["engine x1 (in-process)"] = _engine_single(engine_dir, args.max_tokens, args.rounds)
+            engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
+            prompt = _prompt(engine_dir)
+            chat = prompt != PROMPT
+            results = asyncio.run(_measure(stack, prompt, chat, args.max_tokens, args.rounds))
+        results["engine x1 (in-process)"] = _engine_single(engine_dir, prompt, args.max_tokens, args.rounds)
     print(f"local stack ready in {ready_s:.1f} s (cached repository; target < 10 s)")
     print(f"{'path':<24} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s':>9}")
     for name, row in results.items():

@@ -37,6 +37,11 @@ METADATA_FILE = "generation.json"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
 METADATA_FORMAT = 1
+# Prompt-prefix KV reuse: a new prompt that shares at least PREFIX_MIN_TOKENS leading tokens with the
+# previous one (a chat template's system prompt, a few-shot preamble) prefills only the rest. At most
+# PREFIX_MAX_TOKENS tokens are kept (~46 KB a token for SmolLM2-135M).
+PREFIX_MIN_TOKENS = 8
+PREFIX_MAX_TOKENS = 256
 
 
 class EngineError(RuntimeError):
@@ -208,6 +213,8 @@ class Engine:
             raise EngineError(f"{model_dir}: ONNX model lacks inputs {sorted(missing)}; rebuild it")
         self._float = np.float32
         self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
+        self._prefix_ids: list[int] = []
+        self._prefix_kv: list[np.ndarray] = []
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -318,6 +325,34 @@ class Engine:
             feeds[vname] = _as_ortvalue(past[i + 1])
         outs = self.session.run_with_ort_values(self._output_names, feeds)
         return outs[0].numpy(), list(outs[1:])
+
+    def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Batch-1 prefill of a prompt: (logits of its last position [V], present KV as numpy arrays).
+
+        Reuses the KV of the leading tokens it shares with the previous prompt (see PREFIX_MIN_TOKENS):
+        causal attention makes those keys and values independent of what follows them.
+        """
+        n = len(ids)
+        reuse = 0
+        limit = min(len(self._prefix_ids), n - 1)
+        if limit >= PREFIX_MIN_TOKENS:
+            differ = np.flatnonzero(np.asarray(self._prefix_ids[:limit]) != np.asarray(ids[:limit]))
+            reuse = int(differ[0]) if differ.size else limit
+        if reuse >= PREFIX_MIN_TOKENS:
+            past: list[Any] = [np.ascontiguousarray(kv[:, :, :reuse, :]) for kv in self._prefix_kv]
+        else:
+            reuse, past = 0, self.empty_past(1)
+        logits, present = self.forward(
+            np.asarray([ids[reuse:]], dtype=np.int64),
+            np.ones((1, n), dtype=np.int64),
+            np.arange(reuse, n, dtype=np.int64)[None, :],
+            past,
+        )
+        kv = [_to_numpy(p) for p in present]
+        keep = min(n, PREFIX_MAX_TOKENS)
+        self._prefix_ids = [int(t) for t in ids[:keep]]
+        self._prefix_kv = [np.ascontiguousarray(x[:, :, :keep, :]) for x in kv]
+        return logits[0, -1], kv
 
     def prompt_logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), V] for every position of one sequence (teacher forcing, used by gates)."""
@@ -450,22 +485,17 @@ class DecodeBatch:
         ids = np.asarray([prompt_ids], dtype=np.int64)
         if ids.min() < 0 or ids.max() >= meta.vocab_size:
             raise EngineError(f"token ids must be in [0, {meta.vocab_size})")
-        logits, present = self.engine.forward(
-            ids,
-            np.ones((1, n), dtype=np.int64),
-            np.arange(n, dtype=np.int64)[None, :],
-            self.engine.empty_past(1),
-        )
+        last_logits, present = self.engine.prefill(prompt_ids)
         stop = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop |= set(meta.eos_token_ids)
         state = _SeqState(request_id, params, Sampler(params), n, 0, stop_ids=frozenset(stop))
-        tok = state.sampler(logits[0, -1])
+        tok = state.sampler(last_logits)
         state.generated = 1
         state.last_token = tok
         finished, reason, is_stop = self._finish(state, tok)
         if not finished:
-            self._join(state, [_to_numpy(p) for p in present])
+            self._join(state, present)
         return StepOutput(request_id, tok, finished, reason, is_stop)
 
     def _join(self, state: _SeqState, present: list[np.ndarray]) -> None:

@@ -159,3 +159,39 @@ def test_host_copy_path_used_for_gpu_providers_gives_the_same_tokens(tiny_llama_
     expected = engine.greedy_ids(ids, 10)
     engine._cpu_only = False  # what a CUDA/TensorRT session selects
     assert engine.greedy_ids(ids, 10) == expected
+
+
+def test_prompt_sharing_a_prefix_with_the_previous_one_prefills_only_the_rest(
+    tiny_llama_export: Path,
+) -> None:
+    engine = Engine.load(tiny_llama_export, num_threads=1)
+    fresh = Engine.load(tiny_llama_export, num_threads=1)
+    system = engine.encode("you are a helpful assistant who answers briefly and well. ")
+    assert len(system) >= 8
+    first, second = system + engine.encode("hello world"), system + engine.encode("the quick brown fox")
+    engine.greedy_ids(first, 4)
+
+    calls: list[int] = []
+    forward = engine.forward
+
+    def counting(input_ids: np.ndarray, *args: object) -> object:
+        calls.append(input_ids.shape[1])
+        return forward(input_ids, *args)  # type: ignore[arg-type]
+
+    engine.forward = counting  # type: ignore[method-assign]
+    reused = engine.greedy_ids(second, 12)
+    # The prefill ran over the new tail only (shared tokens come from the cache), then 1-token steps.
+    assert calls[0] == len(second) - len(system)
+    # ... and generates exactly what an engine without that cache generates.
+    assert reused == fresh.greedy_ids(second, 12)
+
+
+def test_prompts_with_little_in_common_prefill_in_full(tiny_engine: Engine) -> None:
+    tiny_engine.greedy_ids(tiny_engine.encode("hello world and more words here"), 2)
+    other = tiny_engine.encode("completely different text to start with")
+    _, present = tiny_engine.prefill(other)
+    assert present[0].shape[2] == len(other)
+    # An identical prompt reuses all but its last token (one token must run to give logits), and its
+    # logits match a full prefill's.
+    logits, _ = tiny_engine.prefill(other)
+    np.testing.assert_allclose(logits, tiny_engine.prompt_logits(other)[-1], rtol=1e-4, atol=1e-4)
