@@ -8,12 +8,14 @@ thread of this process, as `tritonform serve` runs it). Streams of `--max-tokens
 temperature 0, at concurrency 1 and 8; TTFT is measured from sending the request to the first text.
 A model with a chat template gets the prompt as a chat message (gateway: /v1/chat/completions; Triton
 and the engine: the same rendered template), so an instruct model answers instead of ending at once.
+Every request asks a differently numbered question, so only the template's system prompt is shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import tempfile
@@ -45,20 +47,31 @@ def _tiny_repository(root: Path) -> Path:
     return write_repository(root / "repo", onnx, GenerationSpec(model_name="llm"))
 
 
-def _prompt(engine_dir: Path) -> str:
-    """PROMPT as the model sees it: through its chat template when it has one (an instruct model given
-    a bare sentence may answer with end-of-text at once)."""
+_REQUESTS = itertools.count(1)
+
+
+def _question() -> str:
+    """A new question per request: numbered at its start, so requests share the chat template's
+    system prompt (as real chats do) but not the question (the engine reuses a shared prefix's KV)."""
+    return f"Request {next(_REQUESTS)}. {PROMPT}"
+
+
+def _renderer(engine_dir: Path) -> Callable[[str], str] | None:
+    """The question as the model sees it through its chat template, or None for a model without one
+    (an instruct model given a bare sentence may answer with end-of-text at once)."""
     from model_repo.engine import GenerationMetadata, render_chat_template
 
     meta = GenerationMetadata.load(engine_dir)
-    if not meta.chat_template:
-        return PROMPT
-    return render_chat_template(
-        meta.chat_template, [{"role": "user", "content": PROMPT}], bos_token=meta.bos_token or ""
+    template = meta.chat_template
+    if not template:
+        return None
+    return lambda q: render_chat_template(
+        template, [{"role": "user", "content": q}], bos_token=meta.bos_token or ""
     )
 
 
 async def _gateway_stream(client: openai.AsyncOpenAI, model: str, max_tokens: int, chat: bool) -> Sample:
+    question = _question()
     started = time.perf_counter()
     first = 0.0
     tokens = 0
@@ -71,10 +84,10 @@ async def _gateway_stream(client: openai.AsyncOpenAI, model: str, max_tokens: in
     }
     if chat:
         stream: Any = await client.chat.completions.create(
-            messages=[{"role": "user", "content": PROMPT}], **common
+            messages=[{"role": "user", "content": question}], **common
         )
     else:
-        stream = await client.completions.create(prompt=PROMPT, **common)
+        stream = await client.completions.create(prompt=question, **common)
     async for chunk in stream:
         if not first and chunk.choices:
             choice = chunk.choices[0]
@@ -85,7 +98,10 @@ async def _gateway_stream(client: openai.AsyncOpenAI, model: str, max_tokens: in
     return first, tokens, time.perf_counter() - started
 
 
-async def _triton_stream(triton: TritonGenerator, prompt: str, max_tokens: int) -> Sample:
+async def _triton_stream(
+    triton: TritonGenerator, render: Callable[[str], str] | None, max_tokens: int
+) -> Sample:
+    prompt = render(_question()) if render else _question()
     started = time.perf_counter()
     first = 0.0
     tokens = 0
@@ -117,7 +133,9 @@ def _summary(samples: list[Sample], wall: float) -> dict[str, float]:
     }
 
 
-def _engine_single(onnx_dir: Path, prompt: str, max_tokens: int, rounds: int) -> dict[str, float]:
+def _engine_single(
+    onnx_dir: Path, render: Callable[[str], str] | None, max_tokens: int, rounds: int
+) -> dict[str, float]:
     from model_repo.engine import Engine, SamplingParams
 
     engine = Engine.load(onnx_dir)
@@ -126,6 +144,7 @@ def _engine_single(onnx_dir: Path, prompt: str, max_tokens: int, rounds: int) ->
     for _ in range(rounds):
         t0 = time.perf_counter()
         first, count = 0.0, 0
+        prompt = render(_question()) if render else _question()
         for token in engine.generate(prompt, SamplingParams(max_tokens=max_tokens)):
             count += 1
             if not first and token.text:
@@ -135,17 +154,18 @@ def _engine_single(onnx_dir: Path, prompt: str, max_tokens: int, rounds: int) ->
 
 
 async def _measure(
-    stack: LocalStack, prompt: str, chat: bool, max_tokens: int, rounds: int
+    stack: LocalStack, render: Callable[[str], str] | None, max_tokens: int, rounds: int
 ) -> dict[str, dict[str, float]]:
     assert stack.triton is not None
+    chat = render is not None
     triton = TritonGenerator(stack.triton.grpc_url, stack.model_name)
     results: dict[str, dict[str, float]] = {}
     async with openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key=stack.api_key, max_retries=0) as client:
         await _gateway_stream(client, stack.model_name, 4, chat)  # warm up both paths
-        await _triton_stream(triton, prompt, 4)
+        await _triton_stream(triton, render, 4)
         for concurrency in (1, 8):
             for name, one in (
-                ("triton", lambda: _triton_stream(triton, prompt, max_tokens)),
+                ("triton", lambda: _triton_stream(triton, render, max_tokens)),
                 ("gateway", lambda: _gateway_stream(client, stack.model_name, max_tokens, chat)),
             ):
                 results[f"{name} x{concurrency}"] = _summary(*await _round(one, concurrency, rounds))
@@ -175,10 +195,9 @@ def main() -> None:
         with LocalStack(config) as stack:
             ready_s = time.perf_counter() - started
             engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
-            prompt = _prompt(engine_dir)
-            chat = prompt != PROMPT
-            results = asyncio.run(_measure(stack, prompt, chat, args.max_tokens, args.rounds))
-        results["engine x1 (in-process)"] = _engine_single(engine_dir, prompt, args.max_tokens, args.rounds)
+            render = _renderer(engine_dir)
+            results = asyncio.run(_measure(stack, render, args.max_tokens, args.rounds))
+        results["engine x1 (in-process)"] = _engine_single(engine_dir, render, args.max_tokens, args.rounds)
     print(f"local stack ready in {ready_s:.1f} s (cached repository; target < 10 s)")
     print(f"{'path':<24} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s':>9}")
     for name, row in results.items():
