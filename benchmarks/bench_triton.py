@@ -73,7 +73,27 @@ def bench_engine(engine: Any, prompts: list[str], max_tokens: int, streams: int)
     while len(batch):
         tokens += len(batch.step())
     batched = tokens / (time.perf_counter() - start)
-    return {"engine_1_stream_tok_s": single, f"engine_{streams}_batched_tok_s": batched}
+
+    # The same with every answer exactly max_tokens long (eos ignored): how well a decode step batches,
+    # apart from answers that end early and leave a smaller batch running.
+    fixed = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    start = time.perf_counter()
+    tokens = sum(1 for _ in engine.generate(prompts[0], fixed))
+    fixed_single = tokens / (time.perf_counter() - start)
+    batch = engine.new_batch()
+    tokens, start = 0, time.perf_counter()
+    for i in range(streams):
+        batch.add(str(i), engine.encode(prompts[i % len(prompts)]), fixed)
+        tokens += 1
+    while len(batch):
+        tokens += len(batch.step())
+    fixed_batched = tokens / (time.perf_counter() - start)
+    return {
+        "engine_1_stream_tok_s": single,
+        f"engine_{streams}_batched_tok_s": batched,
+        "engine_1_stream_fixed_len_tok_s": fixed_single,
+        f"engine_{streams}_batched_fixed_len_tok_s": fixed_batched,
+    }
 
 
 def bench_pytorch(checkpoint: Path, prompts: list[str], max_tokens: int) -> float:
@@ -272,6 +292,8 @@ def main() -> int:
         "triton_1_stream_vs_engine": results["triton_1_stream_tok_s"] / results["engine_1_stream_tok_s"],
         f"triton_{n}_streams_vs_1_stream": results[f"triton_{n}_streams_tok_s"]
         / results["triton_1_stream_tok_s"],
+        f"engine_{n}_batched_vs_1_stream_fixed_len": results[f"engine_{n}_batched_fixed_len_tok_s"]
+        / results["engine_1_stream_fixed_len_tok_s"],
     }
     if "pytorch_eager_tok_s" in results:
         ratios["engine_vs_pytorch"] = results["engine_1_stream_tok_s"] / results["pytorch_eager_tok_s"]
