@@ -27,7 +27,7 @@ from typing import Any
 
 from model_repo.engine import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
 from model_repo.export import save_onnx
-from model_repo.quantize_int4 import merge_sibling_matmuls, quantize_int4_with_offsets
+from model_repo.quantize_int4 import merge_sibling_matmuls, quantize_int4_with_offsets, weight_matmuls
 
 METHODS = ("none", "int8", "int4")
 
@@ -82,22 +82,15 @@ def _logits_matmul(model: Any) -> str | None:
     return None
 
 
-def _weight_of(model: Any, node_name: str) -> str:
-    return str(next(n.input[1] for n in model.graph.node if n.name == node_name))
-
-
-def _wide_input_matmuls(model: Any, hidden: int) -> set[str]:
-    """MatMuls with a constant weight whose input is wider than the hidden size (the MLP's down
-    projection: its input, act(gate) * up, has the largest outliers)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    return {
-        str(n.name)
-        for n in model.graph.node
-        if n.op_type == "MatMul"
-        and n.input[1] in inits
-        and len(inits[n.input[1]].dims) == 2
-        and inits[n.input[1]].dims[0] > hidden
-    }
+def _eight_bit_in_int4(model: Any, head: str | None) -> set[str]:
+    """The MatMuls an int4 build keeps at 8 bits: the output projection `head` and those whose input is
+    wider than the hidden size (the MLP's down projection: its input, act(gate) * up, has the largest
+    outliers). The hidden size is the output projection's input width."""
+    matmuls = weight_matmuls(model)
+    hidden = next((init.dims[0] for node, init in matmuls if node.name == head), None)
+    if hidden is None:
+        return set()
+    return {str(node.name) for node, init in matmuls if node.name == head or init.dims[0] > hidden}
 
 
 def _matmul_nbits(model: Any, bits: int, s: QuantSettings, only: set[str] | None = None) -> Any:
@@ -151,10 +144,7 @@ def quantize_model(
         if bits == 4:
             say("merging projections that share an input (q/k/v, gate/up)")
             merge_sibling_matmuls(model)
-            eight = {head} if head else set()
-            if head:
-                hidden = next(i.dims[0] for i in model.graph.initializer if i.name == _weight_of(model, head))
-                eight |= _wide_input_matmuls(model, int(hidden))
+            eight = _eight_bit_in_int4(model, head)
             say(f"quantising the output and down projections to 8 bits ({len(eight)} MatMuls)")
             model = _matmul_nbits(model, 8, SETTINGS["int8"], only=eight)
             say(f"quantising the other weights to 4 bits (block {settings.block_size}, exact offsets)")

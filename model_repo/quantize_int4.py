@@ -27,30 +27,42 @@ BLOCK = 32
 BITS = 4
 
 
+def weight_matmuls(model: Any) -> list[tuple[Any, Any]]:
+    """(node, weight initializer) for every MatMul whose second input is a constant 2-D tensor."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [
+        (n, inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and len(n.input) == 2
+        and n.input[1] in inits
+        and len(inits[n.input[1]].dims) == 2
+    ]
+
+
 def merge_sibling_matmuls(model: Any) -> int:
     """Merge MatMuls that share their input and have constant weights into one MatMul + Split.
     Returns the number of merged groups. Works in place on an `onnx.ModelProto`."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2:
-            groups[node.input[0]].append(node)
-    replace: dict[int, list[Any]] = {}
+    groups: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+    for node, init in weight_matmuls(model):
+        groups[node.input[0]].append((node, init))
+    replace: dict[str, list[Any]] = {}  # by first output name: protobuf wrappers have no stable id()
     merged = 0
-    for source, nodes in groups.items():
-        if len(nodes) < 2:
+    for source, members in groups.items():
+        if len(members) < 2:
             continue
-        weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+        nodes = [node for node, _ in members]
+        weights = [numpy_helper.to_array(init) for _, init in members]
         if len({w.shape[0] for w in weights}) != 1 or len({w.dtype for w in weights}) != 1:
             continue
         base = f"{nodes[0].name or nodes[0].output[0]}_merged"
         graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), base + "_weight"))
         sizes = np.asarray([w.shape[1] for w in weights], dtype=np.int64)
         graph.initializer.append(numpy_helper.from_array(sizes, base + "_sizes"))
-        replace[id(nodes[0])] = [
+        replace[nodes[0].output[0]] = [
             helper.make_node("MatMul", [source, base + "_weight"], [base + "_out"], name=base),
             helper.make_node(
                 "Split",
@@ -61,10 +73,10 @@ def merge_sibling_matmuls(model: Any) -> int:
             ),
         ]
         for n in nodes[1:]:
-            replace[id(n)] = []
+            replace[n.output[0]] = []
         merged += 1
     if merged:
-        new_nodes = [m for n in graph.node for m in replace.get(id(n), [n])]
+        new_nodes = [m for n in graph.node for m in replace.get(n.output[0], [n])]
         del graph.node[:]
         graph.node.extend(new_nodes)
         _drop_unused_initializers(model)
@@ -101,23 +113,20 @@ def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, offsets: np.ndarra
     return w.reshape(n, blocks * BLOCK)[:, :k].T
 
 
-def quantize_int4_with_offsets(model: Any, accuracy_level: int, skip: frozenset[str] = frozenset()) -> int:
-    """Replace every MatMul with a constant 2-D fp32 weight (except nodes named in `skip`) by the 4-bit
-    form above. Returns how many were replaced. Works in place on an `onnx.ModelProto`."""
+def quantize_int4_with_offsets(model: Any, accuracy_level: int) -> int:
+    """Replace every MatMul with a constant 2-D fp32 weight by the 4-bit form above. Returns how many
+    were replaced. Works in place on an `onnx.ModelProto`."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    weights = {node.output[0]: init for node, init in weight_matmuls(model)}
     block_sums: dict[str, str] = {}
     new_nodes: list[Any] = []
     count = 0
     for node in graph.node:
-        init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if init is None or node.name in skip or len(init.dims) != 2:
-            new_nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(init)
-        if weight.dtype != np.float32:
+        init = weights.get(node.output[0])
+        weight = None if init is None else numpy_helper.to_array(init)
+        if weight is None or weight.dtype != np.float32:
             new_nodes.append(node)
             continue
         k, n = weight.shape
