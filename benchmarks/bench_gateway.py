@@ -56,7 +56,14 @@ def _question() -> str:
     return f"Request {next(_REQUESTS)}. {PROMPT}"
 
 
-def _renderer(engine_dir: Path) -> Callable[[str], str] | None:
+Render = Callable[[str], str] | None
+
+
+def _next_prompt(render: Render) -> str:
+    return render(_question()) if render else _question()
+
+
+def _renderer(engine_dir: Path) -> Render:
     """The question as the model sees it through its chat template, or None for a model without one
     (an instruct model given a bare sentence may answer with end-of-text at once)."""
     from model_repo.engine import GenerationMetadata, render_chat_template
@@ -98,10 +105,8 @@ async def _gateway_stream(client: openai.AsyncOpenAI, model: str, max_tokens: in
     return first, tokens, time.perf_counter() - started
 
 
-async def _triton_stream(
-    triton: TritonGenerator, render: Callable[[str], str] | None, max_tokens: int
-) -> Sample:
-    prompt = render(_question()) if render else _question()
+async def _triton_stream(triton: TritonGenerator, render: Render, max_tokens: int) -> Sample:
+    prompt = _next_prompt(render)
     started = time.perf_counter()
     first = 0.0
     tokens = 0
@@ -133,19 +138,15 @@ def _summary(samples: list[Sample], wall: float) -> dict[str, float]:
     }
 
 
-def _engine_single(
-    onnx_dir: Path, render: Callable[[str], str] | None, max_tokens: int, rounds: int
-) -> dict[str, float]:
-    from model_repo.engine import Engine, SamplingParams
+def _engine_single(engine: Any, render: Render, max_tokens: int, rounds: int) -> dict[str, float]:
+    from model_repo.engine import SamplingParams
 
-    engine = Engine.load(onnx_dir)
     samples: list[Sample] = []
     started = time.perf_counter()
     for _ in range(rounds):
         t0 = time.perf_counter()
         first, count = 0.0, 0
-        prompt = render(_question()) if render else _question()
-        for token in engine.generate(prompt, SamplingParams(max_tokens=max_tokens)):
+        for token in engine.generate(_next_prompt(render), SamplingParams(max_tokens=max_tokens)):
             count += 1
             if not first and token.text:
                 first = time.perf_counter() - t0
@@ -154,13 +155,12 @@ def _engine_single(
 
 
 def _engine_batched(
-    onnx_dir: Path, render: Callable[[str], str] | None, max_tokens: int, rounds: int, streams: int = 8
+    engine: Any, render: Render, max_tokens: int, rounds: int, streams: int = 8
 ) -> dict[str, float]:
     """`streams` requests arriving together, advanced by one DecodeBatch (what the Triton model does);
     TTFT counts from the round's start to each request's first token."""
-    from model_repo.engine import Engine, SamplingParams
+    from model_repo.engine import SamplingParams
 
-    engine = Engine.load(onnx_dir)
     params = SamplingParams(max_tokens=max_tokens)
     samples: list[Sample] = []
     started = time.perf_counter()
@@ -172,7 +172,7 @@ def _engine_batched(
         ends: dict[str, float] = {}
         for i in range(streams):
             rid = str(i)
-            out = batch.add(rid, engine.encode(render(_question()) if render else _question()), params)
+            out = batch.add(rid, engine.encode(_next_prompt(render)), params)
             counts[rid], firsts[rid] = 1, time.perf_counter() - t0
             if out.finished:
                 ends[rid] = firsts[rid]
@@ -186,7 +186,7 @@ def _engine_batched(
 
 
 async def _measure(
-    stack: LocalStack, render: Callable[[str], str] | None, max_tokens: int, rounds: int
+    stack: LocalStack, render: Render, max_tokens: int, rounds: int
 ) -> dict[str, dict[str, float]]:
     assert stack.triton is not None
     chat = render is not None
@@ -213,15 +213,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per concurrency level")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tritonform-bench-") as scratch:
-        if args.tiny or args.model_repo:
-            repo = _tiny_repository(Path(scratch)) if args.tiny else args.model_repo
-        else:
+        given = _tiny_repository(Path(scratch)) if args.tiny else args.model_repo
+        if given is None:
             default_repository(print)  # build it (or find it in the cache) before the clock starts
         # Ready time as `tritonform serve` sees it with a cached repository: cache lookup, Triton start
         # and model load, gateway start, both ready.
         started = time.perf_counter()
-        if not (args.tiny or args.model_repo):
-            repo = default_repository(print)
+        repo = given or default_repository(print)
         model = find_model_name(repo)
         config = LocalStackConfig(repo, port=free_port(), api_key="bench-" + "k" * 20)
         with LocalStack(config) as stack:
@@ -229,8 +227,11 @@ def main() -> None:
             engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
             render = _renderer(engine_dir)
             results = asyncio.run(_measure(stack, render, args.max_tokens, args.rounds))
-        results["engine x1 (in-process)"] = _engine_single(engine_dir, render, args.max_tokens, args.rounds)
-        results["engine x8 (in-process)"] = _engine_batched(engine_dir, render, args.max_tokens, args.rounds)
+        from model_repo.engine import Engine
+
+        engine = Engine.load(engine_dir)
+        results["engine x1 (in-process)"] = _engine_single(engine, render, args.max_tokens, args.rounds)
+        results["engine x8 (in-process)"] = _engine_batched(engine, render, args.max_tokens, args.rounds)
     print(f"local stack ready in {ready_s:.1f} s (target with a cached repository: < 10 s)")
     print(f"{'path':<24} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s':>9}")
     for name, row in results.items():

@@ -63,36 +63,29 @@ def bench_engine(engine: Any, prompts: list[str], max_tokens: int, streams: int)
         tokens += sum(1 for _ in engine.generate(prompt, params))
     single = tokens / (time.perf_counter() - start)
 
-    batch = engine.new_batch()
-    tokens, start = 0, time.perf_counter()
-    for i in range(streams):
-        out = batch.add(str(i), engine.encode(prompts[i % len(prompts)]), params)
-        tokens += 1
-        if out.finished:
-            batch.remove(str(i))
-    while len(batch):
-        tokens += len(batch.step())
-    batched = tokens / (time.perf_counter() - start)
+    def batched(params: Any) -> float:
+        batch = engine.new_batch()
+        tokens, start = 0, time.perf_counter()
+        for i in range(streams):
+            out = batch.add(str(i), engine.encode(prompts[i % len(prompts)]), params)
+            tokens += 1
+            if out.finished:
+                batch.remove(str(i))
+        while len(batch):
+            tokens += len(batch.step())
+        return tokens / (time.perf_counter() - start)
 
-    # The same with every answer exactly max_tokens long (eos ignored): how well a decode step batches,
-    # apart from answers that end early and leave a smaller batch running.
+    # Then every answer exactly max_tokens long (eos ignored): how well a decode step batches, apart
+    # from answers that end early and leave a smaller batch running.
     fixed = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     start = time.perf_counter()
     tokens = sum(1 for _ in engine.generate(prompts[0], fixed))
     fixed_single = tokens / (time.perf_counter() - start)
-    batch = engine.new_batch()
-    tokens, start = 0, time.perf_counter()
-    for i in range(streams):
-        batch.add(str(i), engine.encode(prompts[i % len(prompts)]), fixed)
-        tokens += 1
-    while len(batch):
-        tokens += len(batch.step())
-    fixed_batched = tokens / (time.perf_counter() - start)
     return {
         "engine_1_stream_tok_s": single,
-        f"engine_{streams}_batched_tok_s": batched,
+        f"engine_{streams}_batched_tok_s": batched(params),
         "engine_1_stream_fixed_len_tok_s": fixed_single,
-        f"engine_{streams}_batched_fixed_len_tok_s": fixed_batched,
+        f"engine_{streams}_batched_fixed_len_tok_s": batched(fixed),
     }
 
 
