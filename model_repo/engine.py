@@ -6,8 +6,10 @@ the hot loop is numpy + onnxruntime only, so a Triton model instance stays small
 Model directory contract (written by `model_repo.build`):
     model.onnx (+ model.onnx.data)   inputs  input_ids[B,S] int64, attention_mask[B,P+S] int64,
                                              position_ids[B,S] int64,
+                                             logits_to_keep[K] int64 (positions within S whose
+                                               logits to compute; optional, older builds lack it),
                                              past_key_values.{i}.key / .value [B,kv_heads,P,hd] f32
-                                     outputs logits[B,S,V] f32, present.{i}.key / .value [B,kv_heads,P+S,hd]
+                                     outputs logits[B,K,V] f32, present.{i}.key / .value [B,kv_heads,P+S,hd]
     tokenizer.json                   a `tokenizers` fast tokenizer (no bos added on encode)
     generation.json                  `GenerationMetadata` below
 
@@ -36,6 +38,7 @@ import numpy as np
 METADATA_FILE = "generation.json"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
+LOGITS_TO_KEEP = "logits_to_keep"
 METADATA_FORMAT = 1
 # Prompt-prefix KV reuse: a new prompt that shares at least PREFIX_MIN_TOKENS leading tokens with the
 # previous one (a chat template's system prompt, a few-shot preamble) prefills only the rest. At most
@@ -212,6 +215,7 @@ class Engine:
         if missing:
             raise EngineError(f"{model_dir}: ONNX model lacks inputs {sorted(missing)}; rebuild it")
         self._float = np.float32
+        self._positions_input = LOGITS_TO_KEEP in inputs
         self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
         self._prefix_ids: list[int] = []
         self._prefix_kv: list[np.ndarray] = []
@@ -291,11 +295,20 @@ class Engine:
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past: Sequence[Any],
+        last_only: bool = False,
     ) -> tuple[np.ndarray, list[Any]]:
         """One ORT call. `past` items are numpy arrays or OrtValues (2 per layer, key then value).
+        `last_only` computes logits for the last position only (all rows end there: prompts are
+        left-padded), which saves most of the vocabulary projection in a prefill.
 
-        Returns (logits [B,S,V] numpy, present as OrtValues, which can be passed back without a copy).
+        Returns (logits [B,S,V] numpy, or [B,1,V] with `last_only`; present as OrtValues, which can be
+        passed back without a copy).
         """
+        width = input_ids.shape[1]
+        extra: dict[str, np.ndarray] = {}
+        if self._positions_input:
+            keep = [width - 1] if last_only else range(width)
+            extra[LOGITS_TO_KEEP] = np.fromiter(keep, dtype=np.int64)
         if not self._cpu_only:
             # GPU providers: plain run() copies outputs to host numpy, which keeps this path correct
             # (a device-resident KV cache through IO binding is future work).
@@ -303,12 +316,13 @@ class Engine:
                 "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+                **extra,
             }
             for (kname, vname), i in zip(self._past_names, range(0, len(past), 2), strict=True):
                 np_feeds[kname] = _to_numpy(past[i])
                 np_feeds[vname] = _to_numpy(past[i + 1])
             res = self.session.run(self._output_names, np_feeds)
-            return res[0], list(res[1:])
+            return _last(res[0], last_only), list(res[1:])
         import onnxruntime as ort
 
         feeds: dict[str, Any] = {
@@ -320,11 +334,13 @@ class Engine:
                 np.ascontiguousarray(position_ids, dtype=np.int64)
             ),
         }
+        for name, value in extra.items():
+            feeds[name] = ort.OrtValue.ortvalue_from_numpy(value)
         for (kname, vname), i in zip(self._past_names, range(0, len(past), 2), strict=True):
             feeds[kname] = _as_ortvalue(past[i])
             feeds[vname] = _as_ortvalue(past[i + 1])
         outs = self.session.run_with_ort_values(self._output_names, feeds)
-        return outs[0].numpy(), list(outs[1:])
+        return _last(outs[0].numpy(), last_only), list(outs[1:])
 
     def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Batch-1 prefill of a prompt: (logits of its last position [V], present KV as numpy arrays).
@@ -347,6 +363,7 @@ class Engine:
             np.ones((1, n), dtype=np.int64),
             np.arange(reuse, n, dtype=np.int64)[None, :],
             past,
+            last_only=True,
         )
         kv = [_to_numpy(p) for p in present]
         keep = min(n, PREFIX_MAX_TOKENS)
@@ -379,6 +396,7 @@ class Engine:
             np.ones((1, prefix_len), dtype=np.int64),
             np.arange(prefix_len, dtype=np.int64)[None, :],
             self.empty_past(1),
+            last_only=True,
         )
         rows = [logits[0, -1]]
         for pos in range(prefix_len, len(ids) - 1):
@@ -427,6 +445,11 @@ class Engine:
         """Greedy continuation token ids (eos ignored), for parity checks."""
         params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
         return [t.token_id for t in self.generate(ids, params)]
+
+
+def _last(logits: np.ndarray, last_only: bool) -> np.ndarray:
+    """Models built before `logits_to_keep` return every position: keep the last one as asked."""
+    return logits[:, -1:] if last_only and logits.shape[1] > 1 else logits
 
 
 def _as_ortvalue(x: Any) -> Any:

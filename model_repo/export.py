@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model_repo.checkpoint import CheckpointError, inspect_checkpoint
-from model_repo.engine import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
+from model_repo.engine import LOGITS_TO_KEEP, ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
 
 OPSET = 18
 
@@ -107,12 +107,17 @@ def _wrapper(model: Any, num_layers: int) -> Any:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *past: Any) -> Any:
+        def forward(
+            self, input_ids: Any, attention_mask: Any, position_ids: Any, logits_to_keep: Any, *past: Any
+        ) -> Any:
             cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(num_layers)])
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
+                # positions (of this call's tokens) whose logits to compute: a prefill needs only the
+                # last one, and the vocabulary projection is the largest matmul of a small model
+                logits_to_keep=logits_to_keep,
                 use_cache=True,
                 **{cache_kw: cache},
             )
@@ -152,6 +157,7 @@ def export_onnx(
         torch.randint(0, meta.vocab_size, (b, s)),
         torch.ones((b, p + s), dtype=torch.int64),
         torch.arange(p, p + s).repeat(b, 1),
+        torch.tensor([1, 2]),
         *[torch.randn(kv) for _ in range(2 * n)],
     )
     past_names = [f"past_key_values.{i}.{kind}" for i in range(n) for kind in ("key", "value")]
@@ -161,6 +167,7 @@ def export_onnx(
         {0: dyn, 1: dyn},
         {0: dyn, 1: dyn},
         {0: dyn, 1: dyn},
+        {0: dyn},
         # `*past` reaches torch.export as one tuple argument.
         tuple({0: dyn, 2: dyn} for _ in range(2 * n)),
     )
@@ -174,7 +181,7 @@ def export_onnx(
                 wrapper,
                 args,
                 dynamo=True,
-                input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+                input_names=["input_ids", "attention_mask", "position_ids", LOGITS_TO_KEEP, *past_names],
                 output_names=["logits", *present_names],
                 dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,

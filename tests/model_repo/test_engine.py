@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model_repo.engine import (
+    LOGITS_TO_KEEP,
     Engine,
     EngineError,
     GenerationMetadata,
@@ -15,6 +16,7 @@ from model_repo.engine import (
     Sampler,
     SamplingParams,
     TextStream,
+    _last,
     available_providers,
 )
 
@@ -174,9 +176,9 @@ def test_prompt_sharing_a_prefix_with_the_previous_one_prefills_only_the_rest(
     calls: list[int] = []
     forward = engine.forward
 
-    def counting(input_ids: np.ndarray, *args: object) -> object:
+    def counting(input_ids: np.ndarray, *args: object, **kwargs: object) -> object:
         calls.append(input_ids.shape[1])
-        return forward(input_ids, *args)  # type: ignore[arg-type]
+        return forward(input_ids, *args, **kwargs)  # type: ignore[arg-type]
 
     engine.forward = counting  # type: ignore[method-assign]
     reused = engine.greedy_ids(second, 12)
@@ -195,3 +197,33 @@ def test_prompts_with_little_in_common_prefill_in_full(tiny_engine: Engine) -> N
     # logits match a full prefill's.
     logits, _ = tiny_engine.prefill(other)
     np.testing.assert_allclose(logits, tiny_engine.prompt_logits(other)[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_prefill_projects_only_its_last_position_to_the_vocabulary(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode("hello world and a few more words")
+    n = len(ids)
+    feeds = {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, n), dtype=np.int64),
+        "position_ids": np.arange(n, dtype=np.int64)[None, :],
+        LOGITS_TO_KEEP: np.asarray([n - 1], dtype=np.int64),
+    }
+    names = [
+        f"past_key_values.{i}.{kind}"
+        for i in range(tiny_engine.metadata.num_layers)
+        for kind in ("key", "value")
+    ]
+    feeds.update(zip(names, tiny_engine.empty_past(1), strict=True))
+    (logits,) = tiny_engine.session.run(["logits"], feeds)
+    # The graph itself computed one row (not all n and then sliced) ...
+    assert logits.shape == (1, 1, tiny_engine.metadata.vocab_size)
+    # ... equal to the last row of a full teacher-forced pass, which the prefill uses.
+    np.testing.assert_allclose(logits[0, 0], tiny_engine.prompt_logits(ids)[-1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tiny_engine.prefill(ids)[0], logits[0, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_models_built_without_logits_to_keep_still_give_the_last_row() -> None:
+    full = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(_last(full, last_only=True), full[:, -1:])
+    assert _last(full, last_only=False) is full
+    assert _last(full[:, -1:], last_only=True).shape == (2, 1, 4)
