@@ -508,6 +508,8 @@ class DecodeBatch:
         ids = np.asarray([prompt_ids], dtype=np.int64)
         if ids.min() < 0 or ids.max() >= meta.vocab_size:
             raise EngineError(f"token ids must be in [0, {meta.vocab_size})")
+        if any(not 0 <= t < meta.vocab_size for t in params.stop_token_ids):
+            raise EngineError(f"stop token ids must be in [0, {meta.vocab_size})")
         last_logits, present = self.engine.prefill(prompt_ids)
         stop = set(params.stop_token_ids)
         if not params.ignore_eos:

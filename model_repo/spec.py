@@ -18,6 +18,8 @@ Request/response tensors (`GENERATION_INPUTS` / `GENERATION_OUTPUTS`) follow the
   top_k       INT32 [1]   optional (0 = off)         random_seed UINT64 [1]  optional (TRT-LLM's name
   stop_words  BYTES [-1]  optional stop strings                              for a seed)
   stream      BOOL  [1]   optional (false: one final response)
+  end_id      INT32 [1]   optional token id that ends an answer (default: the model's eos);
+                          -1: none, every answer runs to max_tokens (benchmarks, as with TRT-LLM)
   -> text_output BYTES [-1]
      completion_tokens INT32 [1]  tokens generated for THIS response (sum them over a stream; a
                                   non-streaming answer carries the total). From TRT-LLM's
@@ -142,6 +144,7 @@ GENERATION_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("random_seed", DataType.UINT64, (1,), optional=True),
     TensorSpec("stop_words", DataType.STRING, (-1,), optional=True),
     TensorSpec("stream", DataType.BOOL, (1,), optional=True),
+    TensorSpec("end_id", DataType.INT32, (1,), optional=True),
 )
 GENERATION_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("text_output", DataType.STRING, (-1,)),

@@ -163,6 +163,7 @@ def preprocessing_config(spec: GenerationSpec) -> ModelConfig:
         inputs=(
             _t("QUERY", DataType.STRING, (1,)),
             _t("STOP_WORDS_DICT", DataType.STRING, (-1,), optional=True),
+            _t("END_ID", DataType.INT32, (1,), optional=True),
         ),
         outputs=(
             _t("INPUT_ID", DataType.INT32, (-1,)),
@@ -234,7 +235,7 @@ def ensemble_config(spec: GenerationSpec) -> ModelConfig:
         ensemble_steps=(
             EnsembleStep(
                 "preprocessing",
-                (("QUERY", "text_input"), ("STOP_WORDS_DICT", "stop_words")),
+                (("QUERY", "text_input"), ("STOP_WORDS_DICT", "stop_words"), ("END_ID", "end_id")),
                 (
                     ("INPUT_ID", "_input_ids"),
                     ("REQUEST_INPUT_LEN", "_prompt_tokens"),

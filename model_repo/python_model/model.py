@@ -74,6 +74,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
+    end_id: int | None = None  # None: the model's eos; -1: no end token (run to max_tokens)
 
 
 def _scalar(value: np.ndarray | None, name: str) -> Any:
@@ -115,6 +116,7 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
     top_k = _scalar(tensors.get("top_k"), "top_k")
     seed = _scalar(tensors.get("random_seed"), "random_seed")
     stream = _scalar(tensors.get("stream"), "stream")
+    end_id = _scalar(tensors.get("end_id"), "end_id")
     stop_words = tensors.get("stop_words")
     stop = (
         tuple(s for s in (_text(v, "stop_words") for v in stop_words.reshape(-1)) if s)
@@ -130,6 +132,7 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
         seed=None if seed is None else int(seed),
         stop=stop,
         stream=bool(stream) if stream is not None else False,
+        end_id=None if end_id is None else int(end_id),
     )
     if not (np.isfinite(request.temperature) and request.temperature >= 0):
         raise RequestError(f"temperature={request.temperature}: must be >= 0")
@@ -137,6 +140,8 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
         raise RequestError(f"top_p={request.top_p}: must be in (0, 1]")
     if request.top_k < 0:
         raise RequestError(f"top_k={request.top_k}: must be >= 0")
+    if request.end_id is not None and request.end_id < -1:
+        raise RequestError(f"end_id={request.end_id}: must be a token id, or -1 for none")
     return request
 
 
@@ -238,6 +243,9 @@ class ContinuousBatchScheduler:
                 top_k=r.top_k,
                 seed=r.seed,
                 stop=r.stop,
+                # end_id replaces the model's eos as the token that ends the answer (TRT-LLM's meaning)
+                ignore_eos=r.end_id is not None,
+                stop_token_ids=() if r.end_id in (None, -1) else (r.end_id,),
             )
             ids = self.engine.encode(r.prompt)
             job.prompt_tokens = len(ids)
@@ -313,6 +321,7 @@ _INPUT_NAMES = (
     "random_seed",
     "stop_words",
     "stream",
+    "end_id",
 )
 
 

@@ -24,7 +24,13 @@ def test_export_writes_the_engine_model_directory(tiny_llama_export: Path) -> No
 def test_export_graph_has_kv_cache_inputs_and_outputs(tiny_engine: Engine) -> None:
     inputs = {i.name for i in tiny_engine.session.get_inputs()}
     outputs = {o.name for o in tiny_engine.session.get_outputs()}
-    assert {"input_ids", "attention_mask", "position_ids", "logits_to_keep", "past_key_values.1.value"} <= inputs
+    assert {
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "logits_to_keep",
+        "past_key_values.1.value",
+    } <= inputs
     assert {"logits", "present.0.key", "present.1.value"} <= outputs
 
 

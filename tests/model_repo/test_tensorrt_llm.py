@@ -155,7 +155,8 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    """Stand-in for the GPU-only TensorRT-LLM backend: echoes the prompt's tokens, one per step."""
+    """Stand-in for the GPU-only TensorRT-LLM backend: echoes the prompt's tokens, one per step,
+    up to (not including) the first one equal to end_id."""
 
     def execute(self, requests):
         for request in requests:
@@ -165,7 +166,10 @@ class TritonPythonModel:
             n = int(n.reshape(-1)[0])
             stream = pb_utils.get_input_tensor_by_name(request, "streaming")
             stream = bool(stream.as_numpy().reshape(-1)[0]) if stream is not None else False
+            end = int(pb_utils.get_input_tensor_by_name(request, "end_id").as_numpy().reshape(-1)[0])
             out = ids[:n].astype(np.int32)
+            if end in out:
+                out = out[: list(out).index(end)]
             chunks = [out[i : i + 1] for i in range(len(out))] if stream else [out]
             for i, chunk in enumerate(chunks):
                 tensors = [
@@ -196,7 +200,7 @@ def test_real_triton_runs_the_ensemble_with_a_stand_in_engine(tmp_path: Path) ->
     prompt = "hello world the end"
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
 
-    def run(client_url: str, stream: bool) -> list[Any]:
+    def run(client_url: str, stream: bool, end_id: int | None = None) -> list[Any]:
         client = grpcclient.InferenceServerClient(client_url)
         answers: queue.Queue[Any] = queue.Queue()
         client.start_stream(callback=lambda result, error: answers.put((result, error)))
@@ -206,6 +210,7 @@ def test_real_triton_runs_the_ensemble_with_a_stand_in_engine(tmp_path: Path) ->
             ("max_tokens", np.array([[3]], dtype=np.int32), "INT32"),
             ("stream", np.array([[stream]], dtype=bool), "BOOL"),
             ("stop_words", np.array([[b"zzz", b"end"]], dtype=np.object_), "BYTES"),
+            *([] if end_id is None else [("end_id", np.array([[end_id]], dtype=np.int32), "INT32")]),
         ):
             tensor = grpcclient.InferInput(name, list(value.shape), kind)
             tensor.set_data_from_numpy(value)
@@ -236,3 +241,6 @@ def test_real_triton_runs_the_ensemble_with_a_stand_in_engine(tmp_path: Path) ->
             p.as_numpy("text_output").reshape(-1)[0].decode() for p in parts
         ]
         assert [int(p.as_numpy("completion_tokens").reshape(-1)[0]) for p in parts] == [1, 1, 1]
+        # a client's end_id reaches the engine in place of the model's eos
+        (cut,) = run(server.grpc_url, stream=False, end_id=ids[1])
+        assert cut.as_numpy("text_output").reshape(-1)[0].decode() == tokenizer.decode(ids[:1])

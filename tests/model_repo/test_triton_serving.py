@@ -48,6 +48,8 @@ def request_inputs(prompt: str, max_tokens: int, stream: bool = False, **extra: 
         inputs.append(_input("top_k", np.array([[extra["top_k"]]], np.int32), "INT32"))
     if "seed" in extra:
         inputs.append(_input("random_seed", np.array([[extra["seed"]]], np.uint64), "UINT64"))
+    if "end_id" in extra:
+        inputs.append(_input("end_id", np.array([[extra["end_id"]]], np.int32), "INT32"))
     if "stop" in extra:
         words = np.array([[s.encode() for s in extra["stop"]]], dtype=np.object_)
         inputs.append(_input("stop_words", words, "BYTES"))
@@ -214,6 +216,27 @@ def test_cancelled_stream_leaves_the_batch(tiny_triton: Any) -> None:
     assert generate(tiny_triton.grpc_url, request_inputs(PROMPT, 4))[0].final  # still serving
 
 
+def test_end_id_replaces_eos_and_minus_one_runs_to_max_tokens(tiny_triton: Any, engine: Any) -> None:
+    from model_repo.engine import SamplingParams
+
+    ids = engine.encode(PROMPT)
+    free = [t.token_id for t in engine.generate(ids, SamplingParams(max_tokens=12, ignore_eos=True))]
+    # -1: no end token, every answer is exactly max_tokens long (how benchmarks ask for 64 tokens)
+    whole = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 12, end_id=-1))
+    assert whole[-1].completion_tokens == 12
+    assert whole[-1].text == engine.decode(free)
+    # a token id: the answer ends at its first occurrence (the end token itself is not text)
+    k = 5
+    end = free[k]
+    first = free.index(end)
+    cut = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 12, end_id=end))
+    assert cut[-1].completion_tokens == first + 1
+    assert cut[-1].text == engine.decode(free[:first])
+    # an id outside the vocabulary is the client's mistake, reported as such
+    with pytest.raises(InferenceServerException, match="stop token ids"):
+        generate(tiny_triton.grpc_url, request_inputs(PROMPT, 4, end_id=engine.metadata.vocab_size))
+
+
 def test_request_parsing_rejects_batches_and_bad_values() -> None:
     from model_repo.python_model.model import RequestError, parse_request
 
@@ -229,6 +252,7 @@ def test_request_parsing_rejects_batches_and_bad_values() -> None:
         "not valid UTF-8": tensors(text_input=np.array([[b"\xff"]], dtype=np.object_)),
         "top_p": tensors(top_p=np.array([[0.0]], np.float32)),
         "top_k": tensors(top_k=np.array([[-1]], np.int32)),
+        "end_id=-2": tensors(end_id=np.array([[-2]], np.int32)),
         "max_tokens is required": {"text_input": np.array([[b"hi"]], dtype=np.object_)},
     }
     for message, value in bad.items():

@@ -42,6 +42,7 @@ class TritonPythonModel:
             try:
                 query = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
                 stop = pb_utils.get_input_tensor_by_name(request, "STOP_WORDS_DICT")
+                end = pb_utils.get_input_tensor_by_name(request, "END_ID")
                 rows = [
                     self.tokenizer.encode(q.reshape(-1)[0].decode("utf-8"), add_special_tokens=False).ids
                     for q in query
@@ -67,7 +68,13 @@ class TritonPythonModel:
                     pb_utils.Tensor("INPUT_ID", ids),
                     pb_utils.Tensor("REQUEST_INPUT_LEN", np.array([[len(r)] for r in rows], dtype=np.int32)),
                     pb_utils.Tensor("STOP_WORDS_IDS", stop_ids),
-                    pb_utils.Tensor("OUT_END_ID", np.full((batch, 1), self.end_id, dtype=np.int32)),
+                    pb_utils.Tensor(
+                        "OUT_END_ID",
+                        # the client's end_id (-1: none, run to max_tokens) or the model's eos
+                        end.as_numpy().astype(np.int32).reshape(batch, 1)
+                        if end
+                        else np.full((batch, 1), self.end_id, dtype=np.int32),
+                    ),
                     pb_utils.Tensor("OUT_PAD_ID", np.full((batch, 1), self.pad_id, dtype=np.int32)),
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
