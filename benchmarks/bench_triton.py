@@ -3,13 +3,17 @@
     python benchmarks/bench_triton.py --repository out/smol-int8     # a built repository
     python benchmarks/bench_triton.py --build int8                   # build the default model first
 
-Same prompts (chat-formatted) and greedy decoding everywhere, up to --max-tokens new tokens each:
+Same prompts (chat-formatted) and greedy decoding everywhere, exactly --max-tokens new tokens each
+(eos ignored: PyTorch's min_new_tokens, the engine's ignore_eos, Triton's end_id=-1), so every
+figure counts the same work:
 - PyTorch eager (transformers `generate`, batch 1) from the source checkpoint (--checkpoint or the
   default model), unless --no-pytorch;
 - in-process engine, single stream, and --streams sequences through one `DecodeBatch`;
 - Triton (real server from nvidia-pytriton, gRPC streaming): one stream, then --streams concurrent
-  client streams; aggregate tok/s = all tokens / wall time. Peak RSS of Triton = server process plus
-  its python-backend stub processes (where the model lives), sampled every 50 ms.
+  client streams; aggregate tok/s = all tokens / wall time. Also, for information, the concurrent
+  streams with answers ending at eos as chat answers do (a batch that shrinks as answers end).
+  Peak RSS of Triton = server process plus its python-backend stub processes (where the model
+  lives), sampled every 50 ms.
 Engine and Triton alternate for --rounds rounds and the best round of each is kept, so load from
 other processes on a shared machine affects both sides alike.
 Prints a table and the target ratios (Triton 1 stream >= 0.9x engine; N streams >= 3x 1 stream;
@@ -54,38 +58,26 @@ def chat_prompts(engine: Any) -> list[str]:
 
 
 def bench_engine(engine: Any, prompts: list[str], max_tokens: int, streams: int) -> dict[str, float]:
+    """Every answer exactly max_tokens long (eos ignored), as Triton is asked below."""
     from model_repo.engine import SamplingParams
 
-    params = SamplingParams(max_tokens=max_tokens)
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     engine.generate_text(prompts[0], SamplingParams(max_tokens=8))  # warm-up
     tokens, start = 0, time.perf_counter()
     for prompt in prompts[:4]:
         tokens += sum(1 for _ in engine.generate(prompt, params))
     single = tokens / (time.perf_counter() - start)
 
-    def batched(params: Any) -> float:
-        batch = engine.new_batch()
-        tokens, start = 0, time.perf_counter()
-        for i in range(streams):
-            out = batch.add(str(i), engine.encode(prompts[i % len(prompts)]), params)
-            tokens += 1
-            if out.finished:
-                batch.remove(str(i))
-        while len(batch):
-            tokens += len(batch.step())
-        return tokens / (time.perf_counter() - start)
-
-    # Then every answer exactly max_tokens long (eos ignored): how well a decode step batches, apart
-    # from answers that end early and leave a smaller batch running.
-    fixed = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    start = time.perf_counter()
-    tokens = sum(1 for _ in engine.generate(prompts[0], fixed))
-    fixed_single = tokens / (time.perf_counter() - start)
+    batch = engine.new_batch()
+    tokens, start = 0, time.perf_counter()
+    for i in range(streams):
+        batch.add(str(i), engine.encode(prompts[i % len(prompts)]), params)
+        tokens += 1
+    while len(batch):
+        tokens += len(batch.step())
     return {
         "engine_1_stream_tok_s": single,
-        f"engine_{streams}_batched_tok_s": batched(params),
-        "engine_1_stream_fixed_len_tok_s": fixed_single,
-        f"engine_{streams}_batched_fixed_len_tok_s": batched(fixed),
+        f"engine_{streams}_batched_tok_s": tokens / (time.perf_counter() - start),
     }
 
 
@@ -102,7 +94,11 @@ def bench_pytorch(checkpoint: Path, prompts: list[str], max_tokens: int) -> floa
             ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
             start = time.perf_counter()
             out = model.generate(
-                **ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id
+                **ids,
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
             )
             elapsed += time.perf_counter() - start
             tokens += int(out.shape[1] - ids["input_ids"].shape[1])
@@ -112,7 +108,7 @@ def bench_pytorch(checkpoint: Path, prompts: list[str], max_tokens: int) -> floa
 # --- Triton ------------------------------------------------------------------------------------
 
 
-def _inputs(prompt: str, max_tokens: int) -> list[Any]:
+def _inputs(prompt: str, max_tokens: int, fixed_length: bool) -> list[Any]:
     import tritonclient.grpc as grpcclient
 
     tensors = []
@@ -120,6 +116,8 @@ def _inputs(prompt: str, max_tokens: int) -> list[Any]:
         ("text_input", np.array([[prompt.encode()]], dtype=np.object_), "BYTES"),
         ("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
         ("stream", np.array([[True]], dtype=bool), "BOOL"),
+        # end_id -1: no end token, the answer runs to max_tokens (TensorRT-LLM's convention)
+        *([("end_id", np.array([[-1]], dtype=np.int32), "INT32")] if fixed_length else []),
     ):
         tensor = grpcclient.InferInput(name, list(value.shape), kind)
         tensor.set_data_from_numpy(value)
@@ -127,7 +125,9 @@ def _inputs(prompt: str, max_tokens: int) -> list[Any]:
     return tensors
 
 
-def stream_requests(url: str, model: str, prompts: list[str], max_tokens: int) -> tuple[int, list[float]]:
+def stream_requests(
+    url: str, model: str, prompts: list[str], max_tokens: int, fixed_length: bool = True
+) -> tuple[int, list[float]]:
     """Send prompts one after another on one gRPC stream; returns (tokens, time-to-first-token list)."""
     import tritonclient.grpc as grpcclient
 
@@ -138,7 +138,7 @@ def stream_requests(url: str, model: str, prompts: list[str], max_tokens: int) -
     try:
         for prompt in prompts:
             start = time.perf_counter()
-            client.async_stream_infer(model, _inputs(prompt, max_tokens))
+            client.async_stream_infer(model, _inputs(prompt, max_tokens, fixed_length))
             first = True
             while True:
                 result, error = answers.get(timeout=300)
@@ -193,12 +193,14 @@ def triton_single(url: str, model: str, prompts: list[str], max_tokens: int) -> 
     return tokens / (time.perf_counter() - start), 1000 * float(np.median(ttft))
 
 
-def triton_concurrent(url: str, model: str, prompts: list[str], max_tokens: int, streams: int) -> float:
+def triton_concurrent(
+    url: str, model: str, prompts: list[str], max_tokens: int, streams: int, fixed_length: bool = True
+) -> float:
     results: list[int] = []
     lock = threading.Lock()
 
     def client(i: int) -> None:
-        n, _ = stream_requests(url, model, [prompts[i % len(prompts)]], max_tokens)
+        n, _ = stream_requests(url, model, [prompts[i % len(prompts)]], max_tokens, fixed_length)
         with lock:
             results.append(n)
 
@@ -236,6 +238,8 @@ def bench_rounds(
                 keep("triton_ttft_ms", ttft, lower_is_better=True)
                 concurrent = triton_concurrent(server.grpc_url, model, prompts, max_tokens, streams)
                 keep(f"triton_{streams}_streams_tok_s", concurrent)
+                natural = triton_concurrent(server.grpc_url, model, prompts, max_tokens, streams, False)
+                keep(f"triton_{streams}_streams_eos_ends_tok_s", natural)
         best["triton_peak_rss_mb"] = rss.peak / 2**20
     return best
 
@@ -285,8 +289,8 @@ def main() -> int:
         "triton_1_stream_vs_engine": results["triton_1_stream_tok_s"] / results["engine_1_stream_tok_s"],
         f"triton_{n}_streams_vs_1_stream": results[f"triton_{n}_streams_tok_s"]
         / results["triton_1_stream_tok_s"],
-        f"engine_{n}_batched_vs_1_stream_fixed_len": results[f"engine_{n}_batched_fixed_len_tok_s"]
-        / results["engine_1_stream_fixed_len_tok_s"],
+        f"engine_{n}_batched_vs_1_stream": results[f"engine_{n}_batched_tok_s"]
+        / results["engine_1_stream_tok_s"],
     }
     if "pytorch_eager_tok_s" in results:
         ratios["engine_vs_pytorch"] = results["engine_1_stream_tok_s"] / results["pytorch_eager_tok_s"]

@@ -39,6 +39,9 @@ METADATA_FILE = "generation.json"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
 LOGITS_TO_KEEP = "logits_to_keep"
+# How a batch's KV cache is laid out (GenerationMetadata.kv_layout), which the graph's attention decides:
+KV_LAYOUT_LEFT = "left"  # MultiHeadAttention or plain attention: left-padded rows, mask zeros padding
+KV_LAYOUT_RIGHT = "right"  # GroupQueryAttention (model_repo/gqa.py): right-padded rows, updated in place
 METADATA_FORMAT = 1
 # Prompt-prefix KV reuse: a new prompt that shares at least PREFIX_MIN_TOKENS leading tokens with the
 # previous one (a chat template's system prompt, a few-shot preamble) prefills only the rest. At most
@@ -69,6 +72,7 @@ class GenerationMetadata:
     eos_token: str | None = None
     onnx_file: str = ONNX_FILE
     quantization: str = "none"
+    kv_layout: str = "left"  # KV_LAYOUT_LEFT or KV_LAYOUT_RIGHT: how DecodeBatch stacks the cache
     format_version: int = METADATA_FORMAT
 
     def save(self, model_dir: Path) -> Path:
@@ -342,6 +346,41 @@ class Engine:
         outs = self.session.run_with_ort_values(self._output_names, feeds)
         return _last(outs[0].numpy(), last_only), list(outs[1:])
 
+    def forward_in_place(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: list[np.ndarray],
+    ) -> np.ndarray:
+        """One call over a right-padded cache (KV_LAYOUT_RIGHT): each `cache` array is bound as both the
+        past and the present tensor, so GroupQueryAttention writes the new keys/values into it in place.
+        Returns logits [B, S, V].
+        """
+        if not self._cpu_only:
+            # device providers: buffers live on the host here, so run plainly and copy the present back
+            logits, present = self.forward(input_ids, attention_mask, position_ids, cache)
+            for buf, new in zip(cache, present, strict=True):
+                buf[...] = _to_numpy(new)
+            return logits
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        if self._positions_input:
+            binding.bind_cpu_input(LOGITS_TO_KEEP, np.arange(input_ids.shape[1], dtype=np.int64))
+        pasts = [name for pair in self._past_names for name in pair]
+        presents = [name for pair in self._present_names for name in pair]
+        for past, present, buf in zip(pasts, presents, cache, strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(buf)  # shares the array's memory
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        binding.bind_output("logits")
+        self.session.run_with_iobinding(binding)
+        return np.asarray(binding.get_outputs()[-1].numpy())  # outputs come in binding order
+
     def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Batch-1 prefill of a prompt: (logits of its last position [V], present KV as numpy arrays).
 
@@ -412,7 +451,9 @@ class Engine:
     # ---- generation ----------------------------------------------------------------------------
     def new_batch(self) -> DecodeBatch:
         """A batch of independent sequences advanced together (see `DecodeBatch`)."""
-        return DecodeBatch(self)
+        if self.metadata.kv_layout == KV_LAYOUT_RIGHT:
+            return RightPaddedBatch(self)
+        return LeftPaddedBatch(self)
 
     def generate(
         self, prompt: str | Sequence[int], params: SamplingParams | None = None
@@ -467,18 +508,15 @@ def _to_numpy(x: Any) -> np.ndarray:
 class DecodeBatch:
     """Continuous batching: sequences with different prompt and past lengths advance in one ORT call.
 
-    The batch keeps one stacked KV cache [B, kv_heads, L, head_dim] per layer, left-padded: sequence b's
-    tokens occupy the last `length_b` columns and `attention_mask` zeros the padding; each sequence gets
-    its own position_ids. Joining (after a batch-1 prefill) and leaving re-stack the cache; plain steps
-    pass ORT's present tensors straight back as the next past (no copy). Not thread-safe: drive it from
-    one thread (the Triton model's scheduler loop).
+    A sequence joins after a batch-1 prefill (`add`), every `step` advances all of them by one token,
+    and finished or cancelled sequences leave. How the stacked KV cache is laid out depends on the
+    model's attention (`GenerationMetadata.kv_layout`); see `LeftPaddedBatch` and `RightPaddedBatch`.
+    Not thread-safe: drive it from one thread (the Triton model's scheduler loop).
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.seqs: list[_SeqState] = []
-        self.past: list[Any] = []  # 2*num_layers arrays/OrtValues [B, H, L, D]
-        self.width = 0  # L
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -520,41 +558,21 @@ class DecodeBatch:
         state.last_token = tok
         finished, reason, is_stop = self._finish(state, tok)
         if not finished:
-            self._join(state, present)
+            self._join_cache(present, n)
+            self.seqs.append(state)
         return StepOutput(request_id, tok, finished, reason, is_stop)
-
-    def _join(self, state: _SeqState, present: list[np.ndarray]) -> None:
-        if not self.seqs:
-            self.seqs, self.past, self.width = [state], list(present), state.length
-            return
-        old = [_to_numpy(p) for p in self.past]
-        width = max(self.width, state.length)
-        b = len(self.seqs)
-        merged = []
-        for o, p in zip(old, present, strict=True):
-            h, d = o.shape[1], o.shape[3]
-            buf = np.zeros((b + 1, h, width, d), dtype=o.dtype)
-            buf[:b, :, width - self.width :, :] = o
-            buf[b, :, width - state.length :, :] = p[0]
-            merged.append(buf)
-        self.seqs.append(state)
-        self.past, self.width = merged, width
 
     def remove(self, request_id: str) -> bool:
         """Drop a sequence (finished or cancelled). Returns False if it was not in the batch."""
-        idx = [i for i, s in enumerate(self.seqs) if s.request_id == request_id]
-        if not idx:
-            return False
         keep = [i for i, s in enumerate(self.seqs) if s.request_id != request_id]
-        self.seqs = [self.seqs[i] for i in keep]
-        if not self.seqs:
-            self.past, self.width = [], 0
-            return True
-        width = max(s.length for s in self.seqs)
-        cut = self.width - width  # columns that only the removed sequence used
-        self.past = [np.ascontiguousarray(_to_numpy(p)[keep, :, cut:, :]) for p in self.past]
-        self.width = width
+        if len(keep) == len(self.seqs):
+            return False
+        self._keep(keep)
         return True
+
+    def _keep(self, keep: list[int]) -> None:
+        self.seqs = [self.seqs[i] for i in keep]
+        self._keep_cache(keep)
 
     def step(self) -> list[StepOutput]:
         """Advance every active sequence by one token in a single ORT call.
@@ -563,18 +581,11 @@ class DecodeBatch:
         """
         if not self.seqs:
             return []
-        b, w = len(self.seqs), self.width
+        b = len(self.seqs)
         input_ids = np.fromiter((s.last_token for s in self.seqs), dtype=np.int64, count=b)[:, None]
         lengths = np.fromiter((s.length for s in self.seqs), dtype=np.int64, count=b)
-        position_ids = lengths[:, None]
-        mask = np.ones((b, w + 1), dtype=np.int64)
-        if b > 1:
-            cols = np.arange(w)[None, :]
-            mask[:, :w] = cols >= (w - lengths)[:, None]
-        logits, present = self.engine.forward(input_ids, mask, position_ids, self.past)
-        self.past, self.width = present, w + 1
+        logits = self._advance(input_ids, lengths)
         outs: list[StepOutput] = []
-        done: list[str] = []
         for i, s in enumerate(self.seqs):
             s.length += 1
             tok = s.sampler(logits[i, -1])
@@ -582,11 +593,122 @@ class DecodeBatch:
             s.last_token = tok
             finished, reason, is_stop = self._finish(s, tok)
             outs.append(StepOutput(s.request_id, tok, finished, reason, is_stop))
-            if finished:
-                done.append(s.request_id)
-        for rid in done:
-            self.remove(rid)
+        if any(o.finished for o in outs):  # all that finished leave at once: one cache re-stack
+            self._keep([i for i, o in enumerate(outs) if not o.finished])
         return outs
+
+    # ---- the cache layout (subclasses) ------------------------------------------------------
+    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
+        """Append a prefilled sequence's KV ([1, H, length, D] per tensor) as the last row."""
+        raise NotImplementedError
+
+    def _keep_cache(self, keep: list[int]) -> None:
+        """Keep only these rows (in this order); `self.seqs` is already filtered."""
+        raise NotImplementedError
+
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One decode call: each row's next token at position lengths[b]. Returns logits [B, 1, V]."""
+        raise NotImplementedError
+
+
+class LeftPaddedBatch(DecodeBatch):
+    """For MultiHeadAttention and plain attention graphs: one stacked KV cache [B, kv_heads, L, head_dim]
+    per layer, left-padded: sequence b's tokens occupy the last `length_b` columns and `attention_mask`
+    zeros the padding; each sequence gets its own position_ids. Joining and leaving re-stack the cache;
+    plain steps pass ORT's present tensors straight back as the next past (no copy)."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.past: list[Any] = []  # 2*num_layers arrays/OrtValues [B, H, L, D]
+        self.width = 0  # L
+
+    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
+        if not self.seqs:
+            self.past, self.width = list(present), length
+            return
+        old = [_to_numpy(p) for p in self.past]
+        width = max(self.width, length)
+        b = len(self.seqs)
+        merged = []
+        for o, p in zip(old, present, strict=True):
+            h, d = o.shape[1], o.shape[3]
+            buf = np.zeros((b + 1, h, width, d), dtype=o.dtype)
+            buf[:b, :, width - self.width :, :] = o
+            buf[b, :, width - length :, :] = p[0]
+            merged.append(buf)
+        self.past, self.width = merged, width
+
+    def _keep_cache(self, keep: list[int]) -> None:
+        if not self.seqs:
+            self.past, self.width = [], 0
+            return
+        width = max(s.length for s in self.seqs)
+        cut = self.width - width  # columns that only the removed sequences used
+        self.past = [np.ascontiguousarray(_to_numpy(p)[keep, :, cut:, :]) for p in self.past]
+        self.width = width
+
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        b, w = len(lengths), self.width
+        mask = np.ones((b, w + 1), dtype=np.int64)
+        if b > 1:
+            cols = np.arange(w)[None, :]
+            mask[:, :w] = cols >= (w - lengths)[:, None]
+        logits, present = self.engine.forward(input_ids, mask, lengths[:, None], self.past)
+        self.past, self.width = present, w + 1
+        return logits
+
+
+class RightPaddedBatch(DecodeBatch):
+    """For GroupQueryAttention graphs (see model_repo/gqa.py): one KV buffer [B, kv_heads, capacity,
+    head_dim] per tensor, right-padded: sequence b's tokens occupy columns 0..length_b-1. A step binds
+    each buffer as both past and present, so the attention op writes the new token's key/value into
+    column length_b in place: a step copies no cache at all. The capacity grows in CAPACITY_STEP
+    columns; joining and leaving copy the buffers once."""
+
+    CAPACITY_STEP = 64
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.cache: list[np.ndarray] = []  # 2*num_layers arrays [B, H, capacity, D]
+
+    @property
+    def capacity(self) -> int:
+        return self.cache[0].shape[2] if self.cache else 0
+
+    def _capacity_for(self, columns: int) -> int:
+        step = self.CAPACITY_STEP
+        return min(max(self.capacity, -(-columns // step) * step), self.engine.metadata.max_context)
+
+    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
+        b = len(self.seqs)
+        cap = self._capacity_for(max([length, *(s.length for s in self.seqs)]) + 1)
+        old = self.cache or [None] * len(present)
+        merged = []
+        for o, p in zip(old, present, strict=True):
+            new = _to_numpy(p)
+            buf = np.zeros((b + 1, new.shape[1], cap, new.shape[3]), dtype=new.dtype)
+            if o is not None:
+                buf[:b, :, : o.shape[2]] = o
+            buf[b, :, :length] = new[0]
+            merged.append(buf)
+        self.cache = merged
+
+    def _keep_cache(self, keep: list[int]) -> None:
+        self.cache = [np.ascontiguousarray(c[keep]) for c in self.cache] if keep else []
+
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        need = int(lengths.max()) + 1
+        if need > self.capacity:
+            cap = self._capacity_for(need)
+            grown = []
+            for c in self.cache:
+                buf = np.zeros((*c.shape[:2], cap, c.shape[3]), dtype=c.dtype)
+                buf[:, :, : c.shape[2]] = c
+                grown.append(buf)
+            self.cache = grown
+        # ones over 0..length_b (the new token included): the graph derives each row's length from it
+        mask = (np.arange(self.capacity)[None, :] <= lengths[:, None]).astype(np.int64)
+        return self.engine.forward_in_place(input_ids, mask, lengths[:, None], self.cache)
 
 
 class IncrementalDetokenizer:

@@ -9,6 +9,7 @@ expects (see its module docstring), for every supported family, with no extra de
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -18,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from model_repo.checkpoint import CheckpointError, inspect_checkpoint
-from model_repo.engine import LOGITS_TO_KEEP, ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
+from model_repo.engine import (
+    KV_LAYOUT_LEFT,
+    KV_LAYOUT_RIGHT,
+    LOGITS_TO_KEEP,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    GenerationMetadata,
+)
+from model_repo.gqa import use_group_query_attention
 
 OPSET = 18
 
@@ -205,10 +214,16 @@ def export_onnx(
         say("optimising the ONNX graph with onnxruntime")
         try:
             fusions = fuse_for_onnxruntime(raw / ONNX_FILE, fused, meta.max_context)
-            optimize_graph(fused, out / ONNX_FILE)
+            grouped = raw / "grouped.onnx"
+            layers = use_group_query_attention(fused, grouped, meta.num_kv_heads)
+            if layers:
+                say(f"attention over a cache updated in place: GroupQueryAttention in {layers} layers")
+                fusions["group_query_attention"] = layers
+                meta = dataclasses.replace(meta, kv_layout=KV_LAYOUT_RIGHT)
+            optimize_graph(grouped if layers else fused, out / ONNX_FILE)
         except Exception as exc:  # a fusion pattern that does not fit this model: keep the plain graph
             say(f"transformer fusions skipped ({type(exc).__name__}); optimising the plain graph")
-            fusions = {}
+            fusions, meta = {}, dataclasses.replace(meta, kv_layout=KV_LAYOUT_LEFT)
             optimize_graph(raw / ONNX_FILE, out / ONNX_FILE)
     else:
         _move_model(raw / ONNX_FILE, out / ONNX_FILE)
@@ -241,8 +256,9 @@ def fuse_for_onnxruntime(src: Path, dst: Path, max_positions: int) -> dict[str, 
     (Skip)SimplifiedLayerNormalization, rotary embedding to RotaryEmbedding with a cos/sin cache,
     scaled-dot-product attention to MultiHeadAttention. Returns the count of each fusion applied.
 
-    GroupQueryAttention fusion is switched off: that op expects right-padded past keys, while the
-    engine's continuous batching left-pads; MultiHeadAttention takes the mask as is.
+    onnxscript's GroupQueryAttention fusion is switched off: it matches only a purely causal mask, not
+    the padded batch the engine runs; `model_repo.gqa` turns MultiHeadAttention into GroupQueryAttention
+    afterwards instead.
     """
     from unittest import mock
 

@@ -40,6 +40,14 @@ def tiny_llama_int8(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2_export(tiny_gpt2_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GPT-2 exported: its attention stays a plain graph (left-padded batches)."""
+    from model_repo.export import export_onnx
+
+    return export_onnx(tiny_gpt2_checkpoint, tmp_path_factory.mktemp("build-tiny-gpt2") / "export").model_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny_llama_export: Path) -> object:
     """An Engine over the tiny fp32 export, one thread (tests run on 2 shared cores)."""
     from model_repo.engine import Engine

@@ -13,6 +13,8 @@ from model_repo.engine import (
     EngineError,
     GenerationMetadata,
     IncrementalDetokenizer,
+    LeftPaddedBatch,
+    RightPaddedBatch,
     Sampler,
     SamplingParams,
     TextStream,
@@ -45,9 +47,22 @@ def test_load_rejects_incomplete_directory(tmp_path: Path, tiny_engine: Engine) 
         Engine.load(tmp_path)
 
 
-def test_batched_step_equals_each_sequence_alone(tiny_engine: Engine) -> None:
+@pytest.fixture(params=["llama-gqa-right-padded", "gpt2-plain-left-padded"])
+def any_engine(request: pytest.FixtureRequest, tiny_gpt2_export: Path) -> Engine:
+    """Both batch layouts: GroupQueryAttention (right-padded, in place) and plain attention (left)."""
+    if request.param.startswith("llama"):
+        engine: Engine = request.getfixturevalue("tiny_engine")
+        assert isinstance(engine.new_batch(), RightPaddedBatch)
+    else:
+        engine = Engine.load(tiny_gpt2_export, num_threads=1)
+        assert isinstance(engine.new_batch(), LeftPaddedBatch)
+    return engine
+
+
+def test_batched_step_equals_each_sequence_alone(any_engine: Engine) -> None:
     """Sequences with different prompt lengths that join at different times give exactly the tokens
     they give alone: padding, masks and per-sequence positions are right."""
+    tiny_engine = any_engine
     prompts = [
         tiny_engine.encode(t)
         for t in ("hello world how are you", "the", "quick brown fox jumps over a lazy dog")
@@ -67,7 +82,8 @@ def test_batched_step_equals_each_sequence_alone(tiny_engine: Engine) -> None:
     assert [outs["a"], outs["b"], outs["c"]] == alone
 
 
-def test_removing_a_sequence_mid_batch_keeps_the_others_exact(tiny_engine: Engine) -> None:
+def test_removing_a_sequence_mid_batch_keeps_the_others_exact(any_engine: Engine) -> None:
+    tiny_engine = any_engine
     prompts = [tiny_engine.encode(t) for t in ("a lazy dog", "model servers stream tokens to clients")]
     alone = tiny_engine.greedy_ids(prompts[0], 10)
     params = SamplingParams(max_tokens=10, ignore_eos=True)
@@ -227,3 +243,36 @@ def test_models_built_without_logits_to_keep_still_give_the_last_row() -> None:
     np.testing.assert_array_equal(_last(full, last_only=True), full[:, -1:])
     assert _last(full, last_only=False) is full
     assert _last(full[:, -1:], last_only=True).shape == (2, 1, 4)
+
+
+def test_a_decode_step_writes_the_new_keys_into_the_batch_cache_in_place(tiny_engine: Engine) -> None:
+    batch = tiny_engine.new_batch()
+    assert isinstance(batch, RightPaddedBatch)
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    batch.add("a", tiny_engine.encode("hello world"), params)
+    batch.add("b", tiny_engine.encode("a somewhat longer prompt than the first"), params)
+    lengths = [s.length for s in batch.seqs]
+    arrays = list(batch.cache)
+    assert all(not a[row, :, n:].any() for a in arrays for row, n in enumerate(lengths))
+    batch.step()
+    # the same arrays (no copy), each row's new key/value now in column length_b, nothing beyond it
+    assert all(a is b for a, b in zip(batch.cache, arrays, strict=True))
+    for a in arrays:
+        for row, n in enumerate(lengths):
+            assert a[row, :, n].any() and not a[row, :, n + 1 :].any()
+
+
+def test_the_batch_cache_grows_past_its_capacity_and_stays_exact(
+    tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(RightPaddedBatch, "CAPACITY_STEP", 4)
+    prompts = [tiny_engine.encode(t) for t in ("the cat", "a much longer prompt with many more words in it")]
+    alone = [tiny_engine.greedy_ids(p, 20) for p in prompts]
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    batch = tiny_engine.new_batch()
+    outs: dict[str, list[int]] = {"a": [batch.add("a", prompts[0], params).token_id]}
+    first_capacity = batch.capacity  # type: ignore[attr-defined]
+    outs["b"] = [batch.add("b", prompts[1], params).token_id]
+    _drain(batch, outs)
+    assert [outs["a"], outs["b"]] == alone
+    assert first_capacity % 4 == 0 and first_capacity < len(prompts[1])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from model_repo.checkpoint import CheckpointError
-from model_repo.engine import Engine, GenerationMetadata
+from model_repo.engine import KV_LAYOUT_LEFT, KV_LAYOUT_RIGHT, Engine, GenerationMetadata
 from model_repo.export import export_onnx
 from model_repo.gates import check_parity
 
@@ -41,10 +41,27 @@ def test_fp32_llama_export_matches_pytorch_greedy_for_64_tokens(
     assert result.passed and result.matched_tokens == [64, 64, 64]
 
 
-def test_fp32_gpt2_export_matches_pytorch_greedy(tiny_gpt2_checkpoint: Path, tmp_path: Path) -> None:
-    out = export_onnx(tiny_gpt2_checkpoint, tmp_path / "gpt2").model_dir
-    result = check_parity(Engine.load(out, num_threads=1), tiny_gpt2_checkpoint, n_tokens=64)
+def test_fp32_gpt2_export_matches_pytorch_greedy(tiny_gpt2_checkpoint: Path, tiny_gpt2_export: Path) -> None:
+    result = check_parity(Engine.load(tiny_gpt2_export, num_threads=1), tiny_gpt2_checkpoint, n_tokens=64)
     assert result.passed
+
+
+def test_llama_attention_becomes_group_query_attention_over_a_right_padded_cache(
+    tiny_llama_export: Path, tiny_gpt2_export: Path
+) -> None:
+    import onnx
+
+    graph = onnx.load(str(tiny_llama_export / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    # one GroupQueryAttention per layer; no MultiHeadAttention and no per-step KV copy (Concat/Expand)
+    assert ops.count("GroupQueryAttention") == 2 and "MultiHeadAttention" not in ops
+    assert "Expand" not in ops
+    # besides attention, only Shape (the batch size) reads the past: no Concat copies it
+    readers = {n.op_type for n in graph.node if any(i.startswith("past_key_values") for i in n.input)}
+    assert readers == {"GroupQueryAttention", "Shape"}
+    assert GenerationMetadata.load(tiny_llama_export).kv_layout == KV_LAYOUT_RIGHT
+    # GPT-2's attention is not fused: its plain graph keeps the left-padded layout
+    assert GenerationMetadata.load(tiny_gpt2_export).kv_layout == KV_LAYOUT_LEFT
 
 
 def test_export_of_an_unsupported_architecture_fails_before_loading(tmp_path: Path) -> None:

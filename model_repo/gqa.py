@@ -1,0 +1,144 @@
+"""Attention with a key/value cache the engine can update in place: onnxruntime's GroupQueryAttention.
+
+After onnxscript's fusions, each layer of a Llama-family graph computes attention as
+    present_k = Concat(past_k, k_new)   -> Unsqueeze -> Expand (kv heads to query heads) -> Reshape
+    present_v = Concat(past_v, v_new)   -> (same)
+    out = MultiHeadAttention(q, expanded k, expanded v, mask)
+so every decode step copies the whole cache once (Concat) and writes it again three times bigger
+(Expand, for SmolLM2's 9 query heads over 3 kv heads). That cost grows with batch x context and was a
+third of a batch-8 decode step. This pass replaces the group with one GroupQueryAttention node:
+    out, present_k, present_v = GroupQueryAttention(q, k_new, v_new, past_k, past_v, seqlens_k, total)
+which attends over the kv heads directly and, when the caller passes the same buffer as past and
+present (the engine's IO binding), writes the new token's key/value in place: no per-step copy at all.
+
+GroupQueryAttention wants each sequence's cache right-padded (its tokens in columns 0..len-1) and takes
+lengths instead of a mask: seqlens_k = (ones in attention_mask) - 1 per row, total = the mask's width.
+So the graph keeps the `attention_mask` input, and the engine must lay out its batch accordingly
+(`GenerationMetadata.kv_layout = "right"`). Rotary embedding stays where the exporter put it (before).
+
+Why by hand: onnxscript's own GQA fusion matches only a purely causal mask (batch-1 graphs without a
+padding mask), not the padded-batch graph the engine needs; no other maintained tool rewrites it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def _producer(nodes: dict[str, Any], name: str, op_type: str) -> Any:
+    node = nodes.get(name)
+    if node is None or node.op_type != op_type:
+        raise _NoMatch(f"{name} is not made by {op_type}")
+    return node
+
+
+def _kv_concat(nodes: dict[str, Any], expanded: str, outputs: set[str]) -> Any:
+    """The Concat(past, new) that a MultiHeadAttention key/value input was expanded from."""
+    reshape = _producer(nodes, expanded, "Reshape")
+    expand = _producer(nodes, reshape.input[0], "Expand")
+    unsqueeze = _producer(nodes, expand.input[0], "Unsqueeze")
+    concat = _producer(nodes, unsqueeze.input[0], "Concat")
+    if len(concat.input) != 2 or concat.output[0] not in outputs:
+        raise _NoMatch(f"{concat.name} does not make a present key/value output")
+    return concat
+
+
+def use_group_query_attention(src: Path, dst: Path, num_kv_heads: int) -> int:
+    """Rewrite the MultiHeadAttention layers of `src` (an onnxscript-fused export) as GroupQueryAttention
+    and save to `dst` (same folder: the external data file is shared). Returns how many layers were
+    rewritten; 0 (and nothing written) when the graph does not have the expected shape, in which case
+    the caller keeps `src` and the left-padded layout."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src), load_external_data=False)
+    graph = model.graph
+    nodes = {out: n for n in graph.node for out in n.output}
+    outputs = {o.name for o in graph.output}
+    inputs = {i.name for i in graph.input}
+    attention = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    if not attention or "attention_mask" not in inputs:
+        return 0
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        return 0  # control flow: outer-scope uses would defeat the dead-node pass below
+    prefix = "gqa_"
+    lengths = [
+        helper.make_node("ReduceSum", ["attention_mask", f"{prefix}axis1"], [f"{prefix}lengths"], keepdims=0),
+        helper.make_node("Sub", [f"{prefix}lengths", f"{prefix}one"], [f"{prefix}seqlens64"]),
+        helper.make_node("Cast", [f"{prefix}seqlens64"], [f"{prefix}seqlens_k"], to=TensorProto.INT32),
+        helper.make_node("Shape", ["attention_mask"], [f"{prefix}total64"], start=1, end=2),
+        helper.make_node("Cast", [f"{prefix}total64"], [f"{prefix}total"], to=TensorProto.INT32),
+    ]
+    constants = [
+        numpy_helper.from_array(np.array([1], np.int64), f"{prefix}axis1"),
+        numpy_helper.from_array(np.array(1, np.int64), f"{prefix}one"),
+        numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"{prefix}bsd"),
+    ]
+    instead: dict[int, list[Any]] = {}  # id(MultiHeadAttention node) -> its replacement
+    dropped: set[int] = set()  # the present Concats, now made by GroupQueryAttention
+    try:
+        for i, mha in enumerate(attention):
+            attrs = {a.name: helper.get_attribute_value(a) for a in mha.attribute}
+            if attrs.get("unidirectional", 0) or len(mha.input) < 3:
+                raise _NoMatch(f"{mha.name}: unexpected attributes or inputs")
+            concat_k = _kv_concat(nodes, mha.input[1], outputs)
+            concat_v = _kv_concat(nodes, mha.input[2], outputs)
+            past_k, k_new = concat_k.input  # k_new: [B, kv_heads, S, head_dim], rotary applied
+            past_v, v_new = concat_v.input
+            # v_new = Transpose(Reshape(v_proj [B, S, kv_heads*head_dim])): GQA takes v_proj itself
+            v_proj = _producer(nodes, _producer(nodes, v_new, "Transpose").input[0], "Reshape").input[0]
+            k_t, k_3d = f"{prefix}{i}_k_t", f"{prefix}{i}_k"
+            instead[id(mha)] = [
+                helper.make_node("Transpose", [k_new], [k_t], perm=[0, 2, 1, 3]),
+                helper.make_node("Reshape", [k_t, f"{prefix}bsd"], [k_3d]),
+                helper.make_node(
+                    "GroupQueryAttention",
+                    [mha.input[0], k_3d, v_proj, past_k, past_v, f"{prefix}seqlens_k", f"{prefix}total"],
+                    [mha.output[0], concat_k.output[0], concat_v.output[0]],
+                    name=f"{prefix}{i}",
+                    domain="com.microsoft",
+                    num_heads=int(attrs["num_heads"]),
+                    kv_num_heads=num_kv_heads,
+                ),
+            ]
+            dropped |= {id(concat_k), id(concat_v)}
+    except _NoMatch:
+        return 0
+    # Each replacement sits where its MultiHeadAttention was (all its inputs exist by then).
+    rewritten = list(lengths)
+    for node in graph.node:
+        if id(node) not in dropped:
+            rewritten.extend(instead.get(id(node), [node]))
+    live = _live(rewritten, outputs)
+    del graph.node[:]
+    graph.node.extend(live)
+    used = {x for n in live for x in n.input}
+    initializers = [t for t in [*graph.initializer, *constants] if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save_model(model, str(dst))
+    return len(attention)
+
+
+def _live(nodes: list[Any], outputs: set[str]) -> list[Any]:
+    """The nodes (in their order) that contribute to a graph output: the expanded-KV chains and the
+    padding-mask arithmetic that MultiHeadAttention used are gone once nothing reads them."""
+    needed, live = set(outputs), []
+    for node in reversed(nodes):
+        if set(node.output) & needed:
+            live.append(node)
+            needed |= set(node.input)
+    return live[::-1]
