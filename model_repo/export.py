@@ -211,7 +211,6 @@ def export_onnx(
     if optimize:
         say("fusing transformer patterns (RMSNorm, attention) for onnxruntime")
         fused = raw / "fused.onnx"
-        say("optimising the ONNX graph with onnxruntime")
         try:
             fusions = fuse_for_onnxruntime(raw / ONNX_FILE, fused, meta.max_context)
             grouped = raw / "grouped.onnx"
@@ -220,6 +219,7 @@ def export_onnx(
                 say(f"attention over a cache updated in place: GroupQueryAttention in {layers} layers")
                 fusions["group_query_attention"] = layers
                 meta = dataclasses.replace(meta, kv_layout=KV_LAYOUT_RIGHT)
+            say("optimising the ONNX graph with onnxruntime")
             optimize_graph(grouped if layers else fused, out / ONNX_FILE)
         except Exception as exc:  # a fusion pattern that does not fit this model: keep the plain graph
             say(f"transformer fusions skipped ({type(exc).__name__}); optimising the plain graph")
