@@ -10,6 +10,11 @@ Model directory contract (written by `model_repo.build`):
                                                logits to compute; optional, older builds lack it),
                                              past_key_values.{i}.key / .value [B,kv_heads,P,hd] f32
                                      outputs logits[B,K,V] f32, present.{i}.key / .value [B,kv_heads,P+S,hd]
+                                     generation.json's kv_layout says how a batch pads its cache:
+                                       "left"  rows end at the last column, attention_mask zeros padding
+                                       "right" (GroupQueryAttention) rows start at column 0; the mask's
+                                               ones give each row's length, its width the buffer's, and
+                                               present may be bound to past's buffer (updated in place)
     tokenizer.json                   a `tokenizers` fast tokenizer (no bos added on encode)
     generation.json                  `GenerationMetadata` below
 
@@ -302,8 +307,8 @@ class Engine:
         last_only: bool = False,
     ) -> tuple[np.ndarray, list[Any]]:
         """One ORT call. `past` items are numpy arrays or OrtValues (2 per layer, key then value).
-        `last_only` computes logits for the last position only (all rows end there: prompts are
-        left-padded), which saves most of the vocabulary projection in a prefill.
+        `last_only` computes logits for the last position only (a batch-1 prefill needs no other),
+        which saves most of the vocabulary projection.
 
         Returns (logits [B,S,V] numpy, or [B,1,V] with `last_only`; present as OrtValues, which can be
         passed back without a copy).
