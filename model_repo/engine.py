@@ -378,10 +378,10 @@ class Engine:
             binding.bind_cpu_input(LOGITS_TO_KEEP, np.arange(input_ids.shape[1], dtype=np.int64))
         pasts = [name for pair in self._past_names for name in pair]
         presents = [name for pair in self._present_names for name in pair]
-        for past, present, buf in zip(pasts, presents, cache, strict=True):
+        for past_name, present_name, buf in zip(pasts, presents, cache, strict=True):
             value = ort.OrtValue.ortvalue_from_numpy(buf)  # shares the array's memory
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
+            binding.bind_ortvalue_input(past_name, value)
+            binding.bind_ortvalue_output(present_name, value)
         binding.bind_output("logits")
         self.session.run_with_iobinding(binding)
         return np.asarray(binding.get_outputs()[-1].numpy())  # outputs come in binding order
@@ -687,7 +687,7 @@ class RightPaddedBatch(DecodeBatch):
     def _join_cache(self, present: list[np.ndarray], length: int) -> None:
         b = len(self.seqs)
         cap = self._capacity_for(max([length, *(s.length for s in self.seqs)]) + 1)
-        old = self.cache or [None] * len(present)
+        old: list[np.ndarray | None] = list(self.cache) or [None] * len(present)
         merged = []
         for o, p in zip(old, present, strict=True):
             new = _to_numpy(p)
