@@ -682,11 +682,11 @@ class RightPaddedBatch(DecodeBatch):
 
     def _capacity_for(self, columns: int) -> int:
         step = self.CAPACITY_STEP
-        return min(max(self.capacity, -(-columns // step) * step), self.engine.metadata.max_context)
+        return min(-(-columns // step) * step, self.engine.metadata.max_context)
 
     def _join_cache(self, present: list[np.ndarray], length: int) -> None:
         b = len(self.seqs)
-        cap = self._capacity_for(max([length, *(s.length for s in self.seqs)]) + 1)
+        cap = max(self.capacity, self._capacity_for(max([length, *(s.length for s in self.seqs)]) + 1))
         old: list[np.ndarray | None] = list(self.cache) or [None] * len(present)
         merged = []
         for o, p in zip(old, present, strict=True):
@@ -699,7 +699,9 @@ class RightPaddedBatch(DecodeBatch):
         self.cache = merged
 
     def _keep_cache(self, keep: list[int]) -> None:
-        self.cache = [np.ascontiguousarray(c[keep]) for c in self.cache] if keep else []
+        # the buffer shrinks to what the remaining rows need: a long answer that ends frees its memory
+        cap = self._capacity_for(max((s.length for s in self.seqs), default=0) + 1)
+        self.cache = [np.ascontiguousarray(c[keep, :, :cap]) for c in self.cache] if keep else []
 
     def _advance(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         need = int(lengths.max()) + 1

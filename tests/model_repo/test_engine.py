@@ -276,3 +276,22 @@ def test_the_batch_cache_grows_past_its_capacity_and_stays_exact(
     _drain(batch, outs)
     assert [outs["a"], outs["b"]] == alone
     assert first_capacity % 4 == 0 and first_capacity < len(prompts[1])
+
+
+def test_the_batch_cache_shrinks_when_a_long_sequence_leaves(
+    tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(RightPaddedBatch, "CAPACITY_STEP", 4)
+    short, long = tiny_engine.encode("hi there"), tiny_engine.encode("a long prompt " * 8)
+    alone = tiny_engine.greedy_ids(short, 10)
+    batch = tiny_engine.new_batch()
+    assert isinstance(batch, RightPaddedBatch)
+    outs = {"short": [batch.add("short", short, SamplingParams(max_tokens=10, ignore_eos=True)).token_id]}
+    batch.add("long", long, SamplingParams(max_tokens=2, ignore_eos=True))
+    assert batch.capacity > len(long)
+    for o in batch.step():  # the long one ends here and leaves
+        if o.request_id == "short":
+            outs["short"].append(o.token_id)
+    assert batch.request_ids == ["short"] and batch.capacity < len(long)
+    _drain(batch, outs)
+    assert outs["short"] == alone
