@@ -79,3 +79,13 @@ def test_failed_gate_exits_1_with_the_figures(tiny_llama_checkpoint: Path, tmp_p
     )
     assert result.exit_code == 1 and "next-token agreement" in _one_line_error(result)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_build_summary_shows_both_quality_figures(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    args = ["build", "--model", str(tiny_llama_checkpoint), "--out", str(out), "--quantize", "int8"]
+    result = runner.invoke(app, [*args, "--min-agreement", "0", "--max-ppl-increase", "10"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "on held-out text" in text and "while generating" in text and "perplexity" in text
+    assert (out / "REPOSITORY.json").is_file()

@@ -197,7 +197,8 @@ def _summary(console: object, options: object, report: dict[str, object]) -> Non
     quality = report.get("quality")
     if isinstance(quality, dict):
         lines.append(
-            f"quality: agreement {quality['agreement']:.1%}, "
+            f"quality: next-token agreement {quality['agreement']:.1%} on held-out text, "
+            f"{quality.get('decode_agreement', 1.0):.1%} while generating, "
             f"perplexity {quality['perplexity_reference']:.2f} -> "
             f"{quality['perplexity']:.2f} ({quality['perplexity_increase']:+.2%})"
         )
