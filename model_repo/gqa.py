@@ -85,13 +85,15 @@ def use_group_query_attention(src: Path, dst: Path, num_kv_heads: int) -> int:
         numpy_helper.from_array(np.array(1, np.int64), f"{prefix}one"),
         numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"{prefix}bsd"),
     ]
-    instead: dict[int, list[Any]] = {}  # id(MultiHeadAttention node) -> its replacement
-    dropped: set[int] = set()  # the present Concats, now made by GroupQueryAttention
+    # Nodes are keyed by their first output's name (unique in the graph): protobuf hands out new wrapper
+    # objects for the same node, so id() is not a stable key.
+    instead: dict[str, list[Any]] = {}  # MultiHeadAttention -> its replacement
+    dropped: set[str] = set()  # the present Concats, now made by GroupQueryAttention
     try:
         for i, mha in enumerate(attention):
             attrs = {a.name: helper.get_attribute_value(a) for a in mha.attribute}
-            if attrs.get("unidirectional", 0) or len(mha.input) < 3:
-                raise _NoMatch(f"{mha.name}: unexpected attributes or inputs")
+            if attrs.get("unidirectional", 0) or len(mha.input) < 3 or (len(mha.input) > 3 and mha.input[3]):
+                raise _NoMatch(f"{mha.name}: unidirectional, packed or biased attention")
             concat_k = _kv_concat(nodes, mha.input[1], outputs)
             concat_v = _kv_concat(nodes, mha.input[2], outputs)
             past_k, k_new = concat_k.input  # k_new: [B, kv_heads, S, head_dim], rotary applied
@@ -99,7 +101,10 @@ def use_group_query_attention(src: Path, dst: Path, num_kv_heads: int) -> int:
             # v_new = Transpose(Reshape(v_proj [B, S, kv_heads*head_dim])): GQA takes v_proj itself
             v_proj = _producer(nodes, _producer(nodes, v_new, "Transpose").input[0], "Reshape").input[0]
             k_t, k_3d = f"{prefix}{i}_k_t", f"{prefix}{i}_k"
-            instead[id(mha)] = [
+            heads: dict[str, Any] = {"num_heads": int(attrs["num_heads"]), "kv_num_heads": num_kv_heads}
+            if "scale" in attrs:
+                heads["scale"] = float(attrs["scale"])
+            instead[mha.output[0]] = [
                 helper.make_node("Transpose", [k_new], [k_t], perm=[0, 2, 1, 3]),
                 helper.make_node("Reshape", [k_t, f"{prefix}bsd"], [k_3d]),
                 helper.make_node(
@@ -108,18 +113,17 @@ def use_group_query_attention(src: Path, dst: Path, num_kv_heads: int) -> int:
                     [mha.output[0], concat_k.output[0], concat_v.output[0]],
                     name=f"{prefix}{i}",
                     domain="com.microsoft",
-                    num_heads=int(attrs["num_heads"]),
-                    kv_num_heads=num_kv_heads,
+                    **heads,
                 ),
             ]
-            dropped |= {id(concat_k), id(concat_v)}
+            dropped |= {concat_k.output[0], concat_v.output[0]}
     except _NoMatch:
         return 0
     # Each replacement sits where its MultiHeadAttention was (all its inputs exist by then).
     rewritten = list(lengths)
     for node in graph.node:
-        if id(node) not in dropped:
-            rewritten.extend(instead.get(id(node), [node]))
+        if node.output[0] not in dropped:
+            rewritten.extend(instead.get(node.output[0], [node]))
     live = _live(rewritten, outputs)
     del graph.node[:]
     graph.node.extend(live)

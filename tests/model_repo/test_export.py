@@ -68,3 +68,13 @@ def test_export_of_an_unsupported_architecture_fails_before_loading(tmp_path: Pa
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CheckpointError, match="unsupported architecture 'bert'"):
         export_onnx(tmp_path, tmp_path / "out")
+
+
+def test_group_query_attention_pass_leaves_graphs_it_does_not_recognise(
+    tiny_gpt2_export: Path, tmp_path: Path
+) -> None:
+    from model_repo.gqa import use_group_query_attention
+
+    target = tmp_path / "gqa.onnx"
+    assert use_group_query_attention(tiny_gpt2_export / "model.onnx", target, 2) == 0
+    assert not target.exists()
