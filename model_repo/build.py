@@ -242,8 +242,8 @@ def _build_tensorrt_llm(
 # projections at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and runs ~1.15x faster.
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
-    *("build.py", "checkpoint.py", "export.py", "rope_fusion.py", "quantize.py", "quantize_int4.py"),
-    *("gates.py", "engine.py"),
+    *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py"),
+    *("quantize.py", "quantize_int4.py", "gates.py", "engine.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )
 
