@@ -219,6 +219,7 @@ class Engine:
         ]
         self._present_names = [(f"present.{i}.key", f"present.{i}.value") for i in range(metadata.num_layers)]
         self._output_names = ["logits"] + [n for pair in self._present_names for n in pair]
+        self._flat_past_names = [n for pair in self._past_names for n in pair]
         inputs = {i.name for i in session.get_inputs()}
         missing = {"input_ids", "attention_mask", "position_ids", self._past_names[0][0]} - inputs
         if missing:
@@ -376,9 +377,8 @@ class Engine:
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         if self._positions_input:
             binding.bind_cpu_input(LOGITS_TO_KEEP, np.arange(input_ids.shape[1], dtype=np.int64))
-        pasts = [name for pair in self._past_names for name in pair]
-        presents = [name for pair in self._present_names for name in pair]
-        for past_name, present_name, buf in zip(pasts, presents, cache, strict=True):
+        presents = self._output_names[1:]
+        for past_name, present_name, buf in zip(self._flat_past_names, presents, cache, strict=True):
             value = ort.OrtValue.ortvalue_from_numpy(buf)  # shares the array's memory
             binding.bind_ortvalue_input(past_name, value)
             binding.bind_ortvalue_output(present_name, value)
@@ -687,13 +687,10 @@ class RightPaddedBatch(DecodeBatch):
     def _join_cache(self, present: list[np.ndarray], length: int) -> None:
         b = len(self.seqs)
         cap = max(self.capacity, self._capacity_for(max([length, *(s.length for s in self.seqs)]) + 1))
-        old: list[np.ndarray | None] = list(self.cache) or [None] * len(present)
         merged = []
-        for o, p in zip(old, present, strict=True):
+        for i, p in enumerate(present):
             new = _to_numpy(p)
-            buf = np.zeros((b + 1, new.shape[1], cap, new.shape[3]), dtype=new.dtype)
-            if o is not None:
-                buf[:b, :, : o.shape[2]] = o
+            buf = _resized(self.cache[i] if self.cache else new[:0], b + 1, cap)
             buf[b, :, :length] = new[0]
             merged.append(buf)
         self.cache = merged
@@ -707,15 +704,17 @@ class RightPaddedBatch(DecodeBatch):
         need = int(lengths.max()) + 1
         if need > self.capacity:
             cap = self._capacity_for(need)
-            grown = []
-            for c in self.cache:
-                buf = np.zeros((*c.shape[:2], cap, c.shape[3]), dtype=c.dtype)
-                buf[:, :, : c.shape[2]] = c
-                grown.append(buf)
-            self.cache = grown
+            self.cache = [_resized(c, c.shape[0], cap) for c in self.cache]
         # ones over 0..length_b (the new token included): the graph derives each row's length from it
         mask = (np.arange(self.capacity)[None, :] <= lengths[:, None]).astype(np.int64)
         return self.engine.forward_in_place(input_ids, mask, lengths[:, None], self.cache)
+
+
+def _resized(cache: np.ndarray, rows: int, capacity: int) -> np.ndarray:
+    """A zeroed [rows, H, capacity, D] buffer holding `cache` ([<=rows, H, <=capacity, D]) at its start."""
+    buf = np.zeros((rows, cache.shape[1], capacity, cache.shape[3]), dtype=cache.dtype)
+    buf[: cache.shape[0], :, : cache.shape[2]] = cache
+    return buf
 
 
 class IncrementalDetokenizer:
