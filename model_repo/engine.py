@@ -229,6 +229,8 @@ class Engine:
         self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
         self._prefix_ids: list[int] = []
         self._prefix_kv: list[np.ndarray] = []
+        self._session_args: tuple[Path, list[Any], bool] | None = None  # set by load(), for sibling()
+        self.num_threads = 0  # intra-op threads of the session (0: not known, e.g. built by hand)
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -244,7 +246,6 @@ class Engine:
         """Open a model directory. `num_threads` defaults to $TRITONFORM_NUM_THREADS or all cores.
         `allow_spinning=False` stops idle ORT threads from busy-waiting (better when other processes,
         e.g. Triton's server next to its python stub, need the same cores)."""
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
@@ -256,18 +257,28 @@ class Engine:
         for p in (onnx_path, tok_path):
             if not p.is_file():
                 raise EngineError(f"{p} not found: the model directory is incomplete; rebuild it")
-        opts = ort.SessionOptions()
         threads = num_threads or int(os.environ.get("TRITONFORM_NUM_THREADS", "0")) or (os.cpu_count() or 1)
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # The build already wrote an optimised graph; ORT_ENABLE_ALL is cheap and adds CPU-only fusions.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         provs = list(providers) if providers else available_providers()
-        session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=provs)
+        session = _open_session(onnx_path, provs, threads, allow_spinning)
         tokenizer = Tokenizer.from_file(str(tok_path))
-        return cls(model_dir, meta, session, tokenizer)
+        engine = cls(model_dir, meta, session, tokenizer)
+        engine._session_args = (onnx_path, provs, allow_spinning)
+        engine.num_threads = threads
+        return engine
+
+    def sibling(self, num_threads: int) -> Engine:
+        """Another onnxruntime session over the same model, with `num_threads` threads, sharing this
+        engine's tokenizer and metadata (not its prefix cache). Sequences can move between the two:
+        a batch's KV cache is plain memory that any session of the model can advance (see
+        `DecodeBatch.step`). Costs the model's weights once more in memory."""
+        if self._session_args is None:
+            raise EngineError("sibling() needs an engine opened with Engine.load")
+        onnx_path, provs, allow_spinning = self._session_args
+        session = _open_session(onnx_path, provs, num_threads, allow_spinning)
+        engine = Engine(self.model_dir, self.metadata, session, self.tokenizer)
+        engine._session_args = self._session_args
+        engine.num_threads = num_threads
+        return engine
 
     @property
     def providers(self) -> list[str]:
@@ -493,6 +504,19 @@ class Engine:
         return [t.token_id for t in self.generate(ids, params)]
 
 
+def _open_session(onnx_path: Path, providers: list[Any], threads: int, allow_spinning: bool) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # The build already wrote an optimised graph; ORT_ENABLE_ALL is cheap and adds CPU-only fusions.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+
+
 def _last(logits: np.ndarray, last_only: bool) -> np.ndarray:
     """Models built before `logits_to_keep` return every position: keep the last one as asked."""
     return logits[:, -1:] if last_only and logits.shape[1] > 1 else logits
@@ -537,9 +561,12 @@ class DecodeBatch:
             return True, "length", False
         return False, None, False
 
-    def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> StepOutput:
+    def add(
+        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, runner: Engine | None = None
+    ) -> StepOutput:
         """Prefill one prompt (one ORT call), sample its first token and, unless it already finished,
-        join the batch. Returns that first token."""
+        join the batch. Returns that first token. `runner`: another session of the same model to run
+        the call on (see `Engine.sibling`); default, the batch's own engine."""
         meta = self.engine.metadata
         n = len(prompt_ids)
         if n == 0:
@@ -553,7 +580,7 @@ class DecodeBatch:
             raise EngineError(f"token ids must be in [0, {meta.vocab_size})")
         if any(not 0 <= t < meta.vocab_size for t in params.stop_token_ids):
             raise EngineError(f"stop token ids must be in [0, {meta.vocab_size})")
-        last_logits, present = self.engine.prefill(prompt_ids)
+        last_logits, present = (runner or self.engine).prefill(prompt_ids)
         stop = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop |= set(meta.eos_token_ids)
@@ -579,8 +606,9 @@ class DecodeBatch:
         self.seqs = [self.seqs[i] for i in keep]
         self._keep_cache(keep)
 
-    def step(self) -> list[StepOutput]:
-        """Advance every active sequence by one token in a single ORT call.
+    def step(self, runner: Engine | None = None) -> list[StepOutput]:
+        """Advance every active sequence by one token in a single ORT call, on `runner` (another
+        session of the same model, see `Engine.sibling`) or by default the batch's own engine.
 
         Finished sequences are removed from the batch automatically after this step.
         """
@@ -589,7 +617,7 @@ class DecodeBatch:
         b = len(self.seqs)
         input_ids = np.fromiter((s.last_token for s in self.seqs), dtype=np.int64, count=b)[:, None]
         lengths = np.fromiter((s.length for s in self.seqs), dtype=np.int64, count=b)
-        logits = self._advance(input_ids, lengths)
+        logits = self._advance(input_ids, lengths, runner or self.engine)
         outs: list[StepOutput] = []
         for i, s in enumerate(self.seqs):
             s.length += 1
@@ -611,7 +639,7 @@ class DecodeBatch:
         """Keep only these rows (in this order); `self.seqs` is already filtered."""
         raise NotImplementedError
 
-    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: Engine) -> np.ndarray:
         """One decode call: each row's next token at position lengths[b]. Returns logits [B, 1, V]."""
         raise NotImplementedError
 
@@ -652,13 +680,13 @@ class LeftPaddedBatch(DecodeBatch):
         self.past = [np.ascontiguousarray(_to_numpy(p)[keep, :, cut:, :]) for p in self.past]
         self.width = width
 
-    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: Engine) -> np.ndarray:
         b, w = len(lengths), self.width
         mask = np.ones((b, w + 1), dtype=np.int64)
         if b > 1:
             cols = np.arange(w)[None, :]
             mask[:, :w] = cols >= (w - lengths)[:, None]
-        logits, present = self.engine.forward(input_ids, mask, lengths[:, None], self.past)
+        logits, present = runner.forward(input_ids, mask, lengths[:, None], self.past)
         self.past, self.width = present, w + 1
         return logits
 
@@ -700,14 +728,14 @@ class RightPaddedBatch(DecodeBatch):
         cap = self._capacity_for(max((s.length for s in self.seqs), default=0) + 1)
         self.cache = [np.ascontiguousarray(c[keep, :, :cap]) for c in self.cache] if keep else []
 
-    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: Engine) -> np.ndarray:
         need = int(lengths.max()) + 1
         if need > self.capacity:
             cap = self._capacity_for(need)
             self.cache = [_resized(c, c.shape[0], cap) for c in self.cache]
         # ones over 0..length_b (the new token included): the graph derives each row's length from it
         mask = (np.arange(self.capacity)[None, :] <= lengths[:, None]).astype(np.int64)
-        return self.engine.forward_in_place(input_ids, mask, lengths[:, None], self.cache)
+        return runner.forward_in_place(input_ids, mask, lengths[:, None], self.cache)
 
 
 def _resized(cache: np.ndarray, rows: int, capacity: int) -> np.ndarray:

@@ -176,6 +176,9 @@ class GenerationSpec:
     # Busy-waiting ORT threads steal the cores Triton's server process needs to forward each response:
     # measured here, 8 Triton streams ran ~1.5-2x faster with spinning off.
     allow_spinning: bool = False
+    # Independent continuous batches, each on its own onnxruntime session with a share of the cores
+    # (see ContinuousBatchScheduler in python_model/model.py); 0: auto (2 on CPU, 1 on a GPU).
+    decode_lanes: int = 0
     engine_subdir: str = "engine"  # artefacts, relative to the model version directory
     extra_parameters: tuple[tuple[str, str], ...] = field(default=())
 
@@ -187,6 +190,7 @@ class GenerationSpec:
             "max_tokens_limit": (self.max_tokens_limit, 1, 1 << 20),
             "instance_count": (self.instance_count, 1, 64),
             "intra_op_threads": (self.intra_op_threads, 0, 1024),
+            "decode_lanes": (self.decode_lanes, 0, 64),
         }
         for name, (value, low, high) in checks.items():
             if not low <= value <= high:
@@ -202,6 +206,7 @@ class GenerationSpec:
             ("execution_provider", self.execution_provider),
             ("intra_op_threads", str(self.intra_op_threads)),
             ("allow_spinning", "true" if self.allow_spinning else "false"),
+            ("decode_lanes", str(self.decode_lanes)),
             ("engine_subdir", self.engine_subdir),
         )
         clash = {k for k, _ in own} & {k for k, _ in self.extra_parameters}

@@ -35,4 +35,6 @@ def tiny_repository(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFa
     from model_repo.spec import GenerationSpec
 
     out = tmp_path_factory.mktemp("tiny-repository") / "repo"
-    return write_repository(out, tiny_llama_export, GenerationSpec(model_name="llm", intra_op_threads=1))
+    return write_repository(
+        out, tiny_llama_export, GenerationSpec(model_name="llm", intra_op_threads=1, decode_lanes=2)
+    )

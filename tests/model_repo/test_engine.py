@@ -82,6 +82,35 @@ def test_batched_step_equals_each_sequence_alone(any_engine: Engine) -> None:
     assert [outs["a"], outs["b"], outs["c"]] == alone
 
 
+def test_a_batch_moves_between_sessions_of_the_same_model_without_changing_a_token(
+    any_engine: Engine,
+) -> None:
+    """`Engine.sibling` opens another session (own threads, own prefix cache) over the same files; a
+    batch's prefill and steps may run on either, since the KV cache is the batch's plain memory."""
+    sibling = any_engine.sibling(1)
+    assert sibling.session is not any_engine.session and sibling.tokenizer is any_engine.tokenizer
+    assert sibling.num_threads == 1 and sibling.metadata == any_engine.metadata
+    prompts = [any_engine.encode(t) for t in ("hello world how are you", "quick brown fox")]
+    alone = [any_engine.greedy_ids(p, 10) for p in prompts]
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    batch = any_engine.new_batch()
+    outs: dict[str, list[int]] = {"a": [], "b": []}
+    outs["a"].append(batch.add("a", prompts[0], params, sibling).token_id)
+    outs["b"].append(batch.add("b", prompts[1], params).token_id)
+    turn = 0
+    while len(batch):
+        turn += 1
+        for o in batch.step(sibling if turn % 2 else None):
+            outs[o.request_id].append(o.token_id)
+    assert [outs["a"], outs["b"]] == alone
+
+
+def test_sibling_needs_an_engine_opened_from_a_directory(tiny_engine: Engine) -> None:
+    bare = Engine(tiny_engine.model_dir, tiny_engine.metadata, tiny_engine.session, tiny_engine.tokenizer)
+    with pytest.raises(EngineError, match=r"Engine\.load"):
+        bare.sibling(1)
+
+
 def test_removing_a_sequence_mid_batch_keeps_the_others_exact(any_engine: Engine) -> None:
     tiny_engine = any_engine
     prompts = [tiny_engine.encode(t) for t in ("a lazy dog", "model servers stream tokens to clients")]

@@ -40,6 +40,7 @@ def test_python_model_config_renders_and_parses_with_tritons_schema() -> None:
     assert parsed.instance_group[0].count == 2
     params = {k: v.string_value for k, v in parsed.parameters.items()}
     assert params["max_active_sequences"] == "4" and params["execution_provider"] == "cpu"
+    assert params["decode_lanes"] == "0"  # auto: the python model picks 2 lanes on a multi-core CPU
 
 
 def test_tensor_names_follow_the_tensorrt_llm_ensemble() -> None:
@@ -105,6 +106,7 @@ def test_parse_rejects_unknown_fields() -> None:
         (lambda: GenerationSpec(model_name="has space"), "model_name"),
         (lambda: GenerationSpec(max_batch_size=0), "max_batch_size"),
         (lambda: GenerationSpec(instance_count=0), "instance_count"),
+        (lambda: GenerationSpec(decode_lanes=-1), "decode_lanes"),
         (lambda: GenerationSpec(engine_subdir="a/b"), "engine_subdir"),
         (lambda: GenerationSpec(extra_parameters=(("engine_subdir", "x"),)).parameters(), "override"),
         (lambda: TensorSpec("bad-name", DataType.INT32, (1,)), "tensor name"),

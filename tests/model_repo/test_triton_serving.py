@@ -140,8 +140,10 @@ def test_concurrent_requests_are_batched_and_all_complete(tiny_triton: Any, engi
     starts = [chunks[0].at for chunks in results.values()]
     ends = [chunks[-1].at for chunks in results.values()]
     assert max(starts) < min(ends)
-    # and one engine step advanced several of them together (the model logs each new maximum)
+    # and one engine step advanced several of them together (the model logs each new maximum),
+    # in the two lanes the tiny repository asks for (each its own session and thread)
     assert re.search(r"decode step batched [2-9] sequences", tiny_triton.log_text())
+    assert re.search(r"up to 8 sequences at once in 2 lane\(s\) of 1 thread", tiny_triton.log_text())
 
 
 def test_stop_words_cut_the_text(tiny_triton: Any, engine: Any) -> None:
