@@ -8,7 +8,8 @@ Same prompts (chat-formatted) and greedy decoding everywhere, exactly --max-toke
 figure counts the same work:
 - PyTorch eager (transformers `generate`, batch 1) from the source checkpoint (--checkpoint or the
   default model), unless --no-pytorch;
-- in-process engine, single stream, and --streams sequences through one `DecodeBatch`;
+- in-process engine, single stream, --streams sequences through one `DecodeBatch`, and --streams
+  requests through the Triton model's scheduler in-process (its decode lanes, no transport);
 - Triton (real server from nvidia-pytriton, gRPC streaming): one stream, then --streams concurrent
   client streams; aggregate tok/s = all tokens / wall time. Also, for information, the concurrent
   streams with answers ending at eos as chat answers do (a batch that shrinks as answers end).
@@ -75,10 +76,47 @@ def bench_engine(engine: Any, prompts: list[str], max_tokens: int, streams: int)
         tokens += 1
     while len(batch):
         tokens += len(batch.step())
+    batched = tokens / (time.perf_counter() - start)
     return {
         "engine_1_stream_tok_s": single,
-        f"engine_{streams}_batched_tok_s": tokens / (time.perf_counter() - start),
+        f"engine_{streams}_batched_tok_s": batched,
+        f"engine_{streams}_lanes_tok_s": scheduler_streams(engine, prompts, max_tokens, streams),
     }
+
+
+def scheduler_streams(engine: Any, prompts: list[str], max_tokens: int, streams: int) -> float:
+    """`streams` requests through the Triton model's own scheduler, in-process: its decode lanes as
+    the model picks them (see python_model/model.py), without Triton's transport."""
+    import model_repo.engine as em
+    from model_repo.python_model.model import ContinuousBatchScheduler, GenerationRequest, Job, lane_count
+
+    lanes = lane_count(0, engine, streams)
+    lane_engines = (
+        [engine.sibling(max(1, engine.num_threads // lanes)) for _ in range(lanes)] if lanes > 1 else []
+    )
+    scheduler = ContinuousBatchScheduler(engine, em, max_active=streams, lane_engines=lane_engines)
+    scheduler.start()
+    finished = threading.Semaphore(0)
+    counted = [0]
+
+    def emit(_text: str, final: bool, _prompt_tokens: int, completion_tokens: int) -> None:
+        counted[0] += completion_tokens
+        if final:
+            finished.release()
+
+    def fail(message: str) -> None:
+        raise RuntimeError(message)
+
+    try:
+        start = time.perf_counter()
+        for i in range(streams):
+            request = GenerationRequest(prompts[i % len(prompts)], max_tokens, stream=True, end_id=-1)
+            scheduler.submit(Job(f"bench-{i}", request, emit, fail))
+        for _ in range(streams):
+            finished.acquire()
+        return counted[0] / (time.perf_counter() - start)
+    finally:
+        scheduler.stop()
 
 
 def bench_pytorch(checkpoint: Path, prompts: list[str], max_tokens: int) -> float:
@@ -290,6 +328,8 @@ def main() -> int:
         f"triton_{n}_streams_vs_1_stream": results[f"triton_{n}_streams_tok_s"]
         / results["triton_1_stream_tok_s"],
         f"engine_{n}_batched_vs_1_stream": results[f"engine_{n}_batched_tok_s"]
+        / results["engine_1_stream_tok_s"],
+        f"engine_{n}_lanes_vs_1_stream": results[f"engine_{n}_lanes_tok_s"]
         / results["engine_1_stream_tok_s"],
     }
     if "pytorch_eager_tok_s" in results:
