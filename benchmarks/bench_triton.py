@@ -15,8 +15,8 @@ figure counts the same work:
   streams with answers ending at eos as chat answers do (a batch that shrinks as answers end).
   Peak RSS of Triton = server process plus its python-backend stub processes (where the model
   lives), sampled every 50 ms.
-Engine and Triton alternate for --rounds rounds and the best round of each is kept, so load from
-other processes on a shared machine affects both sides alike.
+Engine and Triton alternate for --rounds rounds and each figure is the median of its rounds, so load
+from other processes on a shared machine affects both sides alike and no single lucky round decides.
 Prints a table and the target ratios (Triton 1 stream >= 0.9x engine; N streams >= 3x 1 stream;
 Triton peak RSS < 1.5 GB), and writes JSON with --json.
 """
@@ -254,15 +254,15 @@ def triton_concurrent(
 def bench_rounds(
     repository: Path, engine: Any, model: str, prompts: list[str], max_tokens: int, streams: int, rounds: int
 ) -> dict[str, float]:
-    """Engine and Triton measured in alternating rounds (the best round of each counts), so that
-    load from other processes on a shared machine hits both sides alike."""
+    """Engine and Triton measured in alternating rounds, so that load from other processes on a shared
+    machine hits both sides alike; each figure is its median over the rounds (a best-of-rounds let
+    one lucky round of either side decide a ratio)."""
     from serving.triton_local import TritonServer, TritonServerConfig
 
-    best: dict[str, float] = {}
+    rounds_seen: dict[str, list[float]] = {}
 
-    def keep(key: str, value: float, lower_is_better: bool = False) -> None:
-        if key not in best or (value < best[key] if lower_is_better else value > best[key]):
-            best[key] = value
+    def keep(key: str, value: float) -> None:
+        rounds_seen.setdefault(key, []).append(value)
 
     with TritonServer(TritonServerConfig(repository, startup_timeout_s=300)) as server:
         assert server.pid is not None
@@ -273,13 +273,19 @@ def bench_rounds(
                     keep(key, value)
                 single, ttft = triton_single(server.grpc_url, model, prompts, max_tokens)
                 keep("triton_1_stream_tok_s", single)
-                keep("triton_ttft_ms", ttft, lower_is_better=True)
+                keep("triton_ttft_ms", ttft)
                 concurrent = triton_concurrent(server.grpc_url, model, prompts, max_tokens, streams)
                 keep(f"triton_{streams}_streams_tok_s", concurrent)
                 natural = triton_concurrent(server.grpc_url, model, prompts, max_tokens, streams, False)
                 keep(f"triton_{streams}_streams_eos_ends_tok_s", natural)
-        best["triton_peak_rss_mb"] = rss.peak / 2**20
-    return best
+                print(
+                    "round:",
+                    ", ".join(f"{key} {values[-1]:.1f}" for key, values in rounds_seen.items()),
+                    flush=True,
+                )
+    medians = {key: float(np.median(values)) for key, values in rounds_seen.items()}
+    medians["triton_peak_rss_mb"] = rss.peak / 2**20
+    return medians
 
 
 def main() -> int:
@@ -294,7 +300,7 @@ def main() -> int:
     parser.add_argument("--no-pytorch", action="store_true")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each counts")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; figures are medians")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
