@@ -193,7 +193,7 @@ class ContinuousBatchScheduler:
         self.em = engine_module
         self.max_active = max_active
         self.pending: queue.Queue[Job | None] = queue.Queue()
-        self._stop = threading.Event()
+        self.stopping = threading.Event()
         runners = list(lane_engines)[:max_active] or [engine]
         n = len(runners)
         self.lanes = [
@@ -219,7 +219,7 @@ class ContinuousBatchScheduler:
         self.pending.put(job)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
+        self.stopping.set()
         for _ in self.lanes:
             self.pending.put(None)
         for lane in self.lanes:
@@ -276,7 +276,7 @@ class Lane:
 
     def _run(self) -> None:
         sched = self.scheduler
-        while not sched._stop.is_set():
+        while not sched.stopping.is_set():
             try:
                 self._admit(block=not self.jobs)
                 self._drop_cancelled()
