@@ -136,3 +136,44 @@ def test_lane_count_is_two_on_multi_core_cpu_and_one_elsewhere() -> None:
     assert lane_count(3, _engine(cpu, 2), 8) == 3  # asked for explicitly
     with pytest.raises(ValueError, match="decode_lanes=-1"):
         lane_count(-1, _engine(cpu, 2), 8)
+
+
+def test_a_client_whose_responses_fail_does_not_hold_up_the_others(tiny_engine: em.Engine) -> None:
+    """Responses leave through a writer thread per lane; one that raises (a client gone away) is
+    logged and the next ones still go out."""
+    scheduler = ContinuousBatchScheduler(tiny_engine, em, max_active=4)
+    scheduler.start()
+    broken = threading.Event()
+    try:
+
+        def explode(*_args: Any) -> None:
+            broken.set()
+            raise RuntimeError("client went away")
+
+        request = GenerationRequest(prompt=PROMPTS[0], max_tokens=4, stream=True, end_id=-1)
+        scheduler.submit(Job("gone", request, explode, lambda _m: None))
+        expected = tiny_engine.generate_text(PROMPTS[1], em.SamplingParams(max_tokens=6, ignore_eos=True))
+        assert run_jobs(scheduler, [PROMPTS[1]], 6) == [expected]
+        assert broken.is_set()
+    finally:
+        scheduler.stop()
+
+
+def test_stop_sends_what_was_queued_then_fails_the_running_job_last(tiny_engine: em.Engine) -> None:
+    scheduler = ContinuousBatchScheduler(tiny_engine, em, max_active=2)
+    scheduler.start()
+    events: list[tuple[str, Any]] = []
+    started = threading.Event()
+
+    def emit(text: str, final: bool, _p: int, _c: int) -> None:
+        events.append(("text", final))
+        started.set()
+
+    request = GenerationRequest(prompt=PROMPTS[0], max_tokens=500, stream=True, end_id=-1)
+    scheduler.submit(Job("long", request, emit, lambda message: events.append(("error", message))))
+    assert started.wait(30)
+    scheduler.stop()
+    seen = list(events)
+    assert seen[-1] == ("error", "the model is shutting down")
+    assert all(kind == "text" and not final for kind, final in seen[:-1])
+    assert events == seen  # nothing arrives after stop() returned
