@@ -6,8 +6,9 @@ next to it as `tritonform_engine.py` and the exported artefacts in `<model>/1/<e
 so the repository is self-contained: nothing from tritonform has to be installed in the container.
 
 Flow: `execute` validates each request and hands it to `ContinuousBatchScheduler`, then returns at
-once (decoupled policy). One scheduler thread admits new requests between decode steps (prefill
-joins the shared KV-cache batch) and advances all active sequences with ONE batched engine step.
+once (decoupled policy). Each decode lane (two on a multi-core CPU, one on a GPU) is a thread that
+admits new requests between decode steps (prefill joins its KV-cache batch) and advances all its
+active sequences with ONE batched engine step; its writer thread sends the responses.
 Streaming requests get a response per text delta and a final response carrying the last delta
 and the FINAL flag; non-streaming requests get exactly one final response. Every response has
 `prompt_tokens` and `completion_tokens` = tokens generated for that response (sum over a stream).
