@@ -88,13 +88,9 @@ def scheduler_streams(engine: Any, prompts: list[str], max_tokens: int, streams:
     """`streams` requests through the Triton model's own scheduler, in-process: its decode lanes as
     the model picks them (see python_model/model.py), without Triton's transport."""
     import model_repo.engine as em
-    from model_repo.python_model.model import ContinuousBatchScheduler, GenerationRequest, Job, lane_count
+    from model_repo.python_model.model import ContinuousBatchScheduler, GenerationRequest, Job
 
-    lanes = lane_count(0, engine, streams)
-    lane_engines = (
-        [engine.sibling(max(1, engine.num_threads // lanes)) for _ in range(lanes)] if lanes > 1 else []
-    )
-    scheduler = ContinuousBatchScheduler(engine, em, max_active=streams, lane_engines=lane_engines)
+    scheduler = ContinuousBatchScheduler.with_lanes(engine, em, max_active=streams)
     scheduler.start()
     finished = threading.Semaphore(0)
     counted = [0]

@@ -253,7 +253,11 @@ class Engine:
         metadata: GenerationMetadata,
         session: Any,
         tokenizer: Any,
+        num_threads: int = 0,
+        session_args: tuple[Path, list[Any], bool] | None = None,
     ) -> None:
+        """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
+        providers, allow_spinning): how to open another session of the model, for `sibling()`."""
         self.model_dir = Path(model_dir)
         self.metadata = metadata
         self.session = session
@@ -273,8 +277,8 @@ class Engine:
         self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
         self._prefix_ids: list[int] = []
         self._prefix_kv: list[np.ndarray] = []
-        self._session_args: tuple[Path, list[Any], bool] | None = None  # set by load(), for sibling()
-        self.num_threads = 0  # intra-op threads of the session (0: not known, e.g. built by hand)
+        self._session_args = session_args
+        self.num_threads = num_threads
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -305,10 +309,7 @@ class Engine:
         provs = list(providers) if providers else available_providers()
         session = _open_session(onnx_path, provs, threads, allow_spinning)
         tokenizer = Tokenizer.from_file(str(tok_path))
-        engine = cls(model_dir, meta, session, tokenizer)
-        engine._session_args = (onnx_path, provs, allow_spinning)
-        engine.num_threads = threads
-        return engine
+        return cls(model_dir, meta, session, tokenizer, threads, (onnx_path, provs, allow_spinning))
 
     def sibling(self, num_threads: int) -> Engine:
         """Another onnxruntime session over the same model, with `num_threads` threads, sharing this
@@ -319,10 +320,7 @@ class Engine:
             raise EngineError("sibling() needs an engine opened with Engine.load")
         onnx_path, provs, allow_spinning = self._session_args
         session = _open_session(onnx_path, provs, num_threads, allow_spinning)
-        engine = Engine(self.model_dir, self.metadata, session, self.tokenizer)
-        engine._session_args = self._session_args
-        engine.num_threads = num_threads
-        return engine
+        return Engine(self.model_dir, self.metadata, session, self.tokenizer, num_threads, self._session_args)
 
     @property
     def providers(self) -> list[str]:
@@ -439,7 +437,10 @@ class Engine:
         return np.asarray(binding.get_outputs()[-1].numpy())  # logits were bound last
 
     def bind_cache(self, cache: list[np.ndarray]) -> Any:
-        """An IO binding of this session with each `cache` array as past and present (CPU only)."""
+        """An IO binding of this session with each `cache` array as past and present; None for device
+        providers, whose `forward_in_place` runs without one."""
+        if not self._cpu_only:
+            return None
         import onnxruntime as ort
 
         binding = self.session.io_binding()
@@ -793,8 +794,7 @@ class RightPaddedBatch(DecodeBatch):
         mask = (np.arange(self.capacity)[None, :] <= lengths[:, None]).astype(np.int64)
         bound = self._bound
         if bound is None or bound[0] is not runner or bound[1] is not self.cache:
-            binding = runner.bind_cache(self.cache) if runner._cpu_only else None
-            bound = self._bound = (runner, self.cache, binding)
+            bound = self._bound = (runner, self.cache, runner.bind_cache(self.cache))
         return runner.forward_in_place(input_ids, mask, lengths[:, None], self.cache, bound[2])
 
 

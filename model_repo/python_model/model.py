@@ -205,7 +205,22 @@ class ContinuousBatchScheduler:
         self._shared_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.max_batch_seen = 0  # largest batch one step advanced (for tests and metrics)
-        self.steps = 0
+
+    @classmethod
+    def with_lanes(
+        cls,
+        engine: Any,
+        engine_module: ModuleType,
+        max_active: int,
+        decode_lanes: int = 0,
+        log: Callable[[str], None] = lambda _message: None,
+    ) -> ContinuousBatchScheduler:
+        """A scheduler with `lane_count(decode_lanes, ...)` lanes, each on its own sibling session of
+        `engine` with an equal share of its threads (one lane: `engine` itself)."""
+        lanes = lane_count(decode_lanes, engine, max_active)
+        threads = max(1, engine.num_threads // lanes)
+        siblings = [engine.sibling(threads) for _ in range(lanes)] if lanes > 1 else []
+        return cls(engine, engine_module, max_active, log=log, lane_engines=siblings)
 
     @property
     def jobs(self) -> dict[str, Job]:
@@ -256,7 +271,6 @@ class ContinuousBatchScheduler:
 
     def record_step(self, size: int) -> None:
         with self._stats_lock:
-            self.steps += 1
             if size <= self.max_batch_seen:
                 return
             self.max_batch_seen = size
@@ -470,21 +484,16 @@ class TritonPythonModel:
             allow_spinning=params.get("allow_spinning", "false") == "true",
         )
         max_active = int(params.get("max_active_sequences", "8"))
-        lanes = lane_count(int(params.get("decode_lanes", "0")), self.engine, max_active)
-        lane_threads = max(1, self.engine.num_threads // lanes)
-        self.scheduler = ContinuousBatchScheduler(
-            self.engine,
-            em,
-            max_active=max_active,
-            log=pb_utils.Logger.log_info,
-            lane_engines=[self.engine.sibling(lane_threads) for _ in range(lanes)] if lanes > 1 else (),
+        self.scheduler = ContinuousBatchScheduler.with_lanes(
+            self.engine, em, max_active, int(params.get("decode_lanes", "0")), log=pb_utils.Logger.log_info
         )
         self.scheduler.start()
         self._counter = 0
+        lanes = self.scheduler.lanes
         pb_utils.Logger.log_info(
             f"tritonform generation model ready: {model_dir} on {self.engine.providers}, "
-            f"up to {max_active} sequences at once in {lanes} lane(s)"
-            + (f" of {lane_threads} thread(s)" if lanes > 1 else "")
+            f"up to {max_active} sequences at once in {len(lanes)} lane(s)"
+            + (f" of {lanes[0].engine.num_threads} thread(s)" if len(lanes) > 1 else "")
         )
 
     def execute(self, requests: list[Any]) -> None:

@@ -177,3 +177,15 @@ def test_stop_sends_what_was_queued_then_fails_the_running_job_last(tiny_engine:
     assert seen[-1] == ("error", "the model is shutting down")
     assert all(kind == "text" and not final for kind, final in seen[:-1])
     assert events == seen  # nothing arrives after stop() returned
+
+
+def test_with_lanes_gives_each_lane_its_own_session_with_a_share_of_the_threads(
+    tiny_engine: em.Engine,
+) -> None:
+    assert tiny_engine.num_threads == 1
+    alone = ContinuousBatchScheduler.with_lanes(tiny_engine, em, max_active=4)  # auto: 1 thread, 1 lane
+    assert [lane.engine for lane in alone.lanes] == [tiny_engine]
+    two = ContinuousBatchScheduler.with_lanes(tiny_engine, em, max_active=4, decode_lanes=2)
+    assert len(two.lanes) == 2 and all(lane.engine is not tiny_engine for lane in two.lanes)
+    assert [lane.engine.num_threads for lane in two.lanes] == [1, 1]
+    assert two.lanes[0].engine.session is not two.lanes[1].engine.session

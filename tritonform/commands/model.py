@@ -198,7 +198,7 @@ def _summary(console: object, options: object, report: dict[str, object]) -> Non
     if isinstance(quality, dict):
         lines.append(
             f"quality: next-token agreement {quality['agreement']:.1%} on held-out text, "
-            f"{quality.get('decode_agreement', 1.0):.1%} while generating, "
+            f"{quality['decode_agreement']:.1%} while generating, "
             f"perplexity {quality['perplexity_reference']:.2f} -> "
             f"{quality['perplexity']:.2f} ({quality['perplexity_increase']:+.2%})"
         )
