@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import queue
+import time
 from typing import Any
 
 import httpx
@@ -191,10 +192,19 @@ def test_logs_are_json_with_request_id_and_no_secrets(http: httpx.Client) -> Non
         )
         assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-abc-123"
         http.get("/v1/models", headers={"Authorization": "Bearer wrong-key-value"})
+
+        def access_lines() -> list[dict[str, Any]]:
+            lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+            return [e for e in lines if e["msg"] == "request" and e.get("request_id") == "req-abc-123"]
+
+        # the access line is written once the response has been sent in full, so the client can
+        # hold the whole answer a moment before the line exists: wait for it (bounded)
+        deadline = time.monotonic() + 10
+        while not access_lines() and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         logger.removeHandler(handler)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    access = [e for e in lines if e["msg"] == "request" and e["request_id"] == "req-abc-123"]
+    access = access_lines()
     assert access and access[0]["status"] == 200 and access[0]["usage"]["completion_tokens"] == 4
     text = stream.getvalue()
     assert API_KEY not in text and "wrong-key-value" not in text and secret_prompt not in text
