@@ -346,7 +346,8 @@ def make_tiny_checkpoint(out: str | Path, family: str = "llama", seed: int = 0) 
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=512,
+            # long enough for a request that outlasts the model's cancellation check (a few a second)
+            max_position_embeddings=4096,
             tie_word_embeddings=True,
             **common,
         )

@@ -203,7 +203,10 @@ def test_cancelled_stream_leaves_the_batch(tiny_triton: Any) -> None:
     client = grpcclient.InferenceServerClient(tiny_triton.grpc_url)
     responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    long_request = request_inputs(PROMPT, 400, stream=True, top_k=0, temperature=1.0, seed=1)
+    # 2000 tokens, no end token (end_id -1): ~0.8 s of work for the tiny model on a fast 2-core
+    # machine, four times the model's cancellation check interval (0.2 s); 400 tokens (~0.2 s) could
+    # end before the check and fail the test on such a machine (seen)
+    long_request = request_inputs(PROMPT, 2000, stream=True, top_k=0, temperature=1.0, seed=1, end_id=-1)
     client.async_stream_infer("llm", long_request)
     for _ in range(2):
         _result, error = responses.get(timeout=30)
