@@ -81,6 +81,52 @@ def bench_engine(engine: Any, prompts: list[str], max_tokens: int, streams: int)
         "engine_1_stream_tok_s": single,
         f"engine_{streams}_batched_tok_s": batched,
         f"engine_{streams}_lanes_tok_s": scheduler_streams(engine, prompts, max_tokens, streams),
+        **decode_only(engine, prompts, max_tokens, streams),
+    }
+
+
+def decode_only(engine: Any, prompts: list[str], max_tokens: int, streams: int) -> dict[str, float]:
+    """Steady-state decode tokens/s with prefill left out: one sequence on the all-cores engine, and
+    `streams` sequences split over the Triton model's decode lanes, all lanes stepping at once.
+
+    Their ratio is what batching `streams` sequences gains per decode step on this machine, before
+    any prefill, Python or transport cost: an upper bound for the served `streams`-vs-1 ratio.
+    """
+    import model_repo.engine as em
+    from model_repo.python_model.model import ContinuousBatchScheduler
+
+    params = em.SamplingParams(max_tokens=max_tokens + 2, ignore_eos=True)  # no row ends while timed
+
+    def steps_per_s(batches: list[tuple[Any, Any]]) -> float:
+        """Tokens/s of `max_tokens` steps of every (batch, runner), each batch in its own thread."""
+        ready = threading.Barrier(len(batches) + 1)
+        rows = sum(len(batch) for batch, _ in batches)
+
+        def run(batch: Any, runner: Any) -> None:
+            ready.wait()
+            for _ in range(max_tokens):
+                batch.step(runner)
+
+        threads = [threading.Thread(target=run, args=pair) for pair in batches]
+        for t in threads:
+            t.start()
+        ready.wait()
+        start = time.perf_counter()
+        for t in threads:
+            t.join()
+        return rows * max_tokens / (time.perf_counter() - start)
+
+    single = engine.new_batch()
+    single.add("0", engine.encode(prompts[0]), params)
+    scheduler = ContinuousBatchScheduler.with_lanes(engine, em, max_active=streams)  # never started
+    for i in range(streams):
+        lane = scheduler.lanes[i % len(scheduler.lanes)]
+        lane.batch.add(str(i), lane.engine.encode(prompts[i % len(prompts)]), params, lane.engine)
+    return {
+        "engine_1_stream_decode_tok_s": steps_per_s([(single, engine)]),
+        f"engine_{streams}_lanes_decode_tok_s": steps_per_s(
+            [(lane.batch, lane.engine) for lane in scheduler.lanes]
+        ),
     }
 
 
@@ -333,6 +379,9 @@ def main() -> int:
         / results["engine_1_stream_tok_s"],
         f"engine_{n}_lanes_vs_1_stream": results[f"engine_{n}_lanes_tok_s"]
         / results["engine_1_stream_tok_s"],
+        # the decode-only ceiling of the ratio above: no prefill, no transport (see decode_only)
+        f"decode_only_{n}_lanes_vs_1_stream": results[f"engine_{n}_lanes_decode_tok_s"]
+        / results["engine_1_stream_decode_tok_s"],
     }
     if "pytorch_eager_tok_s" in results:
         ratios["engine_vs_pytorch"] = results["engine_1_stream_tok_s"] / results["pytorch_eager_tok_s"]
