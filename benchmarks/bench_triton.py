@@ -10,6 +10,9 @@ figure counts the same work:
   default model), unless --no-pytorch;
 - in-process engine, single stream, --streams sequences through one `DecodeBatch`, and --streams
   requests through the Triton model's scheduler in-process (its decode lanes, no transport);
+- decode only (prefill left out): one sequence on the all-cores engine vs --streams sequences over
+  the model's decode lanes stepping at once: how much one decode step gains from batching on this
+  machine, the ceiling of the N-streams-vs-1 ratio before prefill and transport take their share;
 - Triton (real server from nvidia-pytriton, gRPC streaming): one stream, then --streams concurrent
   client streams; aggregate tok/s = all tokens / wall time. Also, for information, the concurrent
   streams with answers ending at eos as chat answers do (a batch that shrinks as answers end).
