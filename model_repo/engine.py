@@ -31,6 +31,7 @@ API in brief:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -889,6 +890,19 @@ def render_chat_template(
     **extra: Any,
 ) -> str:
     """Render a Hugging Face chat template with a sandboxed jinja2 environment (no transformers import)."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return _compiled_chat_template(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **extra
+        )
+    except TemplateError as exc:
+        raise EngineError(f"chat template failed: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_chat_template(template: str) -> Any:
+    """The template compiled once (compiling SmolLM2's took ~2.3 ms, on every chat request)."""
     from datetime import datetime
 
     from jinja2.exceptions import TemplateError
@@ -904,8 +918,6 @@ def render_chat_template(
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **extra
-        )
+        return env.from_string(template)
     except TemplateError as exc:
         raise EngineError(f"chat template failed: {exc}") from exc

@@ -261,6 +261,26 @@ def test_generate_text_and_chat_template(tiny_engine: Engine) -> None:
     assert text == tiny_engine.decode(ids)
 
 
+def test_chat_template_is_compiled_once_and_its_errors_are_engine_errors() -> None:
+    """A chat request must not pay for compiling the template (~2.3 ms for SmolLM2's); a template
+    that refuses the messages, or does not parse, is an EngineError naming the cause."""
+    from model_repo.engine import _compiled_chat_template, render_chat_template
+
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    messages = [{"role": "user", "content": "hi"}]
+    before = _compiled_chat_template.cache_info()
+    first = render_chat_template(template, messages)
+    second = render_chat_template(template, [{"role": "user", "content": "again"}])
+    after = _compiled_chat_template.cache_info()
+    assert (first, second) == ("[user] hi\n", "[user] again\n")
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    refusing = "{{ raise_exception('only user messages, please') }}"
+    with pytest.raises(EngineError, match="only user messages, please"):
+        render_chat_template(refusing, messages)
+    with pytest.raises(EngineError, match="chat template failed"):
+        render_chat_template("{% for m in messages %}", messages)
+
+
 def test_host_copy_path_used_for_gpu_providers_gives_the_same_tokens(tiny_llama_export: Path) -> None:
     """With a GPU provider the engine feeds numpy and reads host copies; results must not change."""
     engine = Engine.load(tiny_llama_export, num_threads=1)
