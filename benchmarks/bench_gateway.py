@@ -223,7 +223,13 @@ def stack_process(config: LocalStackConfig) -> Iterator[StackAddress]:
     process = ctx.Process(target=_serve, args=(config, child), name="tritonform-bench-stack")
     process.start()
     try:
-        answer = parent.recv() if parent.poll(config.startup_timeout_s + 60) else "no answer in time"
+        deadline = time.monotonic() + config.startup_timeout_s + 60
+        while not parent.poll(0.5):
+            if not process.is_alive():
+                raise SystemExit(f"the local stack process exited with code {process.exitcode}")
+            if time.monotonic() > deadline:
+                raise SystemExit("the local stack did not start in time")
+        answer = parent.recv()
         if not isinstance(answer, tuple):
             raise SystemExit(f"the local stack did not start: {answer}")
         yield StackAddress(*answer)
