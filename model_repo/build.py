@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -286,4 +287,20 @@ def build_default_repository(progress: Step | None = None) -> Path:
 
     build(BuildOptions(model=str(checkpoint), out=target, quantize=DEFAULT_QUANTIZE), on_step, say)
     say(f"model repository ready at {target}")
+    _remove_older_builds(target, say)
     return target
+
+
+def _remove_older_builds(target: Path, say: Step) -> None:
+    """Remove the cached builds `target` replaces: same checkpoint and quantisation, older code digest
+    (each kit upgrade that touches the model code would otherwise leave ~250 MB behind). Other models,
+    other quantisations and unfinished builds (dot-names) are left alone."""
+    stem = target.name.rsplit("-", 1)[0]
+    for other in target.parent.iterdir():
+        name = other.name
+        if other == target or not name.startswith(f"{stem}-"):
+            continue
+        if not re.fullmatch(r"[0-9a-f]{16}", name[len(stem) + 1 :]):
+            continue
+        shutil.rmtree(other, ignore_errors=True)
+        say(f"removed an older build of the default model: {other}")

@@ -103,3 +103,43 @@ def test_tensorrt_llm_backend_writes_its_layout(  # the ensemble is named after 
     build(BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8"))
     assert {"llm", "preprocessing", "tensorrt_llm", "postprocessing"} <= {p.name for p in out.iterdir()}
     assert (out / "engine-build-job.yaml").is_file()
+
+
+def test_default_build_removes_older_builds_of_the_same_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kit upgrade that changes the model code builds the default repository afresh; the build it
+    replaces (same checkpoint and quantisation, another code digest) is removed, nothing else is."""
+    import model_repo.build as build_module
+    import model_repo.checkpoint as checkpoint_module
+    from model_repo.layout import MANIFEST_FILE
+
+    checkpoint = tmp_path / "checkpoints" / "smol-abc"
+    monkeypatch.setattr(checkpoint_module, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(checkpoint_module, "fetch_default", lambda _say=None: checkpoint)
+
+    def fake_build(options: BuildOptions, *_args: Any) -> None:
+        options.out.mkdir(parents=True)
+        (options.out / MANIFEST_FILE).write_text("{}")
+
+    monkeypatch.setattr(build_module, "build", fake_build)
+    quant = build_module.DEFAULT_QUANTIZE
+    other_quant = "int8" if quant != "int8" else "int4"
+    repositories = tmp_path / "repositories"
+    older = repositories / f"smol-abc-{quant}-0123456789abcdef"
+    kept = [
+        repositories / f"smol-abc-{other_quant}-0123456789abcdef",  # another quantisation
+        repositories / f"other-model-{quant}-0123456789abcdef",  # another model
+        repositories / f".smol-abc-{quant}-fedcba9876543210.partial-x",  # a build in progress
+        repositories / f"smol-abc-{quant}-mine",  # not a digest: not ours to judge
+    ]
+    for folder in (older, *kept):
+        folder.mkdir(parents=True)
+    said: list[str] = []
+    target = build_module.build_default_repository(said.append)
+    assert (target / MANIFEST_FILE).is_file() and target.name.startswith(f"smol-abc-{quant}-")
+    assert not older.exists() and all(folder.exists() for folder in kept)
+    assert any("removed an older build" in line and str(older) in line for line in said)
+    # a second call finds the cached build and removes nothing
+    assert build_module.build_default_repository(said.append) == target
+    assert all(folder.exists() for folder in kept)
