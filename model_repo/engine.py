@@ -917,7 +917,4 @@ def _compiled_chat_template(template: str) -> Any:
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(template)
-    except TemplateError as exc:
-        raise EngineError(f"chat template failed: {exc}") from exc
+    return env.from_string(template)  # a syntax error is a TemplateError: render_chat_template wraps it
