@@ -126,13 +126,10 @@ async def _triton_stream(triton: TritonGenerator, render: Render, max_tokens: in
     return first, tokens, time.perf_counter() - started
 
 
-async def _round(
-    one: Callable[[], Awaitable[Sample]], concurrency: int, rounds: int
-) -> tuple[list[Sample], float]:
-    samples: list[Sample] = []
+async def _round(one: Callable[[], Awaitable[Sample]], concurrency: int) -> tuple[list[Sample], float]:
+    """`concurrency` requests at once: their samples and the round's wall time."""
     started = time.perf_counter()
-    for _ in range(rounds):
-        samples += await asyncio.gather(*(one() for _ in range(concurrency)))
+    samples = list(await asyncio.gather(*(one() for _ in range(concurrency))))
     return samples, time.perf_counter() - started
 
 
@@ -262,7 +259,7 @@ async def _measure(
             walls = dict.fromkeys(paths, 0.0)
             for _ in range(rounds):
                 for name, one in paths.items():
-                    got, wall = await _round(one, concurrency, 1)
+                    got, wall = await _round(one, concurrency)
                     samples[name] += got
                     walls[name] += wall
             for name in paths:
