@@ -53,8 +53,9 @@ def test_two_checkouts_each_run_their_own_code(tmp_path: Path) -> None:
     assert _run(first, "tritonform") == "cli first"
     assert _run(second, "tritonform") == "cli second"
     # Pulumi runs the program with ./.venv/bin/python directly, without the bootstrap.
+    probe_code = "import tritonform, yaml; print(tritonform.CHECKOUT)"
     direct = subprocess.run(
-        [str(first / ".venv" / "bin" / "python"), "-c", "import tritonform, yaml; print(tritonform.CHECKOUT)"],
+        [str(first / ".venv" / "bin" / "python"), "-c", probe_code],
         capture_output=True, text=True, cwd=tmp_path, check=True,
     )  # fmt: skip
     assert direct.stdout.strip() == "first"
