@@ -13,8 +13,8 @@ import pulumi
 from infra.platform import platform_class
 from infra.platform.base import EdgeBackend
 from infra.settings import NAMESPACE, SettingsError, StackSettings, config_from_pulumi, load_settings
-from infra.workload import InferenceWorkload, WorkloadArgs
 from infra.workload.images import build_images
+from infra.workload.inference import InferenceWorkload, WorkloadArgs
 
 
 def settings_from_pulumi() -> StackSettings:

@@ -1,3 +1,5 @@
 """tritonform: from a Hugging Face checkpoint to a Triton-served, OpenAI-compatible endpoint."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("tritonform")  # written once, in pyproject.toml

@@ -7,15 +7,16 @@ The workload runs the digest-pinned reference the build returns.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pulumi
 
 from infra.platform.base import GATEWAY_IMAGE, TRITON_IMAGE, ContainerRegistry
 from infra.settings import StackSettings
-from tritonform import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
+DISTRIBUTION = "tritonform"  # the installed kit; its version tags the images it builds
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ def build_images(
     settings: StackSettings, registry: ContainerRegistry, opts: pulumi.ResourceOptions
 ) -> Images:
     """Build (or take from the settings) both images."""
-    triton_tag = f"{settings.triton.version}-{__version__}"
+    kit_version = version(DISTRIBUTION)
+    triton_tag = f"{settings.triton.version}-{kit_version}"
     triton = settings.triton.image or _build(
         settings,
         registry,
@@ -39,7 +41,7 @@ def build_images(
         opts,
     )
     gateway = settings.gateway.image or _build(
-        settings, registry, GATEWAY_IMAGE, "docker/gateway/Dockerfile", __version__, {}, opts
+        settings, registry, GATEWAY_IMAGE, "docker/gateway/Dockerfile", kit_version, {}, opts
     )
     return Images(triton=triton, gateway=gateway)
 

@@ -8,8 +8,8 @@ import base64
 import pytest
 import yaml
 
-from infra.mocks_azure import _user_kubeconfig
 from infra.offline import Plan
+from infra.offline.mocks.azure import _user_kubeconfig
 from infra.platform.azure import STORAGE_BLOB_DATA_READER
 from infra.platform.azure_storage import storage_account_name
 from infra.platform.kubeconfigs import aks_kubeconfig_for_azure_cli

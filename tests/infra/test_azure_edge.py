@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from infra.mocks_azure import ACR_TOKEN_PASSWORD, KUBELET_OBJECT_ID
 from infra.offline import Plan
+from infra.offline.mocks.azure import ACR_TOKEN_PASSWORD, KUBELET_OBJECT_ID
 from infra.platform.azure_edge import apim_subnet, backend_ip
 from infra.platform.azure_registry import ACR_PULL, push_actions
 from tests.infra.test_platform_contract import provisioned

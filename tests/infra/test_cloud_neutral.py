@@ -11,11 +11,10 @@ CLOUD_NAMES = {"aws", "gcp", "azure"}
 ALLOWED = {
     "infra/platform",
     "infra/catalog.py",
-    "infra/settings.py",
-    "infra/settings_doc.py",
-    "infra/offline.py",
-    "infra/mocks_gcp.py",
-    "infra/mocks_azure.py",
+    "infra/settings/stack.py",
+    "infra/settings/doc.py",
+    "infra/offline/plan.py",
+    "infra/offline/mocks",
     "infra/policies",
     "model_repo/upload.py",
 }

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.mocks_azure import SUBSCRIPTION
 from infra.offline import Plan, PlannedResource, plan_stack
+from infra.offline.mocks.azure import SUBSCRIPTION
 from infra.platform.base import GPU_POOL_LABEL, GPU_TAINT_KEY, IMAGE_NAMES, CloudPlatform, Platform
 
 STACKS = Path(__file__).resolve().parents[2] / "stacks"

@@ -25,8 +25,9 @@ def _checkout(where: Path, marker: str) -> Path:
         shutil.copy2(ROOT / name, where / name)
     (where / "tritonform").mkdir()
     (where / "tritonform" / "__init__.py").write_text(f"CHECKOUT = {marker!r}\n")
-    (where / "tritonform" / "cli.py").write_text("def main() -> None:\n    import tritonform\n"
-                                                  "    print('cli', tritonform.CHECKOUT)\n")
+    (where / "tritonform" / "cli.py").write_text(
+        "def main() -> None:\n    import tritonform\n    print('cli', tritonform.CHECKOUT)\n"
+    )
     return where
 
 

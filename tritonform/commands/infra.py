@@ -175,8 +175,8 @@ def render(
     unknown fields and wrong types fail). An invalid object stops the command, naming the object and
     the field, and nothing is written. Helm releases are listed in helm-releases.yaml.
     """
-    from infra.render import ManifestError
-    from infra.render import render as render_manifests
+    from infra.offline.render import ManifestError
+    from infra.offline.render import render as render_manifests
 
     path = resolve_stack(stack, stack_path)
     result = run_plan(path)

@@ -22,9 +22,7 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.mocks_aws import aws_call, aws_resource, neutral_resource
-from infra.mocks_azure import azure_call, azure_resource
-from infra.mocks_gcp import gcp_call, gcp_resource
+from infra.offline.mocks import CloudMocks
 from infra.settings import (
     NAMESPACE,
     StackSettings,
@@ -33,14 +31,10 @@ from infra.settings import (
     secret_keys_in_stack_file,
 )
 
-PROGRAM = Path(__file__).resolve().parent / "__main__.py"
+PROGRAM = Path(__file__).resolve().parents[1] / "__main__.py"
 SECRET = "[secret]"
 _SECRET_SIG = "4dabf18193072939515e22adb298388d"
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
-
-
-class UnmockedInvokeError(RuntimeError):
-    """The program called a provider function the offline plan cannot answer."""
 
 
 @dataclass
@@ -124,40 +118,6 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             self._names[response.urn] = f"{request.type}::{request.name}"
             self.recorded.append(PlannedResource(request.type, request.name, parent, inputs, response.urn))
         return response
-
-
-class CloudMocks(pulumi_mocks.Mocks):
-    """Provider behaviour for the offline plan: ids, ARNs and endpoints a real create would return."""
-
-    def __init__(self, settings: StackSettings) -> None:
-        self.settings = settings
-
-    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        name, typ, state = args.name, args.typ, dict(args.inputs)
-        if typ.startswith("aws:"):
-            return aws_resource(typ, name, state, self.settings)
-        neutral = neutral_resource(typ, name, state)
-        if neutral is not None:
-            return neutral
-        if typ.startswith("gcp:"):
-            return gcp_resource(typ, name, state, self.settings)
-        elif typ.startswith(("azure-native:", "pulumi-python:dynamic/acr:")):
-            return azure_resource(typ, name, state, self.settings)
-        return f"{name}-id", state
-
-    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        token = args.token
-        answer = aws_call(token, dict(args.args), self.settings)
-        if answer is None:
-            answer = gcp_call(token, dict(args.args), self.settings)
-        if answer is None:
-            answer = azure_call(token, dict(args.args), self.settings)
-        if answer is not None:
-            return answer, []
-        raise UnmockedInvokeError(
-            f"the offline plan has no answer for the provider function {token!r}; "
-            "add it to infra/offline.py CloudMocks.call"
-        )
 
 
 def _pulumi_config(raw: dict[str, Any]) -> dict[str, str]:

@@ -20,10 +20,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from infra.catalog import AWS_GPU_FAMILIES, GCP_ACCELERATORS, GPU_MACHINES, CloudName, GpuMachine
-from infra.settings_base import Settings
-from infra.settings_base import check_cidr as _check_cidr
-from infra.settings_clouds import AzureSettings, GcpSettings
-from infra.settings_serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
+from infra.settings.base import Settings
+from infra.settings.base import check_cidr as _check_cidr
+from infra.settings.clouds import AzureSettings, GcpSettings
+from infra.settings.serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
 
 NAMESPACE = "tritonform"
 

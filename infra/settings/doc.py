@@ -1,6 +1,6 @@
 """The README's settings table, generated from the settings model so defaults are never written twice.
 
-`python -m infra.settings_doc` prints the table, `python -m infra.settings_doc --write` refreshes it in
+`python -m infra.settings.doc` prints the table, `python -m infra.settings.doc --write` refreshes it in
 README.md; a test checks that README.md contains it verbatim.
 """
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticUndefined
 
-from infra.settings import NAMESPACE, SYSTEM_MACHINE_DEFAULTS, StackSettings
+from infra.settings.stack import NAMESPACE, SYSTEM_MACHINE_DEFAULTS, StackSettings
 
 # What each key means; its type and default come from the model.
 DESCRIPTIONS: dict[str, str] = {

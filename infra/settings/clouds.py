@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from infra.settings_base import Settings as _Settings
-from infra.settings_base import check_cidr as _check_cidr
+from infra.settings.base import Settings as _Settings
+from infra.settings.base import check_cidr as _check_cidr
 
 _GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")

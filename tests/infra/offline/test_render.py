@@ -11,10 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from infra.offline import Plan
-from infra.render import ManifestError, api_version_kind, render
+from infra.offline.render import ManifestError, api_version_kind, render
+from tests.infra.conftest import STACK_FILES
 from tritonform.cli import app
-
-from .conftest import STACK_FILES
 
 runner = CliRunner()
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.settings_doc import markdown_table, rows
+from infra.settings.doc import markdown_table, rows
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def test_readme_holds_the_current_settings_table() -> None:
     assert markdown_table() in README.read_text(), (
-        "README.md's settings table is stale: run `python -m infra.settings_doc --write README.md`"
+        "README.md's settings table is stale: run `python -m infra.settings.doc --write README.md`"
     )
 
 

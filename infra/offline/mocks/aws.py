@@ -1,4 +1,4 @@
-"""What AWS (and the cloud-neutral providers) would return for the resources the program creates offline."""
+"""What AWS would return for the resources and provider functions the program uses offline."""
 
 from __future__ import annotations
 
@@ -67,22 +67,4 @@ def aws_call(token: str, args: dict[str, Any], settings: StackSettings) -> dict[
             "expiresAt": "2026-01-01T00:00:00Z",
             "id": region,
         }
-    return None
-
-
-def neutral_resource(typ: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """Providers that are not a cloud: container builds, random values, Helm releases, Kubernetes objects."""
-    state = dict(inputs)
-    if typ == "docker-build:index:Image":
-        tag = (inputs.get("tags") or [f"{name}:latest"])[0]
-        state.update(ref=f"{tag}@sha256:{'0' * 64}", digest=f"sha256:{'0' * 64}")
-        return f"{name}-id", state
-    if typ == "random:index/randomPassword:RandomPassword":
-        state["result"] = "offline0generated0key0000000000000000000"
-        return f"{name}-id", state
-    if typ.startswith("kubernetes:"):
-        metadata = dict(state.get("metadata") or {})
-        metadata.setdefault("name", name)
-        state["metadata"] = metadata
-        return f"{name}-id", state
     return None

@@ -1,6 +1,6 @@
 """Settings of what runs on the cluster (Triton, the gateway, GPU add-ons) and of the public edge.
 
-Part of the one settings layer: `StackSettings` in infra/settings.py holds these blocks.
+Part of the one settings layer: `StackSettings` in infra/settings/stack.py holds these blocks.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from infra.settings_base import Settings
+from infra.settings.base import Settings
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
 _IMAGE_TAG = re.compile(r"^[0-9]{2}\.[0-9]{2}$")

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from infra.offline import SECRET, Plan, PlannedResource
+from infra.offline.plan import SECRET, Plan, PlannedResource
 
 MARKER = ".tritonform-render"
 _SKIP_PREFIXES = ("kubernetes:helm.sh/", "kubernetes:yaml")

@@ -16,8 +16,7 @@ from infra.settings import (
     load_settings,
     load_stack_file,
 )
-
-from .conftest import STACK_FILES
+from tests.infra.conftest import STACK_FILES
 
 MINIMAL_AWS: dict[str, Any] = {
     "cloud": "aws",

@@ -10,10 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.offline import Plan
+from tests.infra.conftest import STACK_FILES
+from tests.infra.conftest import STACKS as STACKS_DIR
 from tritonform.cli import app
-
-from .conftest import STACK_FILES
-from .conftest import STACKS as STACKS_DIR
 
 runner = CliRunner()
 
@@ -100,7 +99,7 @@ def test_planning_one_cloud_does_not_import_the_other_clouds_sdks() -> None:
         "plan_stack(Path('stacks/Pulumi.aws-dev.yaml')); "
         "print(sorted(m for m in ('pulumi_gcp', 'pulumi_azure_native', 'torch') if m in sys.modules))"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
