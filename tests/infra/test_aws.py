@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from infra.offline import Plan
-from infra.platform.aws_network import subnet_cidrs
+from infra.platform.aws.network import subnet_cidrs
 
 PlanOf = Callable[[str], Plan]
 

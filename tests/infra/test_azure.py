@@ -11,7 +11,7 @@ import yaml
 from infra.mocks_azure import _user_kubeconfig
 from infra.offline import Plan
 from infra.platform.azure import STORAGE_BLOB_DATA_READER
-from infra.platform.azure_storage import storage_account_name
+from infra.platform.azure.storage import storage_account_name
 from infra.platform.kubeconfigs import aks_kubeconfig_for_azure_cli
 from tests.infra.test_platform_contract import provisioned
 

@@ -10,8 +10,8 @@ import pytest
 
 from infra.mocks_azure import ACR_TOKEN_PASSWORD, KUBELET_OBJECT_ID
 from infra.offline import Plan
-from infra.platform.azure_edge import apim_subnet, backend_ip
-from infra.platform.azure_registry import ACR_PULL, push_actions
+from infra.platform.azure.edge import apim_subnet, backend_ip
+from infra.platform.azure.registry import ACR_PULL, push_actions
 from tests.infra.test_platform_contract import provisioned
 
 

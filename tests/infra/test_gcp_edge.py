@@ -8,7 +8,7 @@ import pytest
 from infra.mocks_gcp import ACCESS_TOKEN, EDGE_IP
 from infra.mocks_gcp import AUTONAME_SUFFIX as AUTONAME
 from infra.offline import Plan, PlannedResource
-from infra.platform.gcp_edge import GOOGLE_FRONT_END_RANGES, armor_threshold
+from infra.platform.gcp.edge import GOOGLE_FRONT_END_RANGES, armor_threshold
 from tests.infra.test_platform_contract import provisioned
 
 

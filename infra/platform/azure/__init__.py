@@ -8,10 +8,10 @@ from typing import Any
 import pulumi
 import pulumi_azure_native as azure
 
-from infra.platform.azure_addons import nvidia_device_plugin
-from infra.platform.azure_edge import api_management_edge, internal_lb_exposure, node_subnets
-from infra.platform.azure_registry import container_registry
-from infra.platform.azure_storage import KEY_ID, model_storage
+from infra.platform.azure.addons import nvidia_device_plugin
+from infra.platform.azure.edge import api_management_edge, internal_lb_exposure, node_subnets
+from infra.platform.azure.registry import container_registry
+from infra.platform.azure.storage import KEY_ID, model_storage
 from infra.platform.base import (
     GPU_POOL_LABEL,
     GPU_POOL_LABEL_VALUE,

@@ -30,8 +30,8 @@ from infra.platform.base import (
     ServiceAccountRef,
     ServiceExposure,
 )
-from infra.platform.gcp_edge import artifact_registry, gke_gateway_edge, gke_gateway_exposure
-from infra.platform.gcp_storage import gcs_model_bucket
+from infra.platform.gcp.edge import artifact_registry, gke_gateway_edge, gke_gateway_exposure
+from infra.platform.gcp.storage import gcs_model_bucket
 from infra.platform.kubeconfigs import gke_kubeconfig
 from infra.settings import GcpSettings, SettingsError
 

@@ -8,9 +8,9 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra.platform.aws_addons import AUTOSCALER_SA, build_registry, install_gpu_addons
-from infra.platform.aws_edge import AwsEdgeTargets, build_edge
-from infra.platform.aws_network import build_network
+from infra.platform.aws.addons import AUTOSCALER_SA, build_registry, install_gpu_addons
+from infra.platform.aws.edge import AwsEdgeTargets, build_edge
+from infra.platform.aws.network import build_network
 from infra.platform.base import (
     GPU_POOL_LABEL,
     GPU_POOL_LABEL_VALUE,
