@@ -49,7 +49,7 @@ def _cloud_branches(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_no_code_outside_the_cloud_classes_branches_on_the_cloud_name() -> None:
     offenders = [hit for path in _neutral_files() for hit in _cloud_branches(path)]
-    assert offenders == [], "move per-cloud differences into infra/platform/<cloud>.py: " + ", ".join(
+    assert offenders == [], "move per-cloud differences into infra/platform/<cloud>/: " + ", ".join(
         offenders
     )
 

@@ -1,4 +1,4 @@
-"""AWS cluster add-ons: what EKS needs for GPUs to be requestable and the GPU pool to autoscale, and ECR.
+"""AWS cluster add-ons: what EKS needs for GPUs to be requestable and the GPU pool to autoscale.
 
 - The AL2023 NVIDIA AMI carries the driver and container toolkit but not the device plugin, so
   NVIDIA's device-plugin chart is installed; its required node affinity is met by the
@@ -15,32 +15,29 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra.platform.aws.cluster import AwsCluster
+from infra.platform.aws.identity import irsa_trust
 from infra.platform.base import (
     GPU_POOL_LABEL,
     GPU_POOL_LABEL_VALUE,
     GPU_TAINT_EFFECT,
     GPU_TAINT_KEY,
-    IMAGE_NAMES,
-    ContainerRegistry,
-    KubernetesCluster,
+    CloudContext,
+    GpuNodePool,
     ServiceAccountRef,
 )
-from infra.settings import StackSettings
 
 AUTOSCALER_SA = ServiceAccountRef("kube-system", "cluster-autoscaler")
 
 
-def install_gpu_addons(
-    settings: StackSettings,
-    cluster: KubernetesCluster,
-    irsa_trust: pulumi.Output[str],
-    opts: pulumi.ResourceOptions,
-) -> None:
+def install_gpu_addons(context: CloudContext, cluster: AwsCluster, gpu_pool: GpuNodePool) -> None:
     """NVIDIA device plugin on the GPU nodes and the cluster autoscaler on the system nodes."""
-    prefix = settings.name
-    k8s_opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=cluster.provider))
+    settings, prefix = context.settings, context.prefix
+    trust = irsa_trust(cluster, AUTOSCALER_SA)
+    opts = pulumi.ResourceOptions.merge(context.options, pulumi.ResourceOptions(depends_on=[gpu_pool]))
+    k8s_opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=cluster.component.provider))
     k8s.helm.v3.Release(
-        f"{prefix}-nvidia-device-plugin",
+        context.name("nvidia-device-plugin"),
         name="nvidia-device-plugin",
         chart="nvidia-device-plugin",
         version=settings.addons.device_plugin_version,
@@ -57,19 +54,19 @@ def install_gpu_addons(
         opts=k8s_opts,
     )
     role = aws.iam.Role(
-        f"{prefix}-cluster-autoscaler",
+        context.name("cluster-autoscaler"),
         description=f"Cluster autoscaler of {prefix}: resizes only this cluster's node groups",
-        assume_role_policy=irsa_trust,
+        assume_role_policy=trust,
         opts=opts,
     )
     aws.iam.RolePolicy(
-        f"{prefix}-cluster-autoscaler",
+        context.name("cluster-autoscaler"),
         role=role.id,
-        policy=cluster.cluster_name.apply(_autoscaler_policy),
+        policy=cluster.component.cluster_name.apply(_autoscaler_policy),
         opts=opts,
     )
     k8s.helm.v3.Release(
-        f"{prefix}-cluster-autoscaler",
+        context.name("cluster-autoscaler"),
         name="cluster-autoscaler",
         chart="cluster-autoscaler",
         version=settings.addons.cluster_autoscaler_version,
@@ -78,7 +75,7 @@ def install_gpu_addons(
         values={
             "cloudProvider": "aws",
             "awsRegion": settings.region,
-            "autoDiscovery": {"clusterName": cluster.cluster_name},
+            "autoDiscovery": {"clusterName": cluster.component.cluster_name},
             "rbac": {
                 "serviceAccount": {
                     "name": AUTOSCALER_SA.name,
@@ -138,37 +135,3 @@ def _autoscaler_policy(cluster_name: str) -> str:
             ],
         }
     )
-
-
-def build_registry(settings: StackSettings, opts: pulumi.ResourceOptions) -> ContainerRegistry:
-    """One private ECR repository per image, scanned on push and encrypted.
-
-    Tags stay mutable because a rebuild re-pushes the same version tag; the workload always runs the
-    digest-pinned reference the build returns, so what runs is never ambiguous.
-    """
-    prefix = settings.name
-    registry = ContainerRegistry(f"{prefix}-registry", opts)
-    child = pulumi.ResourceOptions(parent=registry)
-    repositories = {
-        image: aws.ecr.Repository(
-            f"{prefix}-{image}",
-            name=f"{prefix}/{image}",
-            image_tag_mutability="MUTABLE",
-            image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
-            encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS")],
-            force_delete=settings.environment == "dev",
-            opts=child,
-        )
-        for image in IMAGE_NAMES
-    }
-    first = repositories[IMAGE_NAMES[0]]
-    token = aws.ecr.get_authorization_token_output(
-        registry_id=first.registry_id, opts=pulumi.InvokeOutputOptions(parent=registry)
-    )
-    registry.finish(
-        address=token.proxy_endpoint.apply(lambda url: url.removeprefix("https://")),
-        username=token.user_name,
-        password=token.password,
-        repositories={image: repo.repository_url for image, repo in repositories.items()},
-    )
-    return registry

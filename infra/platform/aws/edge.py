@@ -15,34 +15,44 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.platform.base import Edge, EdgeBackend
+from infra.platform.base import CloudContext, Edge, EdgeBackend, EdgeTargets, ServiceExposure
 from infra.settings import StackSettings
 
 
 @dataclass(frozen=True)
-class AwsEdgeTargets:
+class AwsEdgeTargets(EdgeTargets):
     """What the edge attaches to: the VPC, the private subnets and the nodes the gateway runs on."""
 
+    context: CloudContext
     vpc_id: pulumi.Input[str]
     private_subnet_ids: pulumi.Input[list[str]]
     node_security_group_id: pulumi.Input[str]
     node_group: aws.eks.NodeGroup
 
 
-def build_edge(
-    settings: StackSettings, targets: AwsEdgeTargets, backend: EdgeBackend, opts: pulumi.ResourceOptions
-) -> Edge:
+def gateway_exposure(settings: StackSettings) -> ServiceExposure:
+    """A fixed NodePort on the system nodes, behind an internal NLB that Pulumi owns (so the API gateway's
+    VPC link can target it); traffic comes only from inside the VPC."""
+    return ServiceExposure(
+        type="NodePort",
+        source_ranges=(settings.network.cidr,),
+        node_port=settings.edge.gateway_node_port,
+    )
+
+
+def build_edge(targets: AwsEdgeTargets, backend: EdgeBackend) -> Edge:
     """Internal NLB -> VPC link -> REST API with a streaming proxy integration."""
-    prefix = settings.name
-    edge = Edge(f"{prefix}-edge", opts)
-    child = pulumi.ResourceOptions(parent=edge)
+    context = targets.context
+    settings = context.settings
+    edge = Edge(context.name("edge"), context.options)
+    child = context.child(edge)
     node_port = backend.exposure.node_port
     if node_port is None:
         raise ValueError("the AWS edge needs the gateway exposed on a NodePort")
 
     # Nodes accept the NodePort only from inside the VPC (the NLB forwards from its private addresses).
     aws.vpc.SecurityGroupIngressRule(
-        f"{prefix}-gateway-nodeport",
+        context.name("gateway-nodeport"),
         security_group_id=targets.node_security_group_id,
         cidr_ipv4=settings.network.cidr,
         ip_protocol="tcp",
@@ -52,7 +62,7 @@ def build_edge(
         opts=child,
     )
     nlb = aws.lb.LoadBalancer(
-        f"{prefix}-gateway",
+        context.name("gateway"),
         internal=True,
         load_balancer_type="network",
         subnets=targets.private_subnet_ids,
@@ -60,7 +70,7 @@ def build_edge(
         opts=child,
     )
     target_group = aws.lb.TargetGroup(
-        f"{prefix}-gateway",
+        context.name("gateway"),
         port=node_port,
         protocol="TCP",
         target_type="instance",
@@ -70,7 +80,7 @@ def build_edge(
         opts=child,
     )
     aws.lb.Listener(
-        f"{prefix}-gateway",
+        context.name("gateway"),
         load_balancer_arn=nlb.arn,
         port=80,
         protocol="TCP",
@@ -79,35 +89,38 @@ def build_edge(
     )
     asg_name = targets.node_group.resources.apply(_first_autoscaling_group)
     aws.autoscaling.Attachment(
-        f"{prefix}-gateway", autoscaling_group_name=asg_name, lb_target_group_arn=target_group.arn, opts=child
+        context.name("gateway"),
+        autoscaling_group_name=asg_name,
+        lb_target_group_arn=target_group.arn,
+        opts=child,
     )
     link = aws.apigateway.VpcLink(
-        f"{prefix}-gateway", name=f"{prefix}-gateway", target_arn=nlb.arn, opts=child
+        context.name("gateway"), name=context.name("gateway"), target_arn=nlb.arn, opts=child
     )
 
     api = aws.apigateway.RestApi(
-        f"{prefix}-api",
-        name=f"{prefix}-api",
+        context.name("api"),
+        name=context.name("api"),
         description="tritonform OpenAI-compatible endpoint",
         endpoint_configuration=aws.apigateway.RestApiEndpointConfigurationArgs(types="REGIONAL"),
         disable_execute_api_endpoint=False,
         opts=child,
     )
     aws.apigateway.RestApiPolicy(
-        f"{prefix}-api-clients",
+        context.name("api-clients"),
         rest_api_id=api.id,
         policy=api.execution_arn.apply(lambda arn: _client_allow_list(arn, settings.allowed_client_cidrs)),
         opts=child,
     )
     proxy = aws.apigateway.Resource(
-        f"{prefix}-api-proxy",
+        context.name("api-proxy"),
         rest_api=api.id,
         parent_id=api.root_resource_id,
         path_part="{proxy+}",
         opts=child,
     )
     method = aws.apigateway.Method(
-        f"{prefix}-api-proxy",
+        context.name("api-proxy"),
         rest_api=api.id,
         resource_id=proxy.id,
         http_method="ANY",
@@ -116,7 +129,7 @@ def build_edge(
         opts=child,
     )
     integration = aws.apigateway.Integration(
-        f"{prefix}-api-proxy",
+        context.name("api-proxy"),
         rest_api=api.id,
         resource_id=proxy.id,
         http_method=method.http_method,
@@ -131,13 +144,13 @@ def build_edge(
         opts=child,
     )
     deployment = aws.apigateway.Deployment(
-        f"{prefix}-api",
+        context.name("api"),
         rest_api=api.id,
         triggers={"redeploy": pulumi.Output.all(proxy.id, method.id, integration.id).apply(json.dumps)},
         opts=pulumi.ResourceOptions(parent=edge, depends_on=[integration, *backend.depends_on]),
     )
     stage = aws.apigateway.Stage(
-        f"{prefix}-api",
+        context.name("api"),
         rest_api=api.id,
         deployment=deployment.id,
         stage_name="live",
@@ -145,7 +158,7 @@ def build_edge(
         opts=child,
     )
     aws.apigateway.MethodSettings(
-        f"{prefix}-api-throttle",
+        context.name("api-throttle"),
         rest_api=api.id,
         stage_name=stage.stage_name,
         method_path="*/*",

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 
 import pulumi
 import pulumi_aws as aws
 
-from infra.platform.base import Network
-from infra.settings import StackSettings
+from infra.platform.base import CloudContext, Network
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -19,20 +17,20 @@ def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
     # public subnets take small blocks from the last one (only load balancers and NAT live there).
     halves = list(network.subnets(prefixlen_diff=1))
     private_bits = max(1, (zones - 1).bit_length())
-    private = [str(s) for s in list(halves[0].subnets(prefixlen_diff=private_bits))[:zones]]
-    public = [str(s) for s in list(halves[1].subnets(prefixlen_diff=3))[:zones]]
+    private = [str(block) for block in list(halves[0].subnets(prefixlen_diff=private_bits))[:zones]]
+    public = [str(block) for block in list(halves[1].subnets(prefixlen_diff=3))[:zones]]
     return public, private
 
 
-def build_network(settings: StackSettings, name: Callable[..., str], opts: pulumi.ResourceOptions) -> Network:
+def build_network(context: CloudContext) -> Network:
     """VPC, internet gateway, subnets per zone and NAT (one per zone in prod, one in dev for cost)."""
-    s = settings
-    net = Network(name("network"), opts)
+    settings, name = context.settings, context.name
+    net = Network(name("network"), context.options)
     child = pulumi.ResourceOptions(parent=net)
     cluster_tag = {f"kubernetes.io/cluster/{name('eks')}": "shared"}
     vpc = aws.ec2.Vpc(
         name("vpc"),
-        cidr_block=s.network.cidr,
+        cidr_block=settings.network.cidr,
         enable_dns_hostnames=True,
         enable_dns_support=True,
         tags={"Name": name("vpc")},
@@ -46,12 +44,12 @@ def build_network(settings: StackSettings, name: Callable[..., str], opts: pulum
         routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
         opts=child,
     )
-    public_cidrs, private_cidrs = subnet_cidrs(s.network.cidr, s.network.zone_count)
+    public_cidrs, private_cidrs = subnet_cidrs(settings.network.cidr, settings.network.zone_count)
     private_ids: list[pulumi.Output[str]] = []
     nat: aws.ec2.NatGateway | None = None
     # One NAT gateway per zone in prod (a zone outage keeps egress), one in dev (cost).
-    nat_per_zone = s.environment == "prod"
-    for i in range(s.network.zone_count):
+    nat_per_zone = settings.environment == "prod"
+    for i in range(settings.network.zone_count):
         zone = zones.names[i]
         public = aws.ec2.Subnet(
             name(f"public-{i}"),

@@ -13,6 +13,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.platform.azure.cluster import AzureCluster, AzureGpuPool
+from infra.platform.azure.provider import AzureContext
 from infra.platform.base import GpuScheduling
 
 DEVICE_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
@@ -38,7 +40,9 @@ def device_plugin_values(scheduling: GpuScheduling) -> dict[str, Any]:
         },
         "tolerations": [
             {"key": "CriticalAddonsOnly", "operator": "Exists"},
-            *(dict(t) for t in scheduling.tolerations),  # the GPU taint, and the Spot taint on Spot pools
+            *(
+                dict(toleration) for toleration in scheduling.tolerations
+            ),  # the GPU taint, and the Spot taint on Spot pools
         ],
         "gfd": {"enabled": False},
         "nfd": {"enabled": False},
@@ -50,23 +54,18 @@ def device_plugin_values(scheduling: GpuScheduling) -> dict[str, Any]:
     }
 
 
-def nvidia_device_plugin(
-    name: str,
-    version: str,
-    scheduling: GpuScheduling,
-    provider: pulumi.ProviderResource,
-    parent: pulumi.Resource,
-    depends_on: list[pulumi.Resource],
-) -> k8s.helm.v3.Release:
+def install_gpu_addons(context: AzureContext, cluster: AzureCluster, gpu_pool: AzureGpuPool) -> None:
     """NVIDIA's device plugin DaemonSet (a Helm release, so upgrades and hooks run as Helm intends)."""
-    return k8s.helm.v3.Release(
-        name,
+    k8s.helm.v3.Release(
+        context.name("nvidia-device-plugin"),
         name=DEVICE_PLUGIN_CHART,
         chart=DEVICE_PLUGIN_CHART,
-        version=version,
+        version=context.settings.addons.device_plugin_version,
         namespace=DEVICE_PLUGIN_NAMESPACE,
         repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=DEVICE_PLUGIN_REPO),
-        values=device_plugin_values(scheduling),
+        values=device_plugin_values(gpu_pool.component.scheduling),
         atomic=True,
-        opts=pulumi.ResourceOptions(parent=parent, provider=provider, depends_on=depends_on),
+        opts=pulumi.ResourceOptions(
+            parent=gpu_pool.component, provider=cluster.component.provider, depends_on=[gpu_pool.agent_pool]
+        ),
     )

@@ -13,19 +13,17 @@ import hashlib
 import ipaddress
 import math
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
 import pulumi
 import pulumi_azure_native as azure
 
-from infra.platform.base import Edge, EdgeBackend, Platform, ServiceExposure
+from infra.platform.azure.network import apim_subnet, backend_ip, node_subnet_name
+from infra.platform.azure.provider import AzureContext
+from infra.platform.base import Edge, EdgeBackend, EdgeTargets, ServiceExposure
 from infra.settings import StackSettings
 
-if TYPE_CHECKING:
-    from infra.platform.azure import AzurePlatform
-
-APIM_SUBNET_PREFIX = 26  # classic injection: a dedicated subnet; /26 leaves room to scale Premium units
 BACKEND_ID = "tritonform-gateway"
 API_ID = "tritonform"
 API_KEY_HEADER = "Authorization"
@@ -35,29 +33,19 @@ APIM_MAX_HEADER_TIMEOUT = 240
 _INTERNAL_LB = "service.beta.kubernetes.io/azure-load-balancer-internal"
 
 
-def node_subnets(cidr: str) -> tuple[str, str]:
-    """System and GPU node subnets (the first two quarters of the VNet; see azure.azure_subnets)."""
-    quarters = list(ipaddress.ip_network(cidr).subnets(prefixlen_diff=2))
-    return str(quarters[0]), str(quarters[1])
+@dataclass(frozen=True)
+class AzureEdgeTargets(EdgeTargets):
+    """What the edge attaches to: the resource group and VNet APIM joins, and the node subnets (Azure
+    refuses concurrent subnet writes in one VNet, so APIM's subnet waits for them)."""
+
+    context: AzureContext
+    group: azure.resources.ResourceGroup
+    vnet_name: pulumi.Input[str]
+    node_subnets: list[azure.network.Subnet]
 
 
-def apim_subnet(cidr: str) -> str:
-    """APIM's dedicated subnet: the first /26 of the VNet's third quarter (unused by the node subnets)."""
-    third = list(ipaddress.IPv4Network(cidr).subnets(prefixlen_diff=2))[2]
-    return str(next(third.subnets(new_prefix=max(third.prefixlen, APIM_SUBNET_PREFIX))))
-
-
-def backend_ip(cidr: str) -> str:
-    """The gateway's internal load balancer IP: the system subnet's last usable address.
-
-    Azure hands out node addresses from the bottom of a subnet, so the top stays free.
-    """
-    system = ipaddress.IPv4Network(node_subnets(cidr)[0])
-    return str(system.broadcast_address - 1)
-
-
-def internal_lb_exposure(settings: StackSettings, system_subnet_name: str) -> ServiceExposure:
-    """An internal load balancer on a fixed IP, reachable from APIM's subnet only."""
+def gateway_exposure(settings: StackSettings) -> ServiceExposure:
+    """An internal load balancer on a fixed IP of the system subnet, reachable from APIM's subnet only."""
     idle_minutes = min(100, max(4, math.ceil(settings.edge.stream_timeout_seconds / 60) + 1))
     return ServiceExposure(
         type="LoadBalancer",
@@ -67,7 +55,7 @@ def internal_lb_exposure(settings: StackSettings, system_subnet_name: str) -> Se
         external_traffic_policy="Local",
         annotations={
             _INTERNAL_LB: "true",
-            f"{_INTERNAL_LB}-subnet": system_subnet_name,
+            f"{_INTERNAL_LB}-subnet": node_subnet_name(settings.name, "system"),
             "service.beta.kubernetes.io/azure-load-balancer-ipv4": backend_ip(settings.network.cidr),
             # Azure's load balancer drops idle flows after 4 minutes by default: outlast a stream.
             "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout": str(idle_minutes),
@@ -149,53 +137,46 @@ def _nsg_rules() -> list[azure.network.SecurityRuleArgs]:
     ]
 
 
-def api_management_edge(
-    cloud: AzurePlatform,
-    platform: Platform,
-    backend: EdgeBackend,
-    group: azure.resources.ResourceGroup,
-    vnet_name: pulumi.Input[str],
-    subnet_after: list[pulumi.Resource],
-    opts: pulumi.ResourceOptions,
-) -> Edge:
+def build_edge(targets: AzureEdgeTargets, backend: EdgeBackend) -> Edge:
     """APIM in its own subnet, a Backend on the internal load balancer IP, the API and its policy."""
-    s, a = cloud.settings, cloud.azure
-    component = Edge(cloud.name("edge"), opts)
-    child = cloud.child(component)
+    context, group = targets.context, targets.group
+    settings, azure_settings = context.settings, context.azure
+    component = Edge(context.name("edge"), context.options)
+    child = context.child(component)
     nsg = azure.network.NetworkSecurityGroup(
-        cloud.name("apim"),
+        context.name("apim"),
         resource_group_name=group.name,
         security_rules=_nsg_rules(),
-        tags=cloud.tags,
+        tags=context.tags,
         opts=child,
     )
     subnet = azure.network.Subnet(
-        cloud.name("apim"),
-        subnet_name=cloud.name("apim"),
+        context.name("apim"),
+        subnet_name=context.name("apim"),
         resource_group_name=group.name,
-        virtual_network_name=vnet_name,
-        address_prefix=apim_subnet(s.network.cidr),
+        virtual_network_name=targets.vnet_name,
+        address_prefix=apim_subnet(settings.network.cidr),
         network_security_group=azure.network.NetworkSecurityGroupArgs(id=nsg.id),
         # One subnet change at a time per VNet: Azure refuses concurrent subnet writes.
-        opts=pulumi.ResourceOptions(parent=component, depends_on=subnet_after),
+        opts=pulumi.ResourceOptions(parent=component, depends_on=list(targets.node_subnets)),
     )
-    service_name = apim_service_name(s.name, a.resource_group or cloud.name("rg"), s.region)
+    service_name = apim_service_name(settings.name, context.resource_group_name, settings.region)
     public_ip = azure.network.PublicIPAddress(
-        cloud.name("apim"),
+        context.name("apim"),
         resource_group_name=group.name,
         sku=azure.network.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
         public_ip_allocation_method="Static",
         dns_settings=azure.network.PublicIPAddressDnsSettingsArgs(domain_name_label=service_name),
-        tags=cloud.tags,
+        tags=context.tags,
         opts=child,
     )
-    sku = a.apim_sku or ("Premium" if s.environment == "prod" else "Developer")
+    sku = azure_settings.apim_sku or ("Premium" if settings.environment == "prod" else "Developer")
     apim = azure.apimanagement.ApiManagementService(
-        cloud.name("apim"),
+        context.name("apim"),
         resource_group_name=group.name,
         service_name=service_name,
-        publisher_email=a.apim_publisher_email,
-        publisher_name=a.apim_publisher_name,
+        publisher_email=azure_settings.apim_publisher_email,
+        publisher_name=azure_settings.apim_publisher_name,
         sku=azure.apimanagement.ApiManagementServiceSkuPropertiesArgs(name=sku, capacity=1),
         virtual_network_type="External",
         virtual_network_configuration=azure.apimanagement.VirtualNetworkConfigurationArgs(
@@ -209,21 +190,21 @@ def api_management_edge(
             for side in ("Protocols", "Backend.Protocols")
             for proto in ("Tls10", "Tls11", "Ssl30")
         },
-        tags=cloud.tags,
+        tags=context.tags,
         opts=child,
     )
     apim_backend = azure.apimanagement.Backend(
-        cloud.name("apim-backend"),
+        context.name("apim-backend"),
         backend_id=BACKEND_ID,
         protocol="http",
-        url=f"http://{backend_ip(s.network.cidr)}:{backend.port}",
+        url=f"http://{backend_ip(settings.network.cidr)}:{backend.port}",
         description="The tritonform gateway's internal load balancer",
         opts=pulumi.ResourceOptions(parent=component, depends_on=list(backend.depends_on)),
         resource_group_name=group.name,
         service_name=apim.name,
     )
     api = azure.apimanagement.Api(
-        cloud.name("apim-api"),
+        context.name("apim-api"),
         api_id=API_ID,
         display_name="tritonform OpenAI-compatible API",
         path="",
@@ -235,7 +216,7 @@ def api_management_edge(
     )
     operations = [
         azure.apimanagement.ApiOperation(
-            cloud.name(f"apim-{method.lower()}-v1"),
+            context.name(f"apim-{method.lower()}-v1"),
             api_id=api.name,
             operation_id=f"{method.lower()}-v1",
             display_name=f"{method} /v1/*",
@@ -248,11 +229,11 @@ def api_management_edge(
         for method in ("POST", "GET")
     ]
     azure.apimanagement.ApiPolicy(
-        cloud.name("apim-policy"),
+        context.name("apim-policy"),
         api_id=api.name,
         policy_id="policy",
         format="rawxml",
-        value=api_policy(s),
+        value=api_policy(settings),
         opts=pulumi.ResourceOptions(parent=component, depends_on=[apim_backend, *operations]),
         resource_group_name=group.name,
         service_name=apim.name,

@@ -17,16 +17,15 @@ import re
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pulumi
 import pulumi.dynamic
 import pulumi_azure_native as azure
 
+from infra.platform.azure.cluster import AzureCluster
+from infra.platform.azure.provider import AzureContext
 from infra.platform.base import IMAGE_NAMES, ContainerRegistry
-
-if TYPE_CHECKING:
-    from infra.platform.azure import AzurePlatform
 
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538f"  # built-in role definition id: AcrPull
 ARM = "https://management.azure.com"
@@ -48,7 +47,11 @@ def push_actions() -> list[str]:
 
 
 class _TokenPasswordProvider(pulumi.dynamic.ResourceProvider):
-    """Generates `password1` of an ACR token through ARM's `generateCredentials` action."""
+    """Generates `password1` of an ACR token through ARM's `generateCredentials` action.
+
+    Stack state refers to this class by its import path (`infra.platform.azure.registry`), and Pulumi
+    imports it from there to refresh, replace or delete a password: moving it breaks deployed stacks.
+    """
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         expiry = (datetime.now(UTC) + timedelta(days=PASSWORD_DAYS)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -125,42 +128,42 @@ class AcrTokenPassword(pulumi.dynamic.Resource, module="acr", name="TokenPasswor
         super().__init__(_TokenPasswordProvider(), name, props, merged)
 
 
-def container_registry(
-    cloud: AzurePlatform,
-    group: azure.resources.ResourceGroup,
-    kubelet_object_id: pulumi.Input[str],
-    opts: pulumi.ResourceOptions,
+def build_registry(
+    context: AzureContext, group: azure.resources.ResourceGroup, cluster: AzureCluster
 ) -> ContainerRegistry:
     """ACR, AcrPull for the AKS kubelet identity, and a push token scoped to our repositories."""
-    s = cloud.settings
-    component = ContainerRegistry(cloud.name("registry"), opts)
-    child = cloud.child(component)
+    settings = context.settings
+    component = ContainerRegistry(context.name("registry"), context.options)
+    child = context.child(component)
+    kubelet_object_id = cluster.aks.identity_profile.apply(
+        lambda profile: str(profile["kubeletidentity"].object_id) if profile else ""
+    )
     registry = azure.containerregistry.Registry(
-        cloud.name("registry"),
+        context.name("registry"),
         resource_group_name=group.name,
-        registry_name=registry_name(s.name, cloud.azure.resource_group or cloud.name("rg"), s.region),
+        registry_name=registry_name(settings.name, context.resource_group_name, settings.region),
         # Premium adds zone redundancy and private endpoints for prod; Standard is enough for dev.
-        sku=azure.containerregistry.SkuArgs(name="Premium" if s.environment == "prod" else "Standard"),
+        sku=azure.containerregistry.SkuArgs(name="Premium" if settings.environment == "prod" else "Standard"),
         admin_user_enabled=False,
         anonymous_pull_enabled=False,
         # Pushed from wherever `pulumi up` runs, so the registry keeps a public endpoint; every access
         # still needs Entra ID or a scoped token.
         public_network_access="Enabled",
-        zone_redundancy="Enabled" if s.environment == "prod" else "Disabled",
-        tags=cloud.tags,
+        zone_redundancy="Enabled" if settings.environment == "prod" else "Disabled",
+        tags=context.tags,
         opts=child,
     )
     # The kubelet pulls images with the cluster's kubelet identity: no image pull secrets.
     azure.authorization.RoleAssignment(
-        cloud.name("registry-kubelet-pull"),
+        context.name("registry-kubelet-pull"),
         principal_id=kubelet_object_id,
         principal_type="ServicePrincipal",
-        role_definition_id=cloud.role(ACR_PULL),
+        role_definition_id=context.role(ACR_PULL),
         scope=registry.id,
         opts=child,
     )
     scope_map = azure.containerregistry.ScopeMap(
-        cloud.name("registry-push"),
+        context.name("registry-push"),
         resource_group_name=group.name,
         registry_name=registry.name,
         scope_map_name="tritonform-push",
@@ -169,7 +172,7 @@ def container_registry(
         opts=child,
     )
     token = azure.containerregistry.Token(
-        cloud.name("registry-push"),
+        context.name("registry-push"),
         resource_group_name=group.name,
         registry_name=registry.name,
         token_name="tritonform-push",
@@ -179,7 +182,7 @@ def container_registry(
     )
     arm_token = azure.authorization.get_client_token_output(opts=pulumi.InvokeOptions(parent=component))
     password = AcrTokenPassword(
-        cloud.name("registry-push-password"),
+        context.name("registry-push-password"),
         registry_id=registry.id,
         token_id=token.id,
         arm_token=arm_token.token,

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pulumi
 import pulumi_azure_native as azure
 
+from infra.platform.azure.provider import KEY_ID, AzureContext
 from infra.platform.base import ModelBucket
 
 if TYPE_CHECKING:
     from pulumi_azure_native.storage import EncryptionArgs, IdentityArgs
 
-    from infra.platform.azure import AzurePlatform
-
 KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
 MODEL_CONTAINER = "models"
-KEY_ID = re.compile(
-    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.KeyVault/vaults/(?P<vault>[^/]+)"
-    r"/keys/(?P<key>[^/]+)$",
-    re.IGNORECASE,
-)
+
+
+@dataclass(frozen=True)
+class AzureStorage:
+    """The neutral model bucket, the storage account (Triton's env names it) and the container the reader
+    is granted on."""
+
+    component: ModelBucket
+    account: azure.storage.StorageAccount
+    container: azure.storage.BlobContainer
 
 
 def storage_account_name(prefix: str, resource_group: str, region: str) -> str:
@@ -31,21 +36,19 @@ def storage_account_name(prefix: str, resource_group: str, region: str) -> str:
     return f"{re.sub(r'[^a-z0-9]', '', prefix)[:10]}models{digest}"
 
 
-def model_storage(
-    cloud: AzurePlatform, group: azure.resources.ResourceGroup, opts: pulumi.ResourceOptions
-) -> tuple[ModelBucket, azure.storage.StorageAccount, azure.storage.BlobContainer]:
+def build_bucket(context: AzureContext, group: azure.resources.ResourceGroup) -> AzureStorage:
     """The model bucket: a locked-down storage account and its private container."""
-    s, b = cloud.settings, cloud.settings.bucket
-    component = ModelBucket(cloud.name("models"), opts)
-    child = cloud.child(component)
-    account_name = storage_account_name(s.name, cloud.azure.resource_group or cloud.name("rg"), s.region)
-    identity, encryption, depends = _storage_encryption(cloud, group, component, b.kms_key)
+    settings = context.settings
+    component = ModelBucket(context.name("models"), context.options)
+    child = context.child(component)
+    account_name = storage_account_name(settings.name, context.resource_group_name, settings.region)
+    identity, encryption, depends = _storage_encryption(context, group, component, settings.bucket.kms_key)
     account = azure.storage.StorageAccount(
-        cloud.name("models"),
+        context.name("models"),
         resource_group_name=group.name,
         account_name=account_name,
         kind="StorageV2",
-        sku=azure.storage.SkuArgs(name="Standard_ZRS" if s.environment == "prod" else "Standard_LRS"),
+        sku=azure.storage.SkuArgs(name="Standard_ZRS" if settings.environment == "prod" else "Standard_LRS"),
         allow_blob_public_access=False,
         allow_shared_key_access=False,  # no account keys exist for anyone to hand out
         default_to_o_auth_authentication=True,
@@ -54,11 +57,11 @@ def model_storage(
         allow_cross_tenant_replication=False,
         identity=identity,
         encryption=encryption,
-        tags=cloud.tags,
+        tags=context.tags,
         opts=pulumi.ResourceOptions(parent=component, depends_on=depends),
     )
     azure.storage.BlobServiceProperties(
-        cloud.name("models"),
+        context.name("models"),
         resource_group_name=group.name,
         account_name=account.name,
         blob_services_name="default",
@@ -68,7 +71,7 @@ def model_storage(
         opts=child,
     )
     azure.storage.ManagementPolicy(
-        cloud.name("models"),
+        context.name("models"),
         resource_group_name=group.name,
         account_name=account.name,
         management_policy_name="default",
@@ -83,7 +86,7 @@ def model_storage(
                         actions=azure.storage.ManagementPolicyActionArgs(
                             version=azure.storage.ManagementPolicyVersionArgs(
                                 delete=azure.storage.DateAfterCreationArgs(
-                                    days_after_creation_greater_than=b.noncurrent_version_days
+                                    days_after_creation_greater_than=settings.bucket.noncurrent_version_days
                                 )
                             )
                         ),
@@ -94,20 +97,20 @@ def model_storage(
         opts=child,
     )
     container = azure.storage.BlobContainer(
-        cloud.name("models"),
+        context.name("models"),
         resource_group_name=group.name,
         account_name=account.name,
         container_name=MODEL_CONTAINER,
         public_access=azure.storage.PublicAccess.NONE,
         opts=child,
     )
-    uri = pulumi.Output.all(account.name, container.name).apply(lambda a: f"as://{a[0]}/{a[1]}")
+    uri = pulumi.Output.all(account.name, container.name).apply(lambda names: f"as://{names[0]}/{names[1]}")
     component.finish(bucket_name=container.name, uri=uri)
-    return component, account, container
+    return AzureStorage(component, account, container)
 
 
 def _storage_encryption(
-    cloud: AzurePlatform, group: azure.resources.ResourceGroup, parent: pulumi.Resource, kms_key: str | None
+    context: AzureContext, group: azure.resources.ResourceGroup, parent: pulumi.Resource, kms_key: str | None
 ) -> tuple[IdentityArgs | None, EncryptionArgs, list[pulumi.Resource]]:
     """Infrastructure (double) encryption always; a customer-managed Key Vault key when configured."""
     service = azure.storage.EncryptionServiceArgs(enabled=True, key_type="Account")
@@ -123,18 +126,18 @@ def _storage_encryption(
         )
     # CMK: a dedicated identity that may use the key (the vault must use Azure RBAC and purge protection).
     key_identity = azure.managedidentity.UserAssignedIdentity(
-        cloud.name("models-cmk"),
+        context.name("models-cmk"),
         resource_group_name=group.name,
-        tags=cloud.tags,
-        opts=cloud.child(parent),
+        tags=context.tags,
+        opts=context.child(parent),
     )
     grant = azure.authorization.RoleAssignment(
-        cloud.name("models-cmk"),
+        context.name("models-cmk"),
         principal_id=key_identity.principal_id,
         principal_type="ServicePrincipal",
-        role_definition_id=cloud.role(KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER),
+        role_definition_id=context.role(KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER),
         scope=kms_key,
-        opts=cloud.child(parent),
+        opts=context.child(parent),
     )
     return (
         azure.storage.IdentityArgs(type="UserAssigned", user_assigned_identities=[key_identity.id]),

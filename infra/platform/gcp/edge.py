@@ -1,4 +1,4 @@
-"""GCP edge and registry: the GKE Gateway behind Cloud Armor, and an Artifact Registry repository.
+"""GCP edge: the GKE Gateway behind Cloud Armor.
 
 Cloud API Gateway only fronts managed backends (Cloud Run, functions, App Engine), so the public entry
 is the GKE Gateway (`gke-l7-global-external-managed`: the global external Application Load Balancer)
@@ -10,16 +10,15 @@ NEGs, so the gateway Service stays ClusterIP: nothing in the cluster gets a publ
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.platform.base import IMAGE_NAMES, ContainerRegistry, Edge, EdgeBackend, Platform, ServiceExposure
-
-if TYPE_CHECKING:
-    from infra.platform.gcp import GcpPlatform
+from infra.platform.base import Edge, EdgeBackend, EdgeTargets, ServiceExposure
+from infra.platform.gcp.provider import GcpContext
 
 # Where the global external Application Load Balancer's proxies (GFEs) and its health checks connect
 # from (GCP docs, "Firewall rules" for external Application Load Balancers). The global load balancer
@@ -40,7 +39,17 @@ GATEWAY_READY_PATH = "/readyz"
 GATEWAY_CONTAINER_PORT = 8080
 
 
-def gke_gateway_exposure() -> ServiceExposure:
+@dataclass(frozen=True)
+class GcpEdgeTargets(EdgeTargets):
+    """What the edge attaches to: the VPC (its firewall), the nodes' service account, the cluster."""
+
+    context: GcpContext
+    network_id: pulumi.Input[str]
+    node_service_account_email: pulumi.Input[str]
+    cluster_provider: pulumi.ProviderResource
+
+
+def gateway_exposure() -> ServiceExposure:
     """ClusterIP: the Gateway's NEGs reach pod IPs from the Google front-end ranges only."""
     return ServiceExposure(type="ClusterIP", source_ranges=GOOGLE_FRONT_END_RANGES)
 
@@ -57,7 +66,7 @@ def armor_rules(
 ) -> list[gcp.compute.SecurityPolicyRuleArgs]:
     """Throttle rules for the allowed clients (per API key), then deny everything else."""
     count, interval = armor_threshold(rate_per_second, burst)
-    ranges = ["*" if c == "0.0.0.0/0" else c for c in client_cidrs]
+    ranges = ["*" if cidr == "0.0.0.0/0" else cidr for cidr in client_cidrs]
     chunks = [ranges[i : i + ARMOR_RANGES_PER_RULE] for i in range(0, len(ranges), ARMOR_RANGES_PER_RULE)]
     rules = [
         gcp.compute.SecurityPolicyRuleArgs(
@@ -96,59 +105,14 @@ def armor_rules(
     return rules
 
 
-def artifact_registry(
-    cloud: GcpPlatform, node_member: pulumi.Input[str], opts: pulumi.ResourceOptions
-) -> ContainerRegistry:
-    """A Docker repository the nodes may read, and short-lived push credentials of whoever runs Pulumi."""
-    region = cloud.settings.region
-    component = ContainerRegistry(cloud.name("registry"), opts)
-    child = cloud.child(component)
-    repo = gcp.artifactregistry.Repository(
-        cloud.name("images"),
-        repository_id=cloud.name("images"),
-        location=region,
-        format="DOCKER",
-        description="tritonform images (Triton with our runtime deps, the gateway)",
-        opts=child,
-    )
-    # Read access on this repository only, for the nodes' service account (the kubelet pulls with it).
-    gcp.artifactregistry.RepositoryIamMember(
-        cloud.name("images-nodes"),
-        project=cloud.gcp.project,
-        location=region,
-        repository=repo.name,
-        role="roles/artifactregistry.reader",
-        member=node_member,
-        opts=child,
-    )
-    # The deployer's own OAuth access token (about an hour): Artifact Registry's documented docker login
-    # is user `oauth2accesstoken` with such a token, so no key file is ever created.
-    client = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOptions(parent=component))
-    address = f"{region}-docker.pkg.dev"
-    base = pulumi.Output.concat(address, "/", cloud.gcp.project, "/", repo.repository_id)
-    component.finish(
-        address=address,
-        username="oauth2accesstoken",
-        password=pulumi.Output.secret(client.access_token),
-        repositories={image: pulumi.Output.concat(base, "/", image) for image in IMAGE_NAMES},
-    )
-    return component
-
-
-def gke_gateway_edge(
-    cloud: GcpPlatform,
-    platform: Platform,
-    backend: EdgeBackend,
-    node_email: pulumi.Input[str],
-    network_id: pulumi.Input[str],
-    opts: pulumi.ResourceOptions,
-) -> Edge:
+def build_edge(targets: GcpEdgeTargets, backend: EdgeBackend) -> Edge:
     """Global IP, managed certificate, Cloud Armor, and the Gateway/HTTPRoute/policies on the cluster."""
-    s, domain = cloud.settings, cloud.gcp.domain
-    component = Edge(cloud.name("edge"), opts)
-    child = cloud.child(component)
+    context = targets.context
+    settings, domain = context.settings, context.gcp.domain
+    component = Edge(context.name("edge"), context.options)
+    child = context.child(component)
     address = gcp.compute.GlobalAddress(
-        cloud.name("edge-ip"), address_type="EXTERNAL", ip_version="IPV4", opts=child
+        context.name("edge-ip"), address_type="EXTERNAL", ip_version="IPV4", opts=child
     )
     # A managed certificate needs a DNS name that resolves to the load balancer; without a domain of
     # our own, sslip.io maps `<a-b-c-d>.sslip.io` to that address (dev stacks only).
@@ -160,41 +124,43 @@ def gke_gateway_edge(
     # Certificate Manager with load-balancer authorisation: Google issues the certificate once the name
     # resolves to the Gateway's address; nothing to upload or renew.
     certificate = gcp.certificatemanager.Certificate(
-        cloud.name("edge-cert"),
+        context.name("edge-cert"),
         scope="DEFAULT",
         managed=gcp.certificatemanager.CertificateManagedArgs(domains=[hostname]),
         opts=child,
     )
-    cert_map = gcp.certificatemanager.CertificateMap(cloud.name("edge-certs"), opts=child)
+    cert_map = gcp.certificatemanager.CertificateMap(context.name("edge-certs"), opts=child)
     gcp.certificatemanager.CertificateMapEntry(
-        cloud.name("edge-cert-entry"),
+        context.name("edge-cert-entry"),
         map=cert_map.name,
         hostname=hostname,
         certificates=[certificate.id],
         opts=child,
     )
     armor = gcp.compute.SecurityPolicy(
-        cloud.name("edge-armor"),
+        context.name("edge-armor"),
         type="CLOUD_ARMOR",
         description="tritonform edge: client allow-list and per-key throttling",
-        rules=armor_rules(s.allowed_client_cidrs, s.edge.rate_limit_per_second, s.edge.burst),
+        rules=armor_rules(
+            settings.allowed_client_cidrs, settings.edge.rate_limit_per_second, settings.edge.burst
+        ),
         opts=child,
     )
     # The load balancer and its health checks reach pod IPs on the gateway's container port.
     gcp.compute.Firewall(
-        cloud.name("edge-to-gateway"),
-        network=network_id,
+        context.name("edge-to-gateway"),
+        network=targets.network_id,
         direction="INGRESS",
         source_ranges=list(GOOGLE_FRONT_END_RANGES),
-        target_service_accounts=[node_email],
+        target_service_accounts=[targets.node_service_account_email],
         allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(GATEWAY_CONTAINER_PORT)])],
         description="Google front ends and health checks to the tritonform gateway pods",
         opts=child,
     )
     k8s_opts = pulumi.ResourceOptions(
-        parent=component, provider=platform.cluster.provider, depends_on=list(backend.depends_on)
+        parent=component, provider=targets.cluster_provider, depends_on=list(backend.depends_on)
     )
-    gateway_name = cloud.name("edge")
+    gateway_name = context.name("edge")
     _custom(
         "Gateway",
         GATEWAY_API,
@@ -234,7 +200,7 @@ def gke_gateway_edge(
         {
             "default": {
                 # A whole-response timeout (not idle): it must outlast the longest stream.
-                "timeoutSec": s.edge.stream_timeout_seconds + 60,
+                "timeoutSec": settings.edge.stream_timeout_seconds + 60,
                 "securityPolicy": armor.name,
                 "connectionDraining": {"drainingTimeoutSec": 60},
                 "logging": {"enabled": True, "sampleRate": 1_000_000},

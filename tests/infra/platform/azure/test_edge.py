@@ -1,28 +1,12 @@
-"""Azure edge, registry and GPU enablement through the real program under mocks: APIM in the VNet in front
-of an internal load balancer, ACR with a scoped push token, and NVIDIA's device plugin."""
+"""Azure edge (azure/edge.py): API Management in the VNet in front of the gateway's internal load balancer."""
 
 from __future__ import annotations
 
 import ipaddress
 import xml.etree.ElementTree as ET
 
-import pytest
-
-from infra.mocks_azure import ACR_TOKEN_PASSWORD, KUBELET_OBJECT_ID
 from infra.offline import Plan
-from infra.platform.azure.edge import apim_subnet, backend_ip
-from infra.platform.azure.registry import ACR_PULL, push_actions
-from tests.infra.test_platform_contract import provisioned
-
-
-@pytest.fixture
-def dev() -> Plan:
-    return provisioned("azure-dev").plan
-
-
-@pytest.fixture
-def prod() -> Plan:
-    return provisioned("azure-prod").plan
+from infra.platform.azure.network import apim_subnet, backend_ip
 
 
 def _subnet(plan: Plan, name: str) -> dict:
@@ -32,60 +16,6 @@ def _subnet(plan: Plan, name: str) -> dict:
 
 def _policy(plan: Plan) -> ET.Element:
     return ET.fromstring(plan.one("azure-native:apimanagement:ApiPolicy").inputs["value"])
-
-
-def test_device_plugin_schedules_on_gpu_nodes_without_nfd(dev: Plan) -> None:
-    releases = [
-        r.inputs
-        for r in dev.of_type("kubernetes:helm.sh/v3:Release")
-        if r.inputs["chart"] == "nvidia-device-plugin"
-    ]
-    assert len(releases) == 1
-    release = releases[0]
-    assert release["repositoryOpts"] == {"repo": "https://nvidia.github.io/k8s-device-plugin"}
-    assert release["version"] == dev.settings.addons.device_plugin_version
-    values = release["values"]
-    assert values["gfd"] == {"enabled": False} and values["nfd"] == {"enabled": False}
-    assert values["nodeSelector"] == {"tritonform.dev/pool": "gpu"}
-    terms = values["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    # Only a label AKS GPU nodes really carry; none of the chart's NFD labels.
-    assert terms["nodeSelectorTerms"] == [
-        {"matchExpressions": [{"key": "accelerator", "operator": "In", "values": ["nvidia"]}]}
-    ]
-    keys = {t["key"] for t in values["tolerations"]}
-    assert {"nvidia.com/gpu", "kubernetes.azure.com/scalesetpriority"} <= keys  # dev is a Spot pool
-    pool = dev.one("azure-native:containerservice:AgentPool").inputs
-    assert pool["nodeLabels"]["accelerator"] == "nvidia"
-
-
-def test_registry_is_private_and_the_kubelet_may_pull(dev: Plan, prod: Plan) -> None:
-    acr = dev.one("azure-native:containerregistry:Registry").inputs
-    assert acr["adminUserEnabled"] is False and acr["anonymousPullEnabled"] is False
-    assert acr["sku"] == {"name": "Standard"}
-    assert prod.one("azure-native:containerregistry:Registry").inputs["sku"] == {"name": "Premium"}
-    pulls = [
-        r.inputs
-        for r in dev.of_type("azure-native:authorization:RoleAssignment")
-        if r.inputs["roleDefinitionId"].endswith(ACR_PULL)
-    ]
-    assert len(pulls) == 1 and pulls[0]["principalId"] == KUBELET_OBJECT_ID
-    assert pulls[0]["scope"].endswith(f"/registries/{acr['registryName']}")
-
-
-def test_push_token_is_scoped_to_our_repositories() -> None:
-    p = provisioned("azure-dev")
-    scope = p.plan.one("azure-native:containerregistry:ScopeMap").inputs
-    assert sorted(scope["actions"]) == sorted(push_actions())
-    assert all(
-        a.startswith(("repositories/tritonform-triton/", "repositories/tritonform-gateway/"))
-        for a in scope["actions"]
-    )
-    token = p.plan.one("azure-native:containerregistry:Token").inputs
-    assert token["scopeMapId"].endswith("/scopeMaps/tritonform-push") and token["status"] == "enabled"
-    registry = p.platform.registry
-    assert p.value(registry.username) == "tritonform-push"
-    assert p.value(registry.password) == ACR_TOKEN_PASSWORD
-    assert p.value(registry.address).endswith(".azurecr.io")
 
 
 def test_gateway_service_is_an_internal_lb_on_a_fixed_ip_of_the_system_subnet(dev: Plan) -> None:

@@ -5,54 +5,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.mocks_azure import SUBSCRIPTION
-from infra.offline import Plan, PlannedResource, plan_stack
-from infra.platform.base import GPU_POOL_LABEL, GPU_TAINT_KEY, IMAGE_NAMES, CloudPlatform, Platform
+from infra.offline import Plan, PlannedResource
+from infra.platform.base import GPU_POOL_LABEL, GPU_TAINT_KEY, IMAGE_NAMES
+from tests.infra.platform.provisioned import provisioned
 
-STACKS = Path(__file__).resolve().parents[2] / "stacks"
 DEV_STACKS = ["aws-dev", "gcp-dev", "azure-dev"]
 SCHEMES = {"aws": "s3://", "gcp": "gs://", "azure": "as://"}
-
-
-@dataclass
-class Provisioned:
-    """A plan and the neutral `Platform` the program built, with its outputs resolved."""
-
-    plan: Plan
-    platform: Platform
-    cloud: CloudPlatform
-
-    def value(self, output: Any) -> Any:
-        return _sync_await(output.future())
-
-
-_CACHE: dict[str, Provisioned] = {}
-
-
-def provisioned(stack: str) -> Provisioned:
-    """Plan `stacks/Pulumi.<stack>.yaml` with the real program, keeping the `Platform` it provisioned."""
-    if stack not in _CACHE:
-        captured: list[tuple[CloudPlatform, Platform]] = []
-        original = CloudPlatform.provision
-
-        def keep(self: CloudPlatform) -> Platform:
-            platform = original(self)
-            captured.append((self, platform))
-            return platform
-
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(CloudPlatform, "provision", keep)
-            plan = plan_stack(STACKS / f"Pulumi.{stack}.yaml")
-        cloud, platform = captured[-1]
-        _CACHE[stack] = Provisioned(plan, platform, cloud)
-    return _CACHE[stack]
 
 
 # -- how each cloud spells a GPU pool, in neutral terms (test-side only) -------------------------

@@ -1,20 +1,12 @@
-"""GCP edge, registry and GPU enablement through the real program under mocks: GKE Gateway + Cloud Armor,
-Artifact Registry, and no device plugin of our own."""
+"""GCP edge (gcp/edge.py): the GKE Gateway behind Cloud Armor, reaching the ClusterIP gateway through NEGs."""
 
 from __future__ import annotations
 
-import pytest
-
-from infra.mocks_gcp import ACCESS_TOKEN, EDGE_IP
 from infra.mocks_gcp import AUTONAME_SUFFIX as AUTONAME
+from infra.mocks_gcp import EDGE_IP
 from infra.offline import Plan, PlannedResource
 from infra.platform.gcp.edge import GOOGLE_FRONT_END_RANGES, armor_threshold
-from tests.infra.test_platform_contract import provisioned
-
-
-@pytest.fixture
-def dev() -> Plan:
-    return provisioned("gcp-dev").plan
+from tests.infra.platform.provisioned import provisioned
 
 
 def _custom(plan: Plan, kind: str) -> PlannedResource:
@@ -30,13 +22,6 @@ def _api(kind: str) -> str:
 def test_gateway_api_is_enabled_on_the_cluster(dev: Plan) -> None:
     gke = dev.one("gcp:container/cluster:Cluster").inputs
     assert gke["gatewayApiConfig"] == {"channel": "CHANNEL_STANDARD"}
-
-
-def test_no_device_plugin_or_helm_release_on_gke(dev: Plan) -> None:
-    charts = [r.inputs.get("chart", "") for r in dev.of_type("kubernetes:helm.sh/v3:Release")]
-    assert not any("nvidia" in chart for chart in charts)
-    pool = dev.one("gcp:container/nodePool:NodePool", "tf-dev-gpu").inputs
-    assert pool["autoscaling"]["totalMaxNodeCount"] == 2  # pool autoscaling = cluster autoscaler on
 
 
 def test_gateway_listens_https_on_the_static_ip_with_the_managed_certificate(dev: Plan) -> None:
@@ -110,21 +95,3 @@ def test_gateway_service_is_cluster_ip_reached_from_google_front_ends() -> None:
     p = provisioned("gcp-dev")
     services = [r for r in p.plan.of_type("kubernetes:core/v1:Service") if r.name == "gateway"]
     assert services and services[0].inputs["spec"]["type"] == "ClusterIP"
-
-
-def test_artifact_registry_repository_reader_grant_and_push_credentials() -> None:
-    p = provisioned("gcp-dev")
-    repo = p.plan.one("gcp:artifactregistry/repository:Repository").inputs
-    assert repo["format"] == "DOCKER" and repo["location"] == "us-central1"
-    grant = p.plan.one("gcp:artifactregistry/repositoryIamMember:RepositoryIamMember").inputs
-    assert grant["role"] == "roles/artifactregistry.reader"
-    assert grant["member"] == "serviceAccount:tf-dev-nodes@tritonform-dev.iam.gserviceaccount.com"
-    project_roles = {r.inputs["role"] for r in p.plan.of_type("gcp:projects/iAMMember:IAMMember")}
-    assert "roles/artifactregistry.reader" not in project_roles  # repository-scoped only
-    registry = p.platform.registry
-    assert p.value(registry.address) == "us-central1-docker.pkg.dev"
-    assert p.value(registry.username) == "oauth2accesstoken"
-    assert p.value(registry.password) == ACCESS_TOKEN
-    assert p.value(registry.repositories["tritonform-gateway"]) == (
-        "us-central1-docker.pkg.dev/tritonform-dev/tf-dev-images/tritonform-gateway"
-    )

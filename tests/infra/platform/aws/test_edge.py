@@ -1,20 +1,10 @@
-"""AWS edge and add-ons: streaming REST API via a VPC link to an internal NLB, GPU plugin, autoscaler, ECR."""
+"""AWS edge (aws/edge.py): a streaming REST API, a VPC link, an internal NLB on the gateway NodePort."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-
-import pytest
 
 from infra.offline import Plan
-
-PlanOf = Callable[[str], Plan]
-
-
-@pytest.fixture
-def dev(plan_of: PlanOf) -> Plan:
-    return plan_of("aws-dev")
 
 
 def test_load_balancer_is_internal_in_private_subnets(dev: Plan) -> None:
@@ -65,45 +55,3 @@ def test_clients_are_limited_to_the_allow_list_and_throttled(dev: Plan) -> None:
 
 def test_endpoint_output_is_the_stage_url(dev: Plan) -> None:
     assert dev.outputs["endpoint_url"] == "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/live"
-
-
-def test_device_plugin_runs_on_gpu_nodes_only(dev: Plan) -> None:
-    (plugin,) = [
-        r for r in dev.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "nvidia-device-plugin"
-    ]
-    values = plugin.inputs["values"]
-    assert plugin.inputs["version"] == dev.settings.addons.device_plugin_version
-    assert values["nodeSelector"] == {"tritonform.dev/pool": "gpu"}
-    assert values["tolerations"][0]["key"] == "nvidia.com/gpu"
-    gpu_group = dev.one("aws:eks/nodeGroup:NodeGroup", "tf-dev-gpu").inputs
-    assert gpu_group["labels"]["nvidia.com/gpu.present"] == "true"  # the chart's required affinity
-
-
-def test_cluster_autoscaler_may_only_resize_this_clusters_groups(dev: Plan) -> None:
-    (release,) = [
-        r for r in dev.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "cluster-autoscaler"
-    ]
-    assert release.inputs["values"]["autoDiscovery"]["clusterName"] == "tf-dev-eks"
-    policy = json.loads(
-        dev.one("aws:iam/rolePolicy:RolePolicy", "tf-dev-cluster-autoscaler").inputs["policy"]
-    )
-    resize = next(s for s in policy["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"])
-    assert resize["Condition"]["StringEquals"] == {
-        "aws:ResourceTag/k8s.io/cluster-autoscaler/tf-dev-eks": "owned"
-    }
-    trust = json.loads(dev.one("aws:iam/role:Role", "tf-dev-cluster-autoscaler").inputs["assumeRolePolicy"])
-    subjects = trust["Statement"][0]["Condition"]["StringEquals"].values()
-    assert "system:serviceaccount:kube-system:cluster-autoscaler" in subjects
-
-
-def test_ecr_repositories_scan_and_encrypt(dev: Plan) -> None:
-    repos = dev.of_type("aws:ecr/repository:Repository")
-    assert sorted(r.inputs["name"] for r in repos) == [
-        "tf-dev/tritonform-gateway",
-        "tf-dev/tritonform-triton",
-    ]
-    for repo in repos:
-        assert repo.inputs["imageScanningConfiguration"]["scanOnPush"] is True
-        assert repo.inputs["encryptionConfigurations"][0]["encryptionType"] == "KMS"
-    builds = dev.of_type("docker-build:index:Image")
-    assert all(b.inputs["registries"] == "[secret]" for b in builds)  # push credentials stay secret
