@@ -67,7 +67,6 @@ def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
             exposure=exposure,
             depends_on=[workload],
         ),
-        platform.options,
     )
     return {
         "cloud": settings.cloud,

@@ -1,9 +1,15 @@
-"""The one cloud interface every cloud implements, and the neutral components it returns.
+"""The one cloud interface every cloud implements, the neutral components it returns, and the context
+every cloud helper takes.
 
 A `CloudPlatform` turns `StackSettings` into a network, a managed Kubernetes cluster, a tainted GPU
 node pool, a private model bucket and an identity that may read it. The components it returns are
 the same Python types on every cloud, with the same output names, so everything after the cloud layer
 (the Kubernetes workload, the stack outputs) never asks which cloud it is on.
+
+Each cloud is a package (`infra/platform/<cloud>/`) with the same file names for the same parts:
+`provider`, `network`, `cluster`, `storage`, `identity`, `registry`, `edge` and, where the cloud needs
+it, `addons`. Its helpers take a `CloudContext` and return typed values; the platform class in the
+package's `__init__` only wires them in a straight line.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pulumi
 
@@ -273,7 +279,46 @@ TRITON_IMAGE, GATEWAY_IMAGE = "tritonform-triton", "tritonform-gateway"
 IMAGE_NAMES = (TRITON_IMAGE, GATEWAY_IMAGE)
 
 
-@dataclass
+@dataclass(frozen=True)
+class CloudContext:
+    """What every cloud helper takes instead of the platform object.
+
+    The stack's settings, the options that carry the cloud's explicit provider (region, credentials,
+    default tags) to each top-level component, and the stack's tags as this cloud spells them (GCP:
+    labels). A cloud that needs more (its own settings block, the deploying account) subclasses it.
+    """
+
+    settings: StackSettings
+    options: pulumi.ResourceOptions
+    tags: dict[str, str]
+
+    @property
+    def prefix(self) -> str:
+        """The stack's resource-name prefix (`name` in the stack file)."""
+        return self.settings.name
+
+    def name(self, *parts: str) -> str:
+        """A resource name: the stack's name prefix and the parts, joined by '-'."""
+        return "-".join((self.prefix, *parts))
+
+    @staticmethod
+    def child(parent: pulumi.Resource) -> pulumi.ResourceOptions:
+        """Options of a child resource: parented to its component, whose provider it inherits."""
+        return pulumi.ResourceOptions(parent=parent)
+
+
+class EdgeTargets:
+    """What a cloud's edge step needs from its provisioning; each cloud subclasses it (a frozen dataclass).
+
+    The edge is built after the workload, so these values travel in the `Platform` rather than in the
+    platform object, which keeps no state.
+    """
+
+
+TargetsT = TypeVar("TargetsT", bound=EdgeTargets)
+
+
+@dataclass(frozen=True)
 class Platform:
     """Everything a cloud provisioned, in neutral form: the input of the workload and stack outputs."""
 
@@ -284,15 +329,25 @@ class Platform:
     bucket: ModelBucket
     reader: ReaderIdentity
     registry: ContainerRegistry
-    # Carries the cloud's explicit provider; steps after provisioning (the edge) take it too.
-    options: pulumi.ResourceOptions = field(default_factory=pulumi.ResourceOptions)
+    # The cloud's own typed value for its edge step (the context it provisioned in included).
+    edge_targets: EdgeTargets
     extra_outputs: dict[str, pulumi.Input[Any]] = field(default_factory=dict)
+
+    def edge_targets_as(self, kind: type[TargetsT]) -> TargetsT:
+        """The edge targets, checked to be the given cloud's own type."""
+        if not isinstance(self.edge_targets, kind):
+            raise TypeError(
+                f"this {self.cloud} platform carries {type(self.edge_targets).__name__}, not "
+                f"{kind.__name__}: build the edge with the cloud class that provisioned the platform"
+            )
+        return self.edge_targets
 
 
 class CloudPlatform(ABC):
-    """One cloud. Subclasses are small and stateless apart from the settings and the cloud provider.
+    """One cloud: a small class whose only state is the stack's settings.
 
-    `provision()` is the template every cloud follows; subclasses fill in the steps.
+    `provision()` wires the cloud package's helpers in a straight line; what one step hands the next
+    travels in typed values, and what the edge needs from provisioning travels in `Platform.edge_targets`.
     """
 
     cloud: ClassVar[CloudName]
@@ -302,79 +357,25 @@ class CloudPlatform(ABC):
         if settings.cloud != self.cloud:
             raise ValueError(f"{type(self).__name__} builds {self.cloud} stacks, not {settings.cloud}")
         self.settings = settings
-        self.prefix = settings.name
-
-    # -- the steps every cloud implements -------------------------------------------------------
-    @abstractmethod
-    def provider_options(self) -> pulumi.ResourceOptions:
-        """Options that carry this cloud's explicit provider (region, default tags) to every child."""
 
     @abstractmethod
-    def network(self, opts: pulumi.ResourceOptions) -> Network: ...
-
-    @abstractmethod
-    def cluster(self, network: Network, opts: pulumi.ResourceOptions) -> KubernetesCluster: ...
-
-    @abstractmethod
-    def gpu_node_pool(
-        self, cluster: KubernetesCluster, network: Network, opts: pulumi.ResourceOptions
-    ) -> GpuNodePool: ...
-
-    @abstractmethod
-    def model_bucket(self, opts: pulumi.ResourceOptions) -> ModelBucket: ...
-
-    @abstractmethod
-    def model_reader(
-        self,
-        cluster: KubernetesCluster,
-        bucket: ModelBucket,
-        service_account: ServiceAccountRef,
-        opts: pulumi.ResourceOptions,
-    ) -> ReaderIdentity: ...
-
-    @abstractmethod
-    def gpu_enablement(
-        self, cluster: KubernetesCluster, gpu_pool: GpuNodePool, opts: pulumi.ResourceOptions
-    ) -> None:
-        """Whatever this cloud needs so that pods can request `nvidia.com/gpu` (device plugin, autoscaler)."""
-
-    @abstractmethod
-    def container_registry(self, opts: pulumi.ResourceOptions) -> ContainerRegistry: ...
+    def provision(self) -> Platform:
+        """Create every cloud resource of the stack in dependency order: the provider, the network, the
+        cluster and its GPU pool, the model bucket and its reader identity, GPU enablement, the registry."""
 
     @abstractmethod
     def gateway_exposure(self) -> ServiceExposure:
         """How the gateway Service must be exposed for this cloud's edge to reach it (internal only)."""
 
     @abstractmethod
-    def edge(self, platform: Platform, backend: EdgeBackend, opts: pulumi.ResourceOptions) -> Edge:
+    def edge(self, platform: Platform, backend: EdgeBackend) -> Edge:
         """The public API gateway (TLS, client allow-list, rate limits, unbuffered streaming)."""
 
     def extra_outputs(self) -> dict[str, pulumi.Input[Any]]:
         """Cloud-specific stack outputs besides the common ones (e.g. the region)."""
         return {"region": self.settings.region}
 
-    # -- the template -------------------------------------------------------------------------
-    def provision(self) -> Platform:
-        """Create every cloud resource of the stack in dependency order."""
-        opts = self.provider_options()
-        network = self.network(opts)
-        cluster = self.cluster(network, opts)
-        gpu_pool = self.gpu_node_pool(cluster, network, opts)
-        bucket = self.model_bucket(opts)
+    def triton_service_account(self) -> ServiceAccountRef:
+        """The Kubernetes service account Triton runs as: the one the reader identity is bound to."""
         workload = self.settings.workload
-        reader = self.model_reader(
-            cluster, bucket, ServiceAccountRef(workload.namespace, workload.triton_service_account), opts
-        )
-        self.gpu_enablement(cluster, gpu_pool, opts)
-        registry = self.container_registry(opts)
-        return Platform(
-            self.cloud, network, cluster, gpu_pool, bucket, reader, registry, opts, self.extra_outputs()
-        )
-
-    # -- helpers shared by every cloud ---------------------------------------------------------
-    def name(self, *parts: str) -> str:
-        """A resource name: the stack's name prefix and the parts, joined by '-'."""
-        return "-".join((self.prefix, *parts))
-
-    def child(self, parent: pulumi.Resource) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=parent)
+        return ServiceAccountRef(workload.namespace, workload.triton_service_account)

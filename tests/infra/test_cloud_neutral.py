@@ -48,9 +48,7 @@ def _cloud_branches(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_no_code_outside_the_cloud_classes_branches_on_the_cloud_name() -> None:
     offenders = [hit for path in _neutral_files() for hit in _cloud_branches(path)]
-    assert offenders == [], "move per-cloud differences into infra/platform/<cloud>.py: " + ", ".join(
-        offenders
-    )
+    assert offenders == [], "move per-cloud differences into infra/platform/<cloud>/: " + ", ".join(offenders)
 
 
 def test_the_check_itself_catches_branches(tmp_path: Path) -> None:

@@ -1,0 +1,20 @@
+"""AWS provider: the stack's region and default tags on every resource, and the context helpers take."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.platform.base import CloudContext
+from infra.settings import StackSettings
+
+
+def cloud_context(settings: StackSettings) -> CloudContext:
+    """Create the stack's explicit AWS provider; every component of the stack is created through it."""
+    tags = settings.resource_tags
+    provider = aws.Provider(
+        "aws",
+        region=settings.region,  # type: ignore[arg-type]
+        default_tags=aws.ProviderDefaultTagsArgs(tags=tags),
+    )
+    return CloudContext(settings, pulumi.ResourceOptions(providers={"aws": provider}), tags)

@@ -1,0 +1,58 @@
+"""GCP: a private VPC-native GKE cluster with Workload Identity, a GPU pool and a locked-down GCS bucket."""
+
+from __future__ import annotations
+
+from infra.platform.base import Capability, CloudPlatform, Edge, EdgeBackend, Platform, ServiceExposure
+from infra.platform.gcp.cluster import build_cluster, build_gpu_pool
+from infra.platform.gcp.edge import GcpEdgeTargets, build_edge, gateway_exposure
+from infra.platform.gcp.identity import build_reader
+from infra.platform.gcp.network import build_network
+from infra.platform.gcp.provider import cloud_context
+from infra.platform.gcp.registry import build_registry
+from infra.platform.gcp.storage import build_bucket
+
+
+class GcpPlatform(CloudPlatform):
+    """Google Cloud: GKE (VPC-native, private nodes, Workload Identity) + node pools + GCS.
+
+    No add-ons step: the GPU pool's accelerator config installs the driver, GKE runs its own device
+    plugin (adding NVIDIA's would double-advertise GPUs), and the pool's autoscaling turns the cluster
+    autoscaler on for it (scale from zero included).
+    """
+
+    cloud = "gcp"
+    capabilities = frozenset(
+        {Capability.SPOT_GPUS, Capability.CUSTOMER_MANAGED_KEYS, Capability.STREAMING_EDGE}
+    )
+
+    def provision(self) -> Platform:
+        context = cloud_context(self.settings)
+        network = build_network(context)
+        cluster = build_cluster(context, network)
+        gpu_pool = build_gpu_pool(context, cluster)
+        bucket = build_bucket(context)
+        reader = build_reader(context, cluster, bucket, self.triton_service_account())
+        registry = build_registry(context, cluster)
+        edge_targets = GcpEdgeTargets(
+            context=context,
+            network_id=network.vpc.id,
+            node_service_account_email=cluster.node_account.email,
+            cluster_provider=cluster.component.provider,
+        )
+        return Platform(
+            self.cloud,
+            network.component,
+            cluster.component,
+            gpu_pool,
+            bucket.component,
+            reader,
+            registry,
+            edge_targets,
+            self.extra_outputs(),
+        )
+
+    def gateway_exposure(self) -> ServiceExposure:
+        return gateway_exposure()
+
+    def edge(self, platform: Platform, backend: EdgeBackend) -> Edge:
+        return build_edge(platform.edge_targets_as(GcpEdgeTargets), backend)
