@@ -1,4 +1,5 @@
-"""GPU machine catalogue per cloud: what each machine type carries and costs.
+"""The catalogue per cloud: GPU machine types (what each carries and costs) and the Kubernetes versions
+each managed service creates, with the dates their support ends.
 
 Plain data, no cloud SDK imports, so settings validation and cost figures stay cheap.
 Prices are public list prices (USD per hour, on-demand, one common region) and are
@@ -8,6 +9,7 @@ only used for the estimates that `tritonform plan` prints; they are labelled as 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Literal
 
 CloudName = Literal["aws", "gcp", "azure"]
@@ -84,3 +86,114 @@ GPU_MACHINES: dict[CloudName, dict[str, GpuMachine]] = {
 def gpu_machine(cloud: CloudName, machine_type: str) -> GpuMachine | None:
     """The catalogue entry for a machine type, or None when it is not a known GPU machine."""
     return GPU_MACHINES[cloud].get(machine_type)
+
+
+# --- Kubernetes versions ---------------------------------------------------------------------------
+# What each managed service creates, read from each cloud's calendar on KUBERNETES_CALENDAR_CHECKED.
+# Update these rows (and DEFAULT_KUBERNETES_VERSION) from the sources when a cloud publishes new dates;
+# `tritonform plan` warns once the check is older than KUBERNETES_CALENDAR_MAX_AGE.
+KUBERNETES_CALENDAR_CHECKED = date(2026, 12, 1)
+KUBERNETES_CALENDAR_MAX_AGE = timedelta(days=120)
+# The newest minor all three services offer in standard support with the longest shared runway
+# (EKS until 2027-08-02, AKS until 2027-06-30, GKE REGULAR); GKE STABLE lags one minor behind.
+DEFAULT_KUBERNETES_VERSION = "1.36"
+# How long before the end of standard support `plan` starts to warn.
+KUBERNETES_WARN_BEFORE = timedelta(days=60)
+
+EKS_CALENDAR = "EKS user guide, Kubernetes version lifecycle (release calendar), read 2026-12-01"
+AKS_CALENDAR = "AKS docs, supported Kubernetes versions (AKS release calendar, ms.date 2026-08-05)"
+GKE_CALENDAR = "GKE release notes, current versions per channel (Sep/Oct 2026) and endoflife.date/gke"
+
+
+@dataclass(frozen=True)
+class KubernetesRelease:
+    """One Kubernetes minor on one managed service.
+
+    `standard_until`: the last day of standard support. `creatable_until`: the last day the service still
+    creates a cluster on it without an extra support plan (EKS: the end of extended support, at six times
+    the control-plane price; AKS and GKE: the end of standard support). `estimated`: a date derived from
+    the service's rule (EKS and GKE: 14 months of standard support) where the calendar gave none.
+    """
+
+    minor: str
+    standard_until: date
+    creatable_until: date
+    source: str
+    estimated: bool = False
+
+
+def _releases(*releases: KubernetesRelease) -> dict[str, KubernetesRelease]:
+    return {r.minor: r for r in releases}
+
+
+KUBERNETES_RELEASES: dict[CloudName, dict[str, KubernetesRelease]] = {
+    "aws": _releases(
+        KubernetesRelease("1.33", date(2026, 7, 29), date(2027, 7, 29), EKS_CALENDAR),
+        KubernetesRelease("1.34", date(2026, 12, 2), date(2027, 12, 2), EKS_CALENDAR),
+        KubernetesRelease("1.35", date(2027, 3, 27), date(2028, 3, 27), EKS_CALENDAR),
+        KubernetesRelease("1.36", date(2027, 8, 2), date(2028, 8, 2), EKS_CALENDAR),
+        KubernetesRelease("1.37", date(2027, 12, 2), date(2028, 12, 2), EKS_CALENDAR, estimated=True),
+    ),
+    "azure": _releases(
+        KubernetesRelease("1.35", date(2027, 3, 31), date(2027, 3, 31), AKS_CALENDAR),
+        KubernetesRelease("1.36", date(2027, 6, 30), date(2027, 6, 30), AKS_CALENDAR),
+        KubernetesRelease("1.37", date(2027, 10, 31), date(2027, 10, 31), AKS_CALENDAR, estimated=True),
+    ),
+    "gcp": _releases(
+        KubernetesRelease("1.35", date(2027, 2, 28), date(2027, 2, 28), GKE_CALENDAR),
+        KubernetesRelease("1.36", date(2027, 7, 31), date(2027, 7, 31), GKE_CALENDAR, estimated=True),
+        KubernetesRelease("1.37", date(2027, 10, 31), date(2027, 10, 31), GKE_CALENDAR, estimated=True),
+    ),
+}
+# GKE creates a cluster only on a minor its release channel offers (the version is the channel's minimum).
+GKE_CHANNEL_MINORS: dict[str, tuple[str, ...]] = {
+    "RAPID": ("1.35", "1.36", "1.37"),
+    "REGULAR": ("1.35", "1.36"),
+    "STABLE": ("1.35",),
+    "EXTENDED": ("1.35", "1.36"),
+}
+MANAGED_KUBERNETES: dict[CloudName, str] = {"aws": "EKS", "gcp": "GKE", "azure": "AKS"}
+
+
+@dataclass(frozen=True)
+class VersionCheck:
+    """What `plan` says about a stack's Kubernetes version: errors stop it, warnings do not."""
+
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def check_kubernetes_version(
+    cloud: CloudName, minor: str, today: date, gke_channel: str | None = None
+) -> VersionCheck:
+    """Whether `cloud` creates a cluster on `minor` today, and whether its support ends soon."""
+    service = MANAGED_KUBERNETES[cloud]
+    key = "tritonform:cluster.kubernetesVersion"
+    creatable = [r for r in KUBERNETES_RELEASES[cloud].values() if today <= r.creatable_until]
+    if cloud == "gcp" and gke_channel is not None:
+        creatable = [r for r in creatable if r.minor in GKE_CHANNEL_MINORS.get(gke_channel, ())]
+    choices = ", ".join(f"{r.minor} (standard support until {r.standard_until})" for r in creatable)
+    release = KUBERNETES_RELEASES[cloud].get(minor)
+    where = f"{service}'s {gke_channel} channel" if cloud == "gcp" and gke_channel else service
+    if release is None or release not in creatable:
+        ended = f" (its support ended {release.creatable_until})" if release is not None else ""
+        return VersionCheck(
+            errors=(f"{key}: {where} no longer creates clusters on {minor}{ended}; use {choices}",)
+        )
+    warnings = []
+    if today > release.standard_until:
+        warnings.append(
+            f"{key}: {minor} is in {service}'s extended support since {release.standard_until} (a higher "
+            f"control-plane price) until {release.creatable_until}; move to {choices}"
+        )
+    elif release.standard_until - today <= KUBERNETES_WARN_BEFORE:
+        warnings.append(
+            f"{key}: {service}'s standard support for {minor} ends {release.standard_until} "
+            f"(in {(release.standard_until - today).days} days); plan the upgrade"
+        )
+    if today - KUBERNETES_CALENDAR_CHECKED > KUBERNETES_CALENDAR_MAX_AGE:
+        warnings.append(
+            f"the Kubernetes support dates in infra/catalog.py were read on {KUBERNETES_CALENDAR_CHECKED}; "
+            f"check {service}'s calendar and update them"
+        )
+    return VersionCheck(warnings=tuple(warnings))

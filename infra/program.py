@@ -1,11 +1,12 @@
 """The whole stack as one function: settings in, cloud platform + workload + edge provisioned, outputs out.
 
-`infra/__main__.py` (what `pulumi up` runs) and the offline plan both call `build_stack`, so the plan
-exercises exactly the program that deploys.
+`infra/__main__.py` (what `pulumi up` runs) and the offline plan both call `main`, so the plan exercises
+exactly the program that deploys; only the plan skips the readiness gate, and reports it instead.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import pulumi
@@ -13,6 +14,7 @@ import pulumi
 from infra.platform import platform_class
 from infra.platform.base import EdgeBackend
 from infra.settings import NAMESPACE, SettingsError, StackSettings, config_from_pulumi, load_settings
+from infra.settings.readiness import check_readiness
 from infra.workload.images import build_images
 from infra.workload.inference import InferenceWorkload, WorkloadArgs
 
@@ -82,3 +84,26 @@ def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
         "api_key": pulumi.Output.secret(keys),
         **platform.extra_outputs,
     }
+
+
+def main(*, check_ready: bool = True, today: date | None = None) -> None:
+    """Run the stack for the running Pulumi stack's config and export its outputs.
+
+    With `check_ready` (what `pulumi up` and `pulumi preview` do), a stack that still holds example values
+    or a Kubernetes version its cloud no longer creates stops here, before any resource, with one line per
+    key saying how to set it. The offline plan passes False and prints the same findings itself.
+    """
+    settings = settings_from_pulumi()
+    if check_ready:
+        readiness = check_readiness(settings, today or date.today())
+        for warning in readiness.warnings:
+            pulumi.log.warn(warning)
+        if readiness.blockers:
+            lines = "\n".join(f"  - {blocker}" for blocker in readiness.blockers)
+            raise pulumi.RunError(
+                f"stack {pulumi.get_stack()} is not ready for `pulumi up`:\n{lines}\n"
+                "`tritonform plan --stack NAME` shows the same; "
+                "`tritonform init` writes a stack with your values."
+            )
+    for name, value in build_stack(settings).items():
+        pulumi.export(name, value)

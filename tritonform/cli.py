@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tritonform.commands import infra, model, serve
+from tritonform.commands import infra, init, model, serve
 
 app = typer.Typer(
     name="tritonform",
@@ -24,6 +24,7 @@ def _root() -> None:
 
 
 infra.register(app)
+init.register(app)
 model.register(app)
 serve.register(app)
 

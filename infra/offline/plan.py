@@ -10,7 +10,6 @@ loudly on any invoke it does not know.
 from __future__ import annotations
 
 import json
-import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from infra.settings import (
     secret_keys_in_stack_file,
 )
 
-PROGRAM = Path(__file__).resolve().parents[1] / "__main__.py"
 SECRET = "[secret]"
 _SECRET_SIG = "4dabf18193072939515e22adb298388d"
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
@@ -146,7 +144,10 @@ def plan_stack(stack_file: Path, *, preview: bool = False) -> Plan:
     settings_obj.outputs.clear()
 
     def program() -> None:
-        runpy.run_path(str(PROGRAM), run_name="__main__")
+        # `infra/__main__.py` is `main()`; the plan reports readiness itself instead of stopping on it.
+        from infra.program import main
+
+        main(check_ready=False)
 
     _sync_await(run_pulumi_func(program))
     root = pulumi_settings.get_root_resource()

@@ -27,7 +27,8 @@ DESCRIPTIONS: dict[str, str] = {
     "tags": "Extra tags/labels on every resource (project, stack and environment are always added).",
     "network.cidr": "IPv4 block of the cluster network (/20 or larger).",
     "network.zoneCount": "Availability zones to spread subnets and nodes over.",
-    "cluster.kubernetesVersion": "Kubernetes minor version of the managed cluster.",
+    "cluster.kubernetesVersion": "Kubernetes minor version of the managed cluster; `plan` stops on one its "
+    "cloud no longer creates and warns 60 days before its standard support ends (infra/catalog.py).",
     "cluster.endpointPublicAccess": "Public Kubernetes API; unset: public in dev, private in prod.",
     "cluster.endpointAllowedCidrs": "CIDRs allowed to reach a public Kubernetes API endpoint.",
     "systemPool.instanceType": "Machine type of the always-on system pool; unset means the cloud's default "

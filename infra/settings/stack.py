@@ -19,7 +19,14 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from infra.catalog import AWS_GPU_FAMILIES, GCP_ACCELERATORS, GPU_MACHINES, CloudName, GpuMachine
+from infra.catalog import (
+    AWS_GPU_FAMILIES,
+    DEFAULT_KUBERNETES_VERSION,
+    GCP_ACCELERATORS,
+    GPU_MACHINES,
+    CloudName,
+    GpuMachine,
+)
 from infra.settings.base import Settings
 from infra.settings.base import check_cidr as _check_cidr
 from infra.settings.clouds import AzureSettings, GcpSettings
@@ -79,7 +86,7 @@ class NetworkSettings(_Settings):
 class ClusterSettings(_Settings):
     """The managed Kubernetes control plane."""
 
-    kubernetes_version: str = "1.31"
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION  # which ones each cloud creates: infra/catalog.py
     # None means: public for dev stacks, private for prod stacks.
     endpoint_public_access: bool | None = None
     endpoint_allowed_cidrs: tuple[str, ...] = ()
@@ -88,7 +95,10 @@ class ClusterSettings(_Settings):
     @classmethod
     def _version(cls, value: str) -> str:
         if not _K8S_VERSION.match(value):
-            raise ValueError('must be a Kubernetes minor version between "1.26" and "1.39", e.g. "1.31"')
+            raise ValueError(
+                'must be a Kubernetes minor version between "1.26" and "1.39", '
+                f'e.g. "{DEFAULT_KUBERNETES_VERSION}"'
+            )
         return value
 
     @field_validator("endpoint_allowed_cidrs")
@@ -206,6 +216,15 @@ class StackSettings(_Settings):
         _check_gpu_machine(self.cloud, self.gpu_pool)
         if self.cloud == "gcp" and self.gcp is None:
             raise ValueError("gcp: the GCP stack needs a `gcp:` block with at least `project`")
+        if (
+            self.gcp is not None
+            and self.gcp.zone is not None
+            and not self.gcp.zone.startswith(f"{self.region}-")
+        ):
+            raise ValueError(
+                f"gcp.zone: {self.gcp.zone} is not in region {self.region}; use one of its zones, "
+                f"e.g. {self.region}-b (gcloud compute zones list --filter region:{self.region})"
+            )
         for other in ("gcp", "azure"):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")

@@ -6,8 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
+from infra.catalog import CloudName
 from infra.offline import Plan, plan_stack
+from infra.settings.new_stack import StackAnswers, example_stack_file, new_stack_config
 
 ROOT = Path(__file__).resolve().parents[2]
 STACKS = ROOT / "stacks"
@@ -37,6 +40,37 @@ def write_stack(tmp_path: Path) -> Callable[[str], Path]:
     def write(text: str, name: str = "test") -> Path:
         path = tmp_path / f"Pulumi.{name}.yaml"
         path.write_text(text)
+        return path
+
+    return write
+
+
+# What a user would answer `tritonform init` (addresses outside the documentation ranges).
+ADMIN_CIDR, CLIENT_CIDR = "198.18.7.9/32", "100.64.0.0/10"
+
+
+def answers_for(cloud: CloudName, environment: str = "dev") -> StackAnswers:
+    """`tritonform init` answers for an example stack: the deployer's and the clients' networks."""
+    return StackAnswers(
+        cloud=cloud,
+        environment="prod" if environment == "prod" else "dev",
+        name=f"tf-{environment}",
+        api_access="public" if environment == "dev" else "private",
+        admin_cidrs=(ADMIN_CIDR,),
+        client_cidrs=(CLIENT_CIDR,),
+        gcp_project="acme-ml-serving" if cloud == "gcp" else None,
+    )
+
+
+@pytest.fixture
+def ready_stack(tmp_path: Path) -> Callable[[CloudName, str], Path]:
+    """`ready_stack("gcp", "dev")`: the example stack with a user's values, as `tritonform init` writes it."""
+
+    def write(cloud: CloudName, environment: str = "dev") -> Path:
+        example = yaml.safe_load(example_stack_file(STACKS, cloud, environment).read_text())
+        config = new_stack_config(example["config"], answers_for(cloud, environment))
+        path = tmp_path / f"Pulumi.{cloud}-{environment}-ready.yaml"
+        path.write_text(yaml.safe_dump({"config": config}, sort_keys=False))
         return path
 
     return write

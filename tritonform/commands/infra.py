@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -78,6 +79,11 @@ def run_plan(path: Path) -> Plan:
         raise _fail(str(exc)) from None
 
 
+def today() -> date:
+    """The date readiness is checked for (Kubernetes support windows); a function so tests can fix it."""
+    return date.today()
+
+
 def render_tree(plan: Plan) -> Tree:
     """Resources as a tree: components with their children, each with a short summary."""
     label = f"[bold]{plan.stack}[/] ({plan.cloud}, {plan.settings.region}) — {len(plan.resources)} resources"
@@ -133,15 +139,27 @@ def plan(
 
     Runs the real Pulumi program (infra/__main__.py) under Pulumi's mocks, prints every resource with
     its inputs as the program passes them (secrets print as \\[secret]), then checks the policy pack's
-    rules offline. Exits 1 when a mandatory policy is violated, 2 on a bad stack or settings.
+    rules offline, and whether the stack is ready for `pulumi up` (no example values such as documentation
+    address ranges or placeholder ids left, a Kubernetes version its cloud still creates). Exits 1 when a
+    mandatory policy is violated, 2 on a bad stack or settings or a stack that is not ready yet.
     """
     from infra.policies.offline import evaluate, mandatory_violations
+    from infra.settings.readiness import check_readiness
 
     path = resolve_stack(stack, stack_path)
     result = run_plan(path)
     policies = evaluate(result)
+    readiness = check_readiness(result.settings, today())
     if as_json:
-        doc = {**result.as_dict(), "policies": [p.as_dict() for p in policies]}
+        doc = {
+            **result.as_dict(),
+            "policies": [p.as_dict() for p in policies],
+            "readiness": {
+                "ready": readiness.ready,
+                "blockers": list(readiness.blockers),
+                "warnings": list(readiness.warnings),
+            },
+        }
         typer.echo(json.dumps(doc, indent=2, sort_keys=False))
     else:
         console.print(render_tree(result))
@@ -150,6 +168,8 @@ def plan(
             console.print(f"[{colour}]{p.level}[/] {p.rule} {escape(p.resource)}: {escape(p.message)}")
         if not policies:
             console.print("[green]policies: no violations[/]")
+        for warning in readiness.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     mandatory = mandatory_violations(policies)
     if mandatory:
         err_console.print(
@@ -157,6 +177,15 @@ def plan(
             "fix the stack before deploying"
         )
         raise typer.Exit(code=1)
+    if readiness.blockers:
+        lines = "\n".join(f"  - {escape(blocker)}" for blocker in readiness.blockers)
+        err_console.print(
+            f"[bold red]error:[/] stack {result.stack} is not ready for `pulumi up` (it refuses to run):\n"
+            f"{lines}\nSet these keys, or write a stack with your values: tritonform init --help",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(code=2)
 
 
 def render(

@@ -9,12 +9,21 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from infra.catalog import KUBERNETES_CALENDAR_CHECKED
 from infra.offline import Plan
 from tests.infra.conftest import STACK_FILES
 from tests.infra.conftest import STACKS as STACKS_DIR
 from tritonform.cli import app
 
 runner = CliRunner()
+CLOUDS = ("aws", "gcp", "azure")
+
+
+@pytest.fixture(autouse=True)
+def _calendar_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readiness is judged on the day the catalogue's Kubernetes dates were read, so that these tests
+    do not change verdict as the calendar moves (tests/infra/test_catalog.py covers other days)."""
+    monkeypatch.setattr("tritonform.commands.infra.today", lambda: KUBERNETES_CALENDAR_CHECKED)
 
 
 def _stack_name(path: Path) -> str:
@@ -24,8 +33,14 @@ def _stack_name(path: Path) -> str:
 @pytest.mark.parametrize("path", STACK_FILES, ids=_stack_name)
 def test_plan_json_runs_for_every_stack_file(path: Path) -> None:
     result = runner.invoke(app, ["plan", "--stack", _stack_name(path), "--json"])
-    assert result.exit_code == 0, result.output
+    # The examples hold documentation addresses and placeholder ids: the plan is shown in full, and
+    # exits 2 saying which keys to set (on a Kubernetes version every cloud creates today).
+    assert result.exit_code == 2, result.output
     doc = json.loads(result.stdout)
+    assert doc["readiness"]["ready"] is False and doc["readiness"]["blockers"]
+    assert not [b for b in doc["readiness"]["blockers"] if "kubernetesVersion" in b]
+    assert all("tritonform:" in b for b in doc["readiness"]["blockers"])
+    assert "not ready for `pulumi up`" in result.stderr and "tritonform init" in result.stderr
     assert doc["stack"] == _stack_name(path)
     assert doc["cloud"] in ("aws", "gcp", "azure")
     assert doc["resources"], "a plan with no resources"
@@ -53,7 +68,7 @@ def test_plan_json_shows_the_issue_essentials_for_aws() -> None:
 
 def test_plan_tree_is_readable() -> None:
     result = runner.invoke(app, ["plan", "--stack", "aws-dev"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # the example's documentation ranges
     assert "aws-dev (aws, us-east-1)" in result.stdout
     assert "tritonform:platform:GpuNodePool" in result.stdout
     assert "outputs" in result.stdout
@@ -104,10 +119,22 @@ def test_planning_one_cloud_does_not_import_the_other_clouds_sdks() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("cloud", CLOUDS)
+@pytest.mark.parametrize("environment", ["dev", "prod"])
+def test_a_stack_with_the_users_values_plans_clean(
+    ready_stack: Callable[[str, str], Path], cloud: str, environment: str
+) -> None:
+    result = runner.invoke(app, ["plan", "--stack-file", str(ready_stack(cloud, environment)), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["readiness"]["ready"] is True and doc["readiness"]["blockers"] == []
+    assert [p for p in doc["policies"] if p["level"] == "mandatory"] == []
+
+
 @pytest.mark.parametrize("stack", ["aws-dev", "gcp-dev", "azure-dev"])
 def test_plan_json_reports_policies_and_dev_stacks_have_no_mandatory_violations(stack: str) -> None:
     result = runner.invoke(app, ["plan", "--stack", stack, "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # not ready (example values), but no policy violation
     policies = json.loads(result.stdout)["policies"]
     assert [p for p in policies if p["level"] == "mandatory"] == []
     assert all(set(p) == {"rule", "resource", "level", "message"} for p in policies)

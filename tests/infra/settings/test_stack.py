@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.catalog import DEFAULT_KUBERNETES_VERSION
 from infra.settings import (
     SYSTEM_MACHINE_DEFAULTS,
     SettingsError,
@@ -54,7 +55,7 @@ def test_minimal_stack_gets_documented_defaults() -> None:
     s = load_settings(MINIMAL_AWS)
     assert s.environment == "dev"
     assert s.network.zone_count == 2
-    assert s.cluster.kubernetes_version == "1.31"
+    assert s.cluster.kubernetes_version == DEFAULT_KUBERNETES_VERSION
     assert (s.gpu_pool.min_nodes, s.gpu_pool.desired_nodes, s.gpu_pool.max_nodes) == (0, 1, 2)
     assert s.gpu_pool.capacity == "on-demand"
     assert s.system_instance_type == SYSTEM_MACHINE_DEFAULTS["aws"]
@@ -116,7 +117,7 @@ def test_unknown_cloud_lists_the_valid_ones() -> None:
 
 
 def test_bad_kubernetes_version() -> None:
-    assert 'e.g. "1.31"' in _problem(_with(cluster__kubernetesVersion="latest"))
+    assert f'e.g. "{DEFAULT_KUBERNETES_VERSION}"' in _problem(_with(cluster__kubernetesVersion="latest"))
 
 
 def test_bad_spot_value_lists_choices() -> None:
