@@ -7,12 +7,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD_NAMES = {"aws", "gcp", "azure"}
-# Only these may know cloud names: the cloud classes, their catalogue, settings, docs and offline mocks.
+# Only these may know cloud names: the cloud classes, their catalogue, settings (and the stack files `init`
+# writes), docs and offline mocks.
 ALLOWED = {
     "infra/platform",
     "infra/catalog.py",
     "infra/settings/stack.py",
     "infra/settings/doc.py",
+    "infra/settings/new_stack.py",
+    "tritonform/commands/init.py",
     "infra/offline/plan.py",
     "infra/offline/mocks",
     "infra/policies",

@@ -9,7 +9,7 @@ from infra.offline import Plan
 
 def test_eks_cluster_version_logging_encryption_and_private_nodes(dev: Plan) -> None:
     eks = dev.one("aws:eks/cluster:Cluster").inputs
-    assert eks["version"] == "1.31"
+    assert eks["version"] == "1.36"
     assert set(eks["enabledClusterLogTypes"]) == {
         "api",
         "audit",

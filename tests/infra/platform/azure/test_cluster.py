@@ -19,7 +19,7 @@ def _aks(plan: Plan) -> dict:
 
 def test_aks_version_identity_oidc_workload_identity_and_overlay(dev: Plan) -> None:
     aks = _aks(dev)
-    assert aks["kubernetesVersion"] == "1.31" and aks["identity"] == {"type": "SystemAssigned"}
+    assert aks["kubernetesVersion"] == "1.36" and aks["identity"] == {"type": "SystemAssigned"}
     assert aks["oidcIssuerProfile"] == {"enabled": True}
     assert aks["securityProfile"]["workloadIdentity"] == {"enabled": True}
     net = aks["networkProfile"]

@@ -16,14 +16,14 @@ def _pool(plan: Plan, key: str) -> dict:
 
 def test_cluster_is_private_vpc_native_with_workload_identity(dev: Plan) -> None:
     gke = dev.one("gcp:container/cluster:Cluster").inputs
-    assert gke["workloadIdentityConfig"] == {"workloadPool": "tritonform-dev.svc.id.goog"}
+    assert gke["workloadIdentityConfig"] == {"workloadPool": "your-project-id.svc.id.goog"}
     assert gke["privateClusterConfig"]["enablePrivateNodes"] is True
     assert gke["ipAllocationPolicy"] == {
         "clusterSecondaryRangeName": "pods",
         "servicesSecondaryRangeName": "services",
     }
     assert gke["removeDefaultNodePool"] is True and gke["enableShieldedNodes"] is True
-    assert gke["releaseChannel"] == {"channel": "REGULAR"} and gke["minMasterVersion"] == "1.31"
+    assert gke["releaseChannel"] == {"channel": "REGULAR"} and gke["minMasterVersion"] == "1.36"
     assert gke["masterAuth"]["clientCertificateConfig"] == {"issueClientCertificate": False}
 
 
@@ -61,7 +61,7 @@ def test_gpu_pool_machine_accelerator_driver_taint_scaling_and_spot(dev: Plan, p
 def test_system_pool_is_untainted_and_nodes_use_a_dedicated_service_account(dev: Plan) -> None:
     node = _pool(dev, "system")["nodeConfig"]
     assert "taints" not in node and node["machineType"] == "e2-standard-4"
-    assert node["serviceAccount"] == "tf-dev-nodes@tritonform-dev.iam.gserviceaccount.com"
+    assert node["serviceAccount"] == "tf-dev-nodes@your-project-id.iam.gserviceaccount.com"
     roles = {r.inputs["role"] for r in dev.of_type("gcp:projects/iAMMember:IAMMember")}
     assert not any("storage" in role or "admin" in role or "editor" in role for role in roles)
 

@@ -88,7 +88,7 @@ def test_firewall_admits_only_google_front_ends_to_the_gateway_port(dev: Plan) -
     rule = dev.one("gcp:compute/firewall:Firewall").inputs
     assert sorted(rule["sourceRanges"]) == sorted(GOOGLE_FRONT_END_RANGES)
     assert rule["allows"] == [{"protocol": "tcp", "ports": ["8080"]}]
-    assert rule["targetServiceAccounts"] == ["tf-dev-nodes@tritonform-dev.iam.gserviceaccount.com"]
+    assert rule["targetServiceAccounts"] == ["tf-dev-nodes@your-project-id.iam.gserviceaccount.com"]
 
 
 def test_gateway_service_is_cluster_ip_reached_from_google_front_ends() -> None:

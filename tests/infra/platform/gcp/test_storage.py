@@ -15,7 +15,7 @@ def test_bucket_is_uniform_private_versioned_and_expires_old_versions(dev: Plan)
 
 
 def test_prod_bucket_uses_the_configured_cmek_and_grants_the_storage_agent(prod: Plan) -> None:
-    key = "projects/tritonform-prod/locations/europe-west4/keyRings/tritonform/cryptoKeys/models"
+    key = "projects/your-project-id/locations/europe-west4/keyRings/tritonform/cryptoKeys/models"
     assert prod.one("gcp:storage/bucket:Bucket").inputs["encryption"] == {"defaultKmsKeyName": key}
     grant = prod.one("gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember").inputs
     assert grant["cryptoKeyId"] == key and grant["member"].endswith(
