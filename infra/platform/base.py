@@ -88,6 +88,35 @@ class ServiceAccountRef:
         return f"system:serviceaccount:{self.namespace}:{self.name}"
 
 
+@dataclass(frozen=True)
+class ReadScope:
+    """Which objects of the model bucket an identity may read: every object under `prefix` (no leading
+    '/'; empty: the whole bucket), or with `suffixes`, only those of them whose names end with one.
+
+    Each cloud turns it into its own narrowest grant (an IAM resource pattern on AWS, an IAM condition on
+    the object name on GCP, an attribute-based condition on the blob path on Azure).
+    """
+
+    prefix: str = ""
+    suffixes: tuple[str, ...] = ()
+
+    @staticmethod
+    def whole_bucket() -> ReadScope:
+        return ReadScope()
+
+    @staticmethod
+    def tokenizer_files(model_prefix: str) -> ReadScope:
+        """What the gateway's start-up step reads of a version: its manifest and the tokenizer files."""
+        return ReadScope(
+            prefix=f"{model_prefix.strip('/')}/versions/",
+            suffixes=tuple(f"/{name}" for name in TOKENIZER_SCOPE_FILES),
+        )
+
+
+# The files of a model version the gateway reads (serving/model_locator.py `tokenizer`).
+TOKENIZER_SCOPE_FILES = ("REPOSITORY.json", "tokenizer.json", "generation.json")
+
+
 class _Neutral(pulumi.ComponentResource):
     """A component whose outputs are set by the cloud that builds it, then registered once."""
 
@@ -332,6 +361,9 @@ class Platform:
     # The cloud's own typed value for its edge step (the context it provisioned in included).
     edge_targets: EdgeTargets
     extra_outputs: dict[str, pulumi.Input[Any]] = field(default_factory=dict)
+    # The gateway's own identity: it may read only the tokenizer files (ReadScope.tokenizer_files).
+    # None while a cloud does not provide one yet: the gateway then shares Triton's reader.
+    gateway_reader: ReaderIdentity | None = None
 
     def edge_targets_as(self, kind: type[TargetsT]) -> TargetsT:
         """The edge targets, checked to be the given cloud's own type."""
@@ -379,3 +411,12 @@ class CloudPlatform(ABC):
         """The Kubernetes service account Triton runs as: the one the reader identity is bound to."""
         workload = self.settings.workload
         return ServiceAccountRef(workload.namespace, workload.triton_service_account)
+
+    def gateway_service_account(self) -> ServiceAccountRef:
+        """The Kubernetes service account the gateway runs as: the one the gateway reader is bound to."""
+        workload = self.settings.workload
+        return ServiceAccountRef(workload.namespace, workload.gateway_service_account)
+
+    def gateway_read_scope(self) -> ReadScope:
+        """The only objects the gateway's identity may read."""
+        return ReadScope.tokenizer_files(self.settings.triton.model_prefix)

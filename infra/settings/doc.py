@@ -81,6 +81,8 @@ DESCRIPTIONS: dict[str, str] = {
     "edge.gatewayNodePort": "NodePort the gateway listens on where the edge reaches it through nodes (AWS).",
     "workload.namespace": "Kubernetes namespace of Triton and the gateway.",
     "workload.tritonServiceAccount": "Service account Triton runs as; the bucket reader is bound to it.",
+    "workload.gatewayServiceAccount": "Service account the gateway runs as; its identity reads only the "
+    "tokenizer files.",
 }
 
 
