@@ -52,6 +52,8 @@ def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
             provider=platform.cluster.provider,
             scheduling=platform.gpu_pool.scheduling,
             reader=platform.reader,
+            # Until every cloud gives the gateway its own identity, it shares Triton's reader.
+            gateway_reader=platform.gateway_reader or platform.reader,
             bucket_uri=platform.bucket.uri,
             triton_image=images.triton,
             gateway_image=images.gateway,

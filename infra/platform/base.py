@@ -215,17 +215,29 @@ class ModelBucket(_Neutral):
         )
 
 
+@dataclass(frozen=True)
+class EgressEndpoint:
+    """An address a pod must reach for its cloud identity, besides HTTPS to the cloud's public APIs
+    (e.g. GKE's metadata server); the workload opens exactly these in its egress network policy."""
+
+    cidr: str
+    port: int
+    protocol: str = "TCP"
+
+
 class ReaderIdentity(_Neutral):
-    """A cloud identity that may only read the model bucket, bound to Triton's service account.
+    """A cloud identity that may only read (part of) the model bucket, bound to one service account.
 
     `service_account_annotations`, `pod_labels` and `env` are what the workload puts on the service
-    account, the pod and the Triton container, so that Triton authenticates without any key.
+    account, the pod and its containers, so that they authenticate without any key; `egress` lists
+    the identity endpoints beyond HTTPS that the pod's network policy must let it reach.
     """
 
     identity_id: pulumi.Output[str]
     service_account_annotations: pulumi.Output[dict[str, str]]
     pod_labels: dict[str, str]
     env: pulumi.Output[dict[str, str]]
+    egress: tuple[EgressEndpoint, ...] = ()
 
     def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tritonform:platform:ReaderIdentity", name, None, opts)
@@ -237,8 +249,10 @@ class ReaderIdentity(_Neutral):
         service_account_annotations: pulumi.Input[dict[str, pulumi.Input[str]]],
         pod_labels: dict[str, str] | None = None,
         env: pulumi.Input[dict[str, pulumi.Input[str]]] | None = None,
+        egress: tuple[EgressEndpoint, ...] = (),
     ) -> None:
         self.pod_labels = dict(pod_labels or {})
+        self.egress = egress
         self._finish(
             {
                 "identity_id": pulumi.Output.from_input(identity_id),

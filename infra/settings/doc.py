@@ -49,7 +49,8 @@ DESCRIPTIONS: dict[str, str] = {
     "bucket.forceDestroy": "Let `pulumi destroy` delete a non-empty model bucket.",
     "bucket.kmsKey": "Customer-managed encryption key; unset means the cloud's managed encryption.",
     "bucket.noncurrentVersionDays": "Days a replaced model version is kept before it expires.",
-    "triton.minReplicas": "Triton replicas when idle (each takes `gpusPerReplica` GPUs).",
+    "triton.minReplicas": "Triton replicas when idle (each takes `gpusPerReplica` GPUs); unset: 2 in prod "
+    "(a node drain takes one while the other serves), 1 in dev.",
     "triton.maxReplicas": "Most Triton replicas the load-based autoscaler may run.",
     "triton.cpuRequest": "CPU requested by each Triton pod.",
     "triton.cpuLimit": "CPU limit of each Triton pod.",
@@ -58,6 +59,8 @@ DESCRIPTIONS: dict[str, str] = {
     "triton.version": "NGC Triton release the Triton image builds on (nvcr.io/nvidia/tritonserver:<v>-py3).",
     "triton.image": "A prebuilt Triton image to run instead of building docker/triton.",
     "triton.modelPrefix": "Bucket prefix that `tritonform model upload` writes versions and CURRENT under.",
+    "triton.modelVersion": "The uploaded version Triton and the gateway serve (`tritonform model upload "
+    "--stack` sets it); unset: neither runs yet, so the first `pulumi up` needs no model.",
     "triton.gpusPerReplica": "GPUs each Triton pod requests.",
     "triton.targetInflightRequests": "Generations in flight per Triton replica that trigger a scale-out.",
     "gateway.minReplicas": "Gateway replicas at least (on the system nodes).",

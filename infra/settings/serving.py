@@ -13,6 +13,8 @@ from infra.settings.base import Settings
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
 _IMAGE_TAG = re.compile(r"^[0-9]{2}\.[0-9]{2}$")
+# `<UTC time>-<first 12 hex digits of the content hash>`, as model_repo/upload.py names versions.
+_MODEL_VERSION = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
 
 
 def _check_quantity(value: str) -> str:
@@ -35,7 +37,7 @@ class _Replicas(Settings):
 
     @model_validator(mode="after")
     def _ordered(self) -> _Replicas:
-        if self.min_replicas > self.max_replicas:
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"needs minReplicas <= maxReplicas, got {self.min_replicas} > {self.max_replicas}"
             )
@@ -48,6 +50,11 @@ class TritonSettings(_Replicas):
     version: str = "25.02"  # NGC release of nvcr.io/nvidia/tritonserver:<version>-py3 our image builds on
     image: str | None = None  # a prebuilt image to run instead of building docker/triton
     model_prefix: str = "models"  # `tritonform model upload` writes versions/<id>/ and CURRENT under it
+    # The uploaded version both Triton and the gateway serve (`tritonform model upload --stack` sets it);
+    # unset: neither runs yet, so a first `pulumi up` needs no model.
+    model_version: str | None = None
+    # None: 2 in prod (a node drain takes one while the other serves), 1 in dev (StackSettings).
+    min_replicas: int | None = Field(default=None, ge=1, le=100)  # type: ignore[assignment]
     gpus_per_replica: int = Field(default=1, ge=1, le=8)
     cpu_request: str = "2"
     cpu_limit: str = "4"
@@ -61,6 +68,15 @@ class TritonSettings(_Replicas):
     def _version(cls, value: str) -> str:
         if not _IMAGE_TAG.match(value):
             raise ValueError('must be an NGC release such as "25.02"')
+        return value
+
+    @field_validator("model_version")
+    @classmethod
+    def _model_version(cls, value: str | None) -> str | None:
+        if value is not None and not _MODEL_VERSION.match(value):
+            raise ValueError(
+                "must be a version `tritonform model upload` printed, such as 20261201T101500Z-0123456789ab"
+            )
         return value
 
 

@@ -240,6 +240,13 @@ class StackSettings(_Settings):
         return self.environment == "dev"
 
     @property
+    def triton_min_replicas(self) -> int:
+        """Triton's fewest replicas: as set, else 2 in prod (a drain takes one while the other serves)."""
+        if self.triton.min_replicas is not None:
+            return self.triton.min_replicas
+        return min(2, self.triton.max_replicas) if self.environment == "prod" else 1
+
+    @property
     def system_instance_type(self) -> str:
         return self.system_pool.instance_type or SYSTEM_MACHINE_DEFAULTS[self.cloud]
 

@@ -38,7 +38,7 @@ class GatewayArgs:
     api_keys: pulumi.Input[str]  # a Pulumi secret: comma-separated keys
     exposure: ServiceExposure
     model_prefix: pulumi.Input[str]  # where uploads put versions/ and CURRENT (for the tokenizer)
-    reader: ReaderIdentity  # the gateway reads the tokenizer files with the model reader identity
+    reader: ReaderIdentity  # the gateway's own identity: it reads only the tokenizer files
 
 
 class Gateway(pulumi.ComponentResource):
@@ -49,7 +49,6 @@ class Gateway(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tritonform:workload:Gateway", name, None, opts)
-        g = args.settings.gateway
         child = pulumi.ResourceOptions(parent=self)
         secret = k8s.core.v1.Secret(
             API_KEYS_SECRET,
@@ -60,6 +59,38 @@ class Gateway(pulumi.ComponentResource):
             string_data={"keys": pulumi.Output.secret(args.api_keys)},
             opts=child,
         )
+        exposure = args.exposure
+        service = k8s.core.v1.Service(
+            GATEWAY,
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=GATEWAY,
+                namespace=args.namespace,
+                labels=labels(GATEWAY),
+                annotations=exposure.annotations,
+            ),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type=exposure.type,
+                external_traffic_policy=exposure.external_traffic_policy,
+                selector={APP_LABEL: GATEWAY},
+                ports=[
+                    k8s.core.v1.ServicePortArgs(
+                        name="http", port=80, target_port="http", node_port=exposure.node_port
+                    )
+                ],
+            ),
+            opts=child,
+        )
+        # Like Triton, the gateway runs only once a version is set (see TritonServer).
+        if args.settings.triton.model_version is not None:
+            self._server(args, args.settings.triton.model_version, secret, child)
+        self.service_name = service.metadata.name
+        self.register_outputs({"service_name": self.service_name})
+
+    def _server(
+        self, args: GatewayArgs, version: str, secret: k8s.core.v1.Secret, child: pulumi.ResourceOptions
+    ) -> None:
+        """Deployment, disruption budget and CPU autoscaler of the gateways for `version`."""
+        g = args.settings.gateway
         triton_url = pulumi.Output.concat(args.triton_service, ":", str(GRPC_PORT))
         # serving/gateway/settings.py reads TRITONFORM_GATEWAY_<FIELD> and TRITONFORM_API_KEYS.
         env = [
@@ -111,6 +142,8 @@ class Gateway(pulumi.ComponentResource):
                 "tokenizer",
                 "--prefix",
                 args.model_prefix,
+                "--version",
+                version,
                 "--model",
                 args.model_name,
                 "--dest",
@@ -136,6 +169,8 @@ class Gateway(pulumi.ComponentResource):
                     ),
                     spec=k8s.core.v1.PodSpecArgs(
                         service_account_name=args.service_account,
+                        # No Kubernetes API calls: the cloud identity brings its own projected token.
+                        automount_service_account_token=False,
                         topology_spread_constraints=spread(GATEWAY),
                         # Long generations: give streams time to finish before the pod goes away.
                         termination_grace_period_seconds=120,
@@ -154,27 +189,6 @@ class Gateway(pulumi.ComponentResource):
                 ),
             ),
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
-        )
-        exposure = args.exposure
-        service = k8s.core.v1.Service(
-            GATEWAY,
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=GATEWAY,
-                namespace=args.namespace,
-                labels=labels(GATEWAY),
-                annotations=exposure.annotations,
-            ),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                type=exposure.type,
-                external_traffic_policy=exposure.external_traffic_policy,
-                selector={APP_LABEL: GATEWAY},
-                ports=[
-                    k8s.core.v1.ServicePortArgs(
-                        name="http", port=80, target_port="http", node_port=exposure.node_port
-                    )
-                ],
-            ),
-            opts=child,
         )
         disruption_budget(GATEWAY, args.namespace, child)
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
@@ -202,5 +216,3 @@ class Gateway(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        self.service_name = service.metadata.name
-        self.register_outputs({"service_name": self.service_name})

@@ -15,6 +15,7 @@ from infra.platform.base import GpuScheduling, ReaderIdentity, ServiceExposure
 from infra.settings import StackSettings
 from infra.workload.gateway import GATEWAY, GATEWAY_PORT, Gateway, GatewayArgs
 from infra.workload.monitoring import MONITORING_NAMESPACE, Monitoring
+from infra.workload.network_policies import PolicyTargets, network_policies
 from infra.workload.triton import (
     APP_LABEL,
     GRPC_PORT,
@@ -35,7 +36,8 @@ class WorkloadArgs:
     settings: StackSettings
     provider: pulumi.ProviderResource
     scheduling: GpuScheduling
-    reader: ReaderIdentity
+    reader: ReaderIdentity  # Triton's: reads the whole model bucket
+    gateway_reader: ReaderIdentity  # the gateway's: reads only the tokenizer files
     bucket_uri: pulumi.Input[str]
     triton_image: pulumi.Input[str]
     gateway_image: pulumi.Input[str]
@@ -67,8 +69,8 @@ class InferenceWorkload(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=ns_name,
                 labels={
-                    # Enforce the baseline pod security standard; warn and audit against restricted.
-                    "pod-security.kubernetes.io/enforce": "baseline",
+                    # Pod Security Standards: every pod here must meet `restricted` to be admitted.
+                    "pod-security.kubernetes.io/enforce": "restricted",
                     "pod-security.kubernetes.io/warn": "restricted",
                     "pod-security.kubernetes.io/audit": "restricted",
                 },
@@ -76,15 +78,22 @@ class InferenceWorkload(pulumi.ComponentResource):
             opts=child,
         )
         ns = namespace.metadata.name
-        triton_sa = k8s.core.v1.ServiceAccount(
-            s.workload.triton_service_account,
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=s.workload.triton_service_account,
-                namespace=ns,
-                annotations=args.reader.service_account_annotations,
-            ),
-            automount_service_account_token=True,  # the cloud identity exchanges this token
-            opts=child,
+        # Each server has its own account, bound to its own cloud identity. Neither calls the Kubernetes
+        # API, so no API token is mounted: the clouds' identity webhooks (EKS, AKS) project their own
+        # audience-bound token, and GKE's metadata server needs none.
+        triton_sa, gateway_sa = (
+            k8s.core.v1.ServiceAccount(
+                account,
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=account, namespace=ns, annotations=reader.service_account_annotations
+                ),
+                automount_service_account_token=False,
+                opts=child,
+            )
+            for account, reader in (
+                (s.workload.triton_service_account, args.reader),
+                (s.workload.gateway_service_account, args.gateway_reader),
+            )
         )
         model_prefix = pulumi.Output.concat(args.bucket_uri, "/", s.triton.model_prefix)
         monitoring = Monitoring("monitoring", s, opts=child)
@@ -107,84 +116,32 @@ class InferenceWorkload(pulumi.ComponentResource):
             GatewayArgs(
                 settings=s,
                 namespace=ns,
-                # The model reader identity: the gateway reads only the tokenizer files with it.
-                service_account=triton_sa.metadata.name,
+                service_account=gateway_sa.metadata.name,
                 image=args.gateway_image,
                 triton_service=triton.service_name,
                 model_name=MODEL_NAME,
                 api_keys=args.api_keys,
                 exposure=args.exposure,
                 model_prefix=model_prefix,
-                reader=args.reader,
+                reader=args.gateway_reader,
             ),
             opts=child,
         )
-        self._network_policies(ns, args.exposure, child)
+        network_policies(
+            PolicyTargets(
+                namespace=ns,
+                app_label=APP_LABEL,
+                triton=TRITON,
+                gateway=GATEWAY,
+                triton_ports=(GRPC_PORT, HTTP_PORT),
+                metrics_port=METRICS_PORT,
+                gateway_port=GATEWAY_PORT,
+                monitoring_namespace=MONITORING_NAMESPACE,
+                exposure=args.exposure,
+                identity_egress=tuple(dict.fromkeys((*args.reader.egress, *args.gateway_reader.egress))),
+            ),
+            child,
+        )
         self.namespace = ns
         self.gateway_service = gateway.service_name
         self.register_outputs({"namespace": ns, "gateway_service": gateway.service_name})
-
-    def _network_policies(
-        self, ns: pulumi.Input[str], exposure: ServiceExposure, opts: pulumi.ResourceOptions
-    ) -> None:
-        """Default deny; only the gateway reaches Triton; only the monitoring namespace scrapes metrics."""
-        netpol = k8s.networking.v1
-        monitoring_peer = netpol.NetworkPolicyPeerArgs(
-            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                match_labels={"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
-            )
-        )
-
-        def policy(name: str, app: str | None, ingress: list[netpol.NetworkPolicyIngressRuleArgs]) -> None:
-            netpol.NetworkPolicy(
-                name,
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=ns),
-                spec=netpol.NetworkPolicySpecArgs(
-                    pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: app})
-                    if app
-                    else k8s.meta.v1.LabelSelectorArgs(),  # every pod in the namespace
-                    policy_types=["Ingress"],
-                    ingress=ingress,
-                ),
-                opts=opts,
-            )
-
-        policy("default-deny-ingress", None, [])
-        policy(
-            "triton-from-gateway",
-            TRITON,
-            [
-                netpol.NetworkPolicyIngressRuleArgs(
-                    from_=[
-                        netpol.NetworkPolicyPeerArgs(
-                            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: GATEWAY})
-                        )
-                    ],
-                    ports=[
-                        netpol.NetworkPolicyPortArgs(port=GRPC_PORT, protocol="TCP"),
-                        netpol.NetworkPolicyPortArgs(port=HTTP_PORT, protocol="TCP"),
-                    ],
-                ),
-                netpol.NetworkPolicyIngressRuleArgs(
-                    from_=[monitoring_peer],
-                    ports=[netpol.NetworkPolicyPortArgs(port=METRICS_PORT, protocol="TCP")],
-                ),
-            ],
-        )
-        # The gateway takes traffic only from where the cloud's edge connects from.
-        policy(
-            "gateway-from-edge",
-            GATEWAY,
-            [
-                netpol.NetworkPolicyIngressRuleArgs(
-                    from_=[
-                        *(
-                            netpol.NetworkPolicyPeerArgs(ip_block=netpol.IPBlockArgs(cidr=cidr))
-                            for cidr in exposure.source_ranges
-                        ),
-                        monitoring_peer,  # scrapes /metrics on the same port
-                    ],
-                    ports=[netpol.NetworkPolicyPortArgs(port=GATEWAY_PORT, protocol="TCP")],
-                )
-            ],
-        )

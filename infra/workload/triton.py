@@ -63,7 +63,12 @@ def reader_env(reader: ReaderIdentity) -> pulumi.Output[list[k8s.core.v1.EnvVarA
 def locator_container(
     image: pulumi.Input[str], reader: ReaderIdentity, command: list[pulumi.Input[str]]
 ) -> k8s.core.v1.ContainerArgs:
-    """An init container running `python -m serving.model_locator ...` with the pod's cloud identity."""
+    """An init container running `python -m serving.model_locator ...` with the pod's cloud identity.
+
+    It always names the version (`--version`, from `triton.modelVersion`): pods never pick one on their
+    own, so a scale-out or a replaced node serves the same version as the pods beside it, and a new
+    upload serves only once both Deployments are rolled to it together.
+    """
     return k8s.core.v1.ContainerArgs(
         name="model-locator",
         image=image,
@@ -81,7 +86,11 @@ def locator_container(
 def disruption_budget(
     name: str, namespace: pulumi.Input[str], opts: pulumi.ResourceOptions
 ) -> k8s.policy.v1.PodDisruptionBudget:
-    """At most one pod down at a time for voluntary disruptions (node drains, scale-down)."""
+    """At most one pod down at a time for voluntary disruptions (node drains, scale-down).
+
+    With two or more replicas (prod's default for Triton) that keeps at least one serving, which is
+    what `minAvailable: 1` would promise, and more once the autoscaler has added replicas.
+    """
     return k8s.policy.v1.PodDisruptionBudget(
         name,
         metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels(name)),
@@ -113,15 +122,37 @@ class TritonServer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: TritonArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tritonform:workload:TritonServer", name, None, opts)
-        t = args.settings.triton
         child = pulumi.ResourceOptions(parent=self)
+        service = k8s.core.v1.Service(
+            TRITON,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector={APP_LABEL: TRITON},
+                ports=[
+                    k8s.core.v1.ServicePortArgs(name="http", port=HTTP_PORT, target_port="http"),
+                    k8s.core.v1.ServicePortArgs(name="grpc", port=GRPC_PORT, target_port="grpc"),
+                    k8s.core.v1.ServicePortArgs(name="metrics", port=METRICS_PORT, target_port="metrics"),
+                ],
+            ),
+            opts=child,
+        )
+        # No version uploaded yet (a first `pulumi up`): no server, so nothing waits for a model and no
+        # GPU node starts; `tritonform model upload --stack` sets the version and the next `up` rolls out.
+        if args.settings.triton.model_version is not None:
+            self._server(args, args.settings.triton.model_version, child)
+        self.service_name = service.metadata.name
+        self.register_outputs({"service_name": self.service_name})
+
+    def _server(self, args: TritonArgs, version: str, child: pulumi.ResourceOptions) -> None:
+        """Deployment, disruption budget and load-based autoscaler of the servers of `version`."""
+        t = args.settings.triton
         gpu = str(t.gpus_per_replica)
         health = "/v2/health/ready"
         container = k8s.core.v1.ContainerArgs(
             name=TRITON,
             image=args.image,
-            # The serving version is whatever CURRENT named when the pod started (written by the
-            # init container), so an upload never changes a running server's files under it.
+            # The version's URI, checked and written by the init container.
             command=["/bin/sh", "-c"],
             args=[
                 " ".join(
@@ -176,14 +207,22 @@ class TritonServer(pulumi.ComponentResource):
         locator = locator_container(
             args.locator_image,
             args.reader,
-            ["resolve", "--prefix", args.model_prefix, "--out", f"{LOCATOR_MOUNT}/repository"],
+            [
+                "resolve",
+                "--prefix",
+                args.model_prefix,
+                "--version",
+                version,
+                "--out",
+                f"{LOCATOR_MOUNT}/repository",
+            ],
         )
         pod_labels = {**labels(TRITON), **args.reader.pod_labels}
         deployment = k8s.apps.v1.Deployment(
             TRITON,
             metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
             spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=t.min_replicas,
+                replicas=args.settings.triton_min_replicas,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: TRITON}),
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(
                     type="RollingUpdate",
@@ -200,6 +239,8 @@ class TritonServer(pulumi.ComponentResource):
                     ),
                     spec=k8s.core.v1.PodSpecArgs(
                         service_account_name=args.service_account,
+                        # No Kubernetes API calls: the cloud identity brings its own projected token.
+                        automount_service_account_token=False,
                         node_selector=args.scheduling.node_selector,
                         tolerations=[
                             k8s.core.v1.TolerationArgs(
@@ -236,20 +277,6 @@ class TritonServer(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
         )
-        service = k8s.core.v1.Service(
-            TRITON,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                type="ClusterIP",
-                selector={APP_LABEL: TRITON},
-                ports=[
-                    k8s.core.v1.ServicePortArgs(name="http", port=HTTP_PORT, target_port="http"),
-                    k8s.core.v1.ServicePortArgs(name="grpc", port=GRPC_PORT, target_port="grpc"),
-                    k8s.core.v1.ServicePortArgs(name="metrics", port=METRICS_PORT, target_port="metrics"),
-                ],
-            ),
-            opts=child,
-        )
         disruption_budget(TRITON, args.namespace, child)
         # Scale on inference load, not CPU: the gateway exports how many generations are in flight,
         # and the Prometheus adapter serves it as an external metric (see infra/workload/monitoring.py).
@@ -260,7 +287,7 @@ class TritonServer(pulumi.ComponentResource):
                 scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
                     api_version="apps/v1", kind="Deployment", name=deployment.metadata.name
                 ),
-                min_replicas=t.min_replicas,
+                min_replicas=args.settings.triton_min_replicas,
                 max_replicas=t.max_replicas,
                 metrics=[
                     k8s.autoscaling.v2.MetricSpecArgs(
@@ -280,8 +307,6 @@ class TritonServer(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        self.service_name = service.metadata.name
-        self.register_outputs({"service_name": self.service_name})
 
 
 # The gateway's gauge of generations in flight, summed over gateway pods (external metric).

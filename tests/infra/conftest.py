@@ -74,3 +74,24 @@ def ready_stack(tmp_path: Path) -> Callable[[CloudName, str], Path]:
         return path
 
     return write
+
+
+# A version as `tritonform model upload` names it (and sets as tritonform:triton.modelVersion).
+MODEL_VERSION = "20261201T101500Z-0123456789ab"
+
+
+def with_model_version(stack: str, folder: Path, version: str = MODEL_VERSION) -> Path:
+    """The example stack file with `triton.modelVersion` set, written to `folder`."""
+    path = folder / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        document = yaml.safe_load((STACKS / f"Pulumi.{stack}.yaml").read_text())
+        document["config"].setdefault("tritonform:triton", {})["modelVersion"] = version
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def serving_plan_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Plan]:
+    """`serving_plan_of("aws-dev")`: the example stack with a model version, planned once per session."""
+    folder = tmp_path_factory.mktemp("serving-stacks")
+    return lambda stack: planned(with_model_version(stack, folder))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from infra.offline import Plan
 from infra.offline.render import ManifestError, api_version_kind, render
-from tests.infra.conftest import STACK_FILES
+from tests.infra.conftest import STACK_FILES, with_model_version
 from tritonform.cli import app
 
 runner = CliRunner()
@@ -27,24 +27,21 @@ def test_type_tokens_map_to_api_versions() -> None:
     )
 
 
+@pytest.mark.parametrize("serving", [False, True], ids=["first-up", "serving"])
 @pytest.mark.parametrize("path", STACK_FILES, ids=lambda p: p.name)
-def test_every_stack_renders_strictly_valid_manifests(path: Path, tmp_path: Path) -> None:
+def test_every_stack_renders_strictly_valid_manifests(path: Path, tmp_path: Path, serving: bool) -> None:
+    """Before any model (the first `pulumi up`) and once a version serves (both servers run)."""
     stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    source = with_model_version(stack, tmp_path) if serving else path
     out = tmp_path / "manifests"
-    result = runner.invoke(app, ["render", "--stack", stack, "--out", str(out)])
+    result = runner.invoke(app, ["render", "--stack-file", str(source), "--out", str(out)])
     assert result.exit_code == 0, result.output
     docs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("0*.yaml"))]
     kinds = {d["kind"] for d in docs}
-    assert {
-        "Namespace",
-        "Deployment",
-        "Service",
-        "NetworkPolicy",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "Secret",
-        "ServiceAccount",
-    } <= kinds
+    always = {"Namespace", "Service", "NetworkPolicy", "Secret", "ServiceAccount"}
+    servers = {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert always <= kinds
+    assert (servers <= kinds) if serving else not (servers & kinds)
     assert docs[0]["kind"] == "Namespace"
     assert yaml.safe_load((out / "helm-releases.yaml").read_text())
 
@@ -62,8 +59,10 @@ def test_an_invalid_object_names_the_object_and_field(plan_of: Callable[[str], P
     assert not (tmp_path / "out").exists(), "nothing is written when an object is invalid"
 
 
-def test_unknown_fields_fail_strict_validation(plan_of: Callable[[str], Plan], tmp_path: Path) -> None:
-    plan = plan_of("aws-dev")
+def test_unknown_fields_fail_strict_validation(
+    serving_plan_of: Callable[[str], Plan], tmp_path: Path
+) -> None:
+    plan = serving_plan_of("aws-dev")
     broken = [
         replace(r, inputs={**r.inputs, "spec": {**r.inputs["spec"], "replicaz": 3}})
         if r.type == "kubernetes:apps/v1:Deployment"

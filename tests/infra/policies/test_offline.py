@@ -39,9 +39,10 @@ def test_shipped_stacks_have_no_mandatory_violation(plan_of: Callable[[str], Pla
 
 
 @pytest.mark.parametrize("stack", DEV_STACKS)
-def test_the_workload_is_judged(plan_of: Callable[[str], Plan], stack: str) -> None:
-    """The workload is in the plan, and its GPU Deployment and gateway Service pass every rule."""
-    plan = plan_of(stack)
+def test_the_workload_is_judged(serving_plan_of: Callable[[str], Plan], stack: str) -> None:
+    """The workload is in the plan (once a model version serves), and its GPU Deployment and gateway
+    Service pass every rule."""
+    plan = serving_plan_of(stack)
     workloads = [r for r in plan.resources if r.type == "kubernetes:apps/v1:Deployment"]
     assert workloads, "the Kubernetes workload is missing from the plan"
     assert any("nvidia.com/gpu" in str(r.inputs) for r in workloads), "no Deployment asks for a GPU"
@@ -203,9 +204,14 @@ def _literal_key(inputs: dict[str, Any]) -> None:
     ids=["triton-untolerated", "gateway-public-lb", "gateway-literal-key"],
 )
 def test_unsafe_workload_is_flagged(
-    plan_of: Callable[[str], Plan], stack: str, type_: str, name: str, edit: Callable[..., None], rule: str
+    serving_plan_of: Callable[[str], Plan],
+    stack: str,
+    type_: str,
+    name: str,
+    edit: Callable[..., None],
+    rule: str,
 ) -> None:
-    results = mandatory_violations(evaluate(_edit(plan_of(stack), type_, name, edit)))
+    results = mandatory_violations(evaluate(_edit(serving_plan_of(stack), type_, name, edit)))
     assert (rule, f"{type_}::{name}") in {(r.rule, r.resource) for r in results}, results
 
 

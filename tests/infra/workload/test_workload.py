@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from infra.offline import Plan, PlannedResource
+from tests.infra.conftest import MODEL_VERSION
 
 PlanOf = Callable[[str], Plan]
 DEV_STACKS = ["aws-dev", "gcp-dev", "azure-dev"]
+STACKS = [*DEV_STACKS, "aws-prod", "gcp-prod", "azure-prod"]
 
 
 def _k8s(plan: Plan, kind: str, name: str) -> dict[str, Any]:
@@ -30,11 +32,11 @@ def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(params=DEV_STACKS)
-def plan(request: pytest.FixtureRequest, plan_of: PlanOf) -> Plan:
-    return plan_of(request.param)
+def plan(request: pytest.FixtureRequest, serving_plan_of: PlanOf) -> Plan:
+    return serving_plan_of(request.param)
 
 
-def test_same_workload_objects_on_every_cloud(plan_of: PlanOf) -> None:
+def test_same_workload_objects_on_every_cloud(serving_plan_of: PlanOf) -> None:
     def shape(p: Plan) -> set[tuple[str, str]]:
         return {
             (r.type, (r.inputs.get("metadata") or {}).get("name", r.name))
@@ -42,7 +44,7 @@ def test_same_workload_objects_on_every_cloud(plan_of: PlanOf) -> None:
             if r.type.startswith("kubernetes:") and r.parent and "workload" in r.parent
         }
 
-    shapes = [shape(plan_of(s)) for s in DEV_STACKS]
+    shapes = [shape(serving_plan_of(s)) for s in DEV_STACKS]
     assert shapes[0] and shapes[0] == shapes[1] == shapes[2]
 
 
@@ -53,8 +55,16 @@ def test_triton_reads_the_stack_bucket_and_lands_on_the_gpu_pool(plan: Plan) -> 
     (locator,) = pod["initContainers"]
     prefix = f"{plan.outputs['bucket_uri']}/{plan.settings.triton.model_prefix}"
     assert locator["command"] == ["python", "-m", "serving.model_locator"]
-    assert locator["args"] == ["resolve", "--prefix", prefix, "--out", "/var/run/tritonform/repository"]
-    # Triton serves the version CURRENT named at pod start, read from the file the locator wrote.
+    assert locator["args"] == [
+        "resolve",
+        "--prefix",
+        prefix,
+        "--version",
+        MODEL_VERSION,
+        "--out",
+        "/var/run/tritonform/repository",
+    ]
+    # Triton serves the version the stack names, read from the file the locator wrote after checking it.
     assert '--model-repository="$(cat /var/run/tritonform/repository)"' in triton["args"][0]
     assert triton["args"][0].startswith("exec tritonserver ")
     assert pod["nodeSelector"] == plan.outputs["gpu_node_selector"]
@@ -121,11 +131,14 @@ def test_gateway_takes_the_tokenizer_of_the_serving_version(plan: Plan) -> None:
     pod = deployment["spec"]["template"]["spec"]
     (locator,) = pod["initContainers"]
     assert locator["args"][:1] == ["tokenizer"] and "/var/run/tritonform/model" in locator["args"]
+    # The same version as Triton: pods never pick one on their own.
+    assert locator["args"][locator["args"].index("--version") + 1] == MODEL_VERSION
     (gateway,) = _containers(deployment)
     env = {e["name"]: e.get("value") for e in gateway["env"]}
     assert env["TRITONFORM_GATEWAY_TOKENIZER_DIR"] == "/var/run/tritonform/model"
-    # It reads with the model reader identity (read-only, that bucket only), like Triton.
-    assert pod["serviceAccountName"] == plan.settings.workload.triton_service_account
+    # It runs as its own account (its own cloud identity), not Triton's.
+    assert pod["serviceAccountName"] == plan.settings.workload.gateway_service_account
+    assert plan.settings.workload.gateway_service_account != plan.settings.workload.triton_service_account
 
 
 def test_gateway_service_is_never_a_public_load_balancer(plan: Plan) -> None:
@@ -143,10 +156,20 @@ def test_both_deployments_have_disruption_budgets_and_autoscalers(plan: Plan) ->
         assert pdb["spec"]["maxUnavailable"] == 1
         hpa = _k8s(plan, "HorizontalPodAutoscaler", name)
         block = getattr(plan.settings, name)
-        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
-            block.min_replicas,
-            block.max_replicas,
-        )
+        least = plan.settings.triton_min_replicas if name == "triton" else block.min_replicas
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (least, block.max_replicas)
+
+
+@pytest.mark.parametrize("stack", ["aws-prod", "gcp-prod", "azure-prod"])
+def test_prod_triton_keeps_a_replica_through_a_node_drain(serving_plan_of: PlanOf, stack: str) -> None:
+    plan = serving_plan_of(stack)
+    # Two replicas and at most one down at a time: a drain never takes the last one.
+    assert _k8s(plan, "Deployment", "triton")["spec"]["replicas"] == 2
+    assert _k8s(plan, "HorizontalPodAutoscaler", "triton")["spec"]["minReplicas"] == 2
+    assert _k8s(plan, "PodDisruptionBudget", "triton")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "triton"}},
+    }
 
 
 def test_triton_scales_on_inference_load_not_cpu(plan: Plan) -> None:
@@ -165,8 +188,9 @@ def test_triton_scales_on_inference_load_not_cpu(plan: Plan) -> None:
 
 
 def test_network_policies_default_deny_and_only_gateway_reaches_triton(plan: Plan) -> None:
-    deny = _k8s(plan, "NetworkPolicy", "default-deny-ingress")["spec"]
-    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    deny = _k8s(plan, "NetworkPolicy", "default-deny")["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress", "Egress"]
+    assert not deny.get("ingress") and not deny.get("egress")
     to_triton = _k8s(plan, "NetworkPolicy", "triton-from-gateway")["spec"]["ingress"]
     peers = [peer for rule in to_triton for peer in rule["from"]]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}} in peers
@@ -201,3 +225,59 @@ def test_gateway_service_keeps_the_source_address_where_the_cloud_asks(plan: Pla
     spec = _k8s(plan, "Service", "gateway")["spec"]
     assert spec.get("externalTrafficPolicy") == exposure.external_traffic_policy
     assert spec["type"] == exposure.type
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_first_up_needs_no_model(plan_of: PlanOf, stack: str) -> None:
+    """Without an uploaded version nothing runs that reads the bucket, so nothing Pulumi awaits can
+    wait for a model; the Services the edge points at exist already."""
+    plan = plan_of(stack)
+    assert plan.settings.triton.model_version is None
+    workloads = [
+        r
+        for r in plan.resources
+        if r.type.startswith("kubernetes:")
+        and r.type.split(":")[-1] in ("Deployment", "StatefulSet", "Job", "Pod")
+    ]
+    assert [r for r in workloads if "model_locator" in str(r.inputs)] == []
+    assert {(r.inputs["metadata"] or {}).get("name") for r in workloads} & {"triton", "gateway"} == set()
+    for name in ("triton", "gateway"):
+        _k8s(plan, "Service", name)
+        assert not [
+            r for r in plan.resources if r.type.endswith(":HorizontalPodAutoscaler") and r.name == name
+        ]
+
+
+def test_service_accounts_carry_no_api_token_and_the_namespace_is_restricted(plan: Plan) -> None:
+    namespace = _k8s(plan, "Namespace", plan.settings.workload.namespace)
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    for account in (
+        plan.settings.workload.triton_service_account,
+        plan.settings.workload.gateway_service_account,
+    ):
+        assert _k8s(plan, "ServiceAccount", account)["automountServiceAccountToken"] is False
+    for name in ("triton", "gateway"):
+        assert (
+            _k8s(plan, "Deployment", name)["spec"]["template"]["spec"]["automountServiceAccountToken"]
+            is False
+        )
+
+
+def test_egress_is_closed_but_for_dns_https_and_triton(plan: Plan) -> None:
+    policies = {
+        r.inputs["metadata"]["name"]: r.inputs["spec"]
+        for r in plan.resources
+        if r.type == "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+    }
+    egress = {name: spec["egress"] for name, spec in policies.items() if "Egress" in spec["policyTypes"]}
+    assert set(egress) == {"default-deny", "egress-dns", "egress-cloud-apis", "gateway-to-triton"}
+    assert [p["port"] for rule in egress["egress-dns"] for p in rule["ports"]] == [53, 53]
+    https = egress["egress-cloud-apis"][0]
+    assert https["ports"] == [{"port": 443, "protocol": "TCP"}]
+    to_triton = egress["gateway-to-triton"]
+    assert policies["gateway-to-triton"]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "gateway"}
+    }
+    assert to_triton[0]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "triton"}}}]
+    assert {p["port"] for p in to_triton[0]["ports"]} == {8000, 8001}
