@@ -37,8 +37,9 @@ import openai
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model_repo.build import build_default_repository  # noqa: E402
 from serving.gateway.triton import GenerationParams, TritonGenerator  # noqa: E402
-from serving.local_stack import LocalStack, LocalStackConfig, default_repository, find_model_name  # noqa: E402
+from serving.local_stack import LocalStack, LocalStackConfig, find_model_name  # noqa: E402
 from serving.triton_local import free_port  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint landscapes at sunset."  # ~16 tokens
@@ -278,11 +279,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tritonform-bench-") as scratch:
         given = _tiny_repository(Path(scratch)) if args.tiny else args.model_repo
         if given is None:
-            default_repository(print)  # build it (or find it in the cache) before the clock starts
+            build_default_repository(print)  # build it (or find it in the cache) before the clock starts
         # Ready time as `tritonform serve` sees it with a cached repository: cache lookup, Triton start
         # and model load, gateway start, both ready.
         started = time.perf_counter()
-        repo = given or default_repository(print)
+        repo = given or build_default_repository(print)
         model = find_model_name(repo)
         config = LocalStackConfig(repo, port=free_port(), api_key="bench-" + "k" * 20)
         with stack_process(config) as stack:
