@@ -140,7 +140,7 @@ def _write_report(artefacts: Path, report: dict[str, Any], steps: _Steps) -> Non
 
 def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps) -> None:
     from model_repo.engine import Engine
-    from model_repo.export import export_onnx
+    from model_repo.export import export_onnx, load_torch_model
     from model_repo.gates import check_parity, check_quality
     from model_repo.layout import write_repository
     from model_repo.quantize import SETTINGS, quantize_model
@@ -148,21 +148,13 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
 
     fp32_dir = work / "fp32"
     with steps.step("export"):
-        exp = export_onnx(info.path, fp32_dir, progress=steps.note)
-    report["export"] = {
-        "exporter": "torch.onnx.export(dynamo=True)",
-        "opset": 18,
-        "dtype": "float32",
-        "kv_cache": True,
-        "graph_optimisation": "onnxscript ort_fusions + onnxruntime ORT_ENABLE_EXTENDED",
-        "fusions": exp.fusions,
-        "export_s": round(exp.export_seconds, 2),
-        "optimise_s": round(exp.optimize_seconds, 2),
-        "size_bytes": _dir_size(fp32_dir),
-    }
+        torch_model, tokenizer = load_torch_model(info.path)  # once, for the export and the parity gate
+        exp = export_onnx(info.path, fp32_dir, progress=steps.note, model=torch_model, tokenizer=tokenizer)
+    report["export"] = {**exp.facts(), "size_bytes": _dir_size(fp32_dir)}
     reference = Engine.load(fp32_dir)
     with steps.step("parity"):
-        parity = check_parity(reference, info.path, n_tokens=options.parity_tokens)
+        parity = check_parity(reference, torch_model, n_tokens=options.parity_tokens)
+    del torch_model
     report["parity"] = parity.as_dict()
     final = fp32_dir
     report["quantization"] = SETTINGS[options.quantize].as_dict()

@@ -30,6 +30,8 @@ from model_repo.engine import (
 from model_repo.gqa import use_group_query_attention
 
 OPSET = 18
+EXPORTER = "torch.onnx.export(dynamo=True)"
+GRAPH_OPTIMISATION = "onnxscript ort_fusions + onnxruntime ORT_ENABLE_EXTENDED"
 
 
 class ExportError(RuntimeError):
@@ -38,11 +40,31 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What the export wrote (`model_dir`, `metadata`) and how: the facts a build report records."""
+
     model_dir: Path
     metadata: GenerationMetadata
     export_seconds: float
     optimize_seconds: float
     fusions: dict[str, int]
+    exporter: str = EXPORTER
+    opset: int = OPSET
+    dtype: str = "float32"
+    kv_cache: bool = True
+    graph_optimisation: str = GRAPH_OPTIMISATION
+
+    def facts(self) -> dict[str, Any]:
+        """The export's entry of a build report (timings rounded to 10 ms)."""
+        return {
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "dtype": self.dtype,
+            "kv_cache": self.kv_cache,
+            "graph_optimisation": self.graph_optimisation,
+            "fusions": self.fusions,
+            "export_s": round(self.export_seconds, 2),
+            "optimise_s": round(self.optimize_seconds, 2),
+        }
 
 
 def load_torch_model(checkpoint: Path) -> tuple[Any, Any]:
@@ -58,6 +80,7 @@ def load_torch_model(checkpoint: Path) -> tuple[Any, Any]:
 
 
 def generation_metadata(model: Any, tok: Any, quantization: str = "none") -> GenerationMetadata:
+    """The runtime's metadata for a loaded torch model and its transformers tokenizer."""
     cfg = model.config
     heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)))
     hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
@@ -144,18 +167,25 @@ def export_onnx(
     *,
     optimize: bool = True,
     progress: Callable[[str], None] | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
 ) -> ExportResult:
     """Export `checkpoint` to `out_dir/model.onnx` (+ external data), write tokenizer.json and
-    generation.json, and optimise the graph with onnxruntime. fp32 throughout."""
+    generation.json, and optimise the graph with onnxruntime. fp32 throughout.
+
+    `model`, `tokenizer`: the checkpoint already loaded with `load_torch_model` (a build loads it once
+    for the export and the parity gate); the export unties the model's output projection in place
+    (same values). Default: loaded here."""
     import torch
 
     say = progress or (lambda _m: None)
     info = inspect_checkpoint(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_torch_model(info.path)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_torch_model(info.path)
     _untie_output_projection(model)
-    meta = generation_metadata(model, tok)
+    meta = generation_metadata(model, tokenizer)
     n = meta.num_layers
     wrapper = _wrapper(model, n)
 
@@ -230,9 +260,10 @@ def export_onnx(
     shutil.rmtree(raw, ignore_errors=True)
     optimize_s = time.perf_counter() - t1
 
-    tok.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+    tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     meta.save(out)
-    return ExportResult(out, meta, export_s, optimize_s, fusions)
+    graph_optimisation = GRAPH_OPTIMISATION if optimize else "none"
+    return ExportResult(out, meta, export_s, optimize_s, fusions, graph_optimisation=graph_optimisation)
 
 
 def _untie_output_projection(model: Any) -> None:

@@ -102,13 +102,9 @@ def torch_greedy(model: Any, ids: list[int], n_tokens: int) -> list[int]:
     return out
 
 
-def check_parity(
-    engine: Engine, checkpoint: Path, n_tokens: int = 64, raise_on_fail: bool = True
-) -> ParityResult:
-    """Greedy tokens of `engine` (fp32) vs PyTorch for `n_tokens` on each fixed prompt."""
-    from model_repo.export import load_torch_model
-
-    model, _tok = load_torch_model(checkpoint)
+def check_parity(engine: Engine, model: Any, n_tokens: int = 64, raise_on_fail: bool = True) -> ParityResult:
+    """Greedy tokens of `engine` (fp32) vs PyTorch for `n_tokens` on each fixed prompt; `model` is the
+    checkpoint's torch model (`model_repo.export.load_torch_model`), loaded once by the caller."""
     matched = []
     for ids in parity_prompts(engine):
         ref = torch_greedy(model, ids, n_tokens)

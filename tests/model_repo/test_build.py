@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from model_repo import export
 from model_repo.build import BuildError, BuildOptions, build, step_names
 from model_repo.gates import GateError
 
@@ -20,7 +21,6 @@ def _report(repo: Path) -> dict[str, Any]:
 @pytest.fixture
 def reuse_export(monkeypatch: pytest.MonkeyPatch, tiny_llama_export: Path) -> None:
     """Builds below reuse the session's tiny export instead of exporting again (export has its own tests)."""
-    from model_repo import export
 
     def fake_export(checkpoint: Path, out_dir: Path, **_kw: Any) -> export.ExportResult:
         shutil.copytree(tiny_llama_export, out_dir)
@@ -49,6 +49,8 @@ def test_int8_build_writes_repository_and_report(tiny_llama_checkpoint: Path, tm
     assert written["parity"]["passed"] and written["parity"]["n_tokens"] == 64
     assert written["quantization"]["method"] == "int8" and written["quality"]["passed"]
     assert {"export", "parity", "quantize", "quality"} <= set(written["timings_s"])
+    # the export step's own facts, recorded as it returned them
+    assert (written["export"]["exporter"], written["export"]["opset"]) == (export.EXPORTER, export.OPSET)
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no temp dirs left behind
 
 
@@ -70,7 +72,6 @@ def test_interrupted_build_keeps_the_previous_repository(
     out = tmp_path / "repo"
     out.mkdir()
     (out / "REPOSITORY.json").write_text("{}")
-    from model_repo import export
 
     def interrupted(*_a: Any, **_kw: Any) -> None:
         raise KeyboardInterrupt
