@@ -75,7 +75,8 @@ def _next_prompt(render: Render) -> str:
 def _renderer(engine_dir: Path) -> Render:
     """The question as the model sees it through its chat template, or None for a model without one
     (an instruct model given a bare sentence may answer with end-of-text at once)."""
-    from model_repo.engine import GenerationMetadata, render_chat_template
+    from model_repo.chat_template import render_chat_template
+    from model_repo.runtime.contract import GenerationMetadata
 
     meta = GenerationMetadata.load(engine_dir)
     template = meta.chat_template
@@ -145,7 +146,7 @@ def _summary(samples: list[Sample], wall: float) -> dict[str, float]:
 
 
 def _engine_single(engine: Any, render: Render, max_tokens: int, rounds: int) -> dict[str, float]:
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     samples: list[Sample] = []
     started = time.perf_counter()
@@ -165,7 +166,7 @@ def _engine_batched(
 ) -> dict[str, float]:
     """`streams` requests arriving together, advanced by one DecodeBatch (what the Triton model does);
     TTFT counts from the round's start to each request's first token."""
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens)
     samples: list[Sample] = []
@@ -291,7 +292,7 @@ def main() -> None:
             engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
             render = _renderer(engine_dir)
             results = asyncio.run(_measure(stack, render, args.max_tokens, args.rounds))
-        from model_repo.engine import Engine
+        from model_repo.runtime.engine import Engine
 
         engine = Engine.load(engine_dir)
         results["engine x1 (in-process)"] = _engine_single(engine, render, args.max_tokens, args.rounds)

@@ -139,11 +139,11 @@ def _write_report(artefacts: Path, report: dict[str, Any], steps: _Steps) -> Non
 
 
 def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps) -> None:
-    from model_repo.engine import Engine
     from model_repo.export import export_onnx, load_torch_model
     from model_repo.gates import check_parity, check_quality
     from model_repo.layout import write_repository
     from model_repo.quantize import SETTINGS, quantize_model
+    from model_repo.runtime.engine import Engine
     from model_repo.spec import GenerationSpec
 
     fp32_dir = work / "fp32"
@@ -235,21 +235,27 @@ def _build_tensorrt_llm(
 # projections at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and runs ~1.15x faster.
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
-    *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py"),
-    *("quantize.py", "quantize_int4.py", "gates.py", "engine.py"),
+    *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),
+    *("quantize.py", "quantize_int4.py", "gates.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )
 
 
+def build_code_files() -> list[Path]:
+    """Every file of the code that shapes an exported or built model: the build modules and the whole
+    runtime package every repository ships."""
+    package = Path(__file__).resolve().parent
+    return [package / name for name in _BUILD_CODE] + sorted((package / "runtime").glob("*.py"))
+
+
 def build_code_digest(*extra: str) -> str:
-    """A hex digest of every file of the code that shapes an exported or built model (and `extra`), for
-    cache keys: a changed exporter, quantiser or engine must not reuse an old build."""
+    """A hex digest of `build_code_files()` (and `extra`), for cache keys: a changed exporter,
+    quantiser or runtime must not reuse an old build."""
     import hashlib
 
     digest = hashlib.sha256("\0".join(extra).encode())
-    package = Path(__file__).resolve().parent
-    for name in _BUILD_CODE:
-        digest.update((package / name).read_bytes())
+    for path in build_code_files():
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

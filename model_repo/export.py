@@ -2,8 +2,8 @@
 
 Why `torch.onnx.export(dynamo=True)` and not optimum-onnx: optimum-onnx 0.1 needs transformers<4.58, while
 the kit runs transformers 5.x (pinned in pyproject, also needed for GGUF loading of current models).
-Exporting our own thin wrapper also fixes the graph's interface to exactly what `model_repo.engine`
-expects (see its module docstring), for every supported family, with no extra dependency but onnxscript
+Exporting our own thin wrapper also fixes the graph's interface to exactly what the runtime expects
+(`model_repo/runtime/contract.py`), for every supported family, with no extra dependency but onnxscript
 (which the dynamo exporter itself requires).
 """
 
@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from model_repo.checkpoint import CheckpointError, inspect_checkpoint
-from model_repo.engine import (
+from model_repo.gqa import use_group_query_attention
+from model_repo.runtime.contract import (
     KV_LAYOUT_LEFT,
     KV_LAYOUT_RIGHT,
     LOGITS_TO_KEEP,
     ONNX_FILE,
     TOKENIZER_FILE,
     GenerationMetadata,
+    past_names,
+    present_names,
 )
-from model_repo.gqa import use_group_query_attention
 
 OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -199,8 +201,8 @@ def export_onnx(
         torch.tensor([1, 2]),
         *[torch.randn(kv) for _ in range(2 * n)],
     )
-    past_names = [f"past_key_values.{i}.{kind}" for i in range(n) for kind in ("key", "value")]
-    present_names = [f"present.{i}.{kind}" for i in range(n) for kind in ("key", "value")]
+    past_inputs = [name for pair in past_names(n) for name in pair]
+    present_outputs = [name for pair in present_names(n) for name in pair]
     dyn = torch.export.Dim.DYNAMIC
     dynamic_shapes = (
         {0: dyn, 1: dyn},
@@ -220,8 +222,8 @@ def export_onnx(
                 wrapper,
                 args,
                 dynamo=True,
-                input_names=["input_ids", "attention_mask", "position_ids", LOGITS_TO_KEEP, *past_names],
-                output_names=["logits", *present_names],
+                input_names=["input_ids", "attention_mask", "position_ids", LOGITS_TO_KEEP, *past_inputs],
+                output_names=["logits", *present_outputs],
                 dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,
                 optimize=True,

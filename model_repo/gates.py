@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from model_repo.engine import Engine
+from model_repo.chat_template import apply_chat_template
+from model_repo.runtime.engine import Engine
 
 HELDOUT_TEXT = Path(__file__).parent / "data" / "heldout.txt"
 PARITY_PROMPTS: tuple[str, ...] = (
@@ -80,7 +81,7 @@ def parity_prompts(engine: Engine, texts: tuple[str, ...] = PARITY_PROMPTS) -> l
     out = []
     for text in texts:
         if engine.metadata.chat_template:
-            text = engine.apply_chat_template([{"role": "user", "content": text}])
+            text = apply_chat_template(engine.metadata, [{"role": "user", "content": text}])
         out.append(engine.encode(text))
     return out
 

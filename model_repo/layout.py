@@ -16,8 +16,8 @@ Result (self-contained: the NGC container needs only onnxruntime(-gpu), tokenize
       <spec.model_name>/
         config.pbtxt                  rendered from the spec (model_repo/templates/config.pbtxt.j2)
         1/
-          model.py                    model_repo/python_model/model.py
-          tritonform_engine.py        model_repo/engine.py
+          model.py                    model_repo/python_model/model.py (the Triton adapter)
+          tritonform_runtime/         model_repo/runtime/*.py (the engine, batching, scheduler)
           <spec.engine_subdir>/       the artefacts
 """
 
@@ -38,6 +38,7 @@ from model_repo.spec import GenerationSpec, python_model_config, render_model_co
 MANIFEST_FILE = "REPOSITORY.json"
 MODEL_VERSION = "1"
 REQUIRED_ARTEFACTS = ("generation.json", "tokenizer.json")
+RUNTIME_PACKAGE = "tritonform_runtime"  # the name model.py looks for next to itself
 _PACKAGE = Path(__file__).parent
 
 
@@ -57,7 +58,7 @@ def write_repository(out_dir: Path | str, artefacts_dir: Path | str, spec: Gener
         version_dir.mkdir(parents=True)
         (model_dir / "config.pbtxt").write_text(render_model_config(python_model_config(spec)), "utf-8")
         shutil.copy2(_PACKAGE / "python_model" / "model.py", version_dir / "model.py")
-        shutil.copy2(_PACKAGE / "engine.py", version_dir / "tritonform_engine.py")
+        _copy_runtime(version_dir / RUNTIME_PACKAGE)
         shutil.copytree(artefacts_dir, version_dir / spec.engine_subdir)
         write_manifest(staging, {"backend": "onnx", "spec": _spec_dict(spec)})
         _swap_into_place(staging, out_dir)
@@ -65,6 +66,13 @@ def write_repository(out_dir: Path | str, artefacts_dir: Path | str, spec: Gener
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _copy_runtime(target: Path) -> None:
+    """Copy the runtime package's modules (its `*.py` files, nothing compiled) into `target`."""
+    target.mkdir()
+    for module in sorted((_PACKAGE / "runtime").glob("*.py")):
+        shutil.copy2(module, target / module.name)
 
 
 def _check_artefacts(artefacts_dir: Path) -> None:

@@ -177,7 +177,7 @@ class GenerationSpec:
     # measured here, 8 Triton streams ran ~1.5-2x faster with spinning off.
     allow_spinning: bool = False
     # Independent continuous batches, each on its own onnxruntime session with a share of the cores
-    # (see ContinuousBatchScheduler in python_model/model.py); 0: auto (2 on CPU, 1 on a GPU).
+    # (see ContinuousBatchScheduler in runtime/scheduler.py); 0: auto (2 on CPU, 1 on a GPU).
     decode_lanes: int = 0
     engine_subdir: str = "engine"  # artefacts, relative to the model version directory
     extra_parameters: tuple[tuple[str, str], ...] = field(default=())

@@ -24,7 +24,7 @@ def reuse_export(monkeypatch: pytest.MonkeyPatch, tiny_llama_export: Path) -> No
 
     def fake_export(checkpoint: Path, out_dir: Path, **_kw: Any) -> export.ExportResult:
         shutil.copytree(tiny_llama_export, out_dir)
-        from model_repo.engine import GenerationMetadata
+        from model_repo.runtime.contract import GenerationMetadata
 
         return export.ExportResult(Path(out_dir), GenerationMetadata.load(out_dir), 0.0, 0.0, {})
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from model_repo.checkpoint import CheckpointError
-from model_repo.engine import KV_LAYOUT_LEFT, KV_LAYOUT_RIGHT, Engine, GenerationMetadata
 from model_repo.export import export_onnx, load_torch_model
 from model_repo.gates import check_parity
+from model_repo.runtime.contract import KV_LAYOUT_LEFT, KV_LAYOUT_RIGHT, GenerationMetadata
+from model_repo.runtime.engine import Engine
 
 
 def test_export_writes_the_engine_model_directory(tiny_llama_export: Path) -> None:

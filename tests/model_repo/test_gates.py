@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_repo.engine import Engine
 from model_repo.gates import (
     DECODE_PROMPTS,
     DECODE_TOKENS,
@@ -16,6 +15,7 @@ from model_repo.gates import (
     check_parity,
     check_quality,
 )
+from model_repo.runtime.engine import Engine
 
 
 def test_heldout_text_ships_with_the_package() -> None:
