@@ -350,6 +350,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    from model_repo.manifest import engine_dir as engine_folder
     from model_repo.runtime.engine import Engine
 
     repository = args.repository
@@ -358,7 +359,7 @@ def main() -> int:
 
         repository = Path(tempfile.mkdtemp(prefix="bench-")) / "repo"
         build(BuildOptions(model="default", out=repository, quantize=args.build))
-    engine_dir = repository / args.model_name / "1" / "engine"
+    engine_dir = engine_folder(repository, args.model_name)
     # same ORT settings as the Triton model (spec.GenerationSpec.allow_spinning defaults to False)
     engine = Engine.load(engine_dir, allow_spinning=False)
     prompts = chat_prompts(engine)

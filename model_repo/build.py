@@ -266,7 +266,7 @@ def build_default_repository(progress: Step | None = None) -> Path:
     the code that shapes the repository, so a changed exporter or model.py gives a fresh build.
     """
     from model_repo.checkpoint import cache_dir, fetch_default
-    from model_repo.layout import MANIFEST_FILE
+    from model_repo.manifest import MANIFEST_FILE
 
     say = progress or (lambda _message: None)
     checkpoint = fetch_default(say)

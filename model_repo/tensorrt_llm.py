@@ -27,14 +27,15 @@ import hashlib
 import json
 import shlex
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from model_repo.layout import LayoutError, _swap_into_place, write_manifest
+from model_repo.layout import LayoutError, replaced_atomically
+from model_repo.manifest import MODEL_VERSION, write_manifest
+from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
 from model_repo.spec import (
     ENSEMBLE_OUTPUTS,
     GENERATION_INPUTS,
@@ -47,7 +48,7 @@ from model_repo.spec import (
     TensorSpec,
     render_model_config,
 )
-from model_repo.upload import StorageUri
+from model_repo.storage import StorageUri
 
 TEMPLATES = Path(__file__).parent / "templates" / "tensorrt_llm"
 
@@ -432,6 +433,7 @@ _ManifestDumper.add_representer(str, _str)
 
 
 def dump_manifest(document: dict[str, Any]) -> str:
+    """A Kubernetes manifest as YAML, keys in the order given."""
     return yaml.dump(document, Dumper=_ManifestDumper, sort_keys=False, width=120)
 
 
@@ -444,12 +446,10 @@ def write_tensorrt_llm_repository(
     """Write the TensorRT-LLM repository and the engine build Job (see module docs); atomic like
     `model_repo.layout.write_repository`. `artefacts_dir` provides tokenizer.json and generation.json."""
     out_dir, artefacts_dir = Path(out_dir), Path(artefacts_dir)
-    missing = [n for n in ("tokenizer.json", "generation.json") if not (artefacts_dir / n).is_file()]
+    missing = [n for n in (TOKENIZER_FILE, METADATA_FILE) if not (artefacts_dir / n).is_file()]
     if missing:
         raise LayoutError(f"artefacts directory {artefacts_dir} lacks {', '.join(missing)}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with replaced_atomically(out_dir) as staging:
         configs = (
             ensemble_config(spec),
             preprocessing_config(spec),
@@ -457,12 +457,13 @@ def write_tensorrt_llm_repository(
             postprocessing_config(spec),
         )
         for config in configs:
-            (staging / config.name / "1").mkdir(parents=True)
+            (staging / config.name / MODEL_VERSION).mkdir(parents=True)
             (staging / config.name / "config.pbtxt").write_text(render_model_config(config), "utf-8")
         for step in ("preprocessing", "postprocessing"):
-            shutil.copy2(TEMPLATES / f"{step}.py", staging / step / "1" / "model.py")
-            shutil.copy2(artefacts_dir / "tokenizer.json", staging / step / "1" / "tokenizer.json")
-        shutil.copy2(artefacts_dir / "generation.json", staging / "preprocessing" / "1" / "generation.json")
+            version_dir = staging / step / MODEL_VERSION
+            shutil.copy2(TEMPLATES / f"{step}.py", version_dir / "model.py")
+            shutil.copy2(artefacts_dir / TOKENIZER_FILE, version_dir / TOKENIZER_FILE)
+        shutil.copy2(artefacts_dir / METADATA_FILE, staging / "preprocessing" / MODEL_VERSION / METADATA_FILE)
         engine = {
             "engine_uri": build.engine_uri(spec),
             "mount_path": build.engine_mount_path,
@@ -470,15 +471,11 @@ def write_tensorrt_llm_repository(
             "tensorrt_llm": build.trtllm_version,
             "image": build.image,
         }
-        (staging / "tensorrt_llm" / "1" / "ENGINE.json").write_text(
+        (staging / "tensorrt_llm" / MODEL_VERSION / "ENGINE.json").write_text(
             json.dumps(engine, indent=2) + "\n", "utf-8"
         )
         job = engine_build_job(spec, build)
         (staging / "engine-build-job.yaml").write_text(dump_manifest(job), "utf-8")
         info = {"backend": "tensorrt-llm", "spec": json.loads(json.dumps(asdict(spec))), "engine": engine}
         write_manifest(staging, info)
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

@@ -113,7 +113,7 @@ def test_default_build_removes_older_builds_of_the_same_model(
     replaces (same checkpoint and quantisation, another code digest) is removed, nothing else is."""
     import model_repo.build as build_module
     import model_repo.checkpoint as checkpoint_module
-    from model_repo.layout import MANIFEST_FILE
+    from model_repo.manifest import MANIFEST_FILE
 
     checkpoint = tmp_path / "checkpoints" / "smol-abc"
     monkeypatch.setattr(checkpoint_module, "cache_dir", lambda: tmp_path)

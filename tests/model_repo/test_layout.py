@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from model_repo import layout
-from model_repo.layout import MANIFEST_FILE, LayoutError, read_manifest, write_repository
+from model_repo.layout import LayoutError, write_repository
+from model_repo.manifest import MANIFEST_FILE, read_manifest
 from model_repo.spec import GenerationSpec, parse_model_config
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from model_repo.layout import read_manifest
+from model_repo.manifest import read_manifest
 from model_repo.spec import GenerationSpec, SpecError, parse_model_config, render_model_config
 from model_repo.tensorrt_llm import (
     EngineBuild,

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from tritonform.commands.upload import register_upload
+
 model_app = typer.Typer(
     name="model",
     help="Work with model checkpoints and built repositories (fetch the default model, upload).",
@@ -142,19 +144,14 @@ def _run_build(options: object) -> None:
     from model_repo.checkpoint import CheckpointError
     from model_repo.export import ExportError
     from model_repo.gates import GateError
+    from model_repo.layout import LayoutError
     from model_repo.quantize import QuantizeError
+    from model_repo.spec import SpecError
 
     assert isinstance(options, BuildOptions)
     console = Console(stderr=True)
     names = step_names(options)
-    try:
-        from model_repo.layout import LayoutError
-        from model_repo.spec import SpecError
-
-        user_errors: tuple[type[Exception], ...] = (LayoutError, SpecError)
-    except ImportError:  # the layout module is optional until the Triton side lands
-        user_errors = ()
-    bad_input: tuple[type[Exception], ...] = (BuildError, CheckpointError, *user_errors)
+    bad_input: tuple[type[Exception], ...] = (BuildError, CheckpointError, LayoutError, SpecError)
     try:
         with Progress(
             SpinnerColumn(),
@@ -208,13 +205,6 @@ def _summary(console: object, options: object, report: dict[str, object]) -> Non
 def register(app: typer.Typer) -> None:
     """Add `tritonform build` and the `tritonform model` sub-app (fetch-default, upload) to the main app."""
     app.command("build")(build_command)
-    _register_upload()
-    app.add_typer(model_app, name="model")
-
-
-def _register_upload() -> None:
-    # `model upload` lives with the upload code (model_repo/upload.py), which owns its options.
-    from model_repo.upload import register_upload
-
     if not any(c.name == "upload" for c in model_app.registered_commands):
         register_upload(model_app)
+    app.add_typer(model_app, name="model")
