@@ -18,9 +18,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_repo.gates import DEFAULT_MAX_PPL_INCREASE, DEFAULT_MIN_AGREEMENT
+
+if TYPE_CHECKING:
+    from model_repo.spec import GenerationSpec
+    from model_repo.tensorrt_llm import EngineBuild
+
+# Renders the Kubernetes Job that builds a TensorRT-LLM engine on the GPU pool; the CLI passes
+# `infra.workload.engine_build.engine_build_job` with the GPU scheduling (model_repo imports no infra).
+EngineJobRenderer = Callable[["GenerationSpec", "EngineBuild"], dict[str, Any]]
 
 BACKENDS = ("onnx", "tensorrt-llm")
 REPORT_FILE = "build_report.json"
@@ -100,11 +108,16 @@ def build(
     options: BuildOptions,
     on_step: Callable[[str, int], None] | None = None,
     on_note: Step | None = None,
+    *,
+    engine_job: EngineJobRenderer | None = None,
 ) -> dict[str, Any]:
-    """Run the whole build; returns the build report (also written as build_report.json)."""
+    """Run the whole build; returns the build report (also written as build_report.json).
+    `engine_job`: renders the engine build Job, required by the tensorrt-llm backend."""
     from model_repo.checkpoint import checkpoint_hash, resolve_checkpoint
 
     options.validate()
+    if options.backend == "tensorrt-llm" and engine_job is None:
+        raise BuildError("--backend tensorrt-llm needs the engine build Job renderer; run `tritonform build`")
     steps = _Steps(on_step, on_note)
     out = options.out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +138,8 @@ def build(
                 "size_bytes": _dir_size(info.path),
             }
         if options.backend == "tensorrt-llm":
-            _build_tensorrt_llm(options, info, work, report, steps)
+            assert engine_job is not None  # checked above, before any work
+            _build_tensorrt_llm(options, info, work, report, steps, engine_job)
         else:
             _build_onnx(options, info, work, report, steps)
     finally:
@@ -194,7 +208,12 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
 
 
 def _build_tensorrt_llm(
-    options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps
+    options: BuildOptions,
+    info: Any,
+    work: Path,
+    report: dict[str, Any],
+    steps: _Steps,
+    engine_job: EngineJobRenderer,
 ) -> None:
     """The TensorRT-LLM layout: tokenizer + metadata here; the engine is built on the target GPU by the
     Kubernetes Job written next to the repository."""
@@ -228,7 +247,7 @@ def _build_tensorrt_llm(
     with steps.step("repository"):
         _write_report(art, report, steps)
         spec = GenerationSpec(model_name=options.model_name, max_batch_size=options.max_batch_size)
-        write_tensorrt_llm_repository(options.out, art, spec, build_spec)
+        write_tensorrt_llm_repository(options.out, art, spec, build_spec, engine_job(spec, build_spec))
 
 
 # What `tritonform serve` builds when no repository is given: int4 weight-only (output and down
@@ -236,7 +255,7 @@ def _build_tensorrt_llm(
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
     *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),
-    *("quantize.py", "quantize_int4.py", "gates.py"),
+    *("quantize.py", "quantize_int4.py", "gates.py", "manifest.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )
 

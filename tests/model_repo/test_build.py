@@ -100,8 +100,13 @@ def test_bad_options_are_rejected_before_work(tmp_path: Path, kwargs: dict[str, 
 def test_tensorrt_llm_backend_writes_its_layout(  # the ensemble is named after the model
     tiny_llama_checkpoint: Path, tmp_path: Path
 ) -> None:
+    from tritonform.commands.model import render_engine_build_job
+
     out = tmp_path / "trt"
-    build(BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8"))
+    options = BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8")
+    with pytest.raises(BuildError, match="engine build Job"):
+        build(options)  # the Job is the workload's: model_repo cannot render it alone
+    build(options, engine_job=render_engine_build_job)
     assert {"llm", "preprocessing", "tensorrt_llm", "postprocessing"} <= {p.name for p in out.iterdir()}
     assert (out / "engine-build-job.yaml").is_file()
 
