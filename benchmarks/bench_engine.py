@@ -58,8 +58,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from model_repo.checkpoint import checkpoint_hash, resolve_checkpoint
-    from model_repo.engine import Engine
     from model_repo.gates import check_quality
+    from model_repo.runtime.engine import Engine
 
     torch.set_num_threads(args.threads)
     info = resolve_checkpoint(args.model)

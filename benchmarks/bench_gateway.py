@@ -37,8 +37,9 @@ import openai
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model_repo.build import build_default_repository  # noqa: E402
 from serving.gateway.triton import GenerationParams, TritonGenerator  # noqa: E402
-from serving.local_stack import LocalStack, LocalStackConfig, default_repository, find_model_name  # noqa: E402
+from serving.local_stack import LocalStack, LocalStackConfig, find_model_name  # noqa: E402
 from serving.triton_local import free_port  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint landscapes at sunset."  # ~16 tokens
@@ -74,7 +75,8 @@ def _next_prompt(render: Render) -> str:
 def _renderer(engine_dir: Path) -> Render:
     """The question as the model sees it through its chat template, or None for a model without one
     (an instruct model given a bare sentence may answer with end-of-text at once)."""
-    from model_repo.engine import GenerationMetadata, render_chat_template
+    from model_repo.chat_template import render_chat_template
+    from model_repo.runtime.contract import GenerationMetadata
 
     meta = GenerationMetadata.load(engine_dir)
     template = meta.chat_template
@@ -144,7 +146,7 @@ def _summary(samples: list[Sample], wall: float) -> dict[str, float]:
 
 
 def _engine_single(engine: Any, render: Render, max_tokens: int, rounds: int) -> dict[str, float]:
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     samples: list[Sample] = []
     started = time.perf_counter()
@@ -164,7 +166,7 @@ def _engine_batched(
 ) -> dict[str, float]:
     """`streams` requests arriving together, advanced by one DecodeBatch (what the Triton model does);
     TTFT counts from the round's start to each request's first token."""
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens)
     samples: list[Sample] = []
@@ -278,11 +280,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tritonform-bench-") as scratch:
         given = _tiny_repository(Path(scratch)) if args.tiny else args.model_repo
         if given is None:
-            default_repository(print)  # build it (or find it in the cache) before the clock starts
+            build_default_repository(print)  # build it (or find it in the cache) before the clock starts
         # Ready time as `tritonform serve` sees it with a cached repository: cache lookup, Triton start
         # and model load, gateway start, both ready.
         started = time.perf_counter()
-        repo = given or default_repository(print)
+        repo = given or build_default_repository(print)
         model = find_model_name(repo)
         config = LocalStackConfig(repo, port=free_port(), api_key="bench-" + "k" * 20)
         with stack_process(config) as stack:
@@ -290,7 +292,7 @@ def main() -> None:
             engine_dir = next((repo / model / "1").glob("*/generation.json")).parent
             render = _renderer(engine_dir)
             results = asyncio.run(_measure(stack, render, args.max_tokens, args.rounds))
-        from model_repo.engine import Engine
+        from model_repo.runtime.engine import Engine
 
         engine = Engine.load(engine_dir)
         results["engine x1 (in-process)"] = _engine_single(engine, render, args.max_tokens, args.rounds)

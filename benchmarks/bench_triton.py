@@ -53,8 +53,10 @@ QUESTIONS = [
 
 
 def chat_prompts(engine: Any) -> list[str]:
+    from model_repo.chat_template import apply_chat_template
+
     if engine.metadata.chat_template:
-        return [engine.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS]
+        return [apply_chat_template(engine.metadata, [{"role": "user", "content": q}]) for q in QUESTIONS]
     return QUESTIONS
 
 
@@ -63,7 +65,7 @@ def chat_prompts(engine: Any) -> list[str]:
 
 def bench_engine(engine: Any, prompts: list[str], max_tokens: int, streams: int) -> dict[str, float]:
     """Every answer exactly max_tokens long (eos ignored), as Triton is asked below."""
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     engine.generate_text(prompts[0], SamplingParams(max_tokens=8))  # warm-up
@@ -95,10 +97,10 @@ def decode_only(engine: Any, prompts: list[str], max_tokens: int, streams: int) 
     Their ratio is what batching `streams` sequences gains per decode step on this machine, before
     any prefill, Python or transport cost: an upper bound for the served `streams`-vs-1 ratio.
     """
-    import model_repo.engine as em
-    from model_repo.python_model.model import ContinuousBatchScheduler
+    from model_repo.runtime.sampling import SamplingParams
+    from model_repo.runtime.scheduler import ContinuousBatchScheduler
 
-    params = em.SamplingParams(max_tokens=max_tokens + 2, ignore_eos=True)  # no row ends while timed
+    params = SamplingParams(max_tokens=max_tokens + 2, ignore_eos=True)  # no row ends while timed
 
     def steps_per_s(batches: list[tuple[Any, Any]]) -> float:
         """Tokens/s of `max_tokens` steps of every (batch, runner), each batch in its own thread."""
@@ -121,7 +123,7 @@ def decode_only(engine: Any, prompts: list[str], max_tokens: int, streams: int) 
 
     single = engine.new_batch()
     single.add("0", engine.encode(prompts[0]), params)
-    scheduler = ContinuousBatchScheduler.with_lanes(engine, em, max_active=streams)  # never started
+    scheduler = ContinuousBatchScheduler.with_lanes(engine, max_active=streams)  # never started
     for i in range(streams):
         lane = scheduler.lanes[i % len(scheduler.lanes)]
         lane.batch.add(str(i), lane.engine.encode(prompts[i % len(prompts)]), params, lane.engine)
@@ -135,11 +137,10 @@ def decode_only(engine: Any, prompts: list[str], max_tokens: int, streams: int) 
 
 def scheduler_streams(engine: Any, prompts: list[str], max_tokens: int, streams: int) -> float:
     """`streams` requests through the Triton model's own scheduler, in-process: its decode lanes as
-    the model picks them (see python_model/model.py), without Triton's transport."""
-    import model_repo.engine as em
-    from model_repo.python_model.model import ContinuousBatchScheduler, GenerationRequest, Job
+    the model picks them (see runtime/scheduler.py), without Triton's transport."""
+    from model_repo.runtime.scheduler import ContinuousBatchScheduler, GenerationRequest, Job
 
-    scheduler = ContinuousBatchScheduler.with_lanes(engine, em, max_active=streams)
+    scheduler = ContinuousBatchScheduler.with_lanes(engine, max_active=streams)
     scheduler.start()
     finished = threading.Semaphore(0)
     counted = [0]
@@ -349,7 +350,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from model_repo.engine import Engine
+    from model_repo.manifest import engine_dir as engine_folder
+    from model_repo.runtime.engine import Engine
 
     repository = args.repository
     if args.build:
@@ -357,7 +359,7 @@ def main() -> int:
 
         repository = Path(tempfile.mkdtemp(prefix="bench-")) / "repo"
         build(BuildOptions(model="default", out=repository, quantize=args.build))
-    engine_dir = repository / args.model_name / "1" / "engine"
+    engine_dir = engine_folder(repository, args.model_name)
     # same ORT settings as the Triton model (spec.GenerationSpec.allow_spinning defaults to False)
     engine = Engine.load(engine_dir, allow_spinning=False)
     prompts = chat_prompts(engine)

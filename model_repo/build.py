@@ -18,9 +18,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_repo.gates import DEFAULT_MAX_PPL_INCREASE, DEFAULT_MIN_AGREEMENT
+
+if TYPE_CHECKING:
+    from model_repo.spec import GenerationSpec
+    from model_repo.tensorrt_llm import EngineBuild
+
+# Renders the Kubernetes Job that builds a TensorRT-LLM engine on the GPU pool; the CLI passes
+# `infra.workload.engine_build.engine_build_job` with the GPU scheduling (model_repo imports no infra).
+EngineJobRenderer = Callable[["GenerationSpec", "EngineBuild"], dict[str, Any]]
 
 BACKENDS = ("onnx", "tensorrt-llm")
 REPORT_FILE = "build_report.json"
@@ -100,11 +108,16 @@ def build(
     options: BuildOptions,
     on_step: Callable[[str, int], None] | None = None,
     on_note: Step | None = None,
+    *,
+    engine_job: EngineJobRenderer | None = None,
 ) -> dict[str, Any]:
-    """Run the whole build; returns the build report (also written as build_report.json)."""
+    """Run the whole build; returns the build report (also written as build_report.json).
+    `engine_job`: renders the engine build Job, required by the tensorrt-llm backend."""
     from model_repo.checkpoint import checkpoint_hash, resolve_checkpoint
 
     options.validate()
+    if options.backend == "tensorrt-llm" and engine_job is None:
+        raise BuildError("--backend tensorrt-llm needs the engine build Job renderer; run `tritonform build`")
     steps = _Steps(on_step, on_note)
     out = options.out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +138,8 @@ def build(
                 "size_bytes": _dir_size(info.path),
             }
         if options.backend == "tensorrt-llm":
-            _build_tensorrt_llm(options, info, work, report, steps)
+            assert engine_job is not None  # checked above, before any work
+            _build_tensorrt_llm(options, info, work, report, steps, engine_job)
         else:
             _build_onnx(options, info, work, report, steps)
     finally:
@@ -139,30 +153,22 @@ def _write_report(artefacts: Path, report: dict[str, Any], steps: _Steps) -> Non
 
 
 def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps) -> None:
-    from model_repo.engine import Engine
-    from model_repo.export import export_onnx
+    from model_repo.export import export_onnx, load_torch_model
     from model_repo.gates import check_parity, check_quality
     from model_repo.layout import write_repository
     from model_repo.quantize import SETTINGS, quantize_model
+    from model_repo.runtime.engine import Engine
     from model_repo.spec import GenerationSpec
 
     fp32_dir = work / "fp32"
     with steps.step("export"):
-        exp = export_onnx(info.path, fp32_dir, progress=steps.note)
-    report["export"] = {
-        "exporter": "torch.onnx.export(dynamo=True)",
-        "opset": 18,
-        "dtype": "float32",
-        "kv_cache": True,
-        "graph_optimisation": "onnxscript ort_fusions + onnxruntime ORT_ENABLE_EXTENDED",
-        "fusions": exp.fusions,
-        "export_s": round(exp.export_seconds, 2),
-        "optimise_s": round(exp.optimize_seconds, 2),
-        "size_bytes": _dir_size(fp32_dir),
-    }
+        torch_model, tokenizer = load_torch_model(info.path)  # once, for the export and the parity gate
+        exp = export_onnx(info.path, fp32_dir, progress=steps.note, model=torch_model, tokenizer=tokenizer)
+    report["export"] = {**exp.facts(), "size_bytes": _dir_size(fp32_dir)}
     reference = Engine.load(fp32_dir)
     with steps.step("parity"):
-        parity = check_parity(reference, info.path, n_tokens=options.parity_tokens)
+        parity = check_parity(reference, torch_model, n_tokens=options.parity_tokens)
+    del torch_model
     report["parity"] = parity.as_dict()
     final = fp32_dir
     report["quantization"] = SETTINGS[options.quantize].as_dict()
@@ -202,7 +208,12 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
 
 
 def _build_tensorrt_llm(
-    options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps
+    options: BuildOptions,
+    info: Any,
+    work: Path,
+    report: dict[str, Any],
+    steps: _Steps,
+    engine_job: EngineJobRenderer,
 ) -> None:
     """The TensorRT-LLM layout: tokenizer + metadata here; the engine is built on the target GPU by the
     Kubernetes Job written next to the repository."""
@@ -236,28 +247,34 @@ def _build_tensorrt_llm(
     with steps.step("repository"):
         _write_report(art, report, steps)
         spec = GenerationSpec(model_name=options.model_name, max_batch_size=options.max_batch_size)
-        write_tensorrt_llm_repository(options.out, art, spec, build_spec)
+        write_tensorrt_llm_repository(options.out, art, spec, build_spec, engine_job(spec, build_spec))
 
 
 # What `tritonform serve` builds when no repository is given: int4 weight-only (output and down
 # projections at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and runs ~1.15x faster.
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
-    *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py"),
-    *("quantize.py", "quantize_int4.py", "gates.py", "engine.py"),
+    *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),
+    *("quantize.py", "quantize_int4.py", "gates.py", "manifest.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )
 
 
+def build_code_files() -> list[Path]:
+    """Every file of the code that shapes an exported or built model: the build modules and the whole
+    runtime package every repository ships."""
+    package = Path(__file__).resolve().parent
+    return [package / name for name in _BUILD_CODE] + sorted((package / "runtime").glob("*.py"))
+
+
 def build_code_digest(*extra: str) -> str:
-    """A hex digest of every file of the code that shapes an exported or built model (and `extra`), for
-    cache keys: a changed exporter, quantiser or engine must not reuse an old build."""
+    """A hex digest of `build_code_files()` (and `extra`), for cache keys: a changed exporter,
+    quantiser or runtime must not reuse an old build."""
     import hashlib
 
     digest = hashlib.sha256("\0".join(extra).encode())
-    package = Path(__file__).resolve().parent
-    for name in _BUILD_CODE:
-        digest.update((package / name).read_bytes())
+    for path in build_code_files():
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -268,7 +285,7 @@ def build_default_repository(progress: Step | None = None) -> Path:
     the code that shapes the repository, so a changed exporter or model.py gives a fresh build.
     """
     from model_repo.checkpoint import cache_dir, fetch_default
-    from model_repo.layout import MANIFEST_FILE
+    from model_repo.manifest import MANIFEST_FILE
 
     say = progress or (lambda _message: None)
     checkpoint = fetch_default(say)

@@ -2,8 +2,8 @@
 
 Why `torch.onnx.export(dynamo=True)` and not optimum-onnx: optimum-onnx 0.1 needs transformers<4.58, while
 the kit runs transformers 5.x (pinned in pyproject, also needed for GGUF loading of current models).
-Exporting our own thin wrapper also fixes the graph's interface to exactly what `model_repo.engine`
-expects (see its module docstring), for every supported family, with no extra dependency but onnxscript
+Exporting our own thin wrapper also fixes the graph's interface to exactly what the runtime expects
+(`model_repo/runtime/contract.py`), for every supported family, with no extra dependency but onnxscript
 (which the dynamo exporter itself requires).
 """
 
@@ -19,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from model_repo.checkpoint import CheckpointError, inspect_checkpoint
-from model_repo.engine import (
+from model_repo.gqa import use_group_query_attention
+from model_repo.runtime.contract import (
     KV_LAYOUT_LEFT,
     KV_LAYOUT_RIGHT,
     LOGITS_TO_KEEP,
     ONNX_FILE,
     TOKENIZER_FILE,
     GenerationMetadata,
+    past_names,
+    present_names,
 )
-from model_repo.gqa import use_group_query_attention
 
 OPSET = 18
+EXPORTER = "torch.onnx.export(dynamo=True)"
+GRAPH_OPTIMISATION = "onnxscript ort_fusions + onnxruntime ORT_ENABLE_EXTENDED"
 
 
 class ExportError(RuntimeError):
@@ -38,11 +42,31 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What the export wrote (`model_dir`, `metadata`) and how: the facts a build report records."""
+
     model_dir: Path
     metadata: GenerationMetadata
     export_seconds: float
     optimize_seconds: float
     fusions: dict[str, int]
+    exporter: str = EXPORTER
+    opset: int = OPSET
+    dtype: str = "float32"
+    kv_cache: bool = True
+    graph_optimisation: str = GRAPH_OPTIMISATION
+
+    def facts(self) -> dict[str, Any]:
+        """The export's entry of a build report (timings rounded to 10 ms)."""
+        return {
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "dtype": self.dtype,
+            "kv_cache": self.kv_cache,
+            "graph_optimisation": self.graph_optimisation,
+            "fusions": self.fusions,
+            "export_s": round(self.export_seconds, 2),
+            "optimise_s": round(self.optimize_seconds, 2),
+        }
 
 
 def load_torch_model(checkpoint: Path) -> tuple[Any, Any]:
@@ -58,6 +82,7 @@ def load_torch_model(checkpoint: Path) -> tuple[Any, Any]:
 
 
 def generation_metadata(model: Any, tok: Any, quantization: str = "none") -> GenerationMetadata:
+    """The runtime's metadata for a loaded torch model and its transformers tokenizer."""
     cfg = model.config
     heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)))
     hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
@@ -144,18 +169,25 @@ def export_onnx(
     *,
     optimize: bool = True,
     progress: Callable[[str], None] | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
 ) -> ExportResult:
     """Export `checkpoint` to `out_dir/model.onnx` (+ external data), write tokenizer.json and
-    generation.json, and optimise the graph with onnxruntime. fp32 throughout."""
+    generation.json, and optimise the graph with onnxruntime. fp32 throughout.
+
+    `model`, `tokenizer`: the checkpoint already loaded with `load_torch_model` (a build loads it once
+    for the export and the parity gate); the export unties the model's output projection in place
+    (same values). Default: loaded here."""
     import torch
 
     say = progress or (lambda _m: None)
     info = inspect_checkpoint(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_torch_model(info.path)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_torch_model(info.path)
     _untie_output_projection(model)
-    meta = generation_metadata(model, tok)
+    meta = generation_metadata(model, tokenizer)
     n = meta.num_layers
     wrapper = _wrapper(model, n)
 
@@ -169,8 +201,8 @@ def export_onnx(
         torch.tensor([1, 2]),
         *[torch.randn(kv) for _ in range(2 * n)],
     )
-    past_names = [f"past_key_values.{i}.{kind}" for i in range(n) for kind in ("key", "value")]
-    present_names = [f"present.{i}.{kind}" for i in range(n) for kind in ("key", "value")]
+    past_inputs = [name for pair in past_names(n) for name in pair]
+    present_outputs = [name for pair in present_names(n) for name in pair]
     dyn = torch.export.Dim.DYNAMIC
     dynamic_shapes = (
         {0: dyn, 1: dyn},
@@ -190,8 +222,8 @@ def export_onnx(
                 wrapper,
                 args,
                 dynamo=True,
-                input_names=["input_ids", "attention_mask", "position_ids", LOGITS_TO_KEEP, *past_names],
-                output_names=["logits", *present_names],
+                input_names=["input_ids", "attention_mask", "position_ids", LOGITS_TO_KEEP, *past_inputs],
+                output_names=["logits", *present_outputs],
                 dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,
                 optimize=True,
@@ -230,9 +262,10 @@ def export_onnx(
     shutil.rmtree(raw, ignore_errors=True)
     optimize_s = time.perf_counter() - t1
 
-    tok.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+    tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     meta.save(out)
-    return ExportResult(out, meta, export_s, optimize_s, fusions)
+    graph_optimisation = GRAPH_OPTIMISATION if optimize else "none"
+    return ExportResult(out, meta, export_s, optimize_s, fusions, graph_optimisation=graph_optimisation)
 
 
 def _untie_output_projection(model: Any) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from model_repo.engine import Engine
+from model_repo.chat_template import apply_chat_template
+from model_repo.runtime.engine import Engine
 
 HELDOUT_TEXT = Path(__file__).parent / "data" / "heldout.txt"
 PARITY_PROMPTS: tuple[str, ...] = (
@@ -80,7 +81,7 @@ def parity_prompts(engine: Engine, texts: tuple[str, ...] = PARITY_PROMPTS) -> l
     out = []
     for text in texts:
         if engine.metadata.chat_template:
-            text = engine.apply_chat_template([{"role": "user", "content": text}])
+            text = apply_chat_template(engine.metadata, [{"role": "user", "content": text}])
         out.append(engine.encode(text))
     return out
 
@@ -102,13 +103,9 @@ def torch_greedy(model: Any, ids: list[int], n_tokens: int) -> list[int]:
     return out
 
 
-def check_parity(
-    engine: Engine, checkpoint: Path, n_tokens: int = 64, raise_on_fail: bool = True
-) -> ParityResult:
-    """Greedy tokens of `engine` (fp32) vs PyTorch for `n_tokens` on each fixed prompt."""
-    from model_repo.export import load_torch_model
-
-    model, _tok = load_torch_model(checkpoint)
+def check_parity(engine: Engine, model: Any, n_tokens: int = 64, raise_on_fail: bool = True) -> ParityResult:
+    """Greedy tokens of `engine` (fp32) vs PyTorch for `n_tokens` on each fixed prompt; `model` is the
+    checkpoint's torch model (`model_repo.export.load_torch_model`), loaded once by the caller."""
     matched = []
     for ids in parity_prompts(engine):
         ref = torch_greedy(model, ids, n_tokens)

@@ -3,8 +3,9 @@
     write_repository(out_dir, artefacts_dir, spec) -> Path
 
 - `out_dir`: the repository to create (Triton's `--model-repository`). Written next to it under a
-  temporary name and renamed into place at the end, so a failure never leaves a half-written
-  repository where a good one was (a previous repository at `out_dir` is replaced only then).
+  temporary name and renamed into place at the end (`replaced_atomically`), so a failure never leaves
+  a half-written repository where a good one was (a previous repository at `out_dir` is replaced only
+  then).
 - `artefacts_dir`: the engine's model directory (model.onnx [+ model.onnx.data], tokenizer.json,
   generation.json, anything else the build put there); copied as is.
 - `spec`: `model_repo.spec.GenerationSpec`.
@@ -12,32 +13,33 @@
 Result (self-contained: the NGC container needs only onnxruntime(-gpu), tokenizers and numpy):
 
     out_dir/
-      REPOSITORY.json                 manifest: spec, every file's size and sha256 (used by upload)
+      REPOSITORY.json                 manifest: spec, every file's size and sha256 (model_repo.manifest)
       <spec.model_name>/
         config.pbtxt                  rendered from the spec (model_repo/templates/config.pbtxt.j2)
         1/
-          model.py                    model_repo/python_model/model.py
-          tritonform_engine.py        model_repo/engine.py
+          model.py                    model_repo/python_model/model.py (the Triton adapter)
+          tritonform_runtime/         model_repo/runtime/*.py (the engine, batching, scheduler)
           <spec.engine_subdir>/       the artefacts
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from model_repo.manifest import MANIFEST_FILE, MODEL_VERSION, write_manifest
+from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
 from model_repo.spec import GenerationSpec, python_model_config, render_model_config
 
-MANIFEST_FILE = "REPOSITORY.json"
-MODEL_VERSION = "1"
-REQUIRED_ARTEFACTS = ("generation.json", "tokenizer.json")
+REQUIRED_ARTEFACTS = (METADATA_FILE, TOKENIZER_FILE)
+RUNTIME_PACKAGE = "tritonform_runtime"  # the name model.py looks for next to itself
 _PACKAGE = Path(__file__).parent
 
 
@@ -49,22 +51,38 @@ def write_repository(out_dir: Path | str, artefacts_dir: Path | str, spec: Gener
     """Write the repository for `spec` with the artefacts; returns `out_dir` (see module docs)."""
     out_dir, artefacts_dir = Path(out_dir), Path(artefacts_dir)
     _check_artefacts(artefacts_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with replaced_atomically(out_dir) as staging:
         model_dir = staging / spec.model_name
         version_dir = model_dir / MODEL_VERSION
         version_dir.mkdir(parents=True)
         (model_dir / "config.pbtxt").write_text(render_model_config(python_model_config(spec)), "utf-8")
         shutil.copy2(_PACKAGE / "python_model" / "model.py", version_dir / "model.py")
-        shutil.copy2(_PACKAGE / "engine.py", version_dir / "tritonform_engine.py")
+        _copy_runtime(version_dir / RUNTIME_PACKAGE)
         shutil.copytree(artefacts_dir, version_dir / spec.engine_subdir)
         write_manifest(staging, {"backend": "onnx", "spec": _spec_dict(spec)})
+    return out_dir
+
+
+def _copy_runtime(target: Path) -> None:
+    """Copy the runtime package's modules (its `*.py` files, nothing compiled) into `target`."""
+    target.mkdir()
+    for module in sorted((_PACKAGE / "runtime").glob("*.py")):
+        shutil.copy2(module, target / module.name)
+
+
+@contextmanager
+def replaced_atomically(out_dir: Path) -> Iterator[Path]:
+    """A fresh staging directory next to `out_dir` to write a repository into; when the block ends
+    without an error it is renamed to `out_dir` (replacing an old repository only then), otherwise it
+    is removed and `out_dir` stays as it was."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir
 
 
 def _check_artefacts(artefacts_dir: Path) -> None:
@@ -101,38 +119,3 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(repository: Path, info: dict[str, Any]) -> Path:
-    """Write `REPOSITORY.json`: `info` plus size and sha256 of every file (sorted, POSIX paths).
-
-    `content_sha256` hashes the file list, so two identical repositories have the same value.
-    """
-    files = {
-        path.relative_to(repository).as_posix(): {"size": path.stat().st_size, "sha256": file_digest(path)}
-        for path in sorted(repository.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILE
-    }
-    content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    manifest = {"format": 1, **info, "content_sha256": content, "files": files}
-    target = repository / MANIFEST_FILE
-    target.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return target
-
-
-def read_manifest(repository: Path) -> dict[str, Any]:
-    """The manifest of a built repository; `LayoutError` if it is not one."""
-    path = Path(repository) / MANIFEST_FILE
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and "files" in data:
-            return data
-    raise LayoutError(f"{repository} is not a built tritonform repository (no valid {MANIFEST_FILE})")

@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from model_repo.engine import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
 from model_repo.export import save_onnx
 from model_repo.quantize_int4 import merge_sibling_matmuls, quantize_int4_with_offsets, weight_matmuls
+from model_repo.runtime.contract import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
 
 METHODS = ("none", "int8", "int4")
 

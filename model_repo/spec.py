@@ -43,6 +43,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from model_repo.manifest import DEFAULT_ENGINE_SUBDIR
+
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TENSOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -177,9 +179,9 @@ class GenerationSpec:
     # measured here, 8 Triton streams ran ~1.5-2x faster with spinning off.
     allow_spinning: bool = False
     # Independent continuous batches, each on its own onnxruntime session with a share of the cores
-    # (see ContinuousBatchScheduler in python_model/model.py); 0: auto (2 on CPU, 1 on a GPU).
+    # (see ContinuousBatchScheduler in runtime/scheduler.py); 0: auto (2 on CPU, 1 on a GPU).
     decode_lanes: int = 0
-    engine_subdir: str = "engine"  # artefacts, relative to the model version directory
+    engine_subdir: str = DEFAULT_ENGINE_SUBDIR  # artefacts, relative to the model version directory
     extra_parameters: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:

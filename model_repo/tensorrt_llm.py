@@ -1,12 +1,12 @@
 """`--backend tensorrt-llm`: the TensorRT-LLM model repository and the engine build recipe.
 
-    write_tensorrt_llm_repository(out_dir, artefacts_dir, spec, build) -> Path
+    write_tensorrt_llm_repository(out_dir, artefacts_dir, spec, build, build_job) -> Path
 
 Repository (same request/response tensors as the ONNX backend, see `model_repo.spec`):
 
     out_dir/
       REPOSITORY.json           manifest (backend "tensorrt-llm", engine URI, spec)
-      engine-build-job.yaml     Kubernetes Job that builds the engine on the GPU pool (below)
+      engine-build-job.yaml     `build_job`: the Kubernetes Job that builds the engine on the GPU pool
       <spec.model_name>/        ensemble: text_input ... -> text_output, completion_tokens
       preprocessing/            python: tokenizer.json -> input ids, stop words -> TRT-LLM word list
       tensorrt_llm/             backend "tensorrtllm" (in-flight batching, decoupled streaming);
@@ -14,27 +14,30 @@ Repository (same request/response tensors as the ONNX backend, see `model_repo.s
       postprocessing/           python: output ids -> text
 
 A TensorRT engine only runs on the GPU architecture and TensorRT-LLM version it was built with,
-so it cannot be built here; `engine_build_job` renders a Job for the GPU node pool that converts
+so it cannot be built here; a Kubernetes Job on the GPU node pool converts
 the Hugging Face checkpoint (`tensorrt_llm.models.*ForCausalLM.from_hugging_face`, stable across
 releases) and runs `trtllm-build`, then syncs the engine to
 `<bucket>/engines/<model hash>/<sm arch>/trtllm-<version>/<settings hash>/` and writes `_COMPLETE`
 last. Triton's pod syncs that prefix to `engine_mount_path` before it starts (workload side).
+`EngineBuild` is the recipe; the Job itself is a workload object (`infra/workload/engine_build.py`),
+rendered by the CLI and handed to `write_tensorrt_llm_repository` as a manifest dict.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import shutil
-import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from model_repo.layout import LayoutError, _swap_into_place, write_manifest
+from model_repo.layout import LayoutError, replaced_atomically
+from model_repo.manifest import MODEL_VERSION, write_manifest
+from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
 from model_repo.spec import (
     ENSEMBLE_OUTPUTS,
     GENERATION_INPUTS,
@@ -47,7 +50,7 @@ from model_repo.spec import (
     TensorSpec,
     render_model_config,
 )
-from model_repo.upload import StorageUri
+from model_repo.storage import StorageUri
 
 TEMPLATES = Path(__file__).parent / "templates" / "tensorrt_llm"
 
@@ -66,12 +69,9 @@ GPU_ARCHITECTURES: dict[str, str] = {
     "h100": "sm90",
     "h200": "sm90",
 }
+# Architecture -> the TensorRT-LLM class that converts its Hugging Face checkpoint.
 CONVERTERS = {"llama": "LLaMAForCausalLM", "gpt2": "GPTForCausalLM", "mistral": "LLaMAForCausalLM"}
-SYNC_IMAGES = {
-    "s3": "public.ecr.aws/aws-cli/aws-cli:2.22.35",
-    "gs": "gcr.io/google.com/cloudsdktool/google-cloud-cli:502.0.0-slim",
-    "as": "mcr.microsoft.com/azure-cli:2.67.0",
-}
+ENGINE_BUILD_JOB_FILE = "engine-build-job.yaml"
 
 
 def gpu_architecture(gpu_type: str) -> str:
@@ -97,10 +97,6 @@ class EngineBuild:
     weight_only: Literal["none", "int8", "int4"] = "none"
     max_input_len: int = 2048
     max_seq_len: int = 4096
-    namespace: str = "tritonform"
-    service_account: str = "engine-builder"  # may write to the bucket's engines/ prefix
-    node_selector: tuple[tuple[str, str], ...] = ()  # the GPU pool's label (given by the platform)
-    tolerations: tuple[tuple[str, str], ...] = (("nvidia.com/gpu", "NoSchedule"),)
     engine_mount_path: str = "/engines/current"
     extra_build_args: tuple[str, ...] = field(default=())
 
@@ -270,150 +266,7 @@ def ensemble_config(spec: GenerationSpec) -> ModelConfig:
     )
 
 
-# --- the engine build Job ---------------------------------------------------------------------
-
-
-def _sync_command(scheme: str, source: str, target: str) -> str:
-    """Shell command that copies a prefix between a bucket and a local directory (either way)."""
-    if scheme == "s3":
-        return f"aws s3 sync {shlex.quote(source)} {shlex.quote(target)} --only-show-errors"
-    if scheme == "gs":
-        return f"gcloud storage rsync --recursive {shlex.quote(source)} {shlex.quote(target)}"
-    # Azure: workload identity login, then the batch copy commands (as://ACCOUNT/CONTAINER/PREFIX)
-    login = (
-        'az login --service-principal -u "$AZURE_CLIENT_ID" -t "$AZURE_TENANT_ID" '
-        '--federated-token "$(cat $AZURE_FEDERATED_TOKEN_FILE)" --output none'
-    )
-    if source.startswith("as://"):
-        loc = StorageUri.parse(source)
-        return (
-            f"{login} && az storage blob download-batch --auth-mode login --account-name {loc.account} "
-            f"-s {loc.bucket} --pattern {shlex.quote(loc.prefix + '/*')} -d {shlex.quote(target)} && "
-            f"cp -r {shlex.quote(target)}/{shlex.quote(loc.prefix)}/. {shlex.quote(target)}/"
-        )
-    loc = StorageUri.parse(target)
-    return (
-        f"{login} && az storage blob upload-batch --auth-mode login --account-name {loc.account} "
-        f"-d {loc.bucket} --destination-path {shlex.quote(loc.prefix)} -s {shlex.quote(source)} --overwrite"
-    )
-
-
-def _marker_command(scheme: str, engine_uri: str) -> str:
-    marker = engine_uri.rstrip("/") + "/_COMPLETE"
-    if scheme == "s3":
-        return f"aws s3 cp /work/build-info.json {shlex.quote(marker)}"
-    if scheme == "gs":
-        return f"gcloud storage cp /work/build-info.json {shlex.quote(marker)}"
-    loc = StorageUri.parse(marker)
-    return (
-        f"az storage blob upload --auth-mode login --account-name {loc.account} -c {loc.bucket} "
-        f"-n {shlex.quote(loc.prefix)} -f /work/build-info.json --overwrite"
-    )
-
-
-def engine_build_job(spec: GenerationSpec, build: EngineBuild) -> dict[str, Any]:
-    """A `batch/v1` Job: fetch checkpoint -> convert + trtllm-build on one GPU -> sync engine, marker last."""
-    scheme = StorageUri.parse(build.bucket_uri).scheme
-    engine_uri = build.engine_uri(spec)
-    arch = gpu_architecture(build.gpu_type)
-    converter = CONVERTERS[build.architecture]
-    quant = {"none": "None", "int8": "QuantAlgo.W8A16", "int4": "QuantAlgo.W4A16"}[build.weight_only]
-    convert = (
-        "from tensorrt_llm.models import " + converter + "\n"
-        "from tensorrt_llm.models.modeling_utils import QuantConfig\n"
-        "from tensorrt_llm.quantization import QuantAlgo\n"
-        f"quant = QuantConfig(quant_algo={quant})\n"
-        f"model = {converter}.from_hugging_face('/work/hf', dtype='{build.dtype}', quant_config=quant)\n"
-        "model.save_checkpoint('/work/ckpt', save_config=True)\n"
-    )
-    build_cmd = [
-        "trtllm-build",
-        "--checkpoint_dir", "/work/ckpt",
-        "--output_dir", "/work/engine",
-        "--gemm_plugin", "auto",
-        "--max_batch_size", str(spec.max_batch_size),
-        "--max_input_len", str(build.max_input_len),
-        "--max_seq_len", str(build.max_seq_len),
-        *build.extra_build_args,
-    ]  # fmt: skip
-    info = {
-        "model_hash": build.model_hash,
-        "gpu_architecture": arch,
-        "tensorrt_llm": build.trtllm_version,
-        "image": build.image,
-        "settings": build.settings_hash(spec),
-    }
-    build_script = "\n".join(
-        [
-            "set -euo pipefail",
-            "python3 - <<'PY'",
-            convert.rstrip("\n"),
-            "PY",
-            shlex.join(build_cmd),
-            "python3 -c 'import tensorrt_llm; print(tensorrt_llm.__version__)' > /work/engine/TRTLLM_VERSION",
-            f"echo {shlex.quote(json.dumps(info))} > /work/build-info.json",
-        ]
-    )
-    sync_image = SYNC_IMAGES[scheme]
-    work = [{"name": "work", "mountPath": "/work"}]
-    name = f"trtllm-build-{build.model_hash[:8]}-{arch}-{build.settings_hash(spec)[:6]}"
-    labels = {"app.kubernetes.io/name": "trtllm-engine-build", "app.kubernetes.io/part-of": "tritonform"}
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, "namespace": build.namespace, "labels": labels},
-        "spec": {
-            "backoffLimit": 1,
-            "activeDeadlineSeconds": 4 * 3600,
-            "ttlSecondsAfterFinished": 7 * 24 * 3600,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "serviceAccountName": build.service_account,
-                    "nodeSelector": dict(build.node_selector),
-                    "tolerations": [
-                        {"key": key, "operator": "Exists", "effect": effect}
-                        for key, effect in build.tolerations
-                    ],
-                    "volumes": [{"name": "work", "emptyDir": {}}],
-                    "initContainers": [
-                        {
-                            "name": "fetch-checkpoint",
-                            "image": sync_image,
-                            "command": [
-                                "/bin/sh",
-                                "-c",
-                                _sync_command(scheme, build.checkpoint_uri, "/work/hf"),
-                            ],
-                            "volumeMounts": work,
-                        },
-                        {
-                            "name": "build-engine",
-                            "image": build.image,
-                            "command": ["/bin/bash", "-c", build_script],
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                            "volumeMounts": work,
-                        },
-                    ],
-                    "containers": [
-                        {
-                            "name": "upload-engine",
-                            "image": sync_image,
-                            "command": [
-                                "/bin/sh",
-                                "-c",
-                                _sync_command(scheme, "/work/engine", engine_uri)
-                                + " && "
-                                + _marker_command(scheme, engine_uri),
-                            ],
-                            "volumeMounts": work,
-                        }
-                    ],
-                },
-            },
-        },
-    }
+# --- the engine build Job's file -------------------------------------------------------------
 
 
 class _ManifestDumper(yaml.SafeDumper):
@@ -432,6 +285,7 @@ _ManifestDumper.add_representer(str, _str)
 
 
 def dump_manifest(document: dict[str, Any]) -> str:
+    """A Kubernetes manifest as YAML, keys in the order given."""
     return yaml.dump(document, Dumper=_ManifestDumper, sort_keys=False, width=120)
 
 
@@ -439,17 +293,20 @@ def dump_manifest(document: dict[str, Any]) -> str:
 
 
 def write_tensorrt_llm_repository(
-    out_dir: Path | str, artefacts_dir: Path | str, spec: GenerationSpec, build: EngineBuild
+    out_dir: Path | str,
+    artefacts_dir: Path | str,
+    spec: GenerationSpec,
+    build: EngineBuild,
+    build_job: Mapping[str, Any],
 ) -> Path:
-    """Write the TensorRT-LLM repository and the engine build Job (see module docs); atomic like
+    """Write the TensorRT-LLM repository and the engine build Job `build_job` (a Kubernetes manifest,
+    see `infra.workload.engine_build`) as `engine-build-job.yaml` (see module docs); atomic like
     `model_repo.layout.write_repository`. `artefacts_dir` provides tokenizer.json and generation.json."""
     out_dir, artefacts_dir = Path(out_dir), Path(artefacts_dir)
-    missing = [n for n in ("tokenizer.json", "generation.json") if not (artefacts_dir / n).is_file()]
+    missing = [n for n in (TOKENIZER_FILE, METADATA_FILE) if not (artefacts_dir / n).is_file()]
     if missing:
         raise LayoutError(f"artefacts directory {artefacts_dir} lacks {', '.join(missing)}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with replaced_atomically(out_dir) as staging:
         configs = (
             ensemble_config(spec),
             preprocessing_config(spec),
@@ -457,12 +314,13 @@ def write_tensorrt_llm_repository(
             postprocessing_config(spec),
         )
         for config in configs:
-            (staging / config.name / "1").mkdir(parents=True)
+            (staging / config.name / MODEL_VERSION).mkdir(parents=True)
             (staging / config.name / "config.pbtxt").write_text(render_model_config(config), "utf-8")
         for step in ("preprocessing", "postprocessing"):
-            shutil.copy2(TEMPLATES / f"{step}.py", staging / step / "1" / "model.py")
-            shutil.copy2(artefacts_dir / "tokenizer.json", staging / step / "1" / "tokenizer.json")
-        shutil.copy2(artefacts_dir / "generation.json", staging / "preprocessing" / "1" / "generation.json")
+            version_dir = staging / step / MODEL_VERSION
+            shutil.copy2(TEMPLATES / f"{step}.py", version_dir / "model.py")
+            shutil.copy2(artefacts_dir / TOKENIZER_FILE, version_dir / TOKENIZER_FILE)
+        shutil.copy2(artefacts_dir / METADATA_FILE, staging / "preprocessing" / MODEL_VERSION / METADATA_FILE)
         engine = {
             "engine_uri": build.engine_uri(spec),
             "mount_path": build.engine_mount_path,
@@ -470,15 +328,10 @@ def write_tensorrt_llm_repository(
             "tensorrt_llm": build.trtllm_version,
             "image": build.image,
         }
-        (staging / "tensorrt_llm" / "1" / "ENGINE.json").write_text(
+        (staging / "tensorrt_llm" / MODEL_VERSION / "ENGINE.json").write_text(
             json.dumps(engine, indent=2) + "\n", "utf-8"
         )
-        job = engine_build_job(spec, build)
-        (staging / "engine-build-job.yaml").write_text(dump_manifest(job), "utf-8")
+        (staging / ENGINE_BUILD_JOB_FILE).write_text(dump_manifest(dict(build_job)), "utf-8")
         info = {"backend": "tensorrt-llm", "spec": json.loads(json.dumps(asdict(spec))), "engine": engine}
         write_manifest(staging, info)
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

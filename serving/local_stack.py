@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -159,13 +158,3 @@ def _status(url: str) -> int:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return 0
-
-
-# --- the default model's repository ------------------------------------------------------------
-
-
-def default_repository(progress: Callable[[str], None] | None = None) -> Path:
-    """The default model's repository: built once (int4 weights, gates on) and cached by content."""
-    from model_repo.build import build_default_repository
-
-    return build_default_repository(progress)

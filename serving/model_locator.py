@@ -1,7 +1,7 @@
 """Find the serving version of a model repository in object storage, in the cluster, at pod start.
 
 `tritonform model upload` writes immutable versions under `PREFIX/versions/<id>/` and then flips the
-`PREFIX/CURRENT` pointer (see model_repo/upload.py). In the cluster, an init container runs:
+`PREFIX/CURRENT` pointer (see model_repo/storage.py). In the cluster, an init container runs:
 
     python -m serving.model_locator resolve  --prefix s3://BUCKET/models --out /shared/repository
     python -m serving.model_locator tokenizer --prefix s3://BUCKET/models --model llm --dest /shared/model
@@ -17,7 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-TOKENIZER_FILES = ("tokenizer.json", "generation.json")
+from model_repo.manifest import MANIFEST_FILE, engine_parts, engine_subdir
+from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
+from model_repo.storage import StorageError, StorageUri, open_store, read_pointer
+
+TOKENIZER_FILES = (TOKENIZER_FILE, METADATA_FILE)
 
 
 class LocatorError(RuntimeError):
@@ -26,12 +30,10 @@ class LocatorError(RuntimeError):
 
 def current_repository(prefix: str) -> str:
     """The URI of the version `PREFIX/CURRENT` names (Triton's `--model-repository` form)."""
-    from model_repo.upload import StorageUri, UploadError, open_store, read_pointer
-
     try:
         location = StorageUri.parse(prefix)
         pointer = read_pointer(open_store(location), location)
-    except UploadError as exc:
+    except StorageError as exc:
         raise LocatorError(str(exc)) from None
     if not pointer or "repository" not in pointer:
         raise LocatorError(
@@ -42,9 +44,6 @@ def current_repository(prefix: str) -> str:
 
 def fetch_tokenizer(prefix: str, model: str, dest: Path) -> list[Path]:
     """Copy the current version's tokenizer files for `model` into `dest`."""
-    from model_repo.upload import StorageUri, UploadError, open_store
-    from serving.gateway.settings import MANIFEST_FILE, engine_subdir
-
     repository = StorageUri.parse(current_repository(prefix))
     try:
         store = open_store(repository)
@@ -52,13 +51,14 @@ def fetch_tokenizer(prefix: str, model: str, dest: Path) -> list[Path]:
         dest.mkdir(parents=True, exist_ok=True)
         written = []
         for name in TOKENIZER_FILES:
-            data = store.get_bytes(repository.key(model, "1", subdir, name))
+            parts = (*engine_parts(model, subdir), name)
+            data = store.get_bytes(repository.key(*parts))
             if data is None:
-                missing = repository.uri(model, "1", subdir, name)
+                missing = repository.uri(*parts)
                 raise LocatorError(f"{missing} is missing; rebuild the repository and upload it again")
             (dest / name).write_bytes(data)
             written.append(dest / name)
-    except UploadError as exc:
+    except StorageError as exc:
         raise LocatorError(str(exc)) from None
     return written
 

@@ -2,7 +2,7 @@
 
 The gateway counts prompt tokens (to enforce `max_prompt_tokens` before Triton does any work) and
 renders chat messages with the model's own template (stored in the repository's `generation.json`),
-using the same sandboxed renderer as the engine that runs inside Triton.
+with the one sandboxed renderer (`model_repo.chat_template`) the build's gates use too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from model_repo.engine import EngineError, render_chat_template
+from model_repo.chat_template import ChatTemplateError, render_chat_template
+from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
 
 
 class PromptError(ValueError):
@@ -28,10 +29,10 @@ class PromptFormatter:
 
     @classmethod
     def load(cls, folder: Path) -> PromptFormatter:
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         meta: dict[str, Any] = {}
-        if (folder / "generation.json").is_file():
-            meta = json.loads((folder / "generation.json").read_text(encoding="utf-8"))
+        if (folder / METADATA_FILE).is_file():
+            meta = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
         template = meta.get("chat_template")
         if template is None and (folder / "tokenizer_config.json").is_file():
             template = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get(
@@ -53,5 +54,5 @@ class PromptFormatter:
                 bos_token=self.bos,
                 eos_token=self.eos,
             )
-        except EngineError as exc:
+        except ChatTemplateError as exc:
             raise PromptError(str(exc)) from None

@@ -8,12 +8,14 @@ they are `SecretStr`, so a settings dump or a log line never shows them.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from model_repo.manifest import engine_dir
+from model_repo.runtime.contract import TOKENIZER_FILE
 
 API_KEYS_ENV = "TRITONFORM_API_KEYS"
 ENV_PREFIX = "TRITONFORM_GATEWAY_"
@@ -90,13 +92,13 @@ class GatewaySettings(BaseModel):
         if self.tokenizer_dir is not None:
             folder = self.tokenizer_dir
         elif self.model_repository is not None:
-            folder = self.model_repository / self.model_name / "1" / _engine_subdir(self.model_repository)
+            folder = engine_dir(self.model_repository, self.model_name)
         else:
             raise SettingsError(
                 "set tokenizer_dir or model_repository: the gateway needs the model's tokenizer"
             )
-        if not (folder / "tokenizer.json").is_file():
-            raise SettingsError(f"tokenizer_dir {folder} has no tokenizer.json")
+        if not (folder / TOKENIZER_FILE).is_file():
+            raise SettingsError(f"tokenizer_dir {folder} has no {TOKENIZER_FILE}")
         return folder
 
     @classmethod
@@ -110,22 +112,3 @@ class GatewaySettings(BaseModel):
                 values[name] = raw
         values.update(overrides)
         return cls.model_validate(values)
-
-
-MANIFEST_FILE = "REPOSITORY.json"  # model_repo/layout.py writes it at the repository's root
-
-
-def engine_subdir(manifest: str | bytes | None) -> str:
-    """Where a repository keeps its artefacts (tokenizer, ONNX), from its manifest's text; "engine"
-    when the manifest is absent or does not say (repositories written before the field existed)."""
-    try:
-        return str(json.loads(manifest or "")["spec"]["engine_subdir"])
-    except (ValueError, KeyError, TypeError):
-        return "engine"
-
-
-def _engine_subdir(repository: Path) -> str:
-    try:
-        return engine_subdir((repository / MANIFEST_FILE).read_bytes())
-    except OSError:
-        return engine_subdir(None)

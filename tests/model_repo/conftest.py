@@ -50,6 +50,6 @@ def tiny_gpt2_export(tiny_gpt2_checkpoint: Path, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_llama_export: Path) -> object:
     """An Engine over the tiny fp32 export, one thread (tests run on 2 shared cores)."""
-    from model_repo.engine import Engine
+    from model_repo.runtime.engine import Engine
 
     return Engine.load(tiny_llama_export, num_threads=1)

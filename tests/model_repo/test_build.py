@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from model_repo import export
 from model_repo.build import BuildError, BuildOptions, build, step_names
 from model_repo.gates import GateError
 
@@ -20,11 +21,10 @@ def _report(repo: Path) -> dict[str, Any]:
 @pytest.fixture
 def reuse_export(monkeypatch: pytest.MonkeyPatch, tiny_llama_export: Path) -> None:
     """Builds below reuse the session's tiny export instead of exporting again (export has its own tests)."""
-    from model_repo import export
 
     def fake_export(checkpoint: Path, out_dir: Path, **_kw: Any) -> export.ExportResult:
         shutil.copytree(tiny_llama_export, out_dir)
-        from model_repo.engine import GenerationMetadata
+        from model_repo.runtime.contract import GenerationMetadata
 
         return export.ExportResult(Path(out_dir), GenerationMetadata.load(out_dir), 0.0, 0.0, {})
 
@@ -49,6 +49,8 @@ def test_int8_build_writes_repository_and_report(tiny_llama_checkpoint: Path, tm
     assert written["parity"]["passed"] and written["parity"]["n_tokens"] == 64
     assert written["quantization"]["method"] == "int8" and written["quality"]["passed"]
     assert {"export", "parity", "quantize", "quality"} <= set(written["timings_s"])
+    # the export step's own facts, recorded as it returned them
+    assert (written["export"]["exporter"], written["export"]["opset"]) == (export.EXPORTER, export.OPSET)
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no temp dirs left behind
 
 
@@ -70,7 +72,6 @@ def test_interrupted_build_keeps_the_previous_repository(
     out = tmp_path / "repo"
     out.mkdir()
     (out / "REPOSITORY.json").write_text("{}")
-    from model_repo import export
 
     def interrupted(*_a: Any, **_kw: Any) -> None:
         raise KeyboardInterrupt
@@ -99,8 +100,13 @@ def test_bad_options_are_rejected_before_work(tmp_path: Path, kwargs: dict[str, 
 def test_tensorrt_llm_backend_writes_its_layout(  # the ensemble is named after the model
     tiny_llama_checkpoint: Path, tmp_path: Path
 ) -> None:
+    from tritonform.commands.model import render_engine_build_job
+
     out = tmp_path / "trt"
-    build(BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8"))
+    options = BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8")
+    with pytest.raises(BuildError, match="engine build Job"):
+        build(options)  # the Job is the workload's: model_repo cannot render it alone
+    build(options, engine_job=render_engine_build_job)
     assert {"llm", "preprocessing", "tensorrt_llm", "postprocessing"} <= {p.name for p in out.iterdir()}
     assert (out / "engine-build-job.yaml").is_file()
 
@@ -112,7 +118,7 @@ def test_default_build_removes_older_builds_of_the_same_model(
     replaces (same checkpoint and quantisation, another code digest) is removed, nothing else is."""
     import model_repo.build as build_module
     import model_repo.checkpoint as checkpoint_module
-    from model_repo.layout import MANIFEST_FILE
+    from model_repo.manifest import MANIFEST_FILE
 
     checkpoint = tmp_path / "checkpoints" / "smol-abc"
     monkeypatch.setattr(checkpoint_module, "cache_dir", lambda: tmp_path)

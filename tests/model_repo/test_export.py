@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from model_repo.checkpoint import CheckpointError
-from model_repo.engine import KV_LAYOUT_LEFT, KV_LAYOUT_RIGHT, Engine, GenerationMetadata
-from model_repo.export import export_onnx
+from model_repo.export import export_onnx, load_torch_model
 from model_repo.gates import check_parity
+from model_repo.runtime.contract import KV_LAYOUT_LEFT, KV_LAYOUT_RIGHT, GenerationMetadata
+from model_repo.runtime.engine import Engine
 
 
 def test_export_writes_the_engine_model_directory(tiny_llama_export: Path) -> None:
@@ -37,12 +38,14 @@ def test_export_graph_has_kv_cache_inputs_and_outputs(tiny_engine: Engine) -> No
 def test_fp32_llama_export_matches_pytorch_greedy_for_64_tokens(
     tiny_engine: Engine, tiny_llama_checkpoint: Path
 ) -> None:
-    result = check_parity(tiny_engine, tiny_llama_checkpoint, n_tokens=64)
+    model, _tokenizer = load_torch_model(tiny_llama_checkpoint)
+    result = check_parity(tiny_engine, model, n_tokens=64)
     assert result.passed and result.matched_tokens == [64, 64, 64]
 
 
 def test_fp32_gpt2_export_matches_pytorch_greedy(tiny_gpt2_checkpoint: Path, tiny_gpt2_export: Path) -> None:
-    result = check_parity(Engine.load(tiny_gpt2_export, num_threads=1), tiny_gpt2_checkpoint, n_tokens=64)
+    model, _tokenizer = load_torch_model(tiny_gpt2_checkpoint)
+    result = check_parity(Engine.load(tiny_gpt2_export, num_threads=1), model, n_tokens=64)
     assert result.passed
 
 

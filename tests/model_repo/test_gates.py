@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_repo.engine import Engine
 from model_repo.gates import (
     DECODE_PROMPTS,
     DECODE_TOKENS,
@@ -16,6 +15,7 @@ from model_repo.gates import (
     check_parity,
     check_quality,
 )
+from model_repo.runtime.engine import Engine
 
 
 def test_heldout_text_ships_with_the_package() -> None:
@@ -74,7 +74,8 @@ def test_quantised_model_is_measured_and_thresholds_apply(tiny_engine: Engine, t
 def test_parity_gate_fails_for_a_different_model(tiny_engine: Engine, tmp_path: Path) -> None:
     """The fp32 gate really compares against PyTorch: another checkpoint's tokens do not pass."""
     from model_repo.checkpoint import make_tiny_checkpoint
+    from model_repo.export import load_torch_model
 
-    other = make_tiny_checkpoint(tmp_path / "other", "llama", seed=3)
+    other, _tokenizer = load_torch_model(make_tiny_checkpoint(tmp_path / "other", "llama", seed=3))
     with pytest.raises(GateError, match="fp32 parity failed"):
         check_parity(tiny_engine, other, n_tokens=16)

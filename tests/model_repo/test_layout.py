@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from model_repo import layout
-from model_repo.layout import MANIFEST_FILE, LayoutError, read_manifest, write_repository
+from model_repo.layout import LayoutError, write_repository
+from model_repo.manifest import MANIFEST_FILE, read_manifest
 from model_repo.spec import GenerationSpec, parse_model_config
 
 
@@ -24,7 +25,10 @@ def _artefacts(root: Path) -> Path:
 def test_layout_is_self_contained(tmp_path: Path) -> None:
     out = write_repository(tmp_path / "repo", _artefacts(tmp_path / "art"), GenerationSpec(model_name="smol"))
     version = out / "smol" / "1"
-    assert sorted(p.name for p in version.iterdir()) == ["engine", "model.py", "tritonform_engine.py"]
+    assert sorted(p.name for p in version.iterdir()) == ["engine", "model.py", "tritonform_runtime"]
+    runtime = sorted(p.name for p in (Path(layout.__file__).parent / "runtime").glob("*.py"))
+    assert sorted(p.name for p in (version / "tritonform_runtime").iterdir()) == runtime
+    assert "engine.py" in runtime and "scheduler.py" in runtime
     assert sorted(p.name for p in (version / "engine").iterdir()) == [
         "generation.json",
         "model.onnx",

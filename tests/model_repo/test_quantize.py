@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from model_repo.engine import Engine, GenerationMetadata
 from model_repo.quantize import QuantizeError, quantize_model
+from model_repo.runtime.contract import GenerationMetadata
+from model_repo.runtime.engine import Engine
 
 
 def _nbits(model_dir: Path) -> list[int]:

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import yaml
 
-from model_repo.layout import read_manifest
+from model_repo.manifest import read_manifest
 from model_repo.spec import GenerationSpec, SpecError, parse_model_config, render_model_config
 from model_repo.tensorrt_llm import (
     EngineBuild,
-    engine_build_job,
     gpu_architecture,
     tensorrt_llm_config,
     write_tensorrt_llm_repository,
 )
+from tritonform.commands.model import render_engine_build_job
 
 MODEL_HASH = "0123456789abcdef" * 4
 
@@ -33,7 +33,6 @@ def _build(bucket: str = "s3://bucket/models", **kw: Any) -> EngineBuild:
         checkpoint_uri=bucket.rstrip("/") + "/checkpoints/" + MODEL_HASH[:16],
         bucket_uri=bucket,
         gpu_type="nvidia-l4",
-        node_selector=(("cloud.google.com/gke-accelerator", "nvidia-l4"),),
         **kw,
     )
 
@@ -51,7 +50,9 @@ def _artefacts(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def trt_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trtllm")
-    return write_tensorrt_llm_repository(root / "repo", _artefacts(root / "art"), GenerationSpec(), _build())
+    spec, build = GenerationSpec(), _build()
+    job = render_engine_build_job(spec, build)
+    return write_tensorrt_llm_repository(root / "repo", _artefacts(root / "art"), spec, build, job)
 
 
 def _configs(repo: Path) -> dict[str, Any]:
@@ -118,35 +119,11 @@ def test_engine_key_depends_on_gpu_version_and_settings() -> None:
         _build(triton_release="23.01")
 
 
-@pytest.mark.parametrize("bucket", ["s3://bucket/models", "gs://bucket/models", "as://account/models/p"])
-def test_build_job_manifest(bucket: str) -> None:
-    job = engine_build_job(GenerationSpec(max_batch_size=16), _build(bucket))
-    assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
-    pod = job["spec"]["template"]["spec"]
-    assert pod["restartPolicy"] == "Never"
-    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    fetch, build = pod["initContainers"]
-    (upload,) = pod["containers"]
-    assert build["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert build["image"] == "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"
-    script = build["command"][-1]
-    assert "trtllm-build --checkpoint_dir /work/ckpt" in script and "--max_batch_size 16" in script
-    assert "LLaMAForCausalLM.from_hugging_face('/work/hf'" in script
-    for container in (fetch, build, upload):
-        assert ":" in container["image"] and not container["image"].endswith(":latest")
-    command = upload["command"][-1]
-    engine_uri = _build(bucket).engine_uri(GenerationSpec(max_batch_size=16))
-    tail = engine_uri.rsplit("/", 1)[-1]  # the settings hash, the last path segment
-    assert command.index(tail) < command.index("_COMPLETE")  # the marker is written last
-    assert len(job["metadata"]["name"]) <= 63
-    yaml.safe_load(yaml.safe_dump(job))  # plain data
-
-
 def test_job_file_is_plain_yaml(trt_repo: Path) -> None:
     text = (trt_repo / "engine-build-job.yaml").read_text()
     assert "&id" not in text and "*id" not in text
     assert yaml.safe_load(text)["kind"] == "Job"
+    assert yaml.safe_load(text) == render_engine_build_job(GenerationSpec(), _build())  # the Job it was given
 
 
 FAKE_ENGINE = '''
@@ -191,7 +168,8 @@ def test_real_triton_runs_the_ensemble_with_a_stand_in_engine(tmp_path: Path) ->
     from serving.triton_local import TritonServer, TritonServerConfig
 
     spec = GenerationSpec()
-    repo = write_tensorrt_llm_repository(tmp_path / "repo", _artefacts(tmp_path / "art"), spec, _build())
+    job = render_engine_build_job(spec, _build())
+    repo = write_tensorrt_llm_repository(tmp_path / "repo", _artefacts(tmp_path / "art"), spec, _build(), job)
     # the real tensorrtllm backend needs a GPU: same config, python backend, echoing stand-in
     stand_in = dataclasses.replace(tensorrt_llm_config(spec, _build()), backend="python")
     (repo / "tensorrt_llm" / "config.pbtxt").write_text(render_model_config(stand_in))

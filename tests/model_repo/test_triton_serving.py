@@ -87,13 +87,13 @@ def generate(url: str, inputs: list[Any], timeout: float = 60) -> list[Chunk]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama_export: Any) -> Any:
-    from model_repo.engine import Engine
+    from model_repo.runtime.engine import Engine
 
     return Engine.load(tiny_llama_export, num_threads=1)
 
 
 def greedy(engine: Any, prompt: str, max_tokens: int, **kw: Any) -> str:
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     return str(engine.generate_text(prompt, SamplingParams(max_tokens=max_tokens, **kw)))
 
@@ -222,7 +222,7 @@ def test_cancelled_stream_leaves_the_batch(tiny_triton: Any) -> None:
 
 
 def test_end_id_replaces_eos_and_minus_one_runs_to_max_tokens(tiny_triton: Any, engine: Any) -> None:
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     ids = engine.encode(PROMPT)
     free = [t.token_id for t in engine.generate(ids, SamplingParams(max_tokens=12, ignore_eos=True))]

@@ -3,7 +3,6 @@ real Triton loading the uploaded version straight from the S3 emulator."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -18,17 +17,8 @@ import pytest
 
 from model_repo.layout import write_repository
 from model_repo.spec import GenerationSpec
-from model_repo.upload import (
-    POINTER,
-    ObjectStore,
-    StorageUri,
-    UploadError,
-    open_store,
-    read_pointer,
-    register_upload,
-    resolve_stack_uri,
-    upload_repository,
-)
+from model_repo.storage import ObjectStore, StorageUri, open_store, read_pointer
+from model_repo.upload import UploadError, upload_repository
 from serving.triton_local import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -106,19 +96,6 @@ def small_repo(tmp_path: Path) -> Path:
         (art / name).write_bytes(data)
     (art / "generation.json").write_text("{}")
     return write_repository(tmp_path / "repo", art, GenerationSpec())
-
-
-def test_uri_parsing_follows_triton() -> None:
-    s3 = StorageUri.parse("s3://127.0.0.1:9000/bucket/a/b/")
-    assert (s3.endpoint, s3.bucket, s3.prefix) == ("http://127.0.0.1:9000", "bucket", "a/b")
-    assert s3.uri("versions", "v1") == "s3://127.0.0.1:9000/bucket/a/b/versions/v1"
-    assert StorageUri.parse("s3://bucket").uri(POINTER) == "s3://bucket/CURRENT"
-    azure = StorageUri.parse("as://acct/container/p")
-    assert (azure.account, azure.bucket, azure.prefix) == ("acct", "container", "p")
-    assert StorageUri.parse("gs://b/p").uri("x") == "gs://b/p/x"
-    for bad in ("http://x/y", "s3://", "as://account-only"):
-        with pytest.raises(UploadError):
-            StorageUri.parse(bad)
 
 
 def test_s3_versions_pointer_and_idempotence(s3_endpoint: str, small_repo: Path, tmp_path: Path) -> None:
@@ -273,33 +250,3 @@ def test_azurite_upload(small_repo: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert pointer["repository"] == f"as://{AZURITE_ACCOUNT}/models/smol/versions/{result.version}"
     finally:
         _stop(process)
-
-
-def test_cli_upload_and_option_errors(s3_endpoint: str, small_repo: Path) -> None:
-    import typer
-    from typer.testing import CliRunner
-
-    app = typer.Typer()
-    model_app = typer.Typer()
-    register_upload(model_app)
-    app.add_typer(model_app, name="model")
-    runner = CliRunner()
-    done = runner.invoke(app, ["model", "upload", str(small_repo), "--to", f"s3://{s3_endpoint}/models/cli"])
-    assert done.exit_code == 0, done.output
-    assert f"s3://{s3_endpoint}/models/cli/versions/" in done.output
-    assert runner.invoke(app, ["model", "upload", str(small_repo)]).exit_code == 2
-    missing = runner.invoke(
-        app, ["model", "upload", str(small_repo), "--to", f"s3://{s3_endpoint}/nobucket/x"]
-    )
-    assert missing.exit_code == 1 and "Traceback" not in missing.output
-
-
-def test_stack_uri_from_pulumi_outputs() -> None:
-    class Done:
-        returncode, stderr = 0, ""
-        stdout = json.dumps({"model_repository_uri": "s3://bucket/models", "bucket_uri": "s3://bucket"})
-
-    assert resolve_stack_uri("aws-dev", run=lambda *a, **k: Done()) == "s3://bucket/models"
-    Done.stdout = "{}"
-    with pytest.raises(UploadError, match="has no output"):
-        resolve_stack_uri("aws-dev", run=lambda *a, **k: Done())

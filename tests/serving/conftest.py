@@ -117,6 +117,6 @@ def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def engine(tiny_llama_export: Path) -> Any:
     """The same model in-process: the reference for greedy outputs."""
-    from model_repo.engine import Engine
+    from model_repo.runtime.engine import Engine
 
     return Engine.load(tiny_llama_export, num_threads=1)

@@ -74,7 +74,8 @@ def test_completion_at_temperature_0_equals_tritons_greedy_output(
 
 
 def test_chat_uses_the_models_chat_template(gateway: RunningGateway, engine: Any) -> None:
-    from model_repo.engine import SamplingParams
+    from model_repo.chat_template import apply_chat_template
+    from model_repo.runtime.sampling import SamplingParams
 
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "how are you today"}]
     answer = _client(gateway).chat.completions.create(
@@ -83,7 +84,7 @@ def test_chat_uses_the_models_chat_template(gateway: RunningGateway, engine: Any
         max_tokens=20,
         temperature=0,  # type: ignore[arg-type]
     )
-    prompt = engine.apply_chat_template(messages)
+    prompt = apply_chat_template(engine.metadata, messages)
     assert prompt.startswith("<|im_start|>system\nbe brief")
     assert answer.choices[0].message.content == engine.generate_text(prompt, SamplingParams(max_tokens=20))
     assert answer.choices[0].message.role == "assistant"

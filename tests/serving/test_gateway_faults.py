@@ -117,7 +117,7 @@ def test_client_disconnect_cancels_the_generation(triton: Any, make_gateway: Any
 
 
 def test_32_concurrent_streams_all_complete_and_stay_separate(gateway: Any, engine: Any) -> None:
-    from model_repo.engine import SamplingParams
+    from model_repo.runtime.sampling import SamplingParams
 
     prompts = [f"request {i}: the quick brown fox {'jumps ' * (i % 5)}" for i in range(32)]
     expected = [engine.generate_text(p, SamplingParams(max_tokens=24)) for p in prompts]

@@ -65,8 +65,16 @@ def test_nothing_uploaded_yet_is_one_clear_line(
     assert main(["resolve", "--prefix", "http://nope", "--out", str(tmp_path / "r")]) == 2
 
 
-def test_the_gateway_and_the_layout_agree_on_the_manifest_name() -> None:
-    from model_repo import layout
-    from serving.gateway import settings
+def test_the_gateway_and_the_layout_agree_on_the_manifest_name(tmp_path: Path) -> None:
+    """One manifest module for both: the gateway finds the tokenizer where the layout put it."""
+    from model_repo import layout, manifest
+    from serving.gateway.settings import GatewaySettings
 
-    assert settings.MANIFEST_FILE == layout.MANIFEST_FILE
+    assert manifest.MANIFEST_FILE == layout.MANIFEST_FILE
+    art = tmp_path / "art"
+    art.mkdir()
+    for name in ("model.onnx", "tokenizer.json", "generation.json"):
+        (art / name).write_text("{}")
+    repo = write_repository(tmp_path / "repo", art, GenerationSpec(engine_subdir="weights"))
+    settings = GatewaySettings(model_repository=repo)
+    assert settings.resolved_tokenizer_dir() == repo / "llm" / "1" / "weights"

@@ -6,10 +6,17 @@ Bad input prints one clear line and exits 2; a failed quality gate or export exi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from tritonform.commands.upload import register_upload
+
+if TYPE_CHECKING:
+    from model_repo.spec import GenerationSpec
+    from model_repo.tensorrt_llm import EngineBuild
 
 model_app = typer.Typer(
     name="model",
@@ -142,19 +149,14 @@ def _run_build(options: object) -> None:
     from model_repo.checkpoint import CheckpointError
     from model_repo.export import ExportError
     from model_repo.gates import GateError
+    from model_repo.layout import LayoutError
     from model_repo.quantize import QuantizeError
+    from model_repo.spec import SpecError
 
     assert isinstance(options, BuildOptions)
     console = Console(stderr=True)
     names = step_names(options)
-    try:
-        from model_repo.layout import LayoutError
-        from model_repo.spec import SpecError
-
-        user_errors: tuple[type[Exception], ...] = (LayoutError, SpecError)
-    except ImportError:  # the layout module is optional until the Triton side lands
-        user_errors = ()
-    bad_input: tuple[type[Exception], ...] = (BuildError, CheckpointError, *user_errors)
+    bad_input: tuple[type[Exception], ...] = (BuildError, CheckpointError, LayoutError, SpecError)
     try:
         with Progress(
             SpinnerColumn(),
@@ -173,7 +175,7 @@ def _run_build(options: object) -> None:
             def on_note(msg: str) -> None:
                 bar.update(task, description=f"build: {msg}")
 
-            report = build(options, on_step=on_step, on_note=on_note)
+            report = build(options, on_step=on_step, on_note=on_note, engine_job=render_engine_build_job)
             bar.update(task, completed=len(names), description="build: done")
     except KeyboardInterrupt:
         raise _fail("interrupted; the previous repository (if any) is unchanged", 130) from None
@@ -182,6 +184,18 @@ def _run_build(options: object) -> None:
     except (GateError, ExportError, QuantizeError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     _summary(console, options, report)
+
+
+def render_engine_build_job(spec: GenerationSpec, build: EngineBuild) -> dict[str, Any]:
+    """The Kubernetes Job that builds a TensorRT-LLM repository's engine on the GPU pool (the workload
+    renders it; the build writes it as `engine-build-job.yaml`). It tolerates the GPU pool's taint as
+    Triton's pods do (`GpuScheduling.standard()`); like every build before, it selects no node label:
+    its GPU request alone places it on a GPU node."""
+    from infra.platform.base import GpuScheduling
+    from infra.workload.engine_build import engine_build_job
+
+    scheduling = dataclasses.replace(GpuScheduling.standard(), node_selector={})
+    return engine_build_job(spec, build, scheduling)
 
 
 def _summary(console: object, options: object, report: dict[str, object]) -> None:
@@ -208,13 +222,6 @@ def _summary(console: object, options: object, report: dict[str, object]) -> Non
 def register(app: typer.Typer) -> None:
     """Add `tritonform build` and the `tritonform model` sub-app (fetch-default, upload) to the main app."""
     app.command("build")(build_command)
-    _register_upload()
-    app.add_typer(model_app, name="model")
-
-
-def _register_upload() -> None:
-    # `model upload` lives with the upload code (model_repo/upload.py), which owns its options.
-    from model_repo.upload import register_upload
-
     if not any(c.name == "upload" for c in model_app.registered_commands):
         register_upload(model_app)
+    app.add_typer(model_app, name="model")

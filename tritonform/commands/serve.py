@@ -51,19 +51,16 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a model locally: real Triton + OpenAI-compatible gateway. Ctrl-C stops both."""
-    from serving.local_stack import (
-        LocalStack,
-        LocalStackConfig,
-        StackError,
-        check_port_free,
-        default_repository,
-    )
+    from serving.local_stack import LocalStack, LocalStackConfig, StackError, check_port_free
 
     try:
         check_port_free(host, port)  # before a possibly long build
         if model_repo is None:
+            # building is the CLI's part: the local stack only serves a repository it is given
+            from model_repo.build import build_default_repository
+
             with console.status("preparing the default model's repository") as status:
-                model_repo = default_repository(lambda message: status.update(message))
+                model_repo = build_default_repository(lambda message: status.update(message))
         elif not model_repo.is_dir():
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
         stack = LocalStack(

@@ -163,7 +163,7 @@ def test_an_unsafe_stack_fails_plan_naming_the_rule(write_stack: Callable[..., P
 def test_upload_finds_the_prefix_triton_serves_from_in_the_stack_outputs(
     plan_of: Callable[[str], Plan],
 ) -> None:
-    from model_repo.upload import STACK_OUTPUT_KEYS
+    from tritonform.commands.upload import STACK_OUTPUT_KEYS
 
     outputs = plan_of("aws-dev").outputs
     (key,) = STACK_OUTPUT_KEYS

@@ -1,6 +1,6 @@
-"""The Triton model's scheduler (model_repo/python_model/model.py) run in-process on the tiny model:
-lanes answer exactly like one batch, share the work evenly, and a lone stream uses every core.
-(The same file served by a real Triton is tested in test_triton_serving.py.)"""
+"""The runtime's scheduler (model_repo/runtime/scheduler.py) run in-process on the tiny model: lanes
+answer exactly like one batch, share the work evenly, and a lone stream uses every core.
+(The same code served by a real Triton is tested in tests/model_repo/test_triton_serving.py.)"""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-import model_repo.engine as em
-from model_repo.python_model.model import ContinuousBatchScheduler, GenerationRequest, Job, lane_count
+from model_repo.runtime.engine import Engine
+from model_repo.runtime.sampling import SamplingParams
+from model_repo.runtime.scheduler import ContinuousBatchScheduler, GenerationRequest, Job, lane_count
 
 PROMPTS = ["hello world", "the quick brown fox", "a", "model servers stream", "one two three", "lazy dog"]
 
@@ -19,7 +20,7 @@ PROMPTS = ["hello world", "the quick brown fox", "a", "model servers stream", "o
 class Counting:
     """An engine whose model calls are counted (everything else is the wrapped engine's)."""
 
-    def __init__(self, engine: em.Engine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.calls = 0
 
@@ -59,21 +60,17 @@ def run_jobs(scheduler: ContinuousBatchScheduler, prompts: list[str], max_tokens
 
 
 @pytest.fixture
-def lanes(tiny_engine: em.Engine) -> Any:
+def lanes(tiny_engine: Engine) -> Any:
     shared = Counting(tiny_engine)
     own = [Counting(tiny_engine.sibling(1)), Counting(tiny_engine.sibling(1))]
-    scheduler = ContinuousBatchScheduler(shared, em, max_active=4, lane_engines=own)
+    scheduler = ContinuousBatchScheduler(shared, max_active=4, lane_engines=own)
     scheduler.start()
     yield SimpleNamespace(scheduler=scheduler, shared=shared, own=own)
     scheduler.stop()
 
 
-def test_two_lanes_answer_like_the_engine_alone_and_share_the_work(
-    lanes: Any, tiny_engine: em.Engine
-) -> None:
-    expected = [
-        tiny_engine.generate_text(p, em.SamplingParams(max_tokens=12, ignore_eos=True)) for p in PROMPTS
-    ]
+def test_two_lanes_answer_like_the_engine_alone_and_share_the_work(lanes: Any, tiny_engine: Engine) -> None:
+    expected = [tiny_engine.generate_text(p, SamplingParams(max_tokens=12, ignore_eos=True)) for p in PROMPTS]
     assert run_jobs(lanes.scheduler, PROMPTS, 12) == expected
     # both lanes decoded, each at most its share of max_active (4 over 2 lanes) per step
     assert [lane.capacity for lane in lanes.scheduler.lanes] == [2, 2]
@@ -83,16 +80,16 @@ def test_two_lanes_answer_like_the_engine_alone_and_share_the_work(
     assert lanes.scheduler.jobs == {}
 
 
-def test_a_lane_working_alone_runs_on_the_all_cores_engine(lanes: Any, tiny_engine: em.Engine) -> None:
-    expected = tiny_engine.generate_text(PROMPTS[1], em.SamplingParams(max_tokens=10, ignore_eos=True))
+def test_a_lane_working_alone_runs_on_the_all_cores_engine(lanes: Any, tiny_engine: Engine) -> None:
+    expected = tiny_engine.generate_text(PROMPTS[1], SamplingParams(max_tokens=10, ignore_eos=True))
     assert run_jobs(lanes.scheduler, [PROMPTS[1]], 10) == [expected]
     assert lanes.shared.calls == 10  # one prefill and nine decode steps
     assert [engine.calls for engine in lanes.own] == [0, 0]
 
 
-def test_a_lane_takes_a_job_only_with_room_and_no_more_jobs_than_the_others(tiny_engine: em.Engine) -> None:
+def test_a_lane_takes_a_job_only_with_room_and_no_more_jobs_than_the_others(tiny_engine: Engine) -> None:
     scheduler = ContinuousBatchScheduler(
-        tiny_engine, em, max_active=5, lane_engines=[tiny_engine, tiny_engine]
+        tiny_engine, max_active=5, lane_engines=[tiny_engine, tiny_engine]
     )  # not started: the lanes' job tables are filled by hand
     first, second = scheduler.lanes
     assert (first.capacity, second.capacity) == (3, 2)
@@ -107,15 +104,14 @@ def test_a_lane_takes_a_job_only_with_room_and_no_more_jobs_than_the_others(tiny
     assert sorted(scheduler.jobs) == ["a", "b", "c", "d", "e"]
 
 
-def test_without_lane_engines_there_is_one_lane_on_the_engine(tiny_engine: em.Engine) -> None:
-    scheduler = ContinuousBatchScheduler(tiny_engine, em, max_active=3)
+def test_without_lane_engines_there_is_one_lane_on_the_engine(tiny_engine: Engine) -> None:
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=3)
     scheduler.start()
     try:
         assert len(scheduler.lanes) == 1 and scheduler.lanes[0].engine is tiny_engine
         texts = run_jobs(scheduler, PROMPTS[:3], 6)
         assert texts == [
-            tiny_engine.generate_text(p, em.SamplingParams(max_tokens=6, ignore_eos=True))
-            for p in PROMPTS[:3]
+            tiny_engine.generate_text(p, SamplingParams(max_tokens=6, ignore_eos=True)) for p in PROMPTS[:3]
         ]
         assert scheduler.max_batch_seen >= 2
     finally:
@@ -138,10 +134,10 @@ def test_lane_count_is_two_on_multi_core_cpu_and_one_elsewhere() -> None:
         lane_count(-1, _engine(cpu, 2), 8)
 
 
-def test_a_client_whose_responses_fail_does_not_hold_up_the_others(tiny_engine: em.Engine) -> None:
+def test_a_client_whose_responses_fail_does_not_hold_up_the_others(tiny_engine: Engine) -> None:
     """Responses leave through a writer thread per lane; one that raises (a client gone away) is
     logged and the next ones still go out."""
-    scheduler = ContinuousBatchScheduler(tiny_engine, em, max_active=4)
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=4)
     scheduler.start()
     broken = threading.Event()
     try:
@@ -152,15 +148,15 @@ def test_a_client_whose_responses_fail_does_not_hold_up_the_others(tiny_engine: 
 
         request = GenerationRequest(prompt=PROMPTS[0], max_tokens=4, stream=True, end_id=-1)
         scheduler.submit(Job("gone", request, explode, lambda _m: None))
-        expected = tiny_engine.generate_text(PROMPTS[1], em.SamplingParams(max_tokens=6, ignore_eos=True))
+        expected = tiny_engine.generate_text(PROMPTS[1], SamplingParams(max_tokens=6, ignore_eos=True))
         assert run_jobs(scheduler, [PROMPTS[1]], 6) == [expected]
         assert broken.is_set()
     finally:
         scheduler.stop()
 
 
-def test_stop_sends_what_was_queued_then_fails_the_running_job_last(tiny_engine: em.Engine) -> None:
-    scheduler = ContinuousBatchScheduler(tiny_engine, em, max_active=2)
+def test_stop_sends_what_was_queued_then_fails_the_running_job_last(tiny_engine: Engine) -> None:
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=2)
     scheduler.start()
     events: list[tuple[str, Any]] = []
     started = threading.Event()
@@ -180,12 +176,12 @@ def test_stop_sends_what_was_queued_then_fails_the_running_job_last(tiny_engine:
 
 
 def test_with_lanes_gives_each_lane_its_own_session_with_a_share_of_the_threads(
-    tiny_engine: em.Engine,
+    tiny_engine: Engine,
 ) -> None:
     assert tiny_engine.num_threads == 1
-    alone = ContinuousBatchScheduler.with_lanes(tiny_engine, em, max_active=4)  # auto: 1 thread, 1 lane
+    alone = ContinuousBatchScheduler.with_lanes(tiny_engine, max_active=4)  # auto: 1 thread, 1 lane
     assert [lane.engine for lane in alone.lanes] == [tiny_engine]
-    two = ContinuousBatchScheduler.with_lanes(tiny_engine, em, max_active=4, decode_lanes=2)
+    two = ContinuousBatchScheduler.with_lanes(tiny_engine, max_active=4, decode_lanes=2)
     assert len(two.lanes) == 2 and all(lane.engine is not tiny_engine for lane in two.lanes)
     assert [lane.engine.num_threads for lane in two.lanes] == [1, 1]
     assert two.lanes[0].engine.session is not two.lanes[1].engine.session

@@ -1,0 +1,18 @@
+"""What every model repository ships and Triton imports: the generation runtime.
+
+`model_repo.layout` copies this folder into each repository as `<model>/1/tritonform_runtime/`, next to
+the Triton adapter `model.py`; in the source tree it is `model_repo.runtime`. Its modules import each
+other relatively and import nothing beyond numpy, onnxruntime, tokenizers and the standard library, so
+the same files work in both places and in any Triton container that has those three libraries.
+
+    contract   the model directory's files and ONNX names, `GenerationMetadata`, `EngineError`
+    cpus       CPUs this process may use (affinity mask, cgroup quota): the default thread count
+    sampling   `SamplingParams`, `Sampler`
+    batch      continuous batching: `DecodeBatch`, `LeftPaddedBatch`, `RightPaddedBatch`, `StepOutput`
+    engine     `Engine`: one onnxruntime session, its tokenizer and metadata
+    text       `IncrementalDetokenizer`, `TextStream`
+    scheduler  `ContinuousBatchScheduler`, `Lane`, `Job`, `GenerationRequest` (no Triton types)
+
+This file imports none of them on purpose: serving imports `contract` alone (file names and metadata)
+without loading the engine, and the gateway image carries only that module.
+"""

@@ -1,0 +1,301 @@
+"""Continuous batching over one model: sequences of different lengths advance in one onnxruntime call.
+
+A sequence joins after a batch-1 prefill (`DecodeBatch.add`), every `step` advances all of them by one
+token, and finished or cancelled sequences leave. The stacked KV cache's layout follows the model's
+attention (`GenerationMetadata.kv_layout`): `LeftPaddedBatch` or `RightPaddedBatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .contract import EngineError, GenerationMetadata
+from .sampling import Sampler, SamplingParams
+
+
+class BatchRunner(Protocol):
+    """What a batch needs from a session of the model (`Engine` is one): its metadata and model calls."""
+
+    metadata: GenerationMetadata
+
+    def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Sequence[Any],
+        last_only: bool = False,
+    ) -> tuple[np.ndarray, list[Any]]: ...
+
+    def forward_in_place(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: list[np.ndarray],
+        binding: Any = None,
+    ) -> np.ndarray: ...
+
+    def bind_cache(self, cache: list[np.ndarray]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One new token for one sequence. finish_reason: None while running, 'stop' or 'length' at the end.
+
+    When a sequence stops on an eos/stop token that token is still reported (token_id) but
+    `is_stop_token` is True so callers do not print it.
+    """
+
+    request_id: str
+    token_id: int
+    finished: bool
+    finish_reason: str | None
+    is_stop_token: bool = False
+
+
+@dataclass
+class _SeqState:
+    """One sequence in a batch: its sampling, its place in the cache and its stop tokens."""
+
+    request_id: str
+    params: SamplingParams
+    sampler: Sampler
+    length: int  # tokens whose keys/values are in the cache
+    last_token: int
+    generated: int = 0
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+
+class DecodeBatch:
+    """Continuous batching: sequences with different prompt and past lengths advance in one ORT call.
+
+    A sequence joins after a batch-1 prefill (`add`), every `step` advances all of them by one token,
+    and finished or cancelled sequences leave. How the stacked KV cache is laid out depends on the
+    model's attention (`GenerationMetadata.kv_layout`); see `LeftPaddedBatch` and `RightPaddedBatch`.
+    Not thread-safe: drive it from one thread (the Triton model's scheduler loop).
+    """
+
+    def __init__(self, engine: BatchRunner) -> None:
+        self.engine = engine
+        self.seqs: list[_SeqState] = []
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def request_ids(self) -> list[str]:
+        """The sequences in the batch, in row order."""
+        return [s.request_id for s in self.seqs]
+
+    def _finish(self, s: _SeqState, tok: int) -> tuple[bool, str | None, bool]:
+        if tok in s.stop_ids:
+            return True, "stop", True
+        if s.generated >= s.params.max_tokens or s.length + 1 >= self.engine.metadata.max_context:
+            return True, "length", False
+        return False, None, False
+
+    def add(
+        self,
+        request_id: str,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        runner: BatchRunner | None = None,
+    ) -> StepOutput:
+        """Prefill one prompt (one ORT call), sample its first token and, unless it already finished,
+        join the batch. Returns that first token. `runner`: another session of the same model to run
+        the call on (see `Engine.sibling`); default, the batch's own engine."""
+        meta = self.engine.metadata
+        prompt_len = len(prompt_ids)
+        if prompt_len == 0:
+            raise EngineError("empty prompt: send at least one token")
+        if prompt_len >= meta.max_context:
+            raise EngineError(f"prompt has {prompt_len} tokens; this model's context is {meta.max_context}")
+        if any(s.request_id == request_id for s in self.seqs):
+            raise EngineError(f"request id {request_id!r} is already running")
+        ids = np.asarray([prompt_ids], dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= meta.vocab_size:
+            raise EngineError(f"token ids must be in [0, {meta.vocab_size})")
+        if any(not 0 <= t < meta.vocab_size for t in params.stop_token_ids):
+            raise EngineError(f"stop token ids must be in [0, {meta.vocab_size})")
+        last_logits, present = (runner or self.engine).prefill(prompt_ids)
+        stop = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop |= set(meta.eos_token_ids)
+        state = _SeqState(request_id, params, Sampler(params), prompt_len, 0, stop_ids=frozenset(stop))
+        tok = state.sampler(last_logits)
+        state.generated = 1
+        state.last_token = tok
+        finished, reason, is_stop = self._finish(state, tok)
+        if not finished:
+            self._join_cache(present, prompt_len)
+            self.seqs.append(state)
+        return StepOutput(request_id, tok, finished, reason, is_stop)
+
+    def remove(self, request_id: str) -> bool:
+        """Drop a sequence (finished or cancelled). Returns False if it was not in the batch."""
+        keep = [i for i, s in enumerate(self.seqs) if s.request_id != request_id]
+        if len(keep) == len(self.seqs):
+            return False
+        self._keep(keep)
+        return True
+
+    def _keep(self, keep: list[int]) -> None:
+        self.seqs = [self.seqs[i] for i in keep]
+        self._keep_cache(keep)
+
+    def step(self, runner: BatchRunner | None = None) -> list[StepOutput]:
+        """Advance every active sequence by one token in a single ORT call, on `runner` (another
+        session of the same model, see `Engine.sibling`) or by default the batch's own engine.
+
+        Finished sequences are removed from the batch automatically after this step.
+        """
+        if not self.seqs:
+            return []
+        rows = len(self.seqs)
+        input_ids = np.fromiter((s.last_token for s in self.seqs), dtype=np.int64, count=rows)[:, None]
+        lengths = np.fromiter((s.length for s in self.seqs), dtype=np.int64, count=rows)
+        logits = self._advance(input_ids, lengths, runner or self.engine)
+        outs: list[StepOutput] = []
+        for i, s in enumerate(self.seqs):
+            s.length += 1
+            tok = s.sampler(logits[i, -1])
+            s.generated += 1
+            s.last_token = tok
+            finished, reason, is_stop = self._finish(s, tok)
+            outs.append(StepOutput(s.request_id, tok, finished, reason, is_stop))
+        if any(o.finished for o in outs):  # all that finished leave at once: one cache re-stack
+            self._keep([i for i, o in enumerate(outs) if not o.finished])
+        return outs
+
+    # ---- the cache layout (subclasses) ------------------------------------------------------
+    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
+        """Append a prefilled sequence's KV ([1, H, length, D] per tensor) as the last row."""
+        raise NotImplementedError
+
+    def _keep_cache(self, keep: list[int]) -> None:
+        """Keep only these rows (in this order); `self.seqs` is already filtered."""
+        raise NotImplementedError
+
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: BatchRunner) -> np.ndarray:
+        """One decode call: each row's next token at position lengths[b]. Returns logits [B, 1, V]."""
+        raise NotImplementedError
+
+
+class LeftPaddedBatch(DecodeBatch):
+    """For MultiHeadAttention and plain attention graphs: one stacked KV cache [B, kv_heads, L, head_dim]
+    per layer, left-padded: sequence b's tokens occupy the last `length_b` columns and `attention_mask`
+    zeros the padding; each sequence gets its own position_ids. Joining and leaving re-stack the cache;
+    plain steps pass ORT's present tensors straight back as the next past (no copy)."""
+
+    def __init__(self, engine: BatchRunner) -> None:
+        super().__init__(engine)
+        self.past: list[Any] = []  # 2*num_layers arrays/OrtValues [B, H, L, D]
+        self.width = 0  # L
+
+    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
+        if not self.seqs:
+            self.past, self.width = list(present), length
+            return
+        old = [to_numpy(p) for p in self.past]
+        width = max(self.width, length)
+        rows = len(self.seqs)
+        merged = []
+        for o, p in zip(old, present, strict=True):
+            heads, head_dim = o.shape[1], o.shape[3]
+            buf = np.zeros((rows + 1, heads, width, head_dim), dtype=o.dtype)
+            buf[:rows, :, width - self.width :, :] = o
+            buf[rows, :, width - length :, :] = p[0]
+            merged.append(buf)
+        self.past, self.width = merged, width
+
+    def _keep_cache(self, keep: list[int]) -> None:
+        if not self.seqs:
+            self.past, self.width = [], 0
+            return
+        width = max(s.length for s in self.seqs)
+        cut = self.width - width  # columns that only the removed sequences used
+        self.past = [np.ascontiguousarray(to_numpy(p)[keep, :, cut:, :]) for p in self.past]
+        self.width = width
+
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: BatchRunner) -> np.ndarray:
+        rows, width = len(lengths), self.width
+        mask = np.ones((rows, width + 1), dtype=np.int64)
+        if rows > 1:
+            cols = np.arange(width)[None, :]
+            mask[:, :width] = cols >= (width - lengths)[:, None]
+        logits, present = runner.forward(input_ids, mask, lengths[:, None], self.past)
+        self.past, self.width = present, width + 1
+        return logits
+
+
+class RightPaddedBatch(DecodeBatch):
+    """For GroupQueryAttention graphs (see model_repo/gqa.py): one KV buffer [B, kv_heads, capacity,
+    head_dim] per tensor, right-padded: sequence b's tokens occupy columns 0..length_b-1. A step binds
+    each buffer as both past and present, so the attention op writes the new token's key/value into
+    column length_b in place: a step copies no cache at all. The capacity grows in CAPACITY_STEP
+    columns; joining and leaving copy the buffers once."""
+
+    CAPACITY_STEP = 64
+
+    def __init__(self, engine: BatchRunner) -> None:
+        super().__init__(engine)
+        self.cache: list[np.ndarray] = []  # 2*num_layers arrays [B, H, capacity, D]
+        # (session, cache list, its IO binding): reused while both stay; every cache change makes a new list
+        self._bound: tuple[BatchRunner, list[np.ndarray], Any] | None = None
+
+    @property
+    def capacity(self) -> int:
+        """Columns of the cache buffers (0 while the batch is empty)."""
+        return self.cache[0].shape[2] if self.cache else 0
+
+    def _capacity_for(self, columns: int) -> int:
+        step = self.CAPACITY_STEP
+        return min(-(-columns // step) * step, self.engine.metadata.max_context)
+
+    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
+        rows = len(self.seqs)
+        cap = max(self.capacity, self._capacity_for(max([length, *(s.length for s in self.seqs)]) + 1))
+        merged = []
+        for i, p in enumerate(present):
+            new = to_numpy(p)
+            buf = _resized(self.cache[i] if self.cache else new[:0], rows + 1, cap)
+            buf[rows, :, :length] = new[0]
+            merged.append(buf)
+        self.cache = merged
+
+    def _keep_cache(self, keep: list[int]) -> None:
+        # the buffer shrinks to what the remaining rows need: a long answer that ends frees its memory
+        cap = self._capacity_for(max((s.length for s in self.seqs), default=0) + 1)
+        self.cache = [np.ascontiguousarray(c[keep, :, :cap]) for c in self.cache] if keep else []
+        self._bound = None  # the old binding held the old buffers
+
+    def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: BatchRunner) -> np.ndarray:
+        need = int(lengths.max()) + 1
+        if need > self.capacity:
+            cap = self._capacity_for(need)
+            self.cache = [_resized(c, c.shape[0], cap) for c in self.cache]
+        # ones over 0..length_b (the new token included): the graph derives each row's length from it
+        mask = (np.arange(self.capacity)[None, :] <= lengths[:, None]).astype(np.int64)
+        bound = self._bound
+        if bound is None or bound[0] is not runner or bound[1] is not self.cache:
+            bound = self._bound = (runner, self.cache, runner.bind_cache(self.cache))
+        return runner.forward_in_place(input_ids, mask, lengths[:, None], self.cache, bound[2])
+
+
+def _resized(cache: np.ndarray, rows: int, capacity: int) -> np.ndarray:
+    """A zeroed [rows, H, capacity, D] buffer holding `cache` ([<=rows, H, <=capacity, D]) at its start."""
+    buf = np.zeros((rows, cache.shape[1], capacity, cache.shape[3]), dtype=cache.dtype)
+    buf[: cache.shape[0], :, : cache.shape[2]] = cache
+    return buf
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """`value` as a numpy array (an onnxruntime OrtValue is copied to one; an array is returned as is)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()

@@ -1,0 +1,395 @@
+"""In-process onnxruntime generation engine for decoder-only LLMs exported by `model_repo.export`.
+
+Used by `tritonform build` (gates, benchmark) and by the Triton python-backend model. No torch import:
+the hot loop is numpy + onnxruntime only, so a Triton model instance stays small. The model directory
+it opens is described in `contract.py`.
+
+API in brief:
+    engine = Engine.load(model_dir, num_threads=2)          # providers chosen by availability
+    for tok in engine.generate("Hello", SamplingParams(max_tokens=32)): ...   # GeneratedToken
+    text = engine.generate_text(prompt, params)
+    batch = engine.new_batch()                               # continuous batching of independent sequences
+    first = batch.add("req-1", prompt_ids, params)           # prefill (one ORT call), returns StepOutput
+    outs = batch.step()                                      # ONE ORT call advances every active sequence
+    batch.remove("req-1")                                    # cancel
+    stream = TextStream(engine.tokenizer, stop=("\\n\\n",))  # text deltas, never split a UTF-8 character
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batch import DecodeBatch, LeftPaddedBatch, RightPaddedBatch, StepOutput, to_numpy
+from .contract import (
+    KV_LAYOUT_RIGHT,
+    LOGITS_TO_KEEP,
+    TOKENIZER_FILE,
+    EngineError,
+    GenerationMetadata,
+    past_names,
+    present_names,
+)
+from .cpus import usable_cpus
+from .sampling import SamplingParams
+from .text import TextStream
+
+# Prompt-prefix KV reuse: a new prompt that shares at least PREFIX_MIN_TOKENS leading tokens with the
+# previous one (a chat template's system prompt, a few-shot preamble) prefills only the rest. At most
+# PREFIX_MAX_TOKENS tokens are kept (~46 KB a token for SmolLM2-135M).
+PREFIX_MIN_TOKENS = 8
+PREFIX_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """What `Engine.generate` yields: the token and the text it adds (may be '' while a char is split)."""
+
+    token_id: int
+    text: str
+    finished: bool
+    finish_reason: str | None
+
+
+def available_providers(prefer_gpu: bool = True) -> list[str]:
+    """Execution providers to use, best first: TensorRT, CUDA when present, CPU always last."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    chosen = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if prefer_gpu and p in have]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+class Engine:
+    """An onnxruntime session over one exported model plus its tokenizer and metadata."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        metadata: GenerationMetadata,
+        session: Any,
+        tokenizer: Any,
+        num_threads: int = 0,
+        session_args: tuple[Path, list[Any], bool] | None = None,
+    ) -> None:
+        """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
+        providers, allow_spinning): how to open another session of the model, for `sibling()`."""
+        self.model_dir = Path(model_dir)
+        self.metadata = metadata
+        self.session = session
+        self.tokenizer = tokenizer
+        self._past_names = past_names(metadata.num_layers)
+        self._present_names = present_names(metadata.num_layers)
+        self._output_names = ["logits"] + [n for pair in self._present_names for n in pair]
+        self._flat_past_names = [n for pair in self._past_names for n in pair]
+        inputs = {i.name for i in session.get_inputs()}
+        missing = {"input_ids", "attention_mask", "position_ids", self._past_names[0][0]} - inputs
+        if missing:
+            raise EngineError(f"{model_dir}: ONNX model lacks inputs {sorted(missing)}; rebuild it")
+        self._float = np.float32
+        self._positions_input = LOGITS_TO_KEEP in inputs
+        self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
+        self._prefix_ids: list[int] = []
+        self._prefix_kv: list[np.ndarray] = []
+        self._session_args = session_args
+        self.num_threads = num_threads
+
+    # ---- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        providers: Sequence[str] | None = None,
+        num_threads: int | None = None,
+        onnx_file: str | None = None,
+        allow_spinning: bool = True,
+    ) -> Engine:
+        """Open a model directory. `num_threads` defaults to $TRITONFORM_NUM_THREADS or `usable_cpus()`.
+        `allow_spinning=False` stops idle ORT threads from busy-waiting (better when other processes,
+        e.g. Triton's server next to its python stub, need the same cores)."""
+        from tokenizers import Tokenizer
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise EngineError(f"model directory {model_dir} does not exist")
+        meta = GenerationMetadata.load(model_dir)
+        onnx_path = model_dir / (onnx_file or meta.onnx_file)
+        tok_path = model_dir / TOKENIZER_FILE
+        for p in (onnx_path, tok_path):
+            if not p.is_file():
+                raise EngineError(f"{p} not found: the model directory is incomplete; rebuild it")
+        threads = num_threads or int(os.environ.get("TRITONFORM_NUM_THREADS", "0")) or usable_cpus()
+        provs = list(providers) if providers else available_providers()
+        session = _open_session(onnx_path, provs, threads, allow_spinning)
+        tokenizer = Tokenizer.from_file(str(tok_path))
+        return cls(model_dir, meta, session, tokenizer, threads, (onnx_path, provs, allow_spinning))
+
+    def sibling(self, num_threads: int) -> Engine:
+        """Another onnxruntime session over the same model, with `num_threads` threads, sharing this
+        engine's tokenizer and metadata (not its prefix cache). Sequences can move between the two:
+        a batch's KV cache is plain memory that any session of the model can advance (see
+        `DecodeBatch.step`). Costs the model's weights once more in memory."""
+        if self._session_args is None:
+            raise EngineError("sibling() needs an engine opened with Engine.load")
+        onnx_path, provs, allow_spinning = self._session_args
+        session = _open_session(onnx_path, provs, num_threads, allow_spinning)
+        return Engine(self.model_dir, self.metadata, session, self.tokenizer, num_threads, self._session_args)
+
+    @property
+    def providers(self) -> list[str]:
+        """The session's execution providers, in the order onnxruntime uses them."""
+        return list(self.session.get_providers())
+
+    # ---- text helpers --------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens written in the text (e.g. <|im_start|>) are recognised."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of token `ids` (special tokens left out unless asked for)."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    # ---- model calls ---------------------------------------------------------------------------
+    def empty_past(self, batch: int = 1) -> list[np.ndarray]:
+        """A cache of length 0 for `batch` rows (2 arrays per layer), the past of a first call."""
+        meta = self.metadata
+        shape = (batch, meta.num_kv_heads, 0, meta.head_dim)
+        return [np.zeros(shape, dtype=self._float) for _ in range(2 * meta.num_layers)]
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Sequence[Any],
+        last_only: bool = False,
+    ) -> tuple[np.ndarray, list[Any]]:
+        """One ORT call. `past` items are numpy arrays or OrtValues (2 per layer, key then value).
+        `last_only` computes logits for the last position only (a batch-1 prefill needs no other),
+        which saves most of the vocabulary projection.
+
+        Returns (logits [B,S,V] numpy, or [B,1,V] with `last_only`; present as OrtValues, which can be
+        passed back without a copy).
+        """
+        width = input_ids.shape[1]
+        extra: dict[str, np.ndarray] = {}
+        if self._positions_input:
+            keep = [width - 1] if last_only else range(width)
+            extra[LOGITS_TO_KEEP] = np.fromiter(keep, dtype=np.int64)
+        if not self._cpu_only:
+            # GPU providers: plain run() copies outputs to host numpy, which keeps this path correct
+            # (a device-resident KV cache through IO binding is future work).
+            np_feeds: dict[str, Any] = {
+                "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+                "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+                **extra,
+            }
+            for (kname, vname), i in zip(self._past_names, range(0, len(past), 2), strict=True):
+                np_feeds[kname] = to_numpy(past[i])
+                np_feeds[vname] = to_numpy(past[i + 1])
+            res = self.session.run(self._output_names, np_feeds)
+            return _last(res[0], last_only), list(res[1:])
+        import onnxruntime as ort
+
+        feeds: dict[str, Any] = {
+            "input_ids": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
+            "attention_mask": ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(attention_mask, dtype=np.int64)
+            ),
+            "position_ids": ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(position_ids, dtype=np.int64)
+            ),
+        }
+        for name, value in extra.items():
+            feeds[name] = ort.OrtValue.ortvalue_from_numpy(value)
+        for (kname, vname), i in zip(self._past_names, range(0, len(past), 2), strict=True):
+            feeds[kname] = _as_ortvalue(past[i])
+            feeds[vname] = _as_ortvalue(past[i + 1])
+        outs = self.session.run_with_ort_values(self._output_names, feeds)
+        return _last(outs[0].numpy(), last_only), list(outs[1:])
+
+    def forward_in_place(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: list[np.ndarray],
+        binding: Any = None,
+    ) -> np.ndarray:
+        """One call over a right-padded cache (KV_LAYOUT_RIGHT): each `cache` array is bound as both the
+        past and the present tensor, so GroupQueryAttention writes the new keys/values into it in place.
+        `binding`: what `bind_cache(cache)` returned for this session and these very arrays, reused
+        across steps (binding ~60 tensors costs ~0.6 ms a step); None binds afresh.
+        Returns logits [B, S, V].
+        """
+        if not self._cpu_only:
+            # device providers: buffers live on the host here, so run plainly and copy the present back
+            logits, present = self.forward(input_ids, attention_mask, position_ids, cache)
+            for buf, new in zip(cache, present, strict=True):
+                buf[...] = to_numpy(new)
+            return logits
+        if binding is None:
+            binding = self.bind_cache(cache)
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        if self._positions_input:
+            binding.bind_cpu_input(LOGITS_TO_KEEP, np.arange(input_ids.shape[1], dtype=np.int64))
+        binding.bind_output("logits")  # a fresh buffer each call: the caller keeps the last logits
+        self.session.run_with_iobinding(binding)
+        return np.asarray(binding.get_outputs()[-1].numpy())  # logits were bound last
+
+    def bind_cache(self, cache: list[np.ndarray]) -> Any:
+        """An IO binding of this session with each `cache` array as past and present; None for device
+        providers, whose `forward_in_place` runs without one."""
+        if not self._cpu_only:
+            return None
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        presents = self._output_names[1:]
+        for past_name, present_name, buf in zip(self._flat_past_names, presents, cache, strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(buf)  # shares the array's memory
+            binding.bind_ortvalue_input(past_name, value)
+            binding.bind_ortvalue_output(present_name, value)
+        return binding
+
+    def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Batch-1 prefill of a prompt: (logits of its last position [V], present KV as numpy arrays).
+
+        Reuses the KV of the leading tokens it shares with the previous prompt (see PREFIX_MIN_TOKENS):
+        causal attention makes those keys and values independent of what follows them.
+        """
+        length = len(ids)
+        reuse = 0
+        limit = min(len(self._prefix_ids), length - 1)
+        if limit >= PREFIX_MIN_TOKENS:
+            differ = np.flatnonzero(np.asarray(self._prefix_ids[:limit]) != np.asarray(ids[:limit]))
+            reuse = int(differ[0]) if differ.size else limit
+        if reuse >= PREFIX_MIN_TOKENS:
+            past: list[Any] = [np.ascontiguousarray(kv[:, :, :reuse, :]) for kv in self._prefix_kv]
+        else:
+            reuse, past = 0, self.empty_past(1)
+        logits, present = self.forward(
+            np.asarray([ids[reuse:]], dtype=np.int64),
+            np.ones((1, length), dtype=np.int64),
+            np.arange(reuse, length, dtype=np.int64)[None, :],
+            past,
+            last_only=True,
+        )
+        kv = [to_numpy(p) for p in present]
+        keep = min(length, PREFIX_MAX_TOKENS)
+        self._prefix_ids = [int(t) for t in ids[:keep]]
+        self._prefix_kv = [np.ascontiguousarray(tensor[:, :, :keep, :]) for tensor in kv]
+        return logits[0, -1], kv
+
+    def prompt_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(ids), V] for every position of one sequence (teacher forcing, used by gates)."""
+        length = len(ids)
+        logits, _ = self.forward(
+            np.asarray([ids], dtype=np.int64),
+            np.ones((1, length), dtype=np.int64),
+            np.arange(length, dtype=np.int64)[None, :],
+            self.empty_past(1),
+        )
+        return logits[0]
+
+    def decode_logits(self, ids: Sequence[int], prefix_len: int) -> np.ndarray:
+        """Logits for positions prefix_len-1 .. len(ids)-2, taken the way generation runs: one prefill
+        of the first `prefix_len` tokens, then one decode step per remaining token (teacher forcing).
+
+        The decode path (one token against a KV cache) uses other kernels than a prefill, so gates
+        must check it too: a model can prefill correctly and still decode wrongly.
+        """
+        if not 1 <= prefix_len < len(ids):
+            raise ValueError("prefix_len must leave at least one token to decode")
+        logits, past = self.forward(
+            np.asarray([ids[:prefix_len]], dtype=np.int64),
+            np.ones((1, prefix_len), dtype=np.int64),
+            np.arange(prefix_len, dtype=np.int64)[None, :],
+            self.empty_past(1),
+            last_only=True,
+        )
+        rows = [logits[0, -1]]
+        for pos in range(prefix_len, len(ids) - 1):
+            logits, past = self.forward(
+                np.asarray([[ids[pos]]], dtype=np.int64),
+                np.ones((1, pos + 1), dtype=np.int64),
+                np.asarray([[pos]], dtype=np.int64),
+                past,
+            )
+            rows.append(logits[0, -1])
+        return np.stack(rows)
+
+    # ---- generation ----------------------------------------------------------------------------
+    def new_batch(self) -> DecodeBatch:
+        """A batch of independent sequences advanced together (see `DecodeBatch`)."""
+        if self.metadata.kv_layout == KV_LAYOUT_RIGHT:
+            return RightPaddedBatch(self)
+        return LeftPaddedBatch(self)
+
+    def generate(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None
+    ) -> Iterator[GeneratedToken]:
+        """Single-stream generation: yields tokens with their text deltas until eos, a stop string or
+        max_tokens. `prompt` is text (encoded as is: apply the chat template first for chat) or token ids."""
+        params = params or SamplingParams()
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        batch = self.new_batch()
+        stream = TextStream(self.tokenizer, stop=params.stop)
+        out: StepOutput | None = batch.add("0", ids, params)
+        while out is not None:
+            text = "" if out.is_stop_token else stream.push(out.token_id)
+            finished, reason = out.finished, out.finish_reason
+            if stream.stopped:
+                finished, reason = True, "stop"
+            if finished:
+                text += stream.flush()
+            yield GeneratedToken(out.token_id, text, finished, reason)
+            if finished:
+                batch.remove("0")
+                return
+            steps = batch.step()
+            out = steps[0] if steps else None
+
+    def generate_text(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> str:
+        """The whole answer of `generate` as one string."""
+        return "".join(t.text for t in self.generate(prompt, params))
+
+    def greedy_ids(self, ids: Sequence[int], max_tokens: int) -> list[int]:
+        """Greedy continuation token ids (eos ignored), for parity checks."""
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        return [t.token_id for t in self.generate(ids, params)]
+
+
+def _open_session(onnx_path: Path, providers: list[Any], threads: int, allow_spinning: bool) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # The build already wrote an optimised graph; ORT_ENABLE_ALL is cheap and adds CPU-only fusions.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+
+
+def _last(logits: np.ndarray, last_only: bool) -> np.ndarray:
+    """Models built before `logits_to_keep` return every position: keep the last one as asked."""
+    return logits[:, -1:] if last_only and logits.shape[1] > 1 else logits
+
+
+def _as_ortvalue(value: Any) -> Any:
+    import onnxruntime as ort
+
+    if isinstance(value, np.ndarray):
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+    return value

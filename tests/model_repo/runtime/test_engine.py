@@ -1,0 +1,122 @@
+"""The in-process onnxruntime engine: loading, sessions, prefill, generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_repo.chat_template import apply_chat_template
+from model_repo.runtime.contract import LOGITS_TO_KEEP, EngineError
+from model_repo.runtime.engine import Engine, _last, available_providers
+from model_repo.runtime.sampling import SamplingParams
+
+
+def test_cpu_provider_is_always_last_and_available() -> None:
+    provs = available_providers()
+    assert provs[-1] == "CPUExecutionProvider"
+
+
+def test_load_rejects_incomplete_directory(tmp_path: Path, tiny_engine: Engine) -> None:
+    tiny_engine.metadata.save(tmp_path)
+    with pytest.raises(EngineError, match="incomplete"):
+        Engine.load(tmp_path)
+
+
+def test_sibling_needs_an_engine_opened_from_a_directory(tiny_engine: Engine) -> None:
+    bare = Engine(tiny_engine.model_dir, tiny_engine.metadata, tiny_engine.session, tiny_engine.tokenizer)
+    with pytest.raises(EngineError, match=r"Engine\.load"):
+        bare.sibling(1)
+
+
+def test_max_tokens_and_eos_stop_sequences(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode("hello")
+    toks = list(tiny_engine.generate(ids, SamplingParams(max_tokens=5, ignore_eos=True)))
+    assert len(toks) == 5 and toks[-1].finished and toks[-1].finish_reason == "length"
+    first = toks[0].token_id
+    stopped = list(tiny_engine.generate(ids, SamplingParams(max_tokens=5, stop_token_ids=(first,))))
+    assert len(stopped) == 1 and stopped[0].finish_reason == "stop" and stopped[0].text == ""
+
+
+def test_generate_text_and_chat_template(tiny_engine: Engine) -> None:
+    prompt = apply_chat_template(tiny_engine.metadata, [{"role": "user", "content": "hi"}])
+    assert prompt.endswith("<|im_start|>assistant\n") and prompt.count("<|im_start|>") == 3
+    text = tiny_engine.generate_text(prompt, SamplingParams(max_tokens=8, ignore_eos=True))
+    ids = tiny_engine.greedy_ids(tiny_engine.encode(prompt), 8)
+    assert text == tiny_engine.decode(ids)
+
+
+def test_host_copy_path_used_for_gpu_providers_gives_the_same_tokens(tiny_llama_export: Path) -> None:
+    """With a GPU provider the engine feeds numpy and reads host copies; results must not change."""
+    engine = Engine.load(tiny_llama_export, num_threads=1)
+    ids = engine.encode("hello world")
+    expected = engine.greedy_ids(ids, 10)
+    engine._cpu_only = False  # what a CUDA/TensorRT session selects
+    assert engine.greedy_ids(ids, 10) == expected
+
+
+def test_prompt_sharing_a_prefix_with_the_previous_one_prefills_only_the_rest(
+    tiny_llama_export: Path,
+) -> None:
+    engine = Engine.load(tiny_llama_export, num_threads=1)
+    fresh = Engine.load(tiny_llama_export, num_threads=1)
+    system = engine.encode("you are a helpful assistant who answers briefly and well. ")
+    assert len(system) >= 8
+    first, second = system + engine.encode("hello world"), system + engine.encode("the quick brown fox")
+    engine.greedy_ids(first, 4)
+
+    calls: list[int] = []
+    forward = engine.forward
+
+    def counting(input_ids: np.ndarray, *args: object, **kwargs: object) -> object:
+        calls.append(input_ids.shape[1])
+        return forward(input_ids, *args, **kwargs)  # type: ignore[arg-type]
+
+    engine.forward = counting  # type: ignore[method-assign]
+    reused = engine.greedy_ids(second, 12)
+    # The prefill ran over the new tail only (shared tokens come from the cache), then 1-token steps.
+    assert calls[0] == len(second) - len(system)
+    # ... and generates exactly what an engine without that cache generates.
+    assert reused == fresh.greedy_ids(second, 12)
+
+
+def test_prompts_with_little_in_common_prefill_in_full(tiny_engine: Engine) -> None:
+    tiny_engine.greedy_ids(tiny_engine.encode("hello world and more words here"), 2)
+    other = tiny_engine.encode("completely different text to start with")
+    _, present = tiny_engine.prefill(other)
+    assert present[0].shape[2] == len(other)
+    # An identical prompt reuses all but its last token (one token must run to give logits), and its
+    # logits match a full prefill's.
+    logits, _ = tiny_engine.prefill(other)
+    np.testing.assert_allclose(logits, tiny_engine.prompt_logits(other)[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_prefill_projects_only_its_last_position_to_the_vocabulary(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode("hello world and a few more words")
+    n = len(ids)
+    feeds = {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, n), dtype=np.int64),
+        "position_ids": np.arange(n, dtype=np.int64)[None, :],
+        LOGITS_TO_KEEP: np.asarray([n - 1], dtype=np.int64),
+    }
+    names = [
+        f"past_key_values.{i}.{kind}"
+        for i in range(tiny_engine.metadata.num_layers)
+        for kind in ("key", "value")
+    ]
+    feeds.update(zip(names, tiny_engine.empty_past(1), strict=True))
+    (logits,) = tiny_engine.session.run(["logits"], feeds)
+    # The graph itself computed one row (not all n and then sliced) ...
+    assert logits.shape == (1, 1, tiny_engine.metadata.vocab_size)
+    # ... equal to the last row of a full teacher-forced pass, which the prefill uses.
+    np.testing.assert_allclose(logits[0, 0], tiny_engine.prompt_logits(ids)[-1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tiny_engine.prefill(ids)[0], logits[0, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_models_built_without_logits_to_keep_still_give_the_last_row() -> None:
+    full = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(_last(full, last_only=True), full[:, -1:])
+    assert _last(full, last_only=False) is full
+    assert _last(full[:, -1:], last_only=True).shape == (2, 1, 4)
