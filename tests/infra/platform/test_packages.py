@@ -1,5 +1,7 @@
 """The cloud packages keep one shape: the same file names for the same parts, each part's entry points in the
-file of its name, and a platform class with no state of its own (import circles: tests/test_architecture.py)."""
+file of its name, and a platform class with no state of its own.
+
+Import circles are held for the whole tree by tests/test_architecture.py."""
 
 from __future__ import annotations
 
