@@ -32,6 +32,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
+# How long the gateway may drain open requests on stop, then how long its forced exit may take.
+GATEWAY_DRAIN_S, GATEWAY_FORCE_S = 15.0, 5.0
+
+
 class StackError(RuntimeError):
     """The local stack cannot start; the message says why in one line."""
 
@@ -58,7 +62,13 @@ def find_model_name(repository: Path) -> str:
 
 
 def check_port_free(host: str, port: int) -> None:
+    """`StackError` unless the gateway can listen on `host:port` now.
+
+    The check binds as the server itself will (uvicorn sets SO_REUSEADDR): connections of a stopped
+    or killed stack that linger in TIME-WAIT do not hold the port, a listening process does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -135,16 +145,22 @@ class LocalStack:
             time.sleep(0.1)
         raise StackError(f"the stack was not ready after {self.config.startup_timeout_s:.0f} s")
 
+    @property
+    def stop_timeout_s(self) -> float:
+        """The longest `stop()` can take: the gateway's drain and forced exit, then Triton's stop."""
+        triton_s = self.triton.stop_timeout_s if self.triton is not None else 0.0
+        return GATEWAY_DRAIN_S + GATEWAY_FORCE_S + triton_s
+
     def stop(self) -> None:
-        """Stop the gateway, then Triton; idempotent."""
+        """Stop the gateway, then Triton; idempotent, bounded by `stop_timeout_s`."""
         server, thread, self._server, self._thread = self._server, self._thread, None, None
         if server is not None:
             server.should_exit = True
         if thread is not None:
-            thread.join(timeout=15)
+            thread.join(timeout=GATEWAY_DRAIN_S)
             if thread.is_alive() and server is not None:
                 server.force_exit = True
-                thread.join(timeout=5)
+                thread.join(timeout=GATEWAY_FORCE_S)
         triton, self.triton = self.triton, None
         if triton is not None:
             triton.stop()

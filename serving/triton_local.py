@@ -12,7 +12,11 @@ What it does (see shared/notes/ENVIRONMENT.md for why each step is needed):
 - waits for `/v2/health/ready`, and if Triton exits or times out, raises `TritonStartError` with
   the models' load errors and the end of Triton's log;
 - stops with SIGTERM to the process group, SIGKILL after a grace period, and removes the scratch
-  directory, so no process or temporary directory is left behind.
+  directory, so no process or temporary directory is left behind;
+- runs Triton under `serving.supervised`, in a process group of its own that dies with this process
+  however it ends (SIGKILL, the OOM killer): the supervisor watches a pipe whose write end only this
+  process holds, and at its end of file stops the group and removes the scratch directory. Scratch
+  directories whose owner is gone are also removed at the next start.
 
 `model_repository` may also be `s3://`, `gs://` or `as://` (Triton reads those itself); pass the
 credentials / emulator endpoints through `extra_env`.
@@ -40,6 +44,8 @@ from types import TracebackType
 from typing import Literal, Self
 
 LOOPBACK = "127.0.0.1"
+SCRATCH_PREFIX = "tritonform-triton-"
+OWNER_FILE = "owner"  # "<pid> <start time>" of the process that made the scratch directory
 
 
 class TritonStartError(RuntimeError):
@@ -111,6 +117,31 @@ def _check_port_free(port: int, what: str) -> None:
             ) from None
 
 
+def process_identity(pid: int) -> str | None:
+    """ "<pid> <start time in clock ticks>": names one process even after its pid is reused; None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else f"{pid} {fields[19]}"
+
+
+def reclaim_scratch_dirs(root: Path | None = None) -> list[Path]:
+    """Remove scratch directories whose owner process is gone (a starter killed before the supervisor
+    could clean up, e.g. both by the OOM killer); returns what was removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            owner = (folder / OWNER_FILE).read_text().strip()
+        except OSError:
+            continue  # not ours, or still being created
+        pid = int(owner.split()[0]) if owner[:1].isdigit() else -1
+        if process_identity(pid) != owner:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _is_remote(repository: Path | str) -> bool:
     return isinstance(repository, str) and re.match(r"^(s3|gs|as)://", repository) is not None
 
@@ -123,6 +154,7 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._scratch: Path | None = None
         self._log_file: Path | None = None
+        self._watch_fd: int | None = None  # closing it (or dying) tells the supervisor to stop Triton
         self.http_port = self.grpc_port = self.metrics_port = 0
 
     # -- addresses --------------------------------------------------------------------------
@@ -172,26 +204,41 @@ class TritonServer:
             ports[what] = port or free_port()
         self.http_port, self.grpc_port, self.metrics_port = ports["http"], ports["grpc"], ports["metrics"]
 
-        self._scratch = Path(tempfile.mkdtemp(prefix="tritonform-triton-"))
+        reclaim_scratch_dirs()
+        self._scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
         try:
+            (self._scratch / OWNER_FILE).write_text(process_identity(os.getpid()) or "")
             backends = self._scratch / "backends"
             shutil.copytree(bundle.backends, backends)
             shutil.copy2(bundle.stub, backends / "python" / "triton_python_backend_stub")
             self._log_file = self._scratch / "triton.log"
             command = [str(bundle.binary), *self._arguments(str(repository), backends)]
-            with open(self._log_file, "wb") as log:
-                self._process = subprocess.Popen(
-                    command,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=self._environment(bundle),
-                    start_new_session=True,  # its own process group: stop() reaps the stubs too
-                )
+            self._process = self._supervised(command, self._environment(bundle))
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+
+    def _supervised(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start `command` under `serving.supervised`, its own process group, tied to this process."""
+        assert self._scratch is not None and self._log_file is not None
+        read_end, self._watch_fd = os.pipe()  # the write end stays here, never inherited
+        grace = self.config.exit_timeout_s + 5
+        supervisor = [sys.executable, "-m", "serving.supervised", "--watch-fd", str(read_end)]
+        supervisor += ["--cleanup", str(self._scratch), "--grace", str(grace), "--", *command]
+        try:
+            with open(self._log_file, "wb") as log:
+                return subprocess.Popen(
+                    supervisor,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    pass_fds=(read_end,),
+                    start_new_session=True,  # its own group: Ctrl-C reaches only us, stop() reaps all
+                )
+        finally:
+            os.close(read_end)
 
     def _arguments(self, repository: str, backends: Path) -> list[str]:
         c = self.config
@@ -248,6 +295,11 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return 0
 
+    @property
+    def stop_timeout_s(self) -> float:
+        """The longest `stop()` can take: Triton's own exit timeout, then the SIGKILL fallbacks."""
+        return float(self.config.exit_timeout_s + 20)
+
     def stop(self) -> None:
         """Stop Triton and everything it started; remove the scratch directory. Idempotent."""
         process, self._process = self._process, None
@@ -264,6 +316,9 @@ class TritonServer:
             # python-backend stubs share the group; make sure none outlives the server
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)
+            self._watch_fd = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

@@ -6,9 +6,35 @@ these instead of building their own copies. Tests only read them.
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.procs import marked_processes
+
+# Every process the suite starts inherits this mark, so the suite can tell what it left running.
+SESSION_MARK = "TRITONFORM_TEST_SESSION"
+# Servers the suite starts that must not outlive it (the supervisor, Triton, its python stubs).
+SERVER_WORDS = ("tritonserver", "triton_python_backend_stub", "serving.supervised")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_suite() -> Iterator[None]:
+    """After the last test: no Triton (or its supervisor or stubs) that this run started is still alive."""
+    yield
+    leftover = [
+        process
+        for process in marked_processes(SESSION_MARK, os.environ[SESSION_MARK])
+        if any(word in process for word in SERVER_WORDS)
+    ]
+    assert leftover == [], f"servers started by the tests are still running: {leftover}"
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,10 @@ def serve(
     """Serve a model locally: real Triton + OpenAI-compatible gateway. Ctrl-C stops both."""
     from serving.local_stack import LocalStack, LocalStackConfig, StackError, check_port_free
 
+    # Ctrl-C and `kill` stop alike, however serve was started: a background job of a non-interactive
+    # shell starts with SIGINT ignored, and Python would keep ignoring it.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _interrupt)
     try:
         check_port_free(host, port)  # before a possibly long build
         if model_repo is None:
@@ -73,7 +77,6 @@ def serve(
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(code=130) from None
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         console.print(
             f"[bold green]ready[/] {stack.url}  (model [bold]{stack.model_name}[/], repository {model_repo})",
@@ -85,8 +88,12 @@ def serve(
         console.print("Press Ctrl-C to stop.")
         threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:
-        console.print("stopping")
+        console.print(f"stopping (at most {stack.stop_timeout_s:.0f} s)")
     finally:
+        # A second Ctrl-C must not cut the stop short; if serve is killed instead, Triton's supervisor
+        # still stops it (serving/supervised.py).
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, signal.SIG_IGN)
         stack.stop()
         console.print("stopped")
 
