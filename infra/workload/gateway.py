@@ -11,11 +11,13 @@ from infra.platform.base import ReaderIdentity, ServiceExposure
 from infra.settings import StackSettings
 from infra.workload.triton import (
     APP_LABEL,
+    GATEWAY_UID,
     GRPC_PORT,
     LOCATOR_MOUNT,
     disruption_budget,
     labels,
     locator_container,
+    pod_security_context,
     restricted_security_context,
     spread,
 )
@@ -23,6 +25,7 @@ from infra.workload.triton import (
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080
 API_KEYS_SECRET = "gateway-api-keys"
+KEYS_MOUNT, KEYS_FILE = "/var/run/secrets/tritonform", "api-keys"  # the keys file the gateway reads
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,10 @@ class Gateway(pulumi.ComponentResource):
                 name=API_KEYS_SECRET, namespace=args.namespace, labels=labels(GATEWAY)
             ),
             type="Opaque",
-            string_data={"keys": pulumi.Output.secret(args.api_keys)},
+            # One key per line: the gateway reads them from a mounted file, never from its environment.
+            string_data={
+                KEYS_FILE: pulumi.Output.secret(args.api_keys).apply(lambda keys: "\n".join(keys.split(",")))
+            },
             opts=child,
         )
         exposure = args.exposure
@@ -92,7 +98,7 @@ class Gateway(pulumi.ComponentResource):
         """Deployment, disruption budget and CPU autoscaler of the gateways for `version`."""
         g = args.settings.gateway
         triton_url = pulumi.Output.concat(args.triton_service, ":", str(GRPC_PORT))
-        # serving/gateway/settings.py reads TRITONFORM_GATEWAY_<FIELD> and TRITONFORM_API_KEYS.
+        # serving/gateway/settings.py reads TRITONFORM_GATEWAY_<FIELD>.
         env = [
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_TRITON_GRPC_URL", value=triton_url),
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MODEL_NAME", value=args.model_name),
@@ -108,10 +114,7 @@ class Gateway(pulumi.ComponentResource):
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MAX_TOKENS_CAP", value=str(g.max_tokens)),
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_TOKENIZER_DIR", value=f"{LOCATOR_MOUNT}/model"),
             k8s.core.v1.EnvVarArgs(
-                name="TRITONFORM_API_KEYS",
-                value_from=k8s.core.v1.EnvVarSourceArgs(
-                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret.metadata.name, key="keys")
-                ),
+                name="TRITONFORM_GATEWAY_API_KEYS_FILE", value=f"{KEYS_MOUNT}/{KEYS_FILE}"
             ),
         ]
         container = k8s.core.v1.ContainerArgs(
@@ -129,10 +132,11 @@ class Gateway(pulumi.ComponentResource):
             liveness_probe=k8s.core.v1.ProbeArgs(
                 http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port=GATEWAY_PORT), period_seconds=10
             ),
-            security_context=restricted_security_context(user=10001, read_only_root=True),
+            security_context=restricted_security_context(user=GATEWAY_UID, read_only_root=True),
             volume_mounts=[
                 k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
                 k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT, read_only=True),
+                k8s.core.v1.VolumeMountArgs(name="api-keys", mount_path=KEYS_MOUNT, read_only=True),
             ],
         )
         locator = locator_container(
@@ -171,6 +175,7 @@ class Gateway(pulumi.ComponentResource):
                         service_account_name=args.service_account,
                         # No Kubernetes API calls: the cloud identity brings its own projected token.
                         automount_service_account_token=False,
+                        security_context=pod_security_context(GATEWAY_UID),
                         topology_spread_constraints=spread(GATEWAY),
                         # Long generations: give streams time to finish before the pod goes away.
                         termination_grace_period_seconds=120,
@@ -183,6 +188,12 @@ class Gateway(pulumi.ComponentResource):
                             k8s.core.v1.VolumeArgs(
                                 name="locator",
                                 empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi"),
+                            ),
+                            k8s.core.v1.VolumeArgs(
+                                name="api-keys",
+                                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                    secret_name=secret.metadata.name, default_mode=0o400
+                                ),
                             ),
                         ],
                     ),

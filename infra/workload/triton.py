@@ -38,6 +38,21 @@ def labels(name: str) -> dict[str, str]:
     return {APP_LABEL: name, "app.kubernetes.io/part-of": "tritonform"}
 
 
+# The users the servers run as: high ids that no node account uses (docker/*/Dockerfile match them).
+TRITON_UID, GATEWAY_UID = 10002, 10001
+
+
+def pod_security_context(user: int) -> k8s.core.v1.PodSecurityContextArgs:
+    """Pod-level Pod Security Standards 'restricted', with `user` owning the pod's volumes."""
+    return k8s.core.v1.PodSecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=user,
+        run_as_group=user,
+        fs_group=user,
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
 def restricted_security_context(user: int, read_only_root: bool = False) -> k8s.core.v1.SecurityContextArgs:
     """Pod Security Standards 'restricted' for one container."""
     return k8s.core.v1.SecurityContextArgs(
@@ -53,10 +68,14 @@ def restricted_security_context(user: int, read_only_root: bool = False) -> k8s.
 LOCATOR_MOUNT = "/var/run/tritonform"
 
 
-def reader_env(reader: ReaderIdentity) -> pulumi.Output[list[k8s.core.v1.EnvVarArgs]]:
-    """The environment the cloud's SDKs need to read the bucket as the reader identity."""
+def reader_env(
+    reader: ReaderIdentity, extra: dict[str, str] | None = None
+) -> pulumi.Output[list[k8s.core.v1.EnvVarArgs]]:
+    """The environment the cloud's SDKs need to read the bucket as the reader identity (plus `extra`)."""
     return reader.env.apply(
-        lambda env: [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(env.items())]
+        lambda env: [
+            k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted({**env, **(extra or {})}.items())
+        ]
     )
 
 
@@ -78,7 +97,7 @@ def locator_container(
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": "50m", "memory": "128Mi"}, limits={"cpu": "500m", "memory": "256Mi"}
         ),
-        security_context=restricted_security_context(user=10001, read_only_root=True),
+        security_context=restricted_security_context(user=GATEWAY_UID, read_only_root=True),
         volume_mounts=[k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT)],
     )
 
@@ -172,7 +191,7 @@ class TritonServer(pulumi.ComponentResource):
                 k8s.core.v1.ContainerPortArgs(name="grpc", container_port=GRPC_PORT),
                 k8s.core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT),
             ],
-            env=reader_env(args.reader),
+            env=reader_env(args.reader, {"HOME": "/tmp"}),
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={
                     "cpu": t.cpu_request,
@@ -196,7 +215,8 @@ class TritonServer(pulumi.ComponentResource):
                 period_seconds=10,
                 failure_threshold=3,
             ),
-            security_context=restricted_security_context(user=1000),
+            # Triton writes only to its volumes (/tmp, /dev/shm); HOME points the caches there too.
+            security_context=restricted_security_context(user=TRITON_UID, read_only_root=True),
             volume_mounts=[
                 # The python backend passes tensors through shared memory; the default 64 MB is too small.
                 k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
@@ -253,7 +273,7 @@ class TritonServer(pulumi.ComponentResource):
                         ],
                         topology_spread_constraints=spread(TRITON),
                         termination_grace_period_seconds=60,
-                        security_context=k8s.core.v1.PodSecurityContextArgs(fs_group=1000),
+                        security_context=pod_security_context(TRITON_UID),
                         init_containers=[locator],
                         containers=[container],
                         volumes=[

@@ -107,11 +107,17 @@ def test_every_container_has_requests_and_limits(plan: Plan) -> None:
                 assert {"cpu", "memory"} <= set(container["resources"][section]), (name, section)
 
 
-def test_gateway_api_keys_come_from_a_secret_never_a_literal(plan: Plan) -> None:
-    (gateway,) = _containers(_k8s(plan, "Deployment", "gateway"))
-    keys = [e for e in gateway["env"] if e["name"] == "TRITONFORM_API_KEYS"]
-    assert len(keys) == 1 and "value" not in keys[0]
-    assert keys[0]["valueFrom"]["secretKeyRef"] == {"name": "gateway-api-keys", "key": "keys"}
+def test_gateway_api_keys_come_from_a_secret_file_never_the_environment(plan: Plan) -> None:
+    deployment = _k8s(plan, "Deployment", "gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    (gateway,) = _containers(deployment)
+    env = {e["name"]: e for e in gateway["env"]}
+    assert "TRITONFORM_API_KEYS" not in env and not any("secretKeyRef" in str(e) for e in env.values())
+    assert env["TRITONFORM_GATEWAY_API_KEYS_FILE"]["value"] == "/var/run/secrets/tritonform/api-keys"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"] == {"secretName": "gateway-api-keys", "defaultMode": 0o400}
+    mount = {"name": "api-keys", "mountPath": "/var/run/secrets/tritonform", "readOnly": True}
+    assert mount in gateway["volumeMounts"]
     secret = _k8s(plan, "Secret", "gateway-api-keys")
     assert secret["stringData"] == "[secret]"
     assert plan.outputs["api_key"] == "[secret]"
