@@ -136,11 +136,8 @@ def test_concurrent_requests_are_batched_and_all_complete(tiny_triton: Any, engi
         assert chunks[-1].final
         # batched decoding (left-padded shared KV cache) gives the same greedy text as batch size 1
         assert "".join(c.text for c in chunks) == greedy(engine, prompts[i], 64)
-    # the streams overlap in time: each started before all the others had finished
-    starts = [chunks[0].at for chunks in results.values()]
-    ends = [chunks[-1].at for chunks in results.values()]
-    assert max(starts) < min(ends)
-    # and one engine step advanced several of them together (the model logs each new maximum),
+    # one engine step advanced several of them together: the model logs each new largest batch a step
+    # ran with (what the model reports, not the streams' timestamps, which flake on a busy machine),
     # in the two lanes the tiny repository asks for (each its own session and thread)
     assert re.search(r"decode step batched [2-9] sequences", tiny_triton.log_text())
     assert re.search(r"up to 8 sequences at once in 2 lane\(s\) of 1 thread", tiny_triton.log_text())

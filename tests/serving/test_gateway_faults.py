@@ -56,8 +56,8 @@ def test_triton_dying_mid_run_gives_503_then_recovers(
             client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 4}).status_code == 200
         )
 
-        # a stream is running when Triton is killed: it ends (error event, then [DONE]) instead of hanging
-        started = time.monotonic()
+        # a stream is running when Triton is killed: it ends (error event, then [DONE]) instead of
+        # hanging (a hang would hit the client's read timeout and fail the test)
         with client.stream("POST", "/v1/completions", json=body) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
@@ -65,7 +65,6 @@ def test_triton_dying_mid_run_gives_503_then_recovers(
             assert server.pid is not None
             os.killpg(server.pid, signal.SIGKILL)
             rest = [line for line in lines if line]
-        assert time.monotonic() - started < 20
         assert rest[-1] == "data: [DONE]"
         server.stop()
 
