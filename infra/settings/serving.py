@@ -9,6 +9,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
+from infra.catalog import DEFAULT_TRITON_RELEASE
 from infra.settings.base import Settings
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
@@ -45,7 +46,9 @@ class _Replicas(Settings):
 class TritonSettings(_Replicas):
     """The Triton Deployment on the GPU pool."""
 
-    version: str = "25.02"  # NGC release of nvcr.io/nvidia/tritonserver:<version>-py3 our image builds on
+    # NGC release of nvcr.io/nvidia/tritonserver:<version>-py3 our image builds on (the same on every cloud;
+    # StackSettings refuses one that cannot read the bucket with the cloud's workload identity).
+    version: str = DEFAULT_TRITON_RELEASE
     image: str | None = None  # a prebuilt image to run instead of building docker/triton
     model_prefix: str = "models"  # `tritonform model upload` writes versions/<id>/ and CURRENT under it
     gpus_per_replica: int = Field(default=1, ge=1, le=8)
@@ -60,7 +63,7 @@ class TritonSettings(_Replicas):
     @classmethod
     def _version(cls, value: str) -> str:
         if not _IMAGE_TAG.match(value):
-            raise ValueError('must be an NGC release such as "25.02"')
+            raise ValueError(f'must be an NGC release such as "{DEFAULT_TRITON_RELEASE}"')
         return value
 
 

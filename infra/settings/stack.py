@@ -24,6 +24,7 @@ from infra.catalog import (
     DEFAULT_KUBERNETES_VERSION,
     GCP_ACCELERATORS,
     GPU_MACHINES,
+    TRITON_WORKLOAD_IDENTITY_RELEASES,
     CloudName,
     GpuMachine,
 )
@@ -229,6 +230,7 @@ class StackSettings(_Settings):
         for other in ("gcp", "azure"):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")
+        _check_triton_release(self.cloud, self.triton.version)
         return self
 
     # Derived values: computed here so that no other module re-decides them.
@@ -246,6 +248,17 @@ class StackSettings(_Settings):
     @property
     def resource_tags(self) -> dict[str, str]:
         return {"project": NAMESPACE, "stack-name": self.name, "environment": self.environment, **self.tags}
+
+
+def _check_triton_release(cloud: CloudName, release: str) -> None:
+    """Triton must be able to read the model bucket with the identity this cloud gives its pods."""
+    first = TRITON_WORKLOAD_IDENTITY_RELEASES.get(cloud)
+    if first is not None and tuple(map(int, release.split("."))) < tuple(map(int, first.split("."))):
+        raise ValueError(
+            f"triton.version: Triton {release} cannot read the model bucket on {cloud} with the workload "
+            f'identity (the stack creates no storage keys); set triton.version to "{first}" or later, the '
+            "first NGC release that can"
+        )
 
 
 def _check_gpu_machine(cloud: CloudName, pool: GpuPoolSettings) -> None:
@@ -333,8 +346,13 @@ def load_settings(config: Mapping[str, Any], source: str = "stack config") -> St
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            key = f"{NAMESPACE}:{_key_path(loc)}" if loc else NAMESPACE
             message = err["msg"].removeprefix("Value error, ")
+            if not loc:
+                # A check across blocks names the key it is about first (`gpuPool.instanceType: ...`).
+                head, colon, rest = message.partition(": ")
+                if colon and re.fullmatch(r"[a-zA-Z]+(\.[a-zA-Z]+)+", head):
+                    loc, message = tuple(head.split(".")), rest
+            key = f"{NAMESPACE}:{_key_path(loc)}" if loc else NAMESPACE
             if err["type"] == "extra_forbidden":
                 message = "unknown setting; check the spelling against the settings table in README.md"
             elif err["type"] == "missing":
