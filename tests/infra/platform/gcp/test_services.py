@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from infra.offline import Plan
-from infra.offline import plan as offline_plan
 from infra.platform.gcp.services import SERVICES
-from tests.infra.platform.provisioned import STACKS
+from tests.infra.platform.dependencies import registrations
 
 SERVICE = "gcp:projects/service:Service"
-
-
-def _registrations(stack: str) -> tuple[Plan, dict[str, set[str]]]:
-    """A fresh plan, and the dependencies (URNs) each resource was registered with."""
-    dependencies: dict[str, set[str]] = {}
-    original = offline_plan._RecordingMonitor.RegisterResource
-
-    def record(self: Any, request: Any) -> Any:
-        response = original(self, request)
-        dependencies[response.urn] = set(request.dependencies)
-        return response
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(offline_plan._RecordingMonitor, "RegisterResource", record)
-        planned = offline_plan.plan_stack(STACKS / f"Pulumi.{stack}.yaml")
-    return planned, dependencies
 
 
 def test_the_apis_the_stack_uses_are_enabled_and_left_on_at_destroy(dev: Plan) -> None:
@@ -74,10 +55,10 @@ def test_the_api_of_every_resource_type_the_stack_creates_is_enabled(dev: Plan) 
 
 @pytest.mark.parametrize("stack", ["gcp-dev", "gcp-prod"])
 def test_every_gcp_resource_waits_for_the_enabled_apis(stack: str) -> None:
-    planned, dependencies = _registrations(stack)
-    services = {r.urn for r in planned.of_type(SERVICE)}
+    recorded = registrations(stack)
+    services = recorded.plan.of_type(SERVICE)
     assert len(services) == len(SERVICES)
-    waiting = [r for r in planned.resources if r.type.startswith("gcp:") and r.type != SERVICE]
+    waiting = [r for r in recorded.plan.resources if r.type.startswith("gcp:") and r.type != SERVICE]
     assert len(waiting) > 20
     for resource in waiting:
-        assert services <= dependencies[resource.urn], f"{resource.type}::{resource.name}"
+        assert all(recorded.waits_for(resource, s) for s in services), f"{resource.type}::{resource.name}"
