@@ -9,7 +9,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from infra.catalog import DEFAULT_TRITON_RELEASE
+from infra.catalog import DEFAULT_TRITON_RELEASE, TRITON_WORKLOAD_IDENTITY_RELEASES, CloudName
 from infra.settings.base import Settings
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
@@ -65,6 +65,17 @@ class TritonSettings(_Replicas):
         if not _IMAGE_TAG.match(value):
             raise ValueError(f'must be an NGC release such as "{DEFAULT_TRITON_RELEASE}"')
         return value
+
+
+def check_triton_release(cloud: CloudName, release: str) -> None:
+    """Triton must be able to read the model bucket with the identity this cloud gives its pods."""
+    first = TRITON_WORKLOAD_IDENTITY_RELEASES.get(cloud)
+    if first is not None and tuple(map(int, release.split("."))) < tuple(map(int, first.split("."))):
+        raise ValueError(
+            f"triton.version: Triton {release} cannot read the model bucket on {cloud} with the workload "
+            f'identity (the stack creates no storage keys); set triton.version to "{first}" or later, the '
+            "first NGC release that can"
+        )
 
 
 class GatewaySettings(_Replicas):

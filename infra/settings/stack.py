@@ -24,14 +24,19 @@ from infra.catalog import (
     DEFAULT_KUBERNETES_VERSION,
     GCP_ACCELERATORS,
     GPU_MACHINES,
-    TRITON_WORKLOAD_IDENTITY_RELEASES,
     CloudName,
     GpuMachine,
 )
 from infra.settings.base import Settings
 from infra.settings.base import check_cidr as _check_cidr
 from infra.settings.clouds import AzureSettings, GcpSettings
-from infra.settings.serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
+from infra.settings.serving import (
+    AddonSettings,
+    EdgeSettings,
+    GatewaySettings,
+    TritonSettings,
+    check_triton_release,
+)
 
 NAMESPACE = "tritonform"
 
@@ -230,7 +235,7 @@ class StackSettings(_Settings):
         for other in ("gcp", "azure"):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")
-        _check_triton_release(self.cloud, self.triton.version)
+        check_triton_release(self.cloud, self.triton.version)
         return self
 
     # Derived values: computed here so that no other module re-decides them.
@@ -248,17 +253,6 @@ class StackSettings(_Settings):
     @property
     def resource_tags(self) -> dict[str, str]:
         return {"project": NAMESPACE, "stack-name": self.name, "environment": self.environment, **self.tags}
-
-
-def _check_triton_release(cloud: CloudName, release: str) -> None:
-    """Triton must be able to read the model bucket with the identity this cloud gives its pods."""
-    first = TRITON_WORKLOAD_IDENTITY_RELEASES.get(cloud)
-    if first is not None and tuple(map(int, release.split("."))) < tuple(map(int, first.split("."))):
-        raise ValueError(
-            f"triton.version: Triton {release} cannot read the model bucket on {cloud} with the workload "
-            f'identity (the stack creates no storage keys); set triton.version to "{first}" or later, the '
-            "first NGC release that can"
-        )
 
 
 def _check_gpu_machine(cloud: CloudName, pool: GpuPoolSettings) -> None:
