@@ -197,3 +197,14 @@ def check_kubernetes_version(
             f"check {service}'s calendar and update them"
         )
     return VersionCheck(warnings=tuple(warnings))
+
+
+# --- Triton releases and workload identities ---------------------------------------------------------
+# The first NGC Triton release (nvcr.io/nvidia/tritonserver:<release>-py3) that reads the model bucket with
+# the workload identity a cloud's pods get; clouds not listed work with every release settings accept.
+# Azure: AZURE_STORAGE_AUTH_TYPE (`default` = DefaultAzureCredential, which reads the federated token) is in
+# triton-inference-server/core r26.05 (src/filesystem/implementations/as.h) and not in r26.04; release notes
+# of 2.69.0 = NGC 26.05. Before it, Triton reads Blob storage with an account key only.
+TRITON_WORKLOAD_IDENTITY_RELEASES: dict[CloudName, str] = {"azure": "26.05"}
+# The newest release tagged in triton-inference-server/server (v2.71.0 = 26.07, read 2026-12-01).
+DEFAULT_TRITON_RELEASE = "26.07"

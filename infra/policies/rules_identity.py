@@ -1,9 +1,10 @@
-"""The Triton identity (IRSA role, GCP service account, Azure managed identity) can only read its bucket."""
+"""The Triton identity (IRSA role, GCP service account, Azure managed identity) can only read its bucket; the
+gateway's own identity (GCP, Azure) reads it only under a condition that narrows it to the tokenizer files."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from infra.policies.base import (
@@ -134,10 +135,21 @@ def _aws(view: StackView) -> Iterator[Violation]:
 
 
 # -- GCP -----------------------------------------------------------------------------------------
+# The gateway's own reader (GCP and Azure here) may read the model bucket only under a condition that
+# narrows it to the tokenizer files; Triton's reader reads the whole bucket.
+GATEWAY_SERVICE_ACCOUNT = re.compile(r"gateway", re.IGNORECASE)
 
 
-def _gcp_triton_members(view: StackView) -> set[str]:
-    """`serviceAccount:<email>` members of service accounts that Triton's KSA may impersonate."""
+def _gateway_subject(subject: Any) -> bool:
+    """`system:serviceaccount:<ns>:<sa>` whose service account names the gateway."""
+    return any(
+        isinstance(s, str) and GATEWAY_SERVICE_ACCOUNT.search(s.rsplit(":", 1)[-1]) for s in as_list(subject)
+    )
+
+
+def _gcp_members(view: StackView, bound_to: Callable[[Any], bool]) -> set[str]:
+    """`serviceAccount:<email>` members of service accounts that the matching Kubernetes service accounts
+    may impersonate."""
     members: set[str] = set()
     for binding in view.of_type(
         "gcp:serviceaccount/iAMMember:IAMMember", "gcp:serviceaccount/iAMBinding:IAMBinding"
@@ -147,15 +159,17 @@ def _gcp_triton_members(view: StackView) -> set[str]:
         ksas = [
             m for m in as_list(binding.get("member")) + as_list(binding.get("members")) if isinstance(m, str)
         ]
-        if any(_triton_subject(m.rstrip("]").replace("/", ":")) for m in ksas if "[" in m):
+        if any(bound_to(m.rstrip("]").replace("/", ":")) for m in ksas if "[" in m):
             account = str(binding.get("serviceAccountId", "")).rsplit("/", 1)[-1]
             if account and account != UNKNOWN:
                 members.add(f"serviceAccount:{account}")
     return members
 
 
-def _gcp(view: StackView) -> Iterator[Violation]:
-    members = _gcp_triton_members(view)
+def _gcp_reader(
+    view: StackView, who: str, bound_to: Callable[[Any], bool], narrowed: bool
+) -> Iterator[Violation]:
+    members = _gcp_members(view, bound_to)
     if not members:
         return
     buckets = view.of_type("gcp:storage/bucket:Bucket")
@@ -168,7 +182,7 @@ def _gcp(view: StackView) -> Iterator[Violation]:
             continue
         if not grant.type.startswith("gcp:storage/bucketIAM"):
             yield Violation(
-                f"the Triton service account is granted {grant.get('role', 'roles')} outside the model "
+                f"the {who} service account is granted {grant.get('role', 'roles')} outside the model "
                 "bucket "
                 f"({grant.type}); grant only roles/storage.objectViewer on the model bucket.",
                 grant,
@@ -176,28 +190,47 @@ def _gcp(view: StackView) -> Iterator[Violation]:
             continue
         if not any(refers_to(grant.get("bucket"), b, b.get("name"), b.get("id")) for b in buckets):
             yield Violation(
-                f"the Triton service account is granted access to bucket {grant.get('bucket')!r}, which "
+                f"the {who} service account is granted access to bucket {grant.get('bucket')!r}, which "
                 "is not "
                 "the model bucket; remove the grant.",
                 grant,
             )
         if grant.get("role") not in GCS_READ_ROLES | {UNKNOWN, None}:
             yield Violation(
-                f"the Triton service account gets {grant.get('role')} on the model bucket; use "
+                f"the {who} service account gets {grant.get('role')} on the model bucket; use "
                 "roles/storage.objectViewer (read-only).",
+                grant,
+            )
+        expression = grant.get("condition.expression")
+        if narrowed and expression != UNKNOWN and "resource.name.startsWith(" not in str(expression or ""):
+            yield Violation(
+                f"the {who} service account may read every object of the model bucket; add an IAM condition "
+                "on resource.name (startsWith the versions prefix, endsWith the tokenizer files).",
                 grant,
             )
 
 
+def _gcp(view: StackView) -> Iterator[Violation]:
+    yield from _gcp_reader(view, "Triton", _triton_subject, narrowed=False)
+    yield from _gcp_reader(view, "gateway", _gateway_subject, narrowed=True)
+
+
 # -- Azure ---------------------------------------------------------------------------------------
+AZURE_BLOB_PATH = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs:path"
+
+
+def _azure_federated(view: StackView, bound_to: Callable[[Any], bool]) -> list[Resource]:
+    """User-assigned identities whose federated credential names a matching Kubernetes service account."""
+    identities = view.of_type("azure-native:managedidentity:UserAssignedIdentity")
+    found: list[Resource] = []
+    for fic in view.of_type("azure-native:managedidentity:FederatedIdentityCredential"):
+        if bound_to(fic.get("subject")):
+            found += [i for i in identities if refers_to(fic.get("resourceName"), i, i.get("resourceName"))]
+    return found
 
 
 def _azure(view: StackView) -> Iterator[Violation]:
-    identities = view.of_type("azure-native:managedidentity:UserAssignedIdentity")
-    triton: list[Resource] = []
-    for fic in view.of_type("azure-native:managedidentity:FederatedIdentityCredential"):
-        if _triton_subject(fic.get("subject")):
-            triton += [i for i in identities if refers_to(fic.get("resourceName"), i, i.get("resourceName"))]
+    triton = _azure_federated(view, _triton_subject)
     principals = {i.get("principalId") for i in triton} - {None, UNKNOWN}
     containers = view.of_type("azure-native:storage:BlobContainer")
     for assignment in view.of_type("azure-native:authorization:RoleAssignment"):
@@ -223,6 +256,36 @@ def _azure(view: StackView) -> Iterator[Violation]:
                 "to .../blobServices/default/containers/<model container>.",
                 assignment,
             )
+    yield from _azure_gateway(view)
+
+
+def _azure_gateway(view: StackView) -> Iterator[Violation]:
+    """The gateway's identity reads the model container only under a blob-path condition (ABAC 2.0)."""
+    for identity in _azure_federated(view, _gateway_subject):
+        principal = identity.get("principalId")
+        for assignment in view.of_type("azure-native:authorization:RoleAssignment"):
+            # A plan knows no principal ids: there the identity and its grant share their logical name.
+            if principal not in (None, UNKNOWN):
+                if assignment.get("principalId") != principal:
+                    continue
+            elif assignment.name != identity.name:
+                continue
+            role = str(assignment.get("roleDefinitionId", "")).rsplit("/", 1)[-1]
+            if role not in (AZURE_BLOB_READER, UNKNOWN):
+                yield Violation(
+                    f"the gateway identity gets role {role}; use Storage Blob Data Reader "
+                    f"({AZURE_BLOB_READER}) on the model container.",
+                    assignment,
+                )
+            condition = assignment.get("condition")
+            if condition != UNKNOWN and (
+                AZURE_BLOB_PATH not in str(condition or "") or assignment.get("conditionVersion") != "2.0"
+            ):
+                yield Violation(
+                    "the gateway identity may read every blob of the model container; add a condition "
+                    f"(version 2.0) on @Resource[{AZURE_BLOB_PATH}] that admits only the tokenizer files.",
+                    assignment,
+                )
 
 
 def triton_identity_reads_only_its_bucket(view: StackView) -> Iterator[Violation]:
@@ -234,7 +297,8 @@ def triton_identity_reads_only_its_bucket(view: StackView) -> Iterator[Violation
 RULES = (
     StackRule(
         "triton-identity-reads-only-its-bucket",
-        "Triton's workload identity has read-only access to the model bucket/container and nothing else.",
+        "Triton's workload identity has read-only access to the model bucket/container and nothing else; "
+        "the gateway's reads only the objects a condition names.",
         "mandatory",
         triton_identity_reads_only_its_bucket,
     ),

@@ -103,6 +103,13 @@ class AzureSettings(_Settings):
     apim_publisher_name: str = Field(
         default="tritonform", description="Azure only: API Management publisher (organisation) name."
     )
+    log_retention_days: int = Field(
+        default=30,
+        ge=30,
+        le=730,
+        description="Azure only: days the Log Analytics workspace keeps AKS control-plane and blob "
+        "data-access logs (30-730).",
+    )
 
     _cidrs = field_validator("pod_cidr", "service_cidr")(_check_cidr)
 

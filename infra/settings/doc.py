@@ -56,7 +56,8 @@ DESCRIPTIONS: dict[str, str] = {
     "triton.cpuLimit": "CPU limit of each Triton pod.",
     "triton.memoryRequest": "Memory requested by each Triton pod.",
     "triton.memoryLimit": "Memory limit of each Triton pod.",
-    "triton.version": "NGC Triton release the Triton image builds on (nvcr.io/nvidia/tritonserver:<v>-py3).",
+    "triton.version": "NGC Triton release the Triton image builds on (nvcr.io/nvidia/tritonserver:<v>-py3); "
+    "Azure needs 26.05 or later (the first that reads Blob storage with the workload identity).",
     "triton.image": "A prebuilt Triton image to run instead of building docker/triton.",
     "triton.modelPrefix": "Bucket prefix that `tritonform model upload` writes versions and CURRENT under.",
     "triton.modelVersion": "The uploaded version Triton and the gateway serve (`tritonform model upload "

@@ -9,6 +9,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
+from infra.catalog import DEFAULT_TRITON_RELEASE, TRITON_WORKLOAD_IDENTITY_RELEASES, CloudName
 from infra.settings.base import Settings
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
@@ -47,7 +48,9 @@ class _Replicas(Settings):
 class TritonSettings(_Replicas):
     """The Triton Deployment on the GPU pool."""
 
-    version: str = "25.02"  # NGC release of nvcr.io/nvidia/tritonserver:<version>-py3 our image builds on
+    # NGC release of nvcr.io/nvidia/tritonserver:<version>-py3 our image builds on (the same on every cloud;
+    # StackSettings refuses one that cannot read the bucket with the cloud's workload identity).
+    version: str = DEFAULT_TRITON_RELEASE
     image: str | None = None  # a prebuilt image to run instead of building docker/triton
     model_prefix: str = "models"  # `tritonform model upload` writes versions/<id>/ and CURRENT under it
     # The uploaded version both Triton and the gateway serve (`tritonform model upload --stack` sets it);
@@ -67,7 +70,7 @@ class TritonSettings(_Replicas):
     @classmethod
     def _version(cls, value: str) -> str:
         if not _IMAGE_TAG.match(value):
-            raise ValueError('must be an NGC release such as "25.02"')
+            raise ValueError(f'must be an NGC release such as "{DEFAULT_TRITON_RELEASE}"')
         return value
 
     @field_validator("model_version")
@@ -78,6 +81,17 @@ class TritonSettings(_Replicas):
                 "must be a version `tritonform model upload` printed, such as 20261201T101500Z-0123456789ab"
             )
         return value
+
+
+def check_triton_release(cloud: CloudName, release: str) -> None:
+    """Triton must be able to read the model bucket with the identity this cloud gives its pods."""
+    first = TRITON_WORKLOAD_IDENTITY_RELEASES.get(cloud)
+    if first is not None and tuple(map(int, release.split("."))) < tuple(map(int, first.split("."))):
+        raise ValueError(
+            f"triton.version: Triton {release} cannot read the model bucket on {cloud} with the workload "
+            f'identity (the stack creates no storage keys); set triton.version to "{first}" or later, the '
+            "first NGC release that can"
+        )
 
 
 class GatewaySettings(_Replicas):

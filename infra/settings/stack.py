@@ -30,7 +30,13 @@ from infra.catalog import (
 from infra.settings.base import Settings
 from infra.settings.base import check_cidr as _check_cidr
 from infra.settings.clouds import AzureSettings, GcpSettings
-from infra.settings.serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
+from infra.settings.serving import (
+    AddonSettings,
+    EdgeSettings,
+    GatewaySettings,
+    TritonSettings,
+    check_triton_release,
+)
 
 NAMESPACE = "tritonform"
 
@@ -229,6 +235,7 @@ class StackSettings(_Settings):
         for other in ("gcp", "azure"):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")
+        check_triton_release(self.cloud, self.triton.version)
         return self
 
     # Derived values: computed here so that no other module re-decides them.
@@ -340,8 +347,13 @@ def load_settings(config: Mapping[str, Any], source: str = "stack config") -> St
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            key = f"{NAMESPACE}:{_key_path(loc)}" if loc else NAMESPACE
             message = err["msg"].removeprefix("Value error, ")
+            if not loc:
+                # A check across blocks names the key it is about first (`gpuPool.instanceType: ...`).
+                head, colon, rest = message.partition(": ")
+                if colon and re.fullmatch(r"[a-zA-Z]+(\.[a-zA-Z]+)+", head):
+                    loc, message = tuple(head.split(".")), rest
+            key = f"{NAMESPACE}:{_key_path(loc)}" if loc else NAMESPACE
             if err["type"] == "extra_forbidden":
                 message = "unknown setting; check the spelling against the settings table in README.md"
             elif err["type"] == "missing":

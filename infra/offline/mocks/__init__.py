@@ -33,7 +33,7 @@ class CloudMocks(pulumi_mocks.Mocks):
             return neutral
         if typ.startswith("gcp:"):
             return gcp_resource(typ, name, state, self.settings)
-        elif typ.startswith(("azure-native:", "pulumi-python:dynamic/acr:")):
+        elif typ.startswith("azure-native:"):
             return azure_resource(typ, name, state, self.settings)
         return f"{name}-id", state
 

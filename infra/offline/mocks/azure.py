@@ -15,7 +15,6 @@ TENANT = "00000000-0000-0000-0000-00000000000a"
 DEPLOYER_OBJECT_ID = "00000000-0000-0000-0000-0000000000de"
 AUTONAME_SUFFIX = "a1b2c3d"
 KUBELET_OBJECT_ID = "00000000-0000-0000-0000-0000000000cb"
-ACR_TOKEN_PASSWORD = "offline-acr-token-password"
 # AKS's first-party Entra application ("Azure Kubernetes Service AAD Server"), as in a real kubeconfig.
 AKS_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"
 
@@ -58,14 +57,6 @@ _ARM: dict[str, tuple[str, str]] = {
         "registryName",
         "Microsoft.ContainerRegistry/registries/{registryName}",
     ),
-    "azure-native:containerregistry:ScopeMap": (
-        "scopeMapName",
-        "Microsoft.ContainerRegistry/registries/{registryName}/scopeMaps/{scopeMapName}",
-    ),
-    "azure-native:containerregistry:Token": (
-        "tokenName",
-        "Microsoft.ContainerRegistry/registries/{registryName}/tokens/{tokenName}",
-    ),
     "azure-native:network:NetworkSecurityGroup": (
         "networkSecurityGroupName",
         "Microsoft.Network/networkSecurityGroups/{networkSecurityGroupName}",
@@ -90,6 +81,10 @@ _ARM: dict[str, tuple[str, str]] = {
     "azure-native:apimanagement:ApiPolicy": (
         "policyId",
         "Microsoft.ApiManagement/service/{serviceName}/apis/{apiId}/policies/{policyId}",
+    ),
+    "azure-native:operationalinsights:Workspace": (
+        "workspaceName",
+        "Microsoft.OperationalInsights/workspaces/{workspaceName}",
     ),
     "azure-native:managedidentity:FederatedIdentityCredential": (
         "federatedIdentityCredentialResourceName",
@@ -117,14 +112,13 @@ def azure_resource(
         state["name"] = assignment
         resource_id = f"{inputs['scope']}/providers/Microsoft.Authorization/roleAssignments/{assignment}"
         return resource_id, state
-    if typ.startswith("pulumi-python:dynamic/acr:"):
-        # The generated ACR token password (azure_registry.AcrTokenPassword).
-        state.update(
-            username=inputs["token_id"].rsplit("/", 1)[-1],
-            password=ACR_TOKEN_PASSWORD,
-            expiry="2026-12-29T00:00:00Z",
+    if typ == "azure-native:monitor:DiagnosticSetting":
+        # An extension resource: its id hangs below the resource it watches.
+        state["name"] = inputs.get("name") or name
+        return (
+            f"{inputs['resourceUri']}/providers/Microsoft.Insights/diagnosticSettings/{state['name']}",
+            state,
         )
-        return f"{inputs['token_id']}/passwords/password1", state
     if typ not in _ARM:
         return f"{name}-id", state
     name_key, template = _ARM[typ]
@@ -163,6 +157,8 @@ def azure_resource(
         )
     elif typ == "azure-native:storage:StorageAccount":
         state["primaryEndpoints"] = {"blob": f"https://{state['name']}.blob.core.windows.net/"}
+    elif typ == "azure-native:operationalinsights:Workspace":
+        state["customerId"] = _guid(resource_id + "/customer")
     identity = state.get("identity")
     if isinstance(identity, dict) and isinstance(identity.get("userAssignedIdentities"), list):
         # Inputs list the identity ids; Azure answers with a map of id -> principal and client ids.

@@ -5,12 +5,21 @@ from __future__ import annotations
 from infra.platform.azure.addons import install_gpu_addons
 from infra.platform.azure.cluster import build_cluster, build_gpu_pool
 from infra.platform.azure.edge import AzureEdgeTargets, build_edge, gateway_exposure
-from infra.platform.azure.identity import build_reader
+from infra.platform.azure.identity import GATEWAY_READER, build_reader
+from infra.platform.azure.logging import build_logging
 from infra.platform.azure.network import build_network
 from infra.platform.azure.provider import cloud_context
 from infra.platform.azure.registry import build_registry
 from infra.platform.azure.storage import build_bucket
-from infra.platform.base import Capability, CloudPlatform, Edge, EdgeBackend, Platform, ServiceExposure
+from infra.platform.base import (
+    Capability,
+    CloudPlatform,
+    Edge,
+    EdgeBackend,
+    Platform,
+    ReadScope,
+    ServiceExposure,
+)
 
 
 class AzurePlatform(CloudPlatform):
@@ -27,7 +36,18 @@ class AzurePlatform(CloudPlatform):
         cluster = build_cluster(context, network)
         gpu_pool = build_gpu_pool(context, cluster, network)
         storage = build_bucket(context, network.group)
-        reader = build_reader(context, network.group, cluster, storage, self.triton_service_account())
+        build_logging(context, network.group, cluster, storage)
+        triton = self.triton_service_account()
+        reader = build_reader(context, network.group, cluster, storage, triton, ReadScope.whole_bucket())
+        gateway_reader = build_reader(
+            context,
+            network.group,
+            cluster,
+            storage,
+            self.gateway_service_account(),
+            self.gateway_read_scope(),
+            key=GATEWAY_READER,
+        )
         install_gpu_addons(context, cluster, gpu_pool)
         registry = build_registry(context, network.group, cluster)
         edge_targets = AzureEdgeTargets(
@@ -46,6 +66,7 @@ class AzurePlatform(CloudPlatform):
             registry,
             edge_targets,
             self.extra_outputs(),
+            gateway_reader=gateway_reader,
         )
 
     def gateway_exposure(self) -> ServiceExposure:

@@ -31,6 +31,7 @@ API_KEY_HEADER = "Authorization"
 # may not be honoured (idle connections are dropped). Streams keep flowing after the headers.
 APIM_MAX_HEADER_TIMEOUT = 240
 _INTERNAL_LB = "service.beta.kubernetes.io/azure-load-balancer-internal"
+APIM_TIMEOUTS = pulumi.CustomTimeouts(create="2h", update="2h", delete="2h")
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,9 @@ def build_edge(targets: AzureEdgeTargets, backend: EdgeBackend) -> Edge:
             for proto in ("Tls10", "Tls11", "Ssl30")
         },
         tags=context.tags,
-        opts=child,
+        # Creating APIM in a VNet takes 30-90 minutes (Microsoft: "30-40 minutes or more"; labs: 45-75), and a
+        # VNet or SKU change 15 minutes or more: give it far longer than the provider's default wait.
+        opts=pulumi.ResourceOptions(parent=component, custom_timeouts=APIM_TIMEOUTS),
     )
     apim_backend = azure.apimanagement.Backend(
         context.name("apim-backend"),

@@ -1,5 +1,5 @@
-"""Azure reader identity (Workload Identity): a user-assigned identity that only Triton's Kubernetes service
-account may federate with, reading only the model container."""
+"""Azure reader identities (Workload Identity): a user-assigned identity that only one Kubernetes service
+account may federate with, reading the model container, narrowed by a condition on the blob path."""
 
 from __future__ import annotations
 
@@ -8,10 +8,26 @@ import pulumi_azure_native as azure
 from infra.platform.azure.cluster import AzureCluster
 from infra.platform.azure.provider import AzureContext
 from infra.platform.azure.storage import AzureStorage
-from infra.platform.base import ReaderIdentity, ServiceAccountRef
+from infra.platform.base import ReaderIdentity, ReadScope, ServiceAccountRef
 
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"  # built-in role definition id
 FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
+TRITON_READER = "model-reader"  # Triton's identity, credential and role assignment share this name
+GATEWAY_READER = "gateway-reader"
+BLOB_READ = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"
+BLOB_PATH = "@Resource[Microsoft.Storage/storageAccounts/blobServices/containers/blobs:path]"
+CONDITION_VERSION = "2.0"
+
+
+def blob_path_condition(scope: ReadScope) -> str:
+    """The role assignment condition (ABAC, version 2.0) that admits reads of the blobs `scope` names only.
+
+    The blob path is the blob's name inside the container. Listing is the same data action without a path,
+    so the condition cannot hold for it and listing is refused too.
+    """
+    patterns = [f"{scope.prefix}*{suffix}" for suffix in scope.suffixes] or [f"{scope.prefix}*"]
+    matches = "\n    OR\n    ".join(f"{BLOB_PATH} StringLike '{pattern}'" for pattern in patterns)
+    return f"(\n  (\n    !(ActionMatches{{'{BLOB_READ}'}})\n  )\n  OR\n  (\n    {matches}\n  )\n)"
 
 
 def build_reader(
@@ -20,16 +36,19 @@ def build_reader(
     cluster: AzureCluster,
     storage: AzureStorage,
     service_account: ServiceAccountRef,
+    scope: ReadScope,
+    key: str = TRITON_READER,
 ) -> ReaderIdentity:
-    """The identity, its federated credential for `service_account`, and a container-scoped read role."""
-    component = ReaderIdentity(context.name("model-reader"), context.options)
+    """The identity, its federated credential for `service_account`, and a read role on the model container
+    with a blob-path condition unless `scope` is the whole container."""
+    component = ReaderIdentity(context.name(key), context.options)
     child = context.child(component)
     identity = azure.managedidentity.UserAssignedIdentity(
-        context.name("model-reader"), resource_group_name=group.name, tags=context.tags, opts=child
+        context.name(key), resource_group_name=group.name, tags=context.tags, opts=child
     )
-    # Only tokens AKS issues to Triton's service account may be exchanged for this identity.
+    # Only tokens AKS issues to this service account may be exchanged for this identity.
     azure.managedidentity.FederatedIdentityCredential(
-        context.name("model-reader"),
+        context.name(key),
         resource_group_name=group.name,
         resource_name_=identity.name,
         issuer=cluster.component.oidc_issuer_url,
@@ -37,13 +56,16 @@ def build_reader(
         audiences=[FEDERATED_AUDIENCE],
         opts=child,
     )
+    narrowed = bool(scope.prefix or scope.suffixes)
     # Read-only, and on the model container only (not the account, group or subscription).
     azure.authorization.RoleAssignment(
-        context.name("model-reader"),
+        context.name(key),
         principal_id=identity.principal_id,
         principal_type="ServicePrincipal",
         role_definition_id=context.role(STORAGE_BLOB_DATA_READER),
         scope=storage.container.id,
+        condition=blob_path_condition(scope) if narrowed else None,
+        condition_version=CONDITION_VERSION if narrowed else None,
         description=f"Read the model repository for {service_account.subject}",
         opts=child,
     )
@@ -53,11 +75,10 @@ def build_reader(
         # The workload identity webhook injects AZURE_CLIENT_ID/TENANT_ID/FEDERATED_TOKEN_FILE into
         # pods with this label.
         pod_labels={"azure.workload.identity/use": "true"},
-        # Triton reads as:// with an account key unless told otherwise. AZURE_STORAGE_AUTH_TYPE comes
-        # from triton-inference-server server PR #8652 / core PR #468 (merged 2026-02-11), so the
-        # Triton image must be a release that contains it (26.03 or later; which one first shipped it
-        # is unconfirmed). "default" (DefaultAzureCredential) is the mode that reads the federated
-        # token; "managed_identity" only asks the node's IMDS, which is not Workload Identity.
+        # Triton reads as:// with an account key unless told otherwise; AZURE_STORAGE_AUTH_TYPE is read from
+        # NGC release 26.05 on (triton-inference-server/core r26.05; settings refuse older releases on
+        # Azure). "default" (DefaultAzureCredential) is the mode that reads the federated token;
+        # "managed_identity" only asks the node's IMDS, which is not Workload Identity.
         env={"AZURE_STORAGE_ACCOUNT": storage.account.name, "AZURE_STORAGE_AUTH_TYPE": "default"},
     )
     return component

@@ -79,18 +79,21 @@ def build_network(context: AzureContext) -> AzureNetwork:
         # Subnets are their own resources; without this an update of the VNet would delete them.
         opts=pulumi.ResourceOptions(parent=component, ignore_changes=["subnets"]),
     )
-    subnets = {
-        pool: azure.network.Subnet(
+    # Azure refuses concurrent subnet writes in one VNet (AnotherOperationInProgress): each subnet waits
+    # for the one before it (and APIM's subnet, built with the edge, for the last of these).
+    subnets: dict[str, azure.network.Subnet] = {}
+    previous: list[pulumi.Resource] = []
+    for pool, prefix in zip(NODE_POOLS, node_subnets(cidr), strict=True):
+        subnets[pool] = azure.network.Subnet(
             node_subnet_name(context.prefix, pool),
             # A fixed name: the internal load balancer annotation names the system subnet.
             subnet_name=node_subnet_name(context.prefix, pool),
             resource_group_name=group.name,
             virtual_network_name=vnet.name,
             address_prefix=prefix,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=component, depends_on=previous),
         )
-        for pool, prefix in zip(NODE_POOLS, node_subnets(cidr), strict=True)
-    }
+        previous = [subnets[pool]]
     component.finish(
         network_id=vnet.id,
         private_subnet_ids=pulumi.Output.all(*(subnet.id for subnet in subnets.values())),

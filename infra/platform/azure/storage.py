@@ -28,6 +28,7 @@ class AzureStorage:
     component: ModelBucket
     account: azure.storage.StorageAccount
     container: azure.storage.BlobContainer
+    blob_service: azure.storage.BlobServiceProperties
 
 
 def storage_account_name(prefix: str, resource_group: str, region: str) -> str:
@@ -60,7 +61,7 @@ def build_bucket(context: AzureContext, group: azure.resources.ResourceGroup) ->
         tags=context.tags,
         opts=pulumi.ResourceOptions(parent=component, depends_on=depends),
     )
-    azure.storage.BlobServiceProperties(
+    blob_service = azure.storage.BlobServiceProperties(
         context.name("models"),
         resource_group_name=group.name,
         account_name=account.name,
@@ -106,7 +107,7 @@ def build_bucket(context: AzureContext, group: azure.resources.ResourceGroup) ->
     )
     uri = pulumi.Output.all(account.name, container.name).apply(lambda names: f"as://{names[0]}/{names[1]}")
     component.finish(bucket_name=container.name, uri=uri)
-    return AzureStorage(component, account, container)
+    return AzureStorage(component, account, container, blob_service)
 
 
 def _storage_encryption(

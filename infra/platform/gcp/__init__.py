@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from infra.platform.base import Capability, CloudPlatform, Edge, EdgeBackend, Platform, ServiceExposure
+from infra.platform.base import (
+    Capability,
+    CloudPlatform,
+    Edge,
+    EdgeBackend,
+    Platform,
+    ReadScope,
+    ServiceExposure,
+)
 from infra.platform.gcp.cluster import build_cluster, build_gpu_pool
 from infra.platform.gcp.edge import GcpEdgeTargets, build_edge, gateway_exposure
-from infra.platform.gcp.identity import build_reader
+from infra.platform.gcp.identity import GATEWAY_READER, build_reader
+from infra.platform.gcp.logging import build_logging
 from infra.platform.gcp.network import build_network
 from infra.platform.gcp.provider import cloud_context
 from infra.platform.gcp.registry import build_registry
+from infra.platform.gcp.services import enable_services
 from infra.platform.gcp.storage import build_bucket
 
 
@@ -26,12 +36,22 @@ class GcpPlatform(CloudPlatform):
     )
 
     def provision(self) -> Platform:
-        context = cloud_context(self.settings)
+        context = enable_services(cloud_context(self.settings))
         network = build_network(context)
         cluster = build_cluster(context, network)
         gpu_pool = build_gpu_pool(context, cluster)
         bucket = build_bucket(context)
-        reader = build_reader(context, cluster, bucket, self.triton_service_account())
+        build_logging(context)
+        triton = self.triton_service_account()
+        reader = build_reader(context, cluster, bucket, triton, ReadScope.whole_bucket())
+        gateway_reader = build_reader(
+            context,
+            cluster,
+            bucket,
+            self.gateway_service_account(),
+            self.gateway_read_scope(),
+            key=GATEWAY_READER,
+        )
         registry = build_registry(context, cluster)
         edge_targets = GcpEdgeTargets(
             context=context,
@@ -49,6 +69,7 @@ class GcpPlatform(CloudPlatform):
             registry,
             edge_targets,
             self.extra_outputs(),
+            gateway_reader=gateway_reader,
         )
 
     def gateway_exposure(self) -> ServiceExposure:

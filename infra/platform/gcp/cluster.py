@@ -195,7 +195,7 @@ def _node_locations(context: GcpContext, parent: pulumi.Resource) -> pulumi.Inpu
         project=context.project,
         region=context.settings.region,
         status="UP",
-        opts=pulumi.InvokeOptions(parent=parent),
+        opts=context.invoke_options(parent),
     )
     zone_count = context.settings.network.zone_count
     return zones.names.apply(lambda names: sorted(names)[:zone_count])

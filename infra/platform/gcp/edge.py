@@ -27,6 +27,7 @@ GOOGLE_FRONT_END_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
 GATEWAY_CLASS = "gke-l7-global-external-managed"
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 GKE_NETWORKING_API = "networking.gke.io/v1"
+TLS_PROFILE, MIN_TLS_VERSION = "MODERN", "TLS_1_2"
 # Cloud Armor accepts at most 10 source ranges per basic-match rule.
 ARMOR_RANGES_PER_RULE = 10
 ARMOR_FIRST_PRIORITY = 1000
@@ -115,14 +116,18 @@ def build_edge(targets: GcpEdgeTargets, backend: EdgeBackend) -> Edge:
         context.name("edge-ip"), address_type="EXTERNAL", ip_version="IPV4", opts=child
     )
     # A managed certificate needs a DNS name that resolves to the load balancer; without a domain of
-    # our own, sslip.io maps `<a-b-c-d>.sslip.io` to that address (dev stacks only).
+    # our own, sslip.io maps `<a-b-c-d>.sslip.io` to that address (dev stacks only). sslip.io publishes no
+    # CAA record, so Google's CA may issue for it; sslip.io is not on the public suffix list, so every user
+    # of it shares the CAs' per-domain rate limits (Let's Encrypt, Certificate Manager's fallback CA, is at
+    # its limit for sslip.io).
     hostname: pulumi.Output[str] = (
         pulumi.Output.from_input(domain)
         if domain
         else address.address.apply(lambda ip: f"{ip.replace('.', '-')}.sslip.io")
     )
-    # Certificate Manager with load-balancer authorisation: Google issues the certificate once the name
-    # resolves to the Gateway's address; nothing to upload or renew.
+    # Certificate Manager with load-balancer authorisation (the only kind open to a name whose DNS we do
+    # not control): Google issues the certificate once the name resolves to the Gateway's address and the
+    # load balancer serves it, up to an hour after; nothing to upload or renew.
     certificate = gcp.certificatemanager.Certificate(
         context.name("edge-cert"),
         scope="DEFAULT",
@@ -135,6 +140,15 @@ def build_edge(targets: GcpEdgeTargets, backend: EdgeBackend) -> Edge:
         map=cert_map.name,
         hostname=hostname,
         certificates=[certificate.id],
+        opts=child,
+    )
+    # TLS 1.2 or newer with MODERN ciphers (the default policy still accepts TLS 1.0); the Gateway takes it
+    # through a GCPGatewayPolicy below.
+    tls_policy = gcp.compute.SSLPolicy(
+        context.name("edge-tls"),
+        profile=TLS_PROFILE,
+        min_tls_version=MIN_TLS_VERSION,
+        description="tritonform edge: TLS 1.2+ only",
         opts=child,
     )
     armor = gcp.compute.SecurityPolicy(
@@ -173,6 +187,17 @@ def build_edge(targets: GcpEdgeTargets, backend: EdgeBackend) -> Edge:
         },
         k8s_opts,
         annotations={"networking.gke.io/certmap": cert_map.name},
+    )
+    _custom(
+        "GCPGatewayPolicy",
+        GKE_NETWORKING_API,
+        gateway_name,
+        backend,
+        {
+            "default": {"sslPolicy": tls_policy.name},
+            "targetRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway_name},
+        },
+        k8s_opts,
     )
     _custom(
         "HTTPRoute",

@@ -1,33 +1,58 @@
-"""GCP reader identity (Workload Identity): a Google service account only Triton's Kubernetes service account
-may act as, with read access on the model bucket alone."""
+"""GCP reader identities (Workload Identity): a Google service account that only one Kubernetes service
+account may act as, reading the model bucket, narrowed by an IAM condition to the objects it may read."""
 
 from __future__ import annotations
+
+import json
 
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.platform.base import ReaderIdentity, ServiceAccountRef
+from infra.platform.base import ReaderIdentity, ReadScope, ServiceAccountRef
 from infra.platform.gcp.cluster import GcpCluster
 from infra.platform.gcp.provider import GcpContext
 from infra.platform.gcp.storage import GcpBucket
 
+# Triton's resource names: <prefix>-reader, -reader-workload-identity, -reader-objects.
+TRITON_READER = "reader"
+GATEWAY_READER = "gw-reader"  # service account ids are 6-30 characters: <prefix (<=20)>-gw-reader fits
+
+
+def object_condition(bucket_name: str, scope: ReadScope) -> str:
+    """The IAM condition (CEL) that admits only the objects a narrowed `scope` names.
+
+    Object requests carry `resource.name` = `projects/_/buckets/<bucket>/objects/<object name>`; a
+    bucket-level request (listing) carries the bucket's name, so it matches no object prefix and is refused.
+    """
+    objects = f"projects/_/buckets/{bucket_name}/objects/{scope.prefix}"
+    expression = f"resource.name.startsWith({json.dumps(objects)})"
+    if scope.suffixes:
+        ends = " || ".join(f"resource.name.endsWith({json.dumps(suffix)})" for suffix in scope.suffixes)
+        expression += f" && ({ends})"
+    return expression
+
 
 def build_reader(
-    context: GcpContext, cluster: GcpCluster, bucket: GcpBucket, service_account: ServiceAccountRef
+    context: GcpContext,
+    cluster: GcpCluster,
+    bucket: GcpBucket,
+    service_account: ServiceAccountRef,
+    scope: ReadScope,
+    key: str = TRITON_READER,
 ) -> ReaderIdentity:
-    """The reader's service account, its Workload Identity binding and its bucket-level read grant."""
-    component = ReaderIdentity(context.name("model-reader"), context.options)
+    """A service account, its Workload Identity binding and a read grant on the bucket limited to `scope`."""
+    component = ReaderIdentity(context.name(f"model-{key}"), context.options)
     child = context.child(component)
     account = gcp.serviceaccount.Account(
-        context.name("reader"),
-        account_id=context.name("reader"),
-        display_name="Triton model reader",
+        context.name(key),
+        account_id=context.name(key),
+        display_name=f"Model reader for {service_account.name}",
         description=f"Read-only access to the model bucket for {service_account.subject}",
         opts=child,
     )
-    # Only the Triton Kubernetes service account may act as this Google service account.
+    # Only this Kubernetes service account may act as this Google service account.
     gcp.serviceaccount.IAMMember(
-        context.name("reader-workload-identity"),
+        context.name(f"{key}-workload-identity"),
         service_account_id=account.name,
         role="roles/iam.workloadIdentityUser",
         member=(
@@ -36,18 +61,30 @@ def build_reader(
         ),
         opts=pulumi.ResourceOptions(parent=component, depends_on=[cluster.gke]),
     )
-    # Bucket-level, read-only: no project-wide storage role.
+    # Bucket-level, read-only (no project-wide storage role); IAM conditions need uniform bucket access,
+    # which the model bucket has.
+    narrowed = bool(scope.prefix or scope.suffixes)
+    condition = (
+        gcp.storage.BucketIAMMemberConditionArgs(
+            title=f"{key}-objects",
+            description=f"Objects under {scope.prefix or '/'} ending in {' or '.join(scope.suffixes) or '*'}",
+            expression=bucket.bucket.name.apply(lambda name: object_condition(name, scope)),
+        )
+        if narrowed
+        else None
+    )
     gcp.storage.BucketIAMMember(
-        context.name("reader-objects"),
+        context.name(f"{key}-objects"),
         bucket=bucket.bucket.name,
         role="roles/storage.objectViewer",
         member=account.member,
+        condition=condition,
         opts=child,
     )
     component.finish(
         identity_id=account.email,
         service_account_annotations={"iam.gke.io/gcp-service-account": account.email},
-        # Triton's GCS client falls back to the metadata server, which Workload Identity serves.
+        # Google's clients fall back to the metadata server, which Workload Identity serves.
         env={},
     )
     return component

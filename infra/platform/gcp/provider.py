@@ -16,9 +16,13 @@ KMS_KEY = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys
 
 @dataclass(frozen=True)
 class GcpContext(CloudContext):
-    """The context of a GCP stack: also its `gcp:` settings block. `tags` are GCP labels."""
+    """The context of a GCP stack: also its `gcp:` settings block. `tags` are GCP labels.
+
+    `services` are the enabled Google APIs (services.py): provider functions that need one wait for them.
+    """
 
     gcp: GcpSettings
+    services: tuple[pulumi.Resource, ...] = ()
 
     @property
     def project(self) -> str:
@@ -28,6 +32,10 @@ class GcpContext(CloudContext):
     def location(self) -> str:
         """Where the cluster and its pools live: the zone of a zonal cluster, else the region."""
         return self.gcp.zone if self.gcp.zonal and self.gcp.zone else self.settings.region
+
+    def invoke_options(self, parent: pulumi.Resource) -> pulumi.InvokeOutputOptions:
+        """Options of a provider function called for `parent`: after the services it may need."""
+        return pulumi.InvokeOutputOptions(parent=parent, depends_on=list(self.services))
 
 
 def gcp_labels(tags: dict[str, str]) -> dict[str, str]:

@@ -28,7 +28,7 @@ def build_bucket(context: GcpContext) -> GcpBucket:
     if bucket_settings.kms_key:
         # GCS encrypts with the key through the project's storage service agent, which needs the key.
         agent = gcp.storage.get_project_service_account_output(
-            project=context.project, opts=pulumi.InvokeOptions(parent=component)
+            project=context.project, opts=context.invoke_options(component)
         )
         depends.append(
             gcp.kms.CryptoKeyIAMMember(

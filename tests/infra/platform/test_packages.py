@@ -25,9 +25,13 @@ PARTS: dict[str, tuple[str, ...]] = {
     "registry": ("build_registry",),
     "edge": ("build_edge", "gateway_exposure"),
     "addons": ("install_gpu_addons",),
+    "services": ("enable_services",),
+    "logging": ("build_logging",),
 }
 # Only clouds whose GPU nodes need something installed have add-ons (GKE installs everything itself).
-OPTIONAL_PARTS = {"addons"}
+# Only clouds whose APIs must be switched on per project have services (GCP).
+# Logging: the cloud's data-access and control-plane logs where the cloud does not keep them by default.
+OPTIONAL_PARTS = {"addons", "services", "logging"}
 NEUTRAL_MODULES = {"__init__", "base", "kubeconfigs"}
 
 

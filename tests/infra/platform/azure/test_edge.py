@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 from infra.offline import Plan
 from infra.platform.azure.network import apim_subnet, backend_ip
+from tests.infra.platform.dependencies import registrations
 
 
 def _subnet(plan: Plan, name: str) -> dict:
@@ -85,3 +86,11 @@ def test_policy_streams_unbuffered_filters_ips_and_limits_per_key(dev: Plan) -> 
     assert backend is not None and backend.get("backend-id") == "tritonform-gateway"
     text = dev.one("azure-native:apimanagement:ApiPolicy").inputs["value"]
     assert not any(tag in text for tag in ("cache-lookup", "cache-store", "log-to-", "validate-content"))
+
+
+def test_apim_gets_time_to_be_created_in_a_vnet() -> None:
+    # Creating API Management in a VNet takes 30-90 minutes.
+    recorded = registrations("azure-dev")
+    apim = recorded.plan.one("azure-native:apimanagement:ApiManagementService")
+    timeouts = recorded.timeouts[apim.urn]
+    assert timeouts == {"create": "2h", "update": "2h", "delete": "2h"}

@@ -95,3 +95,26 @@ def test_gateway_service_is_cluster_ip_reached_from_google_front_ends() -> None:
     p = provisioned("gcp-dev")
     services = [r for r in p.plan.of_type("kubernetes:core/v1:Service") if r.name == "gateway"]
     assert services and services[0].inputs["spec"]["type"] == "ClusterIP"
+
+
+def test_gateway_takes_a_tls_1_2_ssl_policy_through_a_gcp_gateway_policy(dev: Plan) -> None:
+    ssl = dev.one("gcp:compute/sSLPolicy:SSLPolicy")
+    assert ssl.inputs["minTlsVersion"] == "TLS_1_2" and ssl.inputs["profile"] in ("MODERN", "RESTRICTED")
+    policy = _custom(dev, "GCPGatewayPolicy").inputs
+    gateway = _custom(dev, "Gateway").inputs["metadata"]
+    assert policy["apiVersion"] == "networking.gke.io/v1"
+    assert policy["metadata"]["namespace"] == gateway["namespace"]
+    assert policy["spec"] == {
+        "default": {"sslPolicy": f"{ssl.name}-{AUTONAME}"},
+        "targetRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["name"]},
+    }
+
+
+def test_managed_certificate_uses_load_balancer_authorization_for_one_sslip_io_label(dev: Plan) -> None:
+    # sslip.io names are not ours to put DNS authorisations under: the certificate must be authorised by
+    # the load balancer serving the name, and the name one label (no wildcard certificate for it).
+    managed = dev.one("gcp:certificatemanager/certificate:Certificate").inputs["managed"]
+    assert "dnsAuthorizations" not in managed and "issuanceConfig" not in managed
+    (domain,) = managed["domains"]
+    label, _, parent = domain.partition(".")
+    assert parent == "sslip.io" and label.replace("-", "").isdigit() and "*" not in domain
