@@ -41,3 +41,22 @@ def test_copied_paths_exist_and_requirements_are_pinned(dockerfile: Path) -> Non
 
 def test_both_images_exist() -> None:
     assert [p.parent.name for p in DOCKERFILES] == ["gateway", "triton"]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_the_triton_image_runs_the_versions_the_build_and_tests_use() -> None:
+    """The repository's runtime is built and tested with requirements.lock: the image must match it
+    (onnxruntime-gpu, published later than the CPU package, may lag it by one minor)."""
+    image, lock = _pins(ROOT / "docker" / "triton" / "requirements.txt"), _pins(ROOT / "requirements.lock")
+    assert image["numpy"] == lock["numpy"] and image["tokenizers"] == lock["tokenizers"]
+    gpu = [int(part) for part in image["onnxruntime-gpu"].split(".")[:2]]
+    cpu = [int(part) for part in lock["onnxruntime"].split(".")[:2]]
+    assert gpu[0] == cpu[0] and 0 <= cpu[1] - gpu[1] <= 1, (image["onnxruntime-gpu"], lock["onnxruntime"])
