@@ -8,7 +8,7 @@ import json
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.platform.base import ReaderIdentity, ReadScope, ServiceAccountRef
+from infra.platform.base import EgressEndpoint, ReaderIdentity, ReadScope, ServiceAccountRef
 from infra.platform.gcp.cluster import GcpCluster
 from infra.platform.gcp.provider import GcpContext
 from infra.platform.gcp.storage import GcpBucket
@@ -16,6 +16,15 @@ from infra.platform.gcp.storage import GcpBucket
 # Triton's resource names: <prefix>-reader, -reader-workload-identity, -reader-objects.
 TRITON_READER = "reader"
 GATEWAY_READER = "gw-reader"  # service account ids are 6-30 characters: <prefix (<=20)>-gw-reader fits
+
+
+# Pods reach GKE's metadata server (which mints their Workload Identity tokens) at the metadata address;
+# with Dataplane V2 the node's gke-metadata-server answers on 169.254.169.252:988, which a pod's egress
+# network policy must allow (GKE docs, Workload Identity Federation for GKE: restrictions).
+METADATA_SERVER_EGRESS = (
+    EgressEndpoint("169.254.169.254/32", 80),
+    EgressEndpoint("169.254.169.252/32", 988),
+)
 
 
 def object_condition(bucket_name: str, scope: ReadScope) -> str:
@@ -86,5 +95,6 @@ def build_reader(
         service_account_annotations={"iam.gke.io/gcp-service-account": account.email},
         # Google's clients fall back to the metadata server, which Workload Identity serves.
         env={},
+        egress=METADATA_SERVER_EGRESS,
     )
     return component

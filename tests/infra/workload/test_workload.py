@@ -287,3 +287,11 @@ def test_egress_is_closed_but_for_dns_https_and_triton(plan: Plan) -> None:
     }
     assert to_triton[0]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "triton"}}}]
     assert {p["port"] for p in to_triton[0]["ports"]} == {8000, 8001}
+
+
+def test_identity_endpoints_the_cloud_names_are_the_only_other_egress(plan: Plan) -> None:
+    spec = _k8s(plan, "NetworkPolicy", "egress-cloud-apis")["spec"]
+    extra = [(rule["to"][0]["ipBlock"]["cidr"], rule["ports"][0]["port"]) for rule in spec["egress"][1:]]
+    # GKE's metadata server mints Workload Identity tokens; EKS and AKS pods exchange theirs over HTTPS.
+    expected = [("169.254.169.254/32", 80), ("169.254.169.252/32", 988)] if plan.cloud == "gcp" else []
+    assert extra == expected
