@@ -229,7 +229,16 @@ def _load_balancer(targets: AwsEdgeTargets, node_port: int, edge: Edge) -> aws.l
         # The nodes see the load balancer's address on every path (PrivateLink never preserves the client's).
         preserve_client_ip="false",
         deregistration_delay=120,  # let streams finish when a node leaves
-        health_check=aws.lb.TargetGroupHealthCheckArgs(protocol="HTTP", path="/healthz", port=str(node_port)),
+        # With externalTrafficPolicy Local only nodes running a gateway pod answer: notice a node that lost
+        # its pod within ~20 s (two failed checks, 10 s apart) rather than the default ~90 s.
+        health_check=aws.lb.TargetGroupHealthCheckArgs(
+            protocol="HTTP",
+            path="/healthz",
+            port=str(node_port),
+            interval=10,
+            healthy_threshold=2,
+            unhealthy_threshold=2,
+        ),
         opts=child,
     )
     aws.lb.Listener(

@@ -168,6 +168,9 @@ def test_gateway_admits_only_the_load_balancers_block_and_keeps_its_address(dev:
     assert exposure.external_traffic_policy == "Local"
     group = dev.one("aws:lb/targetGroup:TargetGroup").inputs
     assert group["preserveClientIp"] == "false"
+    # Only nodes with a gateway pod pass the health check; a node that lost its pod leaves within ~20 s.
+    check = group["healthCheck"]
+    assert (check["path"], check["interval"], check["unhealthyThreshold"]) == ("/healthz", 10, 2)
     service = next(
         r
         for r in dev.resources
