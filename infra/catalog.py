@@ -208,3 +208,72 @@ def check_kubernetes_version(
 TRITON_WORKLOAD_IDENTITY_RELEASES: dict[CloudName, str] = {"azure": "26.05"}
 # The newest release tagged in triton-inference-server/server (v2.71.0 = 26.07, read 2026-12-01).
 DEFAULT_TRITON_RELEASE = "26.07"
+
+
+# --- AWS: cluster-autoscaler images and WAF managed rules -------------------------------------------
+# The cluster-autoscaler release whose minor matches each Kubernetes minor (its image only supports its
+# own minor): the newest patch tag of each release branch in kubernetes/autoscaler, read 2026-12-01 from
+# the repository's tags (cluster-autoscaler-1.36.1 etc., all four tagged 2026-07-22). No 1.37 release
+# was tagged by then: a 1.37 EKS stack waits for one (add it here with its tag date).
+CLUSTER_AUTOSCALER_SOURCE = "kubernetes/autoscaler release tags, read 2026-12-01"
+CLUSTER_AUTOSCALER_IMAGE = "registry.k8s.io/autoscaling/cluster-autoscaler"
+CLUSTER_AUTOSCALER_TAGS: dict[str, str] = {
+    "1.33": "v1.33.6",
+    "1.34": "v1.34.5",
+    "1.35": "v1.35.2",
+    "1.36": "v1.36.1",
+}
+
+
+def cluster_autoscaler_tag(minor: str) -> str | None:
+    """The cluster-autoscaler image tag for a Kubernetes minor, or None when no release matches it."""
+    return CLUSTER_AUTOSCALER_TAGS.get(minor)
+
+
+# The clouds whose managed Kubernetes scales node groups only with a cluster autoscaler the stack installs
+# (GKE and AKS run their own).
+INSTALLS_CLUSTER_AUTOSCALER: frozenset[CloudName] = frozenset({"aws"})
+
+
+def cluster_autoscaler_problem(cloud: CloudName, minor: str) -> str | None:
+    """Why a `cloud` cluster on `minor` cannot get a matching cluster-autoscaler (naming the choices), or None
+    (also when the cloud runs its own)."""
+    if cloud not in INSTALLS_CLUSTER_AUTOSCALER or minor in CLUSTER_AUTOSCALER_TAGS:
+        return None
+    known = ", ".join(f"{m} ({tag})" for m, tag in CLUSTER_AUTOSCALER_TAGS.items())
+    return (
+        f"tritonform:cluster.kubernetesVersion is {minor}, for which infra/catalog.py knows no "
+        f"cluster-autoscaler release (each release supports only its own minor): use one of {known}, or "
+        f"add the {minor} image tag to CLUSTER_AUTOSCALER_TAGS once kubernetes/autoscaler releases it"
+    )
+
+
+# The rules of AWS WAF's core rule set (AWSManagedRulesCommonRuleSet), as the AWS WAF developer guide's
+# "Baseline rule groups" page lists them (read 2026-12-01): the names a web ACL may override.
+AWS_COMMON_RULE_SET = "AWSManagedRulesCommonRuleSet"
+AWS_COMMON_RULE_SET_RULES = frozenset(
+    {
+        "NoUserAgent_HEADER",
+        "UserAgent_BadBots_HEADER",
+        "SizeRestrictions_QUERYSTRING",
+        "SizeRestrictions_Cookie_HEADER",
+        "SizeRestrictions_BODY",
+        "SizeRestrictions_URIPATH",
+        "EC2MetaDataSSRF_BODY",
+        "EC2MetaDataSSRF_COOKIE",
+        "EC2MetaDataSSRF_URIPATH",
+        "EC2MetaDataSSRF_QUERYARGUMENTS",
+        "GenericLFI_QUERYARGUMENTS",
+        "GenericLFI_URIPATH",
+        "GenericLFI_BODY",
+        "RestrictedExtensions_URIPATH",
+        "RestrictedExtensions_QUERYARGUMENTS",
+        "GenericRFI_QUERYARGUMENTS",
+        "GenericRFI_BODY",
+        "GenericRFI_URIPATH",
+        "CrossSiteScripting_COOKIE",
+        "CrossSiteScripting_QUERYARGUMENTS",
+        "CrossSiteScripting_BODY",
+        "CrossSiteScripting_URIPATH",
+    }
+)

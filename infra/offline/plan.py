@@ -44,6 +44,8 @@ class PlannedResource:
     parent: str | None
     inputs: dict[str, Any]
     urn: str
+    # What the program made it wait for (`type::name` of each resource its registration named).
+    dependencies: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -114,7 +116,10 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             inputs = _scrub(wire)
             parent = self._names.get(request.parent) if request.parent else None
             self._names[response.urn] = f"{request.type}::{request.name}"
-            self.recorded.append(PlannedResource(request.type, request.name, parent, inputs, response.urn))
+            dependencies = tuple(self._names.get(urn, urn) for urn in request.dependencies)
+            self.recorded.append(
+                PlannedResource(request.type, request.name, parent, inputs, response.urn, dependencies)
+            )
         return response
 
 

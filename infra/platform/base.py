@@ -378,6 +378,10 @@ class Platform:
     # The gateway's own identity: it may read only the tokenizer files (ReadScope.tokenizer_files).
     # None while a cloud does not provide one yet: the gateway then shares Triton's reader.
     gateway_reader: ReaderIdentity | None = None
+    # Cluster services the workload needs in place before it starts (e.g. the default StorageClass that
+    # Prometheus' volume binds through, the metrics API the gateway's autoscaler reads): the workload
+    # depends on them as it does on the GPU pool. Empty where the managed cluster brings its own.
+    workload_dependencies: tuple[pulumi.Resource, ...] = ()
 
     def edge_targets_as(self, kind: type[TargetsT]) -> TargetsT:
         """The edge targets, checked to be the given cloud's own type."""

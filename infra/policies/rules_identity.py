@@ -47,16 +47,26 @@ def _triton_subject(subject: Any) -> bool:
 
 
 # -- AWS -----------------------------------------------------------------------------------------
+# Every IRSA role a workload reads the model bucket with: Triton's and the gateway's own.
+READER_SERVICE_ACCOUNTS = re.compile(r"triton|gateway", re.IGNORECASE)
+S3_LOGGING = ("aws:s3/bucketLogging:BucketLogging", "aws:s3/bucketLoggingV2:BucketLoggingV2")
 
 
-def _irsa_triton(role: Resource) -> bool:
+def _reader_subject(subject: Any) -> bool:
+    """`system:serviceaccount:<ns>:<sa>` naming Triton's or the gateway's service account (not namespace)."""
+    return any(
+        isinstance(s, str) and READER_SERVICE_ACCOUNTS.search(s.rsplit(":", 1)[-1]) for s in as_list(subject)
+    )
+
+
+def _irsa_reader(role: Resource) -> bool:
     doc = json_doc(role.get("assumeRolePolicy"))
     for stmt in as_list(doc.get("Statement") if doc else None):
         if not isinstance(stmt, dict) or "sts:AssumeRoleWithWebIdentity" not in as_list(stmt.get("Action")):
             continue
         for operator in (stmt.get("Condition") or {}).values():
             if isinstance(operator, dict) and any(
-                k.endswith(":sub") and _triton_subject(v) for k, v in operator.items()
+                k.endswith(":sub") and _reader_subject(v) for k, v in operator.items()
             ):
                 return True
     return False
@@ -67,7 +77,11 @@ def _s3_resource_ok(arn: str, view: StackView) -> bool:
     if not match or "*" in match.group(1):
         return False
     name = match.group(1)
+    # A bucket that receives access logs is not a model bucket, even though the stack owns it.
+    log_targets = [target.get("targetBucket") for target in view.of_type(*S3_LOGGING)]
     for bucket in view.of_type("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"):
+        if any(refers_to(target, bucket, bucket.get("bucket"), bucket.get("id")) for target in log_targets):
+            continue
         prefix = bucket.get("bucketPrefix")
         if name in (bucket.get("bucket"), bucket.get("id")) or (
             isinstance(prefix, str) and name.startswith(prefix)
@@ -100,7 +114,7 @@ def _aws_statement_problems(stmt: dict[str, Any], view: StackView) -> Iterator[s
 def _aws(view: StackView) -> Iterator[Violation]:
     policies = {p.name: p for p in view.of_type("aws:iam/policy:Policy")}
     for role in view.of_type("aws:iam/role:Role"):
-        if not _irsa_triton(role):
+        if not _irsa_reader(role):
             continue
         names = (role.get("name"), role.get("id"), role.get("arn"))
         docs: list[tuple[Resource, Any]] = [
@@ -123,7 +137,7 @@ def _aws(view: StackView) -> Iterator[Violation]:
                 docs.append((local, local.get("policy")))
             elif arn != UNKNOWN:
                 yield Violation(
-                    f"the Triton role has the managed policy {arn} attached; detach it and {_FIX_AWS}.",
+                    f"the reader role has the managed policy {arn} attached; detach it and {_FIX_AWS}.",
                     holder,
                 )
         for holder, policy in docs:
@@ -131,7 +145,7 @@ def _aws(view: StackView) -> Iterator[Violation]:
             for stmt in as_list(doc.get("Statement") if doc else None):
                 if isinstance(stmt, dict):
                     for problem in _aws_statement_problems(stmt, view):
-                        yield Violation(f"the Triton role's policy {problem}; {_FIX_AWS}.", holder)
+                        yield Violation(f"the reader role's policy {problem}; {_FIX_AWS}.", holder)
 
 
 # -- GCP -----------------------------------------------------------------------------------------
@@ -297,8 +311,8 @@ def triton_identity_reads_only_its_bucket(view: StackView) -> Iterator[Violation
 RULES = (
     StackRule(
         "triton-identity-reads-only-its-bucket",
-        "Triton's workload identity has read-only access to the model bucket/container and nothing else; "
-        "the gateway's reads only the objects a condition names.",
+        "The identities that read models (Triton's and the gateway's) have read-only access to the model "
+        "bucket/container and nothing else; the gateway's only to the tokenizer files of a version.",
         "mandatory",
         triton_identity_reads_only_its_bucket,
     ),

@@ -9,7 +9,7 @@ Every default lives in exactly one of these modules.
 """
 
 from infra.settings.base import Settings, check_cidr
-from infra.settings.clouds import AzureSettings, GcpSettings
+from infra.settings.clouds import AwsSettings, AzureSettings, GcpSettings
 from infra.settings.serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
 from infra.settings.stack import (
     NAMESPACE,
@@ -35,6 +35,7 @@ __all__ = [
     "SECRET_CONFIG_KEYS",
     "SYSTEM_MACHINE_DEFAULTS",
     "AddonSettings",
+    "AwsSettings",
     "AzureSettings",
     "BucketSettings",
     "ClusterSettings",

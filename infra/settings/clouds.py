@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from infra.catalog import AWS_COMMON_RULE_SET_RULES
 from infra.settings.base import Settings as _Settings
 from infra.settings.base import check_cidr as _check_cidr
 
@@ -141,3 +142,66 @@ class AzureSettings(_Settings):
             if not _GUID.match(item):
                 raise ValueError(f"{item!r} is not an Entra ID object id (a GUID)")
         return value
+
+
+# CloudWatch Logs keeps log groups only for these numbers of days.
+# fmt: off
+CLOUDWATCH_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)
+# fmt: on
+
+
+class AwsSettings(_Settings):
+    """AWS-only settings: the edge's web application firewall and how long access logs are kept."""
+
+    waf_window_seconds: Literal[60, 120, 300, 600] = Field(
+        default=300,
+        description="AWS only: window (seconds) over which the WAF counts each API key's requests.",
+    )
+    waf_requests_per_key: int | None = Field(
+        default=None,
+        ge=10,
+        le=2_000_000_000,
+        description="AWS only: requests one API key may send per WAF window before the edge answers 403; "
+        "unset: `gateway.requestsPerMinute` for each minute of the window (holds across gateway replicas).",
+    )
+    waf_count_only_rules: tuple[str, ...] = Field(
+        default=("SizeRestrictions_BODY",),
+        description="AWS only: rules of the WAF's AWSManagedRulesCommonRuleSet that only count, never block "
+        "(its 8 KB body limit would refuse long prompts).",
+    )
+    log_retention_days: int = Field(
+        default=90, description="AWS only: days the API's access logs and the bucket's access logs are kept."
+    )
+    manage_api_gateway_account: bool = Field(
+        default=True,
+        description="AWS only: set API Gateway's CloudWatch role for the account and region (one per region, "
+        "needed for access logs); false where another stack already sets it.",
+    )
+
+    @field_validator("waf_count_only_rules")
+    @classmethod
+    def _known_rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in AWS_COMMON_RULE_SET_RULES]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} not in AWSManagedRulesCommonRuleSet; use any of "
+                f"{', '.join(sorted(AWS_COMMON_RULE_SET_RULES))}"
+            )
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in CLOUDWATCH_RETENTION_DAYS:
+            raise ValueError(
+                f"CloudWatch keeps logs for one of {', '.join(map(str, CLOUDWATCH_RETENTION_DAYS))} days"
+            )
+        return value
+
+    def requests_per_key(self, requests_per_minute: int) -> int:
+        """The WAF's limit per key and window: the setting, else the gateway's limit for each minute."""
+        if self.waf_requests_per_key is not None:
+            return self.waf_requests_per_key
+        return max(10, requests_per_minute * self.waf_window_seconds // 60)

@@ -76,7 +76,10 @@ DESCRIPTIONS: dict[str, str] = {
     "gateway.maxPromptTokens": "Longest prompt accepted, in tokens (400 beyond).",
     "gateway.maxTokens": "Largest `max_tokens` a request may ask for (400 beyond).",
     "addons.devicePluginVersion": "NVIDIA k8s-device-plugin chart version (clouds whose GPU nodes lack one).",
-    "addons.clusterAutoscalerVersion": "cluster-autoscaler chart version (clouds that need one installed).",
+    "addons.clusterAutoscalerVersion": "cluster-autoscaler chart version (clouds that need one installed); "
+    "the image is the release of the cluster's Kubernetes minor (infra/catalog.py).",
+    "addons.metricsServerVersion": "kubernetes-sigs metrics-server chart version (clouds without a metrics "
+    "API: AWS); the gateway's CPU autoscaler reads it.",
     "addons.prometheusVersion": "prometheus-community/prometheus chart version.",
     "addons.prometheusAdapterVersion": "prometheus-community/prometheus-adapter chart version.",
     "edge.rateLimitPerSecond": "Steady request rate the public edge lets through.",

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from infra.catalog import check_kubernetes_version
+from infra.catalog import check_kubernetes_version, cluster_autoscaler_problem
 from infra.settings.stack import NAMESPACE, StackSettings
 
 # RFC 5737 (IPv4) and RFC 3849 (IPv6): reserved for documentation, never a real network.
@@ -111,6 +111,13 @@ def _id_blockers(settings: StackSettings) -> list[str]:
     return blockers
 
 
+def _autoscaler_blockers(settings: StackSettings) -> list[str]:
+    """Where the stack installs the cluster autoscaler (EKS), its image must be the release of the cluster's
+    minor (said only of a minor the cloud still creates; the version's own blocker covers the others)."""
+    problem = cluster_autoscaler_problem(settings.cloud, settings.cluster.kubernetes_version)
+    return [problem] if problem is not None else []
+
+
 def check_readiness(settings: StackSettings, today: date) -> Readiness:
     """Everything that would make a first `pulumi up` of these settings fail or lock people out."""
     gke_channel = settings.gcp.release_channel if settings.gcp is not None else None
@@ -124,4 +131,6 @@ def check_readiness(settings: StackSettings, today: date) -> Readiness:
             "Management's service notifications would go nowhere; set your team's address"
         )
     blockers = [*version.errors, *_cidr_blockers(settings), *_id_blockers(settings)]
+    if not version.errors:
+        blockers += _autoscaler_blockers(settings)
     return Readiness(blockers=tuple(blockers), warnings=tuple(warnings))

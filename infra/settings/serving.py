@@ -114,7 +114,9 @@ class AddonSettings(Settings):
     """Versions of the cluster add-ons (Helm charts) the stack installs."""
 
     device_plugin_version: str = "0.17.1"  # NVIDIA k8s-device-plugin chart (clouds whose nodes lack one)
-    cluster_autoscaler_version: str = "9.46.6"  # kubernetes cluster-autoscaler chart (clouds that need it)
+    # kubernetes cluster-autoscaler chart (clouds that need it); its image follows the cluster's minor.
+    cluster_autoscaler_version: str = "9.59.0"
+    metrics_server_version: str = "3.13.1"  # kubernetes-sigs metrics-server chart (clouds without one)
     prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
     prometheus_adapter_version: str = "4.14.1"  # prometheus-community/prometheus-adapter chart
 

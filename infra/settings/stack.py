@@ -29,7 +29,7 @@ from infra.catalog import (
 )
 from infra.settings.base import Settings
 from infra.settings.base import check_cidr as _check_cidr
-from infra.settings.clouds import AzureSettings, GcpSettings
+from infra.settings.clouds import AwsSettings, AzureSettings, GcpSettings
 from infra.settings.serving import (
     AddonSettings,
     EdgeSettings,
@@ -195,6 +195,7 @@ class StackSettings(_Settings):
     edge: EdgeSettings = EdgeSettings()
     gcp: GcpSettings | None = None
     azure: AzureSettings | None = None
+    aws: AwsSettings | None = None
 
     @field_validator("name")
     @classmethod
@@ -232,7 +233,7 @@ class StackSettings(_Settings):
                 f"gcp.zone: {self.gcp.zone} is not in region {self.region}; use one of its zones, "
                 f"e.g. {self.region}-b (gcloud compute zones list --filter region:{self.region})"
             )
-        for other in ("gcp", "azure"):
+        for other in ("gcp", "azure", "aws"):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")
         check_triton_release(self.cloud, self.triton.version)

@@ -9,11 +9,14 @@ import pytest
 
 from infra.catalog import (
     CLOUDS,
+    CLUSTER_AUTOSCALER_TAGS,
     DEFAULT_KUBERNETES_VERSION,
     GKE_CHANNEL_MINORS,
     KUBERNETES_CALENDAR_CHECKED,
     KUBERNETES_RELEASES,
     check_kubernetes_version,
+    cluster_autoscaler_problem,
+    cluster_autoscaler_tag,
 )
 from infra.settings import load_stack_file
 from tests.infra.conftest import STACK_FILES
@@ -82,3 +85,15 @@ def test_gke_creates_only_what_the_release_channel_offers() -> None:
 def test_an_old_calendar_is_called_out() -> None:
     verdict = check_kubernetes_version("aws", "1.36", DAY + timedelta(days=121))
     assert any("infra/catalog.py were read on 2026-12-01" in w for w in verdict.warnings)
+
+
+def test_each_cluster_autoscaler_tag_is_the_release_of_its_own_minor() -> None:
+    assert cluster_autoscaler_tag(DEFAULT_KUBERNETES_VERSION) is not None
+    for minor, tag in CLUSTER_AUTOSCALER_TAGS.items():
+        assert tag.startswith(f"v{minor}.") and tag.removeprefix(f"v{minor}.").isdigit()
+    assert cluster_autoscaler_problem("aws", DEFAULT_KUBERNETES_VERSION) is None
+    assert cluster_autoscaler_problem("gcp", "1.37") is None  # GKE and AKS scale their own nodes
+    assert "1.37" in str(cluster_autoscaler_problem("aws", "1.37"))
+    # Every minor EKS creates today has a release, but for the one the autoscaler has not caught up with.
+    creatable = {m for m, r in KUBERNETES_RELEASES["aws"].items() if r.creatable_until >= DAY}
+    assert creatable - set(CLUSTER_AUTOSCALER_TAGS) == {"1.37"}

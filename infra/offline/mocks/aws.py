@@ -45,6 +45,15 @@ def aws_resource(
         )
     elif typ == "aws:apigateway/stage:Stage":
         state["invokeUrl"] = f"https://a1b2c3d4e5.execute-api.{region}.amazonaws.com/{inputs['stageName']}"
+        state["arn"] = (
+            f"arn:aws:apigateway:{region}::/restapis/{inputs['restApi']}/stages/{inputs['stageName']}"
+        )
+    elif typ == "aws:ec2/launchTemplate:LaunchTemplate":
+        state.update(latestVersion=1, defaultVersion=1)
+    elif typ == "aws:cloudwatch/logGroup:LogGroup":
+        state["arn"] = f"arn:aws:logs:{region}:{ACCOUNT}:log-group:{inputs.get('name', name)}"
+    elif typ == "aws:wafv2/webAcl:WebAcl":
+        state["arn"] = f"arn:aws:wafv2:{region}:{ACCOUNT}:regional/webacl/{name}/{name}-id"
     elif typ == "aws:ecr/repository:Repository":
         state.update(
             registryId=ACCOUNT, repositoryUrl=f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{inputs['name']}"
@@ -58,6 +67,13 @@ def aws_call(token: str, args: dict[str, Any], settings: StackSettings) -> dict[
     if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
         names = [f"{region}{z}" for z in "abcdef"]
         return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(6)], "id": region}
+    if token == "aws:index/getCallerIdentity:getCallerIdentity":
+        return {
+            "accountId": ACCOUNT,
+            "arn": f"arn:aws:iam::{ACCOUNT}:user/offline-plan",
+            "userId": "AIDAOFFLINEPLAN",
+            "id": ACCOUNT,
+        }
     if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
         return {
             "authorizationToken": "QVdTOm9mZmxpbmU=",

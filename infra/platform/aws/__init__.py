@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.platform.aws.addons import install_gpu_addons
+from infra.platform.aws.addons import install_cluster_addons, install_gpu_addons
 from infra.platform.aws.cluster import build_cluster, build_gpu_pool
 from infra.platform.aws.edge import AwsEdgeTargets, build_edge, gateway_exposure
 from infra.platform.aws.identity import build_reader
@@ -10,7 +10,15 @@ from infra.platform.aws.network import build_network
 from infra.platform.aws.provider import cloud_context
 from infra.platform.aws.registry import build_registry
 from infra.platform.aws.storage import build_bucket
-from infra.platform.base import Capability, CloudPlatform, Edge, EdgeBackend, Platform, ServiceExposure
+from infra.platform.base import (
+    Capability,
+    CloudPlatform,
+    Edge,
+    EdgeBackend,
+    Platform,
+    ReadScope,
+    ServiceExposure,
+)
 
 
 class AwsPlatform(CloudPlatform):
@@ -24,22 +32,33 @@ class AwsPlatform(CloudPlatform):
     def provision(self) -> Platform:
         context = cloud_context(self.settings)
         network = build_network(context)
-        cluster = build_cluster(context, network)
-        gpu_pool = build_gpu_pool(context, cluster, network)
+        cluster = build_cluster(context, network.component)
+        gpu_pool = build_gpu_pool(context, cluster, network.component)
         bucket = build_bucket(context)
-        reader = build_reader(context, cluster, bucket, self.triton_service_account())
+        reader = build_reader(
+            context, cluster, bucket, self.triton_service_account(), ReadScope.whole_bucket()
+        )
+        gateway_reader = build_reader(
+            context,
+            cluster,
+            bucket,
+            self.gateway_service_account(),
+            self.gateway_read_scope(),
+            name="gateway-reader",
+        )
         install_gpu_addons(context, cluster, gpu_pool)
+        cluster_services = install_cluster_addons(context, cluster)
         registry = build_registry(context)
         edge_targets = AwsEdgeTargets(
             context=context,
-            vpc_id=network.network_id,
-            private_subnet_ids=network.private_subnet_ids,
+            vpc_id=network.component.network_id,
+            edge_subnet_ids=network.edge_subnet_ids,
             node_security_group_id=cluster.eks.vpc_config.cluster_security_group_id,
             node_group=cluster.system_nodes,
         )
         return Platform(
             self.cloud,
-            network,
+            network.component,
             cluster.component,
             gpu_pool,
             bucket.component,
@@ -47,6 +66,8 @@ class AwsPlatform(CloudPlatform):
             registry,
             edge_targets,
             self.extra_outputs(),
+            gateway_reader=gateway_reader,
+            workload_dependencies=tuple(cluster_services),
         )
 
     def gateway_exposure(self) -> ServiceExposure:

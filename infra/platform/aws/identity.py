@@ -1,5 +1,5 @@
-"""AWS reader identity (IRSA): an IAM role only Triton's Kubernetes service account may assume, reading only
-the model bucket."""
+"""AWS reader identities (IRSA): IAM roles only one Kubernetes service account may assume, each reading only
+what its `ReadScope` names in the model bucket (Triton: all of it; the gateway: its tokenizer files)."""
 
 from __future__ import annotations
 
@@ -9,36 +9,40 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra.platform.aws.cluster import AwsCluster
+from infra.platform.aws.cluster import AwsCluster, service_account_trust
 from infra.platform.aws.storage import AwsBucket
-from infra.platform.base import CloudContext, ReaderIdentity, ServiceAccountRef
+from infra.platform.base import CloudContext, ReaderIdentity, ReadScope, ServiceAccountRef
 
 
 def irsa_trust(cluster: AwsCluster, account: ServiceAccountRef) -> pulumi.Output[str]:
     """A trust policy that lets only `account`'s projected tokens from this cluster assume the role."""
-    issuer_host = cluster.component.oidc_issuer_url.apply(lambda url: url.removeprefix("https://"))
-    return pulumi.Output.all(cluster.oidc_provider.arn, issuer_host).apply(
-        lambda args: _irsa_trust(args[0], args[1], account.subject)
-    )
+    return service_account_trust(cluster.oidc_provider, cluster.component.oidc_issuer_url, account)
 
 
 def build_reader(
-    context: CloudContext, cluster: AwsCluster, bucket: AwsBucket, service_account: ServiceAccountRef
+    context: CloudContext,
+    cluster: AwsCluster,
+    bucket: AwsBucket,
+    service_account: ServiceAccountRef,
+    scope: ReadScope,
+    name: str = "model-reader",
 ) -> ReaderIdentity:
-    """The read-only role, bound to `service_account` through the cluster's OIDC provider."""
+    """A read-only role for `scope`, bound to `service_account` through the cluster's OIDC provider.
+
+    `name` names the component, the role and its policy (`<stack>-model-reader` for Triton's)."""
     kms_key = context.settings.bucket.kms_key
-    component = ReaderIdentity(context.name("model-reader"), context.options)
+    component = ReaderIdentity(context.name(name), context.options)
     role = aws.iam.Role(
-        context.name("model-reader"),
+        context.name(name),
         description=f"Read-only access to the model bucket for {service_account.subject}",
         assume_role_policy=irsa_trust(cluster, service_account),
         max_session_duration=3600,
         opts=context.child(component),
     )
     aws.iam.RolePolicy(
-        context.name("model-reader"),
+        context.name(name),
         role=role.id,
-        policy=bucket.bucket.arn.apply(lambda arn: _bucket_read_policy(arn, kms_key)),
+        policy=bucket.bucket.arn.apply(lambda arn: bucket_read_policy(arn, scope, kms_key)),
         opts=context.child(component),
     )
     region = context.settings.region
@@ -50,42 +54,42 @@ def build_reader(
     return component
 
 
-def _irsa_trust(oidc_arn: str, issuer_host: str, subject: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Federated": oidc_arn},
-                    "Action": "sts:AssumeRoleWithWebIdentity",
-                    "Condition": {
-                        "StringEquals": {
-                            f"{issuer_host}:sub": subject,
-                            f"{issuer_host}:aud": "sts.amazonaws.com",
-                        }
-                    },
-                }
-            ],
-        }
-    )
+def bucket_read_policy(bucket_arn: str, scope: ReadScope, kms_key: str | None) -> str:
+    """The narrowest read policy for `scope`.
 
-
-def _bucket_read_policy(bucket_arn: str, kms_key: str | None) -> str:
-    statements: list[dict[str, Any]] = [
-        {
+    The whole bucket: list it and read every object (Triton copies the repository). Named files
+    (`scope.suffixes`): read exactly the objects `<prefix>*<suffix>`, no listing; the reader asks for known
+    keys, and without s3:ListBucket a missing one answers 403 instead of 404. A prefix alone: list and read
+    under it."""
+    statements: list[dict[str, Any]]
+    if scope.suffixes:
+        statements = [
+            {
+                "Sid": "ReadNamedModelFiles",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": [f"{bucket_arn}/{scope.prefix}*{suffix}" for suffix in scope.suffixes],
+            }
+        ]
+    else:
+        listing: dict[str, Any] = {
             "Sid": "ListModelBucket",
             "Effect": "Allow",
             "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
             "Resource": bucket_arn,
-        },
-        {
-            "Sid": "ReadModelObjects",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-            "Resource": f"{bucket_arn}/*",
-        },
-    ]
+        }
+        if scope.prefix:  # GetBucketLocation carries no s3:prefix, so a listing limited to one drops it
+            listing["Action"] = "s3:ListBucket"
+            listing["Condition"] = {"StringLike": {"s3:prefix": [f"{scope.prefix}*"]}}
+        statements = [
+            listing,
+            {
+                "Sid": "ReadModelObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                "Resource": f"{bucket_arn}/{scope.prefix}*",
+            },
+        ]
     if kms_key:
         statements.append(
             {"Sid": "DecryptModelObjects", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": kms_key}

@@ -1,13 +1,26 @@
-"""AWS network: a VPC over several zones with small public and large private subnets, tagged for EKS."""
+"""AWS network: a VPC over several zones with small public and large private subnets, tagged for EKS, and tiny
+edge subnets that hold nothing but the internal load balancer in front of the gateway."""
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
 from infra.platform.base import CloudContext, Network
+
+# Each zone's edge subnet: a /27 leaves the load balancer far more than the 8 free addresses it needs.
+EDGE_SUBNET_PREFIX = 27
+
+
+@dataclass(frozen=True)
+class AwsNetwork:
+    """The neutral network and the edge subnets the gateway's load balancer lives in."""
+
+    component: Network
+    edge_subnet_ids: pulumi.Output[list[str]]
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -22,7 +35,20 @@ def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
     return public, private
 
 
-def build_network(context: CloudContext) -> Network:
+def edge_block(vpc_cidr: str) -> str:
+    """The block kept for the edge subnets: the last eighth of the VPC's upper half (public subnets use at
+    most six of its eight blocks), so nothing but the edge's load balancer ever gets an address in it."""
+    upper = list(ipaddress.IPv4Network(vpc_cidr).subnets(prefixlen_diff=1))[1]
+    return str(list(upper.subnets(prefixlen_diff=3))[-1])
+
+
+def edge_subnet_cidrs(vpc_cidr: str, zones: int) -> list[str]:
+    """One small subnet per zone inside `edge_block`, for the internal load balancer alone."""
+    block = ipaddress.IPv4Network(edge_block(vpc_cidr))
+    return [str(subnet) for subnet in list(block.subnets(new_prefix=EDGE_SUBNET_PREFIX))[:zones]]
+
+
+def build_network(context: CloudContext) -> AwsNetwork:
     """VPC, internet gateway, subnets per zone and NAT (one per zone in prod, one in dev for cost)."""
     settings, name = context.settings, context.name
     net = Network(name("network"), context.options)
@@ -45,7 +71,11 @@ def build_network(context: CloudContext) -> Network:
         opts=child,
     )
     public_cidrs, private_cidrs = subnet_cidrs(settings.network.cidr, settings.network.zone_count)
+    edge_cidrs = edge_subnet_cidrs(settings.network.cidr, settings.network.zone_count)
+    # The edge subnets route only inside the VPC: the load balancer talks to the nodes, nothing else.
+    edge_rt = aws.ec2.RouteTable(name("edge"), vpc_id=vpc.id, opts=child)
     private_ids: list[pulumi.Output[str]] = []
+    edge_ids: list[pulumi.Output[str]] = []
     nat: aws.ec2.NatGateway | None = None
     # One NAT gateway per zone in prod (a zone outage keeps egress), one in dev (cost).
     nat_per_zone = settings.environment == "prod"
@@ -99,5 +129,17 @@ def build_network(context: CloudContext) -> Network:
             opts=child,
         )
         private_ids.append(private.id)
+        edge = aws.ec2.Subnet(
+            name(f"edge-{i}"),
+            vpc_id=vpc.id,
+            cidr_block=edge_cidrs[i],
+            availability_zone=zone,
+            tags={"Name": name(f"edge-{i}"), **cluster_tag},
+            opts=child,
+        )
+        aws.ec2.RouteTableAssociation(
+            name(f"edge-{i}"), subnet_id=edge.id, route_table_id=edge_rt.id, opts=child
+        )
+        edge_ids.append(edge.id)
     net.finish(network_id=vpc.id, private_subnet_ids=pulumi.Output.all(*private_ids))
-    return net
+    return AwsNetwork(net, pulumi.Output.all(*edge_ids))

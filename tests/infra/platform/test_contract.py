@@ -92,6 +92,20 @@ def _bucket_ids(plan: Plan) -> set[str]:
     }
 
 
+def _network_policy_enforcement(plan: Plan) -> str:
+    """How the cluster enforces NetworkPolicies, in the cloud's own words ("" when it only accepts them)."""
+    if plan.cloud == "aws":  # the managed VPC CNI with its network policy agent on
+        cni = [a for a in plan.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni"]
+        config = json.loads(cni[0].inputs.get("configurationValues") or "{}") if len(cni) == 1 else {}
+        return "vpc-cni enableNetworkPolicy" if config.get("enableNetworkPolicy") == "true" else ""
+    if plan.cloud == "gcp":  # Dataplane V2
+        datapath = plan.one("gcp:container/cluster:Cluster").inputs.get("datapathProvider")
+        return "Dataplane V2" if datapath == "ADVANCED_DATAPATH" else ""
+    profile = plan.one("azure-native:containerservice:ManagedCluster").inputs["networkProfile"]
+    cilium = profile.get("networkPolicy") == "cilium" and profile.get("networkDataplane") == "cilium"
+    return "Cilium" if cilium else ""
+
+
 # -- the contract ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("stack", DEV_STACKS)
 def test_same_output_names_on_every_cloud(stack: str) -> None:
@@ -154,6 +168,13 @@ def test_reader_binds_through_service_account_annotations(stack: str) -> None:
     annotations = p.value(p.platform.reader.service_account_annotations)
     assert len(annotations) == 1 and all(annotations.values())
     assert p.plan.outputs["model_reader_identity"]
+
+
+@pytest.mark.parametrize("stack", DEV_STACKS)
+def test_network_policies_are_enforced_not_only_accepted(stack: str) -> None:
+    """The workload's NetworkPolicies (Triton only from the gateway, the gateway only from the edge) are the
+    cluster's only wall around Triton, which has no authentication."""
+    assert _network_policy_enforcement(provisioned(stack).plan)
 
 
 # -- the edge and the registry -------------------------------------------------------------------

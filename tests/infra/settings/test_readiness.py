@@ -80,3 +80,13 @@ def test_pulumi_runs_main_and_nothing_else() -> None:
     source = (Path(program.__file__).parent / "__main__.py").read_text()
     code = [line for line in source.splitlines() if line and not line.startswith(("#", '"""'))]
     assert code == ["from infra.program import main", "main()"]
+
+
+def test_an_eks_minor_without_a_cluster_autoscaler_release_blocks_naming_the_choices(
+    ready_stack: Callable[[str, str], Path],
+) -> None:
+    path = ready_stack("aws", "dev")
+    path.write_text(path.read_text().replace("kubernetesVersion: '1.36'", "kubernetesVersion: '1.37'"))
+    (blocker,) = check_readiness(load_stack_file(path), DAY).blockers  # EKS itself creates 1.37
+    assert blocker.startswith("tritonform:cluster.kubernetesVersion is 1.37")
+    assert "cluster-autoscaler" in blocker and "1.36 (v1.36.1)" in blocker
