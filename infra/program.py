@@ -52,15 +52,14 @@ def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
             provider=platform.cluster.provider,
             scheduling=platform.gpu_pool.scheduling,
             reader=platform.reader,
-            # Until every cloud gives the gateway its own identity, it shares Triton's reader.
-            gateway_reader=platform.gateway_reader or platform.reader,
+            gateway_reader=platform.gateway_reader,
             bucket_uri=platform.bucket.uri,
             triton_image=images.triton,
             gateway_image=images.gateway,
             api_keys=keys,
             exposure=exposure,
         ),
-        opts=pulumi.ResourceOptions(depends_on=[platform.gpu_pool]),
+        opts=pulumi.ResourceOptions(depends_on=[platform.gpu_pool, *platform.workload_dependencies]),
     )
     edge = cloud.edge(
         platform,

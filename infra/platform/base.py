@@ -370,14 +370,13 @@ class Platform:
     cluster: KubernetesCluster
     gpu_pool: GpuNodePool
     bucket: ModelBucket
-    reader: ReaderIdentity
+    reader: ReaderIdentity  # Triton's: reads the whole model bucket
+    # The gateway's own identity: it may read only the tokenizer files (ReadScope.tokenizer_files).
+    gateway_reader: ReaderIdentity
     registry: ContainerRegistry
     # The cloud's own typed value for its edge step (the context it provisioned in included).
     edge_targets: EdgeTargets
     extra_outputs: dict[str, pulumi.Input[Any]] = field(default_factory=dict)
-    # The gateway's own identity: it may read only the tokenizer files (ReadScope.tokenizer_files).
-    # None while a cloud does not provide one yet: the gateway then shares Triton's reader.
-    gateway_reader: ReaderIdentity | None = None
     # Cluster services the workload needs in place before it starts (e.g. the default StorageClass that
     # Prometheus' volume binds through, the metrics API the gateway's autoscaler reads): the workload
     # depends on them as it does on the GPU pool. Empty where the managed cluster brings its own.

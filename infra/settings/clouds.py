@@ -167,9 +167,18 @@ class AwsSettings(_Settings):
         "unset: `gateway.requestsPerMinute` for each minute of the window (holds across gateway replicas).",
     )
     waf_count_only_rules: tuple[str, ...] = Field(
-        default=("SizeRestrictions_BODY",),
-        description="AWS only: rules of the WAF's AWSManagedRulesCommonRuleSet that only count, never block "
-        "(its 8 KB body limit would refuse long prompts).",
+        # Prompts are arbitrary text (code, HTML, shell, file paths): the rule set's body rules would refuse
+        # a user asking about `<script>` or `../../etc/passwd`; they only count. Headers, URIs, query
+        # strings and cookies stay blocked.
+        default=(
+            "SizeRestrictions_BODY",
+            "CrossSiteScripting_BODY",
+            "GenericLFI_BODY",
+            "GenericRFI_BODY",
+            "EC2MetaDataSSRF_BODY",
+        ),
+        description="AWS only: rules of the WAF's AWSManagedRulesCommonRuleSet that only count, never block: "
+        "by default its body rules (an 8 KB limit; code, markup and paths are ordinary prompts).",
     )
     log_retention_days: int = Field(
         default=90, description="AWS only: days the API's access logs and the bucket's access logs are kept."

@@ -25,6 +25,7 @@ from infra.workload.triton import (
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080
 API_KEYS_SECRET = "gateway-api-keys"
+PRE_STOP_S = 25  # > the edge's health-check window (~20 s); well inside the 120 s grace period
 KEYS_MOUNT, KEYS_FILE = "/var/run/secrets/tritonform", "api-keys"  # the keys file the gateway reads
 
 
@@ -133,6 +134,13 @@ class Gateway(pulumi.ComponentResource):
                 http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port=GATEWAY_PORT), period_seconds=10
             ),
             security_context=restricted_security_context(user=GATEWAY_UID, read_only_root=True),
+            # Keep serving while load balancers notice the pod is going: the cloud's health check takes
+            # up to ~20 s to drop a node whose only gateway pod stops (externalTrafficPolicy: Local).
+            lifecycle=k8s.core.v1.LifecycleArgs(
+                pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                    sleep=k8s.core.v1.SleepActionArgs(seconds=PRE_STOP_S)
+                )
+            ),
             volume_mounts=[
                 k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
                 k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT, read_only=True),

@@ -63,10 +63,10 @@ class AwsPlatform(CloudPlatform):
             gpu_pool,
             bucket.component,
             reader,
+            gateway_reader,
             registry,
             edge_targets,
             self.extra_outputs(),
-            gateway_reader=gateway_reader,
             workload_dependencies=tuple(cluster_services),
         )
 

@@ -63,10 +63,10 @@ class AzurePlatform(CloudPlatform):
             gpu_pool.component,
             storage.component,
             reader,
+            gateway_reader,
             registry,
             edge_targets,
             self.extra_outputs(),
-            gateway_reader=gateway_reader,
         )
 
     def gateway_exposure(self) -> ServiceExposure:

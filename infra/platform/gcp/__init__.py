@@ -66,10 +66,10 @@ class GcpPlatform(CloudPlatform):
             gpu_pool,
             bucket.component,
             reader,
+            gateway_reader,
             registry,
             edge_targets,
             self.extra_outputs(),
-            gateway_reader=gateway_reader,
         )
 
     def gateway_exposure(self) -> ServiceExposure:

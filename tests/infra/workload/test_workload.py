@@ -295,3 +295,10 @@ def test_identity_endpoints_the_cloud_names_are_the_only_other_egress(plan: Plan
     # GKE's metadata server mints Workload Identity tokens; EKS and AKS pods exchange theirs over HTTPS.
     expected = [("169.254.169.254/32", 80), ("169.254.169.252/32", 988)] if plan.cloud == "gcp" else []
     assert extra == expected
+
+
+def test_a_stopping_gateway_keeps_serving_until_the_load_balancer_lets_go(plan: Plan) -> None:
+    pod = _k8s(plan, "Deployment", "gateway")["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    wait = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 20 < wait < pod["terminationGracePeriodSeconds"] - 60  # leaves the streams time to finish

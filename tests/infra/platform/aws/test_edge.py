@@ -154,7 +154,11 @@ def test_waf_limits_each_api_key_and_counts_the_body_size_rule(dev: Plan) -> Non
     assert statement["limit"] == dev.settings.gateway.requests_per_minute * 5
     managed = common["statement"]["managedRuleGroupStatement"]
     assert (managed["vendorName"], managed["name"]) == ("AWS", "AWSManagedRulesCommonRuleSet")
-    assert managed["ruleActionOverrides"] == [{"name": "SizeRestrictions_BODY", "actionToUse": {"count": {}}}]
+    # Only the body rules count (prompts are code, markup, paths); header/URI/query rules still block.
+    body_rules = ["SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY", "GenericRFI_BODY"]
+    assert managed["ruleActionOverrides"] == [
+        {"name": name, "actionToUse": {"count": {}}} for name in [*body_rules, "EC2MetaDataSSRF_BODY"]
+    ]
     assert common["overrideAction"] == {"none": {}}
     association = dev.one("aws:wafv2/webAclAssociation:WebAclAssociation").inputs
     assert association["resourceArn"] == "arn:aws:apigateway:us-east-1::/restapis/a1b2c3d4e5/stages/live"
