@@ -51,6 +51,7 @@ class S3Store:
 
     @classmethod
     def connect(cls, location: StorageUri) -> S3Store:
+        """The bucket of `location`, with credentials from boto3's usual chain."""
         import boto3
 
         return cls(boto3.client("s3", endpoint_url=location.endpoint), location.bucket)
@@ -123,6 +124,7 @@ class GcsStore:
 
     @classmethod
     def connect(cls, location: StorageUri) -> GcsStore:
+        """The bucket of `location`, with Application Default Credentials."""
         from google.cloud import storage
 
         client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
@@ -183,6 +185,8 @@ class AzureStore:
 
     @classmethod
     def connect(cls, location: StorageUri, single_put_size: int = AZURE_SINGLE_PUT_SIZE) -> AzureStore:
+        """The container of `location`: a connection string, an account key, else the Azure login or
+        workload identity."""
         from azure.storage.blob import BlobServiceClient
 
         sizes: dict[str, Any] = {

@@ -132,22 +132,23 @@ def fetch_tokenizer(prefix: str, model: str, dest: Path, *, version: str) -> lis
     """Copy `model`'s tokenizer files of version `version` into `dest`, each checked against the manifest."""
     checked = check_version(prefix, version)
     subdir = engine_subdir(checked.manifest_bytes)
-    dest.mkdir(parents=True, exist_ok=True)
-    written = []
+    contents: dict[str, bytes] = {}
     for name in TOKENIZER_FILES:
         relative = "/".join((*engine_parts(model, subdir), name))
         uri = checked.location.uri(VERSIONS, checked.version, relative)
         recorded = checked.manifest["files"].get(relative)
-        if recorded is None:
+        if not isinstance(recorded, dict):
             raise LocatorError(f"{uri} is not part of version {checked.version}; rebuild and upload again")
         data = _read(checked.store, version_key(checked.location, checked.version, relative), uri)
         if data is None:
             raise LocatorError(f"{uri} is missing; rebuild the repository and upload it again")
         if hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
             raise LocatorError(f"{uri} differs from its manifest: refusing it; upload the model again")
+        contents[name] = data
+    dest.mkdir(parents=True, exist_ok=True)  # only once every file passed: all of them or none
+    for name, data in contents.items():
         (dest / name).write_bytes(data)
-        written.append(dest / name)
-    return written
+    return [dest / name for name in contents]
 
 
 def _current_version(store: ObjectStore, location: StorageUri, prefix: str) -> tuple[str, str]:
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"copied {path}")
     except LocatorError as exc:
         print(f"model locator: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a malformed manifest or an SDK error: still one line, not a traceback
+        print(f"model locator: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
 
