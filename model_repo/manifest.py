@@ -44,21 +44,33 @@ def write_manifest(repository: Path, info: dict[str, Any]) -> Path:
         for path in sorted(repository.rglob("*"))
         if path.is_file() and path.name != MANIFEST_FILE
     }
-    content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    manifest = {"format": MANIFEST_FORMAT, **info, "content_sha256": content, "files": files}
+    manifest = {"format": MANIFEST_FORMAT, **info, "content_sha256": content_digest(files), "files": files}
     target = repository / MANIFEST_FILE
     target.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target
 
 
+def content_digest(files: dict[str, Any]) -> str:
+    """A manifest's `content_sha256`: the sha256 of its file list (names, sizes, sha256s), so two
+    identical repositories have the same value and a manifest whose list was edited no longer matches."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(repository: Path) -> dict[str, Any]:
     """The manifest of a built repository; `ManifestError` if it is not one."""
     path = Path(repository) / MANIFEST_FILE
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and "files" in data:
-            return data
+    with contextlib.suppress(FileNotFoundError):
+        return parse_manifest(path.read_bytes(), str(repository))
     raise ManifestError(f"{repository} is not a built tritonform repository (no valid {MANIFEST_FILE})")
+
+
+def parse_manifest(raw: bytes, source: str) -> dict[str, Any]:
+    """A manifest from its bytes; `ManifestError` naming `source` if they are not one."""
+    with contextlib.suppress(ValueError):
+        data = json.loads(raw)
+        if isinstance(data, dict) and isinstance(data.get("files"), dict):
+            return data
+    raise ManifestError(f"{source} is not a built tritonform repository (no valid {MANIFEST_FILE})")
 
 
 def engine_subdir(manifest: str | bytes | None) -> str:

@@ -1,29 +1,30 @@
-"""Where built repositories live in object storage: URIs, the stores, versions and the CURRENT pointer.
+"""Where built repositories live in object storage: URIs, versions, checksums and the CURRENT pointer.
 
 URIs take the form Triton's `--model-repository` takes, so the same string works for both:
 `s3://BUCKET/PREFIX` (or `s3://HOST:PORT/BUCKET/PREFIX` for an emulator), `gs://BUCKET/PREFIX`,
 `as://ACCOUNT/CONTAINER/PREFIX`. Bucket layout (written by `model_repo.upload`):
 
     PREFIX/versions/<UTC time>-<content hash>/...        one complete repository, never modified
-    PREFIX/versions/<id>/REPOSITORY.json                 uploaded last: present = version complete
+    PREFIX/versions/<id>/REPOSITORY.json                 written once every other file is verified:
+                                                         present = the version is complete
     PREFIX/CURRENT                                       {"version", "repository", "content_sha256", ...}
 
-Triton serves `PREFIX/versions/<id>` taken from `CURRENT` (the model locator reads it at pod start), so
-it only ever sees a finished, immutable version.
+What serves is pinned per stack (`tritonform:triton.modelVersion`); the model locator checks that version
+against its manifest at pod start. `CURRENT` names the latest upload (for tools and `--version current`)
+and is only ever replaced by a conditional write (`write_pointer(replacing=...)`), so of two uploads that
+race, one wins and the other says so.
 
-Credentials come from each SDK's usual chain (AWS: env/profile/IRSA; GCS: ADC; Azure:
-`AZURE_STORAGE_CONNECTION_STRING`, else `AZURE_STORAGE_KEY` for the account in the URI, else the
-Azure login or workload identity through azure-identity). Emulators:
-`s3://HOST:PORT/BUCKET/...` (Triton's own form) or `AWS_ENDPOINT_URL_S3`; `STORAGE_EMULATOR_HOST`
-for GCS; an azurite connection string for Azure. The SDKs are imported only by the store that needs one.
+The stores themselves (S3, GCS, Azure, and their credentials and emulators) are in
+model_repo/object_stores.py; this module is the standard library only.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-import os
+import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +32,21 @@ from typing import Any, Protocol
 
 POINTER = "CURRENT"
 VERSIONS = "versions"
+# `new_version_id`'s form; infra/settings/serving.py checks triton.modelVersion with the same pattern.
+VERSION_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
+# Object metadata naming the file's sha256: informative only, since no cloud checks metadata.
+METADATA_SHA256 = "sha256"
+S3_PART_SIZE = 64 << 20  # S3 stores files of at least this size in parts of this size
+S3_MAX_PARTS = 10_000
+AZURE_SINGLE_PUT_SIZE = 64 << 20  # Azure blobs up to this size are one Put Blob (Azure computes their MD5)
 
 
 class StorageError(RuntimeError):
     """A storage location or its content cannot be used; the message says why."""
+
+
+class ConcurrentWriteError(StorageError):
+    """A conditional write found the object changed (or created, or deleted) since it was read."""
 
 
 @dataclass(frozen=True)
@@ -79,134 +91,138 @@ class StorageUri:
         return f"{self.scheme}://" + "/".join(segments)
 
 
+@dataclass(frozen=True)
+class ContentChecksum:
+    """How a cloud checksums the objects it stores, so that the same value can be computed locally.
+
+    `algorithm` (a hashlib name) over the whole object, reported in base64. With `part_size`, objects
+    of at least that size are stored in parts (doubled until at most `S3_MAX_PARTS` of them) and the
+    cloud reports the `algorithm` of the parts' concatenated digests plus `-<parts>` (S3's composite).
+    """
+
+    algorithm: str
+    part_size: int | None = None
+
+    def part_size_for(self, size: int) -> int | None:
+        """The part size a file of `size` bytes is stored with; None when it is stored whole."""
+        if self.part_size is None or size < self.part_size:
+            return None
+        part = self.part_size
+        while math.ceil(size / part) > S3_MAX_PARTS:  # the same rule as boto3's transfer manager
+            part *= 2
+        return part
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """One read of a local file: its size, its sha256 (hex, as manifests record it) and the value the
+    cloud's `ContentChecksum` must report for an object holding exactly these bytes."""
+
+    size: int
+    sha256: str
+    cloud_checksum: str
+
+
+def digest_file(path: Path, checksum: ContentChecksum) -> FileDigests:
+    """Read `path` once and return its size, sha256 and the cloud checksum of its content."""
+    whole, cloud = hashlib.sha256(), hashlib.new(checksum.algorithm, usedforsecurity=False)
+    part_size = checksum.part_size_for(path.stat().st_size)
+    part_digests: list[bytes] = []
+    size = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(part_size or 1 << 20), b""):
+            size += len(chunk)
+            whole.update(chunk)
+            if part_size:  # each read is exactly one part
+                part_digests.append(hashlib.new(checksum.algorithm, chunk, usedforsecurity=False).digest())
+            else:
+                cloud.update(chunk)
+    if part_size:
+        composite = hashlib.new(checksum.algorithm, b"".join(part_digests), usedforsecurity=False)
+        value = f"{base64.b64encode(composite.digest()).decode()}-{len(part_digests)}"
+    else:
+        value = base64.b64encode(cloud.digest()).decode()
+    return FileDigests(size, whole.hexdigest(), value)
+
+
+def checksums_match(stored: str | None, expected: str) -> bool:
+    """Whether a cloud's reported checksum is `expected`; a composite may be reported without `-<parts>`."""
+    if not stored:
+        return False
+    return stored == expected or ("-" in expected and "-" not in stored and stored == expected.split("-")[0])
+
+
+@dataclass(frozen=True)
+class StoredBytes:
+    """An object's content and its revision (S3/Azure ETag, GCS generation) for a conditional write."""
+
+    data: bytes
+    revision: str
+
+
 class ObjectStore(Protocol):
-    """The four operations an upload and the model locator need."""
+    """What an upload and the model locator need of a bucket."""
 
-    def upload_file(self, local: Path, key: str) -> None: ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-    def get_bytes(self, key: str) -> bytes | None: ...
-    def list_sizes(self, prefix: str) -> dict[str, int]: ...
+    checksum: ContentChecksum
 
+    def upload_file(self, local: Path, key: str, digests: FileDigests) -> None:
+        """Store `local` at `key` (its `digests` from the caller's own read of it)."""
+        ...
 
-class S3Store:
-    """An S3 bucket (or an S3-compatible emulator at the URI's host:port) through boto3."""
-
-    def __init__(self, location: StorageUri) -> None:
-        import boto3
-
-        self.bucket = location.bucket
-        self.client = boto3.client("s3", endpoint_url=location.endpoint)
-
-    def upload_file(self, local: Path, key: str) -> None:
-        self.client.upload_file(str(local), self.bucket, key)
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+    def stored_checksum(self, key: str) -> str | None:
+        """The checksum the cloud computed of the object at `key` (`checksum`'s form); None if none."""
+        ...
 
     def get_bytes(self, key: str) -> bytes | None:
-        try:
-            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-        except self.client.exceptions.NoSuchKey:
-            return None
+        """The object's content; None if there is none."""
+        ...
+
+    def read(self, key: str) -> StoredBytes | None:
+        """The object's content and revision; None if there is none."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes, *, replacing: str | None) -> None:
+        """Write `data` only if the object is still at revision `replacing` (absent when None);
+        `ConcurrentWriteError` otherwise."""
+        ...
 
     def list_sizes(self, prefix: str) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            sizes.update({item["Key"]: int(item["Size"]) for item in page.get("Contents", [])})
-        return sizes
+        """The size of every object whose key starts with `prefix`."""
+        ...
 
 
-class GcsStore:
-    """A Google Cloud Storage bucket through google-cloud-storage."""
-
-    def __init__(self, location: StorageUri) -> None:
-        from google.cloud import storage
-
-        client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
-        self.bucket = client.bucket(location.bucket)
-        self.client = client
-
-    def upload_file(self, local: Path, key: str) -> None:
-        self.bucket.blob(key).upload_from_filename(str(local))
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.bucket.blob(key).upload_from_string(data, content_type="application/json")
-
-    def get_bytes(self, key: str) -> bytes | None:
-        from google.api_core.exceptions import NotFound
-
-        try:
-            return bytes(self.bucket.blob(key).download_as_bytes())
-        except NotFound:
-            return None
-
-    def list_sizes(self, prefix: str) -> dict[str, int]:
-        return {b.name: int(b.size) for b in self.client.list_blobs(self.bucket, prefix=prefix)}
+def check_version_id(version: str) -> str:
+    """`version` if it has `new_version_id`'s form; `StorageError` otherwise."""
+    if not VERSION_PATTERN.match(version):
+        raise StorageError(
+            f"{version!r} is not a model version: versions look like 20261201T101500Z-0123456789ab "
+            "(`tritonform model upload` prints them)"
+        )
+    return version
 
 
-class AzureStore:
-    """An Azure Blob Storage container through azure-storage-blob."""
-
-    def __init__(self, location: StorageUri) -> None:
-        from azure.storage.blob import BlobServiceClient
-
-        connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
-        if connection:
-            service = BlobServiceClient.from_connection_string(connection)
-        elif os.environ.get("AZURE_STORAGE_KEY") and location.account:
-            key = {"account_name": location.account, "account_key": os.environ["AZURE_STORAGE_KEY"]}
-            service = BlobServiceClient(f"https://{location.account}.blob.core.windows.net", credential=key)
-        elif location.account:
-            # In the cluster (workload identity) or on a developer machine (az login): no key at all.
-            try:
-                from azure.identity import DefaultAzureCredential
-            except ImportError:
-                raise StorageError(
-                    "Azure: set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_KEY, "
-                    "or install azure-identity to use your Azure login / workload identity"
-                ) from None
-            service = BlobServiceClient(
-                f"https://{location.account}.blob.core.windows.net", credential=DefaultAzureCredential()
-            )
-        else:
-            raise StorageError("Azure: the URI needs the storage account: as://ACCOUNT/CONTAINER/PREFIX")
-        self.container = service.get_container_client(location.bucket)
-
-    def upload_file(self, local: Path, key: str) -> None:
-        with open(local, "rb") as data:
-            self.container.upload_blob(key, data, overwrite=True)
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.container.upload_blob(key, data, overwrite=True)
-
-    def get_bytes(self, key: str) -> bytes | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return bytes(self.container.download_blob(key).readall())
-        except ResourceNotFoundError:
-            return None
-
-    def list_sizes(self, prefix: str) -> dict[str, int]:
-        return {b.name: int(b.size) for b in self.container.list_blobs(name_starts_with=prefix)}
+def version_content_prefix(version: str) -> str:
+    """The part of a version id taken from its content hash (the first 12 hex digits)."""
+    return check_version_id(version).rsplit("-", 1)[1]
 
 
-def open_store(location: StorageUri) -> ObjectStore:
-    """The store for `location`'s scheme (its SDK is imported now)."""
-    stores: dict[str, Callable[[StorageUri], ObjectStore]] = {"s3": S3Store, "gs": GcsStore, "as": AzureStore}
-    return stores[location.scheme](location)
+def read_pointer_revision(
+    store: ObjectStore, location: StorageUri
+) -> tuple[dict[str, Any] | None, str | None]:
+    """`CURRENT`'s record and its revision (both None if nothing was uploaded yet)."""
+    stored = store.read(location.key(POINTER))
+    if stored is None:
+        return None, None
+    try:
+        data = json.loads(stored.data)
+    except ValueError:
+        raise StorageError(f"{location.uri(POINTER)} is not valid JSON; fix or delete it") from None
+    return (data if isinstance(data, dict) else None), stored.revision
 
 
 def read_pointer(store: ObjectStore, location: StorageUri) -> dict[str, Any] | None:
     """The current version's pointer, or None if nothing was uploaded yet."""
-    raw = store.get_bytes(location.key(POINTER))
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise StorageError(f"{location.uri(POINTER)} is not valid JSON; fix or delete it") from None
-    return data if isinstance(data, dict) else None
+    return read_pointer_revision(store, location)[0]
 
 
 def new_version_id(when: datetime, content_sha256: str) -> str:
@@ -232,6 +248,9 @@ def pointer_for(
     }
 
 
-def write_pointer(store: ObjectStore, location: StorageUri, pointer: dict[str, Any]) -> None:
-    """Replace `CURRENT` with `pointer` in one write (atomic in S3, GCS and Azure Blob)."""
-    store.put_bytes(location.key(POINTER), json.dumps(pointer, indent=2).encode())
+def write_pointer(
+    store: ObjectStore, location: StorageUri, pointer: dict[str, Any], replacing: str | None
+) -> None:
+    """Replace `CURRENT` with `pointer` in one write, only if it is still at revision `replacing` (absent
+    when None); `ConcurrentWriteError` when another writer changed it since it was read."""
+    store.put_bytes(location.key(POINTER), json.dumps(pointer, indent=2).encode(), replacing=replacing)

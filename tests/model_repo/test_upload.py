@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from model_repo.layout import write_repository
+from model_repo.object_stores import open_store
 from model_repo.spec import GenerationSpec
-from model_repo.storage import ObjectStore, StorageUri, open_store, read_pointer
+from model_repo.storage import FileDigests, ObjectStore, StorageUri, StoredBytes, read_pointer
 from model_repo.upload import UploadError, upload_repository
 from serving.triton_local import free_port
 
@@ -120,23 +121,44 @@ def test_s3_versions_pointer_and_idempotence(s3_endpoint: str, small_repo: Path,
     assert f"smol/versions/{first.version}/llm/config.pbtxt" in keys
 
 
-class _FailingStore:
-    """Wraps a real store; fails after `uploads` files, or lies about what is listed."""
+class WrappedStore:
+    """A real store behind every `ObjectStore` method, for wrappers that change one of them."""
 
-    def __init__(self, inner: ObjectStore, uploads: int = 10**9, lie: bool = False) -> None:
-        self.inner, self.uploads, self.lie = inner, uploads, lie
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.checksum = inner.checksum
 
-    def upload_file(self, local: Path, key: str) -> None:
-        if self.uploads == 0:
-            raise ConnectionError("network gone")
-        self.uploads -= 1
-        self.inner.upload_file(local, key)
+    def upload_file(self, local: Path, key: str, digests: FileDigests) -> None:
+        self.inner.upload_file(local, key, digests)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.inner.put_bytes(key, data)
+    def stored_checksum(self, key: str) -> str | None:
+        return self.inner.stored_checksum(key)
 
     def get_bytes(self, key: str) -> bytes | None:
         return self.inner.get_bytes(key)
+
+    def read(self, key: str) -> StoredBytes | None:
+        return self.inner.read(key)
+
+    def put_bytes(self, key: str, data: bytes, *, replacing: str | None) -> None:
+        self.inner.put_bytes(key, data, replacing=replacing)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        return self.inner.list_sizes(prefix)
+
+
+class _FailingStore(WrappedStore):
+    """Wraps a real store; fails after `uploads` files, or lies about what is listed."""
+
+    def __init__(self, inner: ObjectStore, uploads: int = 10**9, lie: bool = False) -> None:
+        super().__init__(inner)
+        self.uploads, self.lie = uploads, lie
+
+    def upload_file(self, local: Path, key: str, digests: FileDigests) -> None:
+        if self.uploads == 0:
+            raise ConnectionError("network gone")
+        self.uploads -= 1
+        self.inner.upload_file(local, key, digests)
 
     def list_sizes(self, prefix: str) -> dict[str, int]:
         sizes = self.inner.list_sizes(prefix)
@@ -225,28 +247,30 @@ def test_triton_loads_the_uploaded_version_from_gcs(
         assert [m["state"] for m in server.model_states()] == ["READY"]
 
 
-def test_azurite_upload(small_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def azurite_connection() -> Iterator[str]:
+    """A connection string to azurite on loopback, with an empty container `models`."""
     port = free_port()
     command = [_tool("azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", str(port),
                "--inMemoryPersistence", "--silent", "--skipApiVersionCheck",
                "--disableTelemetry"]  # fmt: skip
     process = _serve(command, port)
-    try:
-        monkeypatch.setenv(
-            "AZURE_STORAGE_CONNECTION_STRING",
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};",
-        )
-        from azure.storage.blob import BlobServiceClient
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )
+    from azure.storage.blob import BlobServiceClient
 
-        BlobServiceClient.from_connection_string(
-            os.environ["AZURE_STORAGE_CONNECTION_STRING"]
-        ).create_container("models")
-        destination = f"as://{AZURITE_ACCOUNT}/models/smol"
-        result = upload_repository(small_repo, destination)
-        location = StorageUri.parse(destination)
-        pointer = read_pointer(open_store(location), location)
-        assert pointer is not None and pointer["version"] == result.version
-        assert pointer["repository"] == f"as://{AZURITE_ACCOUNT}/models/smol/versions/{result.version}"
-    finally:
-        _stop(process)
+    BlobServiceClient.from_connection_string(connection).create_container("models")
+    yield connection
+    _stop(process)
+
+
+def test_azurite_upload(azurite_connection: str, small_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection)
+    destination = f"as://{AZURITE_ACCOUNT}/models/smol"
+    result = upload_repository(small_repo, destination)
+    location = StorageUri.parse(destination)
+    pointer = read_pointer(open_store(location), location)
+    assert pointer is not None and pointer["version"] == result.version
+    assert pointer["repository"] == f"as://{AZURITE_ACCOUNT}/models/smol/versions/{result.version}"
