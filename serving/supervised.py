@@ -81,7 +81,12 @@ def supervise(watch_fd: int, command: list[str], cleanup: Path | None, grace_s: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the starter decides when to stop
     # preexec_fn is safe here: this process has no other thread.
     child = subprocess.Popen(command, preexec_fn=_die_with_parent)
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: child.poll() is None and child.terminate())
+
+    def pass_on(_signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, pass_on)
     orphaned = False
     while child.poll() is None:
         readable, _, _ = select.select([watch_fd], [], [], POLL_S)
