@@ -215,12 +215,12 @@ class ContinuousBatchScheduler:
                 lane.fail(job, JobError(SHUTTING_DOWN, "UNAVAILABLE"))
         while True:  # queued jobs no lane took: answered by the first lane's writer, in order
             try:
-                job = self.pending.get_nowait()
+                waiting = self.pending.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
+            if waiting is not None:
                 self.count("failed_on_stop")
-                self.lanes[0].fail(job, JobError(SHUTTING_DOWN, "UNAVAILABLE"))
+                self.lanes[0].fail(waiting, JobError(SHUTTING_DOWN, "UNAVAILABLE"))
         for lane in self.lanes:  # every queued response goes out before the model unloads
             lane.close_outbox(timeout)
         self.log(f"scheduler stopped: {self.counts}")

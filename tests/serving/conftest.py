@@ -48,9 +48,10 @@ class RunningGateway:
         self.thread.join(15)
 
 
-def start_gateway(settings: GatewaySettings, timeout: float = 20) -> RunningGateway:
+def start_gateway(settings: GatewaySettings, timeout: float = 20, backend: Any = None) -> RunningGateway:
+    """`create_app(settings, backend)` served by uvicorn in a thread, on a free loopback port."""
     port = free_port()
-    app = create_app(settings)
+    app = create_app(settings, backend)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
