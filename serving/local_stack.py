@@ -58,7 +58,10 @@ def find_model_name(repository: Path) -> str:
 
 
 def check_port_free(host: str, port: int) -> None:
+    """`StackError` unless the gateway can listen on host:port. Probed with SO_REUSEADDR, as uvicorn
+    binds: connections left in TIME-WAIT by a stopped server do not make the port look taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
