@@ -7,49 +7,17 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
 from serving.gateway.triton import Delta, TritonError
-from tests.serving.conftest import API_KEY, RunningGateway, gateway_settings, start_gateway
+from tests.serving.conftest import API_KEY, RunningGateway
 from tests.serving.fake_backend import FakeTriton
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture(scope="module")
-def small_context(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model's tokenizer and metadata, with a context of 64 tokens."""
-    from model_repo.manifest import engine_dir
-
-    source = engine_dir(tiny_repository, "llm")
-    folder = tmp_path_factory.mktemp("small-context")
-    (folder / TOKENIZER_FILE).write_bytes((source / TOKENIZER_FILE).read_bytes())
-    meta = json.loads((source / METADATA_FILE).read_text())
-    (folder / METADATA_FILE).write_text(json.dumps({**meta, "max_context": 64}))
-    return folder
-
-
-@pytest.fixture
-def serve(small_context: Path) -> Iterator[Any]:
-    """`serve(backend, **settings)`: a gateway over `backend`; all stopped after the test."""
-    running: list[RunningGateway] = []
-
-    def start(backend: FakeTriton, **overrides: Any) -> RunningGateway:
-        settings = gateway_settings("127.0.0.1:1", small_context, tokenizer_dir=small_context, **overrides)
-        gateway = start_gateway(settings, backend=backend)
-        running.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in running:
-        gateway.stop()
 
 
 def _metric(gateway: RunningGateway, name: str) -> float:
