@@ -223,7 +223,7 @@ class ContinuousBatchScheduler:
                 self.lanes[0].fail(waiting, JobError(SHUTTING_DOWN, "UNAVAILABLE"))
         for lane in self.lanes:  # every queued response goes out before the model unloads
             lane.close_outbox(timeout)
-        self.log(f"scheduler stopped: {self.counts}")
+        self.log(f"scheduler stopped: {self.counts} open={self.counts.open}")
 
     def may_take(self, lane: Lane) -> bool:
         """Whether `lane` may admit another job now: it has room and no other lane holds fewer jobs."""
