@@ -84,8 +84,8 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
     text = tensors.get("text_input")
     if text is None:
         raise RequestError("text_input is required")
-    for name, value in tensors.items():
-        if value is not None and value.ndim >= 1 and value.shape[0] != 1:
+    for name, value in tensors.items():  # a batch dimension, if the model has one, must be 1
+        if value is not None and value.ndim >= 2 and value.shape[0] != 1:
             raise RequestError(f"{name}: send one prompt per request (batch {value.shape[0]} given)")
     prompt = _text(_scalar(text, "text_input"), "text_input")
     if not prompt:
