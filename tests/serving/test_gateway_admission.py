@@ -53,7 +53,8 @@ class CountingPrompts:
     """Wraps the gateway's PromptFormatter: counts tokenising calls and notes their threads."""
 
     def __init__(self, prompts: Any) -> None:
-        self._prompts, self.calls, self.threads = prompts, 0, set()
+        self._prompts, self.calls = prompts, 0
+        self.threads: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._prompts, name)
