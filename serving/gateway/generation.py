@@ -55,7 +55,7 @@ class Gateway:
     """Everything a route needs; one per app (no module-level state). `shutdown()` is the public stop
     hook: new requests get 503 and every generation still running ends with an error."""
 
-    def __init__(self, settings: GatewaySettings, backend: TritonGenerator | None = None) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.keys = ApiKeys(settings.resolved_api_keys())
         self.prompts = PromptFormatter.load(settings.resolved_tokenizer_dir())
@@ -72,7 +72,7 @@ class Gateway:
                 fallback=local,
                 on_store_error=self.metrics.rate_limit_store_errors.inc,
             )
-        self.triton: TritonGenerator | None = backend
+        self.triton: TritonGenerator | None = None  # set when the app starts
         self.active = 0  # admitted requests not yet released (the concurrency cap counts these)
         self.running = 0  # generations talking to Triton (the in-flight gauge)
         self.draining = False
