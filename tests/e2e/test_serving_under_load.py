@@ -138,7 +138,13 @@ def test_every_request_ends_right_under_load_departures_and_a_stop(
             late = await asyncio.wait_for(stopper, timeout=60)
         return outcomes + late
 
-    outcomes = asyncio.run(run())
+    # a loop of our own: asyncio.run() would leave the main thread without a current loop, which the
+    # Pulumi mocks of later tests need
+    loop = asyncio.new_event_loop()
+    try:
+        outcomes = loop.run_until_complete(run())
+    finally:
+        loop.close()
     kinds = Counter(outcome.split(":")[0] for outcome, _ in outcomes)
     assert sum(kinds.values()) == STREAMS + LATE  # every client got an answer: nothing hung
     assert kinds["left"] >= 1 and kinds["done"] >= 1, kinds
