@@ -20,10 +20,17 @@ Request/response tensors (`GENERATION_INPUTS` / `GENERATION_OUTPUTS`) follow the
   stream      BOOL  [1]   optional (false: one final response)
   end_id      INT32 [1]   optional token id that ends an answer (default: the model's eos);
                           -1: none, every answer runs to max_tokens (benchmarks, as with TRT-LLM)
+  input_ids   INT32 [-1]  python model only, optional: the prompt already tokenised (TRT-LLM's
+                          name). The gateway sends it, so that only the chat template inserts control
+                          tokens and the prompt's BOS is the gateway's; `text_input` is then ignored.
   -> text_output BYTES [-1]
+     finish_reason BYTES [-1]     python model only (TRT-LLM's llmapi model has it, same name): on
+                                  the final response 'stop' (end token or stop string) or 'length'
+                                  (max_tokens or the model's context); empty before.
      completion_tokens INT32 [1]  tokens generated for THIS response (sum them over a stream; a
-                                  non-streaming answer carries the total). From TRT-LLM's
-                                  `sequence_length`, so both backends mean the same thing.
+                                  non-streaming answer carries the total; an end token is not
+                                  counted). From TRT-LLM's `sequence_length`, so both backends mean
+                                  the same thing.
      prompt_tokens INT32 [1]      ONNX backend only: a decoupled TRT-LLM ensemble cannot return a
                                   tensor that does not come through the engine (Triton rejects it at
                                   load), so with TRT-LLM count prompt tokens with the `preprocessing`
@@ -31,6 +38,10 @@ Request/response tensors (`GENERATION_INPUTS` / `GENERATION_OUTPUTS`) follow the
 
 With `max_batch_size > 0` every tensor gets a leading batch dimension, so a request carries
 `text_input` of shape [1, 1], exactly as for TensorRT-LLM.
+
+Errors: the python model sets Triton's error code on each error response (INVALID_ARG, UNAVAILABLE,
+CANCELLED, INTERNAL) and starts its message with the same name in brackets (`[UNAVAILABLE] ...`),
+because Triton's gRPC stream passes an error's message and not its code.
 """
 
 from __future__ import annotations
@@ -148,13 +159,21 @@ GENERATION_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("stream", DataType.BOOL, (1,), optional=True),
     TensorSpec("end_id", DataType.INT32, (1,), optional=True),
 )
+# what only the python model takes (see the module docs)
+PYTHON_MODEL_INPUTS: tuple[TensorSpec, ...] = (
+    *GENERATION_INPUTS,
+    TensorSpec("input_ids", DataType.INT32, (-1,), optional=True),
+)
 GENERATION_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("text_output", DataType.STRING, (-1,)),
     TensorSpec("prompt_tokens", DataType.INT32, (1,)),
     TensorSpec("completion_tokens", DataType.INT32, (1,)),
+    TensorSpec("finish_reason", DataType.STRING, (-1,)),
 )
-# what the TensorRT-LLM ensemble can return (see the module docs about prompt_tokens)
-ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = tuple(t for t in GENERATION_OUTPUTS if t.name != "prompt_tokens")
+# what the TensorRT-LLM ensemble can return (see the module docs about prompt_tokens, finish_reason)
+ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = tuple(
+    t for t in GENERATION_OUTPUTS if t.name not in ("prompt_tokens", "finish_reason")
+)
 
 ExecutionProvider = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -181,6 +200,10 @@ class GenerationSpec:
     # Independent continuous batches, each on its own onnxruntime session with a share of the cores
     # (see ContinuousBatchScheduler in runtime/scheduler.py); 0: auto (2 on CPU, 1 on a GPU).
     decode_lanes: int = 0
+    # Requests waiting for a free sequence slot; beyond this the model answers UNAVAILABLE at once
+    # (the gateway: 503 with Retry-After) instead of queueing work it cannot start soon. 0: 4 x
+    # max_batch_size.
+    max_queued_requests: int = 0
     engine_subdir: str = DEFAULT_ENGINE_SUBDIR  # artefacts, relative to the model version directory
     extra_parameters: tuple[tuple[str, str], ...] = field(default=())
 
@@ -193,6 +216,7 @@ class GenerationSpec:
             "instance_count": (self.instance_count, 1, 64),
             "intra_op_threads": (self.intra_op_threads, 0, 1024),
             "decode_lanes": (self.decode_lanes, 0, 64),
+            "max_queued_requests": (self.max_queued_requests, 0, 1 << 16),
         }
         for name, (value, low, high) in checks.items():
             if not low <= value <= high:
@@ -209,6 +233,7 @@ class GenerationSpec:
             ("intra_op_threads", str(self.intra_op_threads)),
             ("allow_spinning", "true" if self.allow_spinning else "false"),
             ("decode_lanes", str(self.decode_lanes)),
+            ("max_queued_requests", str(self.max_queued_requests or 4 * self.max_batch_size)),
             ("engine_subdir", self.engine_subdir),
         )
         clash = {k for k, _ in own} & {k for k, _ in self.extra_parameters}
@@ -223,7 +248,7 @@ def python_model_config(spec: GenerationSpec) -> ModelConfig:
         name=spec.model_name,
         backend="python",
         max_batch_size=spec.max_batch_size,
-        inputs=GENERATION_INPUTS,
+        inputs=PYTHON_MODEL_INPUTS,
         outputs=GENERATION_OUTPUTS,
         decoupled=True,
         instance_groups=(InstanceGroup(spec.instance_kind, spec.instance_count),),

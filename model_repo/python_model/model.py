@@ -84,8 +84,8 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
     text = tensors.get("text_input")
     if text is None:
         raise RequestError("text_input is required")
-    for name, value in tensors.items():
-        if value is not None and value.ndim >= 1 and value.shape[0] != 1:
+    for name, value in tensors.items():  # a batch dimension, if the model has one, must be 1
+        if value is not None and value.ndim >= 2 and value.shape[0] != 1:
             raise RequestError(f"{name}: send one prompt per request (batch {value.shape[0]} given)")
     prompt = _text(_scalar(text, "text_input"), "text_input")
     if not prompt:
@@ -102,6 +102,9 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
     seed = _scalar(tensors.get("random_seed"), "random_seed")
     stream = _scalar(tensors.get("stream"), "stream")
     end_id = _scalar(tensors.get("end_id"), "end_id")
+    prompt_ids = tensors.get("input_ids")
+    if prompt_ids is not None and prompt_ids.size == 0:
+        raise RequestError("input_ids is empty")
     stop_words = tensors.get("stop_words")
     stop = (
         tuple(s for s in (_text(v, "stop_words") for v in stop_words.reshape(-1)) if s)
@@ -118,6 +121,7 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
         stop=stop,
         stream=bool(stream) if stream is not None else False,
         end_id=None if end_id is None else int(end_id),
+        prompt_ids=None if prompt_ids is None else tuple(int(t) for t in prompt_ids.reshape(-1)),
     )
     if not (np.isfinite(request.temperature) and request.temperature >= 0):
         raise RequestError(f"temperature={request.temperature}: must be >= 0")
@@ -140,6 +144,7 @@ _INPUT_NAMES = (
     "stop_words",
     "stream",
     "end_id",
+    "input_ids",
 )
 
 
@@ -190,7 +195,11 @@ class TritonPythonModel:
         max_active = int(params.get("max_active_sequences", "8"))
         self.job_class = scheduler_module.Job
         self.scheduler = scheduler_module.ContinuousBatchScheduler.with_lanes(
-            self.engine, max_active, int(params.get("decode_lanes", "0")), log=pb_utils.Logger.log_info
+            self.engine,
+            max_active,
+            int(params.get("decode_lanes", "0")),
+            log=pb_utils.Logger.log_info,
+            max_queued=int(params.get("max_queued_requests", "0")) or None,
         )
         self.scheduler.start()
         self._counter = 0
@@ -213,44 +222,55 @@ class TritonPythonModel:
                     tensors[name] = None if tensor is None else tensor.as_numpy()
                 parsed = parse_request(tensors, self.max_tokens_limit)
             except (RequestError, ValueError, TypeError, OverflowError) as exc:
-                self._send_error(sender, f"bad request: {exc}")
+                self._send_error(sender, f"bad request: {exc}", "INVALID_ARG")
                 continue
             self._counter += 1
-            self.scheduler.submit(
-                self.job_class(
-                    request_id=f"{os.getpid()}-{self._counter}",
-                    request=parsed,
-                    emit=self._emitter(sender),
-                    fail=functools.partial(self._send_error, sender),
-                    is_cancelled=getattr(request, "is_cancelled", _never),
-                )
+            job = self.job_class(
+                request_id=f"{os.getpid()}-{self._counter}",
+                request=parsed,
+                emit=_never,  # replaced below: the emitter reads the job's finish reason
+                fail=functools.partial(self._fail, sender),
+                is_cancelled=getattr(request, "is_cancelled", _never),
             )
+            job.emit = self._emitter(sender, job)
+            self.scheduler.submit(job)
         return None
 
-    def _emitter(self, sender: Any) -> Callable[[str, bool, int, int], None]:
+    def _emitter(self, sender: Any, job: Any) -> Callable[[str, bool, int, int], None]:
         pb = self.pb
 
         def emit(text: str, final: bool, prompt_tokens: int, completion_tokens: int) -> None:
+            reason = (job.finish_reason or "") if final else ""
             response = pb.InferenceResponse(
                 output_tensors=[
                     pb.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
                     pb.Tensor("prompt_tokens", np.array([[prompt_tokens]], dtype=np.int32)),
                     pb.Tensor("completion_tokens", np.array([[completion_tokens]], dtype=np.int32)),
+                    pb.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)),
                 ]
             )
             sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0)
 
         return emit
 
-    def _send_error(self, sender: Any, message: str) -> None:
+    def _fail(self, sender: Any, message: str) -> None:
+        self._send_error(sender, message, getattr(message, "kind", "INTERNAL"))
+
+    def _send_error(self, sender: Any, message: str, kind: str) -> None:
+        """An error as the final response: Triton's error code `kind`, and `[kind]` leading the message
+        (Triton's gRPC stream passes only the message; see model_repo/spec.py)."""
         pb = self.pb
+        code = getattr(pb.TritonError, kind, None)
+        text = f"[{kind}] {message}"
+        error = pb.TritonError(text) if code is None else pb.TritonError(text, code)
         sender.send(
-            pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message)),
+            pb.InferenceResponse(output_tensors=[], error=error),
             flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
 
     def finalize(self) -> None:
-        """Stop the scheduler: running requests get an error, queued responses go out first."""
+        """Stop the scheduler: every request still running or queued gets an error (UNAVAILABLE),
+        after the responses already made."""
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.stop()

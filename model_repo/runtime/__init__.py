@@ -11,7 +11,8 @@ the same files work in both places and in any Triton container that has those th
     batch      continuous batching: `DecodeBatch`, `LeftPaddedBatch`, `RightPaddedBatch`, `StepOutput`
     engine     `Engine`: one onnxruntime session, its tokenizer and metadata
     text       `IncrementalDetokenizer`, `TextStream`
-    scheduler  `ContinuousBatchScheduler`, `Lane`, `Job`, `GenerationRequest` (no Triton types)
+    scheduler  `ContinuousBatchScheduler`, `Lane`, `Job`, `GenerationRequest`, `JobError`,
+               `SchedulerCounts` (no Triton types)
 
 This file imports none of them on purpose: serving imports `contract` alone (file names and metadata)
 without loading the engine, and the gateway image carries only that module.

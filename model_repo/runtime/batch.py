@@ -47,10 +47,11 @@ class BatchRunner(Protocol):
 
 @dataclass(frozen=True)
 class StepOutput:
-    """One new token for one sequence. finish_reason: None while running, 'stop' or 'length' at the end.
+    """One new token for one sequence. finish_reason: None while running, 'stop' or 'length' at the end,
+    'error' when choosing this sequence's token failed (`error` says why; `token_id` is -1).
 
     When a sequence stops on an eos/stop token that token is still reported (token_id) but
-    `is_stop_token` is True so callers do not print it.
+    `is_stop_token` is True so callers do not print it (nor count it as generated text).
     """
 
     request_id: str
@@ -58,6 +59,7 @@ class StepOutput:
     finished: bool
     finish_reason: str | None
     is_stop_token: bool = False
+    error: str | None = None
 
 
 @dataclass
@@ -97,7 +99,9 @@ class DecodeBatch:
     def _finish(self, s: _SeqState, tok: int) -> tuple[bool, str | None, bool]:
         if tok in s.stop_ids:
             return True, "stop", True
-        if s.generated >= s.params.max_tokens or s.length + 1 >= self.engine.metadata.max_context:
+        # `tok` would be fed at position s.length next: the sequence ends when that position is past
+        # the model's context (every position 0..max_context-1 is used)
+        if s.generated >= s.params.max_tokens or s.length >= self.engine.metadata.max_context:
             return True, "length", False
         return False, None, False
 
@@ -115,7 +119,7 @@ class DecodeBatch:
         prompt_len = len(prompt_ids)
         if prompt_len == 0:
             raise EngineError("empty prompt: send at least one token")
-        if prompt_len >= meta.max_context:
+        if prompt_len > meta.max_context:
             raise EngineError(f"prompt has {prompt_len} tokens; this model's context is {meta.max_context}")
         if any(s.request_id == request_id for s in self.seqs):
             raise EngineError(f"request id {request_id!r} is already running")
@@ -154,7 +158,8 @@ class DecodeBatch:
         """Advance every active sequence by one token in a single ORT call, on `runner` (another
         session of the same model, see `Engine.sibling`) or by default the batch's own engine.
 
-        Finished sequences are removed from the batch automatically after this step.
+        Finished sequences are removed from the batch automatically after this step. A sequence whose
+        token cannot be chosen (non-finite logits) ends alone with finish_reason 'error'.
         """
         if not self.seqs:
             return []
@@ -165,7 +170,11 @@ class DecodeBatch:
         outs: list[StepOutput] = []
         for i, s in enumerate(self.seqs):
             s.length += 1
-            tok = s.sampler(logits[i, -1])
+            try:
+                tok = s.sampler(logits[i, -1])
+            except (ValueError, EngineError) as exc:  # this row's logits only: the others go on
+                outs.append(StepOutput(s.request_id, -1, True, "error", error=str(exc)))
+                continue
             s.generated += 1
             s.last_token = tok
             finished, reason, is_stop = self._finish(s, tok)

@@ -44,6 +44,10 @@ from .text import TextStream
 # PREFIX_MAX_TOKENS tokens are kept (~46 KB a token for SmolLM2-135M).
 PREFIX_MIN_TOKENS = 8
 PREFIX_MAX_TOKENS = 256
+# The last PREFIX_FRESH_TAIL prompt tokens always run through the prefill: a one-token tail runs on the
+# decode kernels, whose logits differ from a full prefill's (up to 0.97 on the int4 build), so a
+# repeated prompt would sample differently; tails of 2 or more tokens give bit-identical logits.
+PREFIX_FRESH_TAIL = 2
 
 
 @dataclass(frozen=True)
@@ -265,11 +269,12 @@ class Engine:
         """Batch-1 prefill of a prompt: (logits of its last position [V], present KV as numpy arrays).
 
         Reuses the KV of the leading tokens it shares with the previous prompt (see PREFIX_MIN_TOKENS):
-        causal attention makes those keys and values independent of what follows them.
+        causal attention makes those keys and values independent of what follows them. The logits are
+        bit-identical to a prefill without reuse (see PREFIX_FRESH_TAIL).
         """
         length = len(ids)
         reuse = 0
-        limit = min(len(self._prefix_ids), length - 1)
+        limit = min(len(self._prefix_ids), length - PREFIX_FRESH_TAIL)
         if limit >= PREFIX_MIN_TOKENS:
             differ = np.flatnonzero(np.asarray(self._prefix_ids[:limit]) != np.asarray(ids[:limit]))
             reuse = int(differ[0]) if differ.size else limit
@@ -346,6 +351,9 @@ class Engine:
         stream = TextStream(self.tokenizer, stop=params.stop)
         out: StepOutput | None = batch.add("0", ids, params)
         while out is not None:
+            if out.error is not None:
+                batch.remove("0")
+                raise EngineError(f"generation failed: {out.error}")
             text = "" if out.is_stop_token else stream.push(out.token_id)
             finished, reason = out.finished, out.finish_reason
             if stream.stopped:

@@ -41,10 +41,17 @@ class Sampler:
         self.rng = np.random.default_rng(params.seed)
 
     def __call__(self, logits: np.ndarray) -> int:
+        """The next token from one logits row; `ValueError` if the row holds NaN or +inf (a broken model
+        call), so that one sequence fails rather than emitting an arbitrary token."""
         params = self.params
         if params.temperature == 0.0 or params.top_k == 1:
-            return int(np.argmax(logits))
+            best = int(np.argmax(logits))  # argmax stops at the first NaN; +inf wins: either is caught
+            if not np.isfinite(logits[best]):
+                raise ValueError("the model returned non-finite logits (NaN or inf)")
+            return best
         scaled = logits.astype(np.float64) / params.temperature
+        if not np.isfinite(scaled.max()):
+            raise ValueError("the model returned non-finite logits (NaN or inf)")
         kept: np.ndarray | None = None  # the top_k token ids, when top_k narrows the choice
         if 0 < params.top_k < scaled.shape[0]:
             kept = np.argpartition(scaled, -params.top_k)[-params.top_k :]

@@ -7,8 +7,11 @@ admits new requests between decode steps (prefill joins its KV-cache batch) and 
 active sequences with ONE batched engine step; its writer thread sends the responses.
 Streaming requests get a response per text delta and a final response carrying the last delta;
 non-streaming requests get exactly one final response. Every response carries the prompt's tokens
-and the completion tokens behind that response (sum them over a stream). A job whose client went away
-(`Job.is_cancelled()`) is dropped from the batch at the next check.
+and the completion tokens behind that response (sum them over a stream; an end token is not counted),
+and the final one the finish reason (`Job.finish_reason`). A job whose client went away
+(`Job.is_cancelled()`) is dropped from the batch at the next check, and never prefilled if it went
+away while queued. Every job ends with a final response or exactly one `fail` (a `JobError`), also
+when the queue is full (`max_queued`) and on `stop()`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,21 @@ from .sampling import SamplingParams
 from .text import TextStream
 
 CANCEL_CHECK_INTERVAL_S = 0.2
+SHUTTING_DOWN = "the model is shutting down"
+
+
+class JobError(str):
+    """The message a job fails with (a `str`, so a `fail` callback may treat it as text) and its `kind`:
+    INVALID_ARG (the request cannot be served as sent), UNAVAILABLE (try again: queue full, shutting
+    down), CANCELLED (the client went away) or INTERNAL (the generation broke). The names are
+    Triton's error codes, which the adapter sets on the error it sends."""
+
+    kind: str
+
+    def __new__(cls, message: str, kind: str = "INTERNAL") -> JobError:
+        error = super().__new__(cls, message)
+        error.kind = kind
+        return error
 
 
 @dataclass(frozen=True)
@@ -42,14 +60,18 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     end_id: int | None = None  # None: the model's eos; -1: no end token (run to max_tokens)
+    # the prompt already tokenised (the gateway sends ids, so that only its chat template inserts
+    # control tokens); None: encode `prompt`
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass
 class Job:
     """One admitted request and how to answer it.
 
-    `emit(text, final, prompt_tokens, completion_tokens)` sends a response; `fail(message)` sends
-    an error as the final response; `is_cancelled()` says whether the client went away.
+    `emit(text, final, prompt_tokens, completion_tokens)` sends a response (`finish_reason`, 'stop' or
+    'length', is set before the final one); `fail(message)` sends an error (a `JobError`) as the
+    final response; `is_cancelled()` says whether the client went away.
     """
 
     request_id: str
@@ -62,6 +84,25 @@ class Job:
     reported_tokens: int = 0  # completion tokens already counted in earlier responses
     text: list[str] = field(default_factory=list)
     stream_state: Any = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class SchedulerCounts:
+    """What the scheduler did with the jobs it was given (for tests, logs and metrics)."""
+
+    submitted: int = 0
+    finished: int = 0  # ended with a final response
+    failed: int = 0  # ended with an error (every cause below included)
+    rejected_queue_full: int = 0
+    cancelled_before_prefill: int = 0
+    cancelled_running: int = 0
+    failed_on_stop: int = 0  # running or queued when the model stopped
+
+    @property
+    def open(self) -> int:
+        """Jobs not answered yet (0 after `stop()`)."""
+        return self.submitted - self.finished - self.failed
 
 
 class ContinuousBatchScheduler:
@@ -74,8 +115,10 @@ class ContinuousBatchScheduler:
     keep every core busy (2 cores, SmolLM2 int4, 8 streams: ~13% more tokens/s per step, and one
     lane's Python work overlaps the other's compute). A lane that is the only one with work runs on
     `engine` itself (all cores), so a lone stream is as fast as without lanes. Jobs wait in one
-    queue; a lane takes the next job only while it holds no more jobs than any other lane, so the
-    lanes stay balanced. Without `lane_engines` there is one lane on `engine`.
+    queue of at most `max_queued` (beyond it a job fails at once as UNAVAILABLE, which a gateway
+    answers with 503 and Retry-After); a lane takes the next job only while it holds no more jobs
+    than any other lane, so the lanes stay balanced. Without `lane_engines` there is one lane on
+    `engine`.
     """
 
     def __init__(
@@ -84,10 +127,12 @@ class ContinuousBatchScheduler:
         max_active: int,
         log: Callable[[str], None] = lambda _message: None,
         lane_engines: Sequence[Any] = (),
+        max_queued: int | None = None,
     ) -> None:
         self.engine = engine
         self.log = log
         self.max_active = max_active
+        self.max_queued = 4 * max_active if max_queued is None else max_queued
         self.pending: queue.Queue[Job | None] = queue.Queue()
         self.stopping = threading.Event()
         runners = list(lane_engines)[:max_active] or [engine]
@@ -100,6 +145,7 @@ class ContinuousBatchScheduler:
         self._shared_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.max_batch_seen = 0  # largest batch one step advanced (for tests and metrics)
+        self.counts = SchedulerCounts()
 
     @classmethod
     def with_lanes(
@@ -108,13 +154,14 @@ class ContinuousBatchScheduler:
         max_active: int,
         decode_lanes: int = 0,
         log: Callable[[str], None] = lambda _message: None,
+        max_queued: int | None = None,
     ) -> ContinuousBatchScheduler:
         """A scheduler with `lane_count(decode_lanes, ...)` lanes, each on its own sibling session of
         `engine` with an equal share of its threads (one lane: `engine` itself)."""
         lanes = lane_count(decode_lanes, engine, max_active)
         threads = max(1, engine.num_threads // lanes)
         siblings = [engine.sibling(threads) for _ in range(lanes)] if lanes > 1 else []
-        return cls(engine, max_active, log=log, lane_engines=siblings)
+        return cls(engine, max_active, log=log, lane_engines=siblings, max_queued=max_queued)
 
     @property
     def jobs(self) -> dict[str, Job]:
@@ -128,11 +175,35 @@ class ContinuousBatchScheduler:
             lane.thread.start()
 
     def submit(self, job: Job) -> None:
-        """Queue `job`; the next lane with room admits it between two decode steps."""
-        self.pending.put(job)
+        """Queue `job`; the next lane with room admits it between two decode steps. A full queue or a
+        stopping scheduler fails it at once (UNAVAILABLE)."""
+        self.count("submitted")
+        if self.stopping.is_set():
+            self.count("failed_on_stop")
+            self.answer_now(job, JobError(SHUTTING_DOWN, "UNAVAILABLE"))
+        elif self.pending.qsize() >= self.max_queued:
+            self.count("rejected_queue_full")
+            message = f"the model's queue is full ({self.max_queued} requests waiting); retry shortly"
+            self.answer_now(job, JobError(message, "UNAVAILABLE"))
+        else:
+            self.pending.put(job)
+
+    def answer_now(self, job: Job, error: JobError) -> None:
+        """Fail `job` from the calling thread (it never reached a lane)."""
+        self.count("failed")
+        try:
+            job.fail(error)
+        except Exception:  # a client gone away must not break the caller
+            traceback.print_exc()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to one of `self.counts` (thread-safe)."""
+        with self._stats_lock:
+            setattr(self.counts, name, getattr(self.counts, name) + amount)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the lanes, fail the jobs still running and send every queued response."""
+        """Stop the lanes; fail the jobs still running, then those still queued; send every response
+        (queued ones first). Every submitted job has been answered when this returns."""
         self.stopping.set()
         for _ in self.lanes:
             self.pending.put(None)
@@ -140,10 +211,19 @@ class ContinuousBatchScheduler:
             lane.thread.join(timeout)
         for lane in self.lanes:
             for job in list(lane.jobs.values()):
-                lane.fail(job, "the model is shutting down")
+                self.count("failed_on_stop")
+                lane.fail(job, JobError(SHUTTING_DOWN, "UNAVAILABLE"))
+        while True:  # queued jobs no lane took: answered by the first lane's writer, in order
+            try:
+                waiting = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is not None:
+                self.count("failed_on_stop")
+                self.lanes[0].fail(waiting, JobError(SHUTTING_DOWN, "UNAVAILABLE"))
         for lane in self.lanes:  # every queued response goes out before the model unloads
-            lane.outbox.put(None)
-            lane.writer.join(timeout)
+            lane.close_outbox(timeout)
+        self.log(f"scheduler stopped: {self.counts} open={self.counts.open}")
 
     def may_take(self, lane: Lane) -> bool:
         """Whether `lane` may admit another job now: it has room and no other lane holds fewer jobs."""
@@ -180,7 +260,8 @@ class Lane:
 
     Responses leave through the lane's writer thread, in the order the lane produced them: sending one
     is a round trip to the Triton process (~0.5 ms, measured here), which the decode loop no longer
-    waits for (one stream: ~11% more tokens/s through Triton on 2 cores).
+    waits for (one stream: ~11% more tokens/s through Triton on 2 cores). Once the writer has stopped,
+    a late response (a lane thread that outlived `stop`'s join) is sent by the thread that makes it.
     """
 
     def __init__(self, scheduler: ContinuousBatchScheduler, index: int, engine: Any, capacity: int) -> None:
@@ -196,14 +277,26 @@ class Lane:
         self.thread = threading.Thread(target=self._run, name=f"tritonform-lane-{index}", daemon=True)
         self.outbox: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
         self.writer = threading.Thread(target=self._write, name=f"tritonform-writer-{index}", daemon=True)
+        self._outbox_lock = threading.Lock()
+        self._outbox_closed = False
 
     def _write(self) -> None:
         while (item := self.outbox.get()) is not None:
-            send, args = item
-            try:
-                send(*args)
-            except Exception:  # a client that went away must not stop the others' responses
-                traceback.print_exc()
+            _send(*item)
+
+    def _post(self, send: Callable[..., None], args: tuple[Any, ...]) -> None:
+        with self._outbox_lock:
+            if not self._outbox_closed:
+                self.outbox.put((send, args))
+                return
+        _send(send, args)
+
+    def close_outbox(self, timeout: float) -> None:
+        """Let the writer send what is queued and stop; later responses are sent directly."""
+        with self._outbox_lock:
+            self._outbox_closed = True
+            self.outbox.put(None)
+        self.writer.join(timeout)
 
     def _run(self) -> None:
         sched = self.scheduler
@@ -218,8 +311,8 @@ class Lane:
                     sched.record_step(len(outputs))
                     for out in outputs:
                         self._on_token(out)
-            except Exception as exc:  # keep serving: fail what was running, start a fresh batch
-                message = f"generation failed: {exc}"
+            except Exception as exc:  # the batched step itself broke: fail what ran, start a fresh batch
+                message = JobError(f"generation failed: {exc}", "INTERNAL")
                 traceback.print_exc()
                 for job in list(self.jobs.values()):
                     self.fail(job, message)
@@ -238,6 +331,10 @@ class Lane:
             self._start_job(job)
 
     def _start_job(self, job: Job) -> None:
+        if _cancelled(job):  # the client left while the job was queued: no prefill for nobody
+            self.scheduler.count("cancelled_before_prefill")
+            self.fail(job, JobError("request cancelled", "CANCELLED"))
+            return
         request = job.request
         try:
             params = SamplingParams(
@@ -251,14 +348,18 @@ class Lane:
                 ignore_eos=request.end_id is not None,
                 stop_token_ids=() if request.end_id in (None, -1) else (request.end_id,),
             )
-            ids = self.engine.encode(request.prompt)
+            ids = list(request.prompt_ids) if request.prompt_ids else self.engine.encode(request.prompt)
             job.prompt_tokens = len(ids)
             job.stream_state = TextStream(self.engine.tokenizer, stop=request.stop)
             self.jobs[job.request_id] = job
             with self.scheduler.runner(self) as runner:
                 first = self.batch.add(job.request_id, ids, params, runner)
         except EngineError as exc:
-            self.fail(job, str(exc))
+            self.fail(job, JobError(str(exc), "INVALID_ARG"))
+            return
+        except Exception as exc:  # e.g. an allocation failure on a long prefill: this job alone fails
+            traceback.print_exc()
+            self.fail(job, JobError(f"generation failed: {type(exc).__name__}: {exc}", "INTERNAL"))
             return
         self._on_token(first)
 
@@ -269,28 +370,33 @@ class Lane:
             return
         self._last_cancel_check = now
         for job in list(self.jobs.values()):
-            try:
-                cancelled = job.is_cancelled()
-            except Exception:
-                cancelled = False
-            if cancelled:
+            if _cancelled(job):
                 self.batch.remove(job.request_id)
                 self.log(f"request {job.request_id} cancelled after {job.completion_tokens} tokens")
-                self.fail(job, "request cancelled")
+                self.scheduler.count("cancelled_running")
+                self.fail(job, JobError("request cancelled", "CANCELLED"))
 
     def _on_token(self, out: Any) -> None:
         job = self.jobs.get(out.request_id)
         if job is None:
             return
-        job.completion_tokens += 1
+        if out.error is not None:  # this sequence alone broke (the batch already dropped it)
+            self.fail(job, JobError(f"generation failed: {out.error}", "INTERNAL"))
+            return
         stream = job.stream_state
-        text = "" if out.is_stop_token else stream.push(out.token_id)
+        if out.is_stop_token:
+            text = ""
+        else:
+            job.completion_tokens += 1
+            text = stream.push(out.token_id)
         finished = out.finished or stream.stopped
         if finished:
             text += stream.flush()
             if not out.finished:  # a stop string ended it: leave the batch now
                 self.batch.remove(job.request_id)
             del self.jobs[job.request_id]
+            job.finish_reason = "stop" if stream.stopped else out.finish_reason
+            self.scheduler.count("finished")
         if job.request.stream:
             if text or finished:
                 self._emit(job, text, finished)
@@ -303,12 +409,28 @@ class Lane:
         # completion_tokens counts the tokens behind THIS response (TRT-LLM's streaming semantics)
         new_tokens = job.completion_tokens - job.reported_tokens
         job.reported_tokens = job.completion_tokens
-        self.outbox.put((job.emit, (text, final, job.prompt_tokens, new_tokens)))
+        self._post(job.emit, (text, final, job.prompt_tokens, new_tokens))
 
     def fail(self, job: Job, message: str) -> None:
         """End `job` with an error response, after whatever it was already sent."""
         self.jobs.pop(job.request_id, None)
-        self.outbox.put((job.fail, (message,)))
+        self.scheduler.count("failed")
+        error = message if isinstance(message, JobError) else JobError(message)
+        self._post(job.fail, (error,))
+
+
+def _send(send: Callable[..., None], args: tuple[Any, ...]) -> None:
+    try:
+        send(*args)
+    except Exception:  # a client that went away must not stop the others' responses
+        traceback.print_exc()
+
+
+def _cancelled(job: Job) -> bool:
+    try:
+        return bool(job.is_cancelled())
+    except Exception:
+        return False
 
 
 def lane_count(setting: int, engine: Any, max_active: int) -> int:

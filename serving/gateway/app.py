@@ -8,23 +8,21 @@ Middleware, outermost first: request id + access log + metrics, API key check, b
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.gateway.errors import ApiError, error_body, install_error_handlers
-from serving.gateway.limits import ApiKeyAuth, ApiKeys, BodySizeLimit, RateLimiter
-from serving.gateway.observability import LOGGER_NAME, GatewayMetrics, RequestContext, configure_logging
-from serving.gateway.prompts import PromptError, PromptFormatter
+from serving.gateway.errors import error_body, install_error_handlers
+from serving.gateway.generation import Gateway, Generation
+from serving.gateway.limits import ApiKeyAuth, BodySizeLimit
+from serving.gateway.observability import LOGGER_NAME, RequestContext, configure_logging
 from serving.gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -39,9 +37,9 @@ from serving.gateway.schemas import (
     Usage,
 )
 from serving.gateway.settings import GatewaySettings
-from serving.gateway.triton import Delta, GenerationParams, TritonError, TritonGenerator
+from serving.gateway.streaming import complete, stream
+from serving.gateway.triton import TritonGenerator
 
-T = TypeVar("T")
 log = logging.getLogger(LOGGER_NAME)
 _bearer = HTTPBearer(auto_error=False, description="an API key of this gateway")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -52,238 +50,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         404: "unknown model",
         413: "request body too large",
         429: "rate limit or concurrency limit reached (see Retry-After)",
-        503: "Triton is unreachable or the model is not loaded",
+        503: "Triton is unreachable, the model is not loaded or its queue is full (see Retry-After)",
         504: "generation timed out",
     }.items()
 }
 
 
-@dataclass
-class Generation:
-    """A request that passed every check: what to send to Triton and how to account for it."""
-
-    route: str
-    key_id: str
-    params: GenerationParams
-    prompt_tokens: int
-    reserved_tokens: int
-    started: float = field(default_factory=time.perf_counter)
-    text: list[str] = field(default_factory=list)
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    first_token_at: float | None = None
-    completion_tokens: int | None = 0  # summed over the stream; None if Triton does not report it
-
-
-class Gateway:
-    """Everything a route needs; one per app (no module-level state)."""
-
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
-        self.keys = ApiKeys(settings.resolved_api_keys())
-        self.prompts = PromptFormatter.load(settings.resolved_tokenizer_dir())
-        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
-        self.metrics = GatewayMetrics()
-        self.triton: TritonGenerator | None = None
-        self.in_flight = 0
-        self.created = int(time.time())
-
-    def backend(self) -> TritonGenerator:
-        if self.triton is None:
-            raise ApiError(503, "the gateway is starting; try again shortly")
-        return self.triton
-
-    # -- admission -------------------------------------------------------------------------------
-    def admit(
-        self, route: str, request: Request, body: CompletionRequest | ChatCompletionRequest, prompt: str
-    ) -> Generation:
-        s = self.settings
-        if body.model != s.public_model_name:
-            raise ApiError(
-                404,
-                f"model {body.model!r} does not exist; this server serves {s.public_model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
-        max_tokens = body.requested_max_tokens() or s.default_max_tokens
-        if max_tokens > s.max_tokens_cap:
-            raise ApiError(
-                400,
-                f"max_tokens={max_tokens} is over this server's limit max_tokens_cap={s.max_tokens_cap}",
-                param="max_tokens",
-                code="max_tokens_too_large",
-            )
-        prompt_tokens = self.prompts.count_tokens(prompt)
-        if prompt_tokens > s.max_prompt_tokens:
-            raise ApiError(
-                400,
-                f"the prompt has {prompt_tokens} tokens, over this server's limit "
-                f"max_prompt_tokens={s.max_prompt_tokens}",
-                param="messages" if "chat" in route else "prompt",
-                code="context_length_exceeded",
-            )
-        if self.in_flight >= s.max_concurrent_requests:
-            raise ApiError(
-                429,
-                f"the server is busy (max_concurrent_requests={s.max_concurrent_requests}); retry shortly",
-                headers={"Retry-After": "1"},
-                code="server_busy",
-            )
-        key = str(request.state.key_id)
-        reserve = prompt_tokens + max_tokens
-        wait = self.limiter.admit(key, reserve)
-        if wait:
-            raise ApiError(
-                429,
-                f"rate limit reached for this API key (requests_per_minute={s.requests_per_minute},"
-                f" tokens_per_minute={s.tokens_per_minute}); retry in {wait} s",
-                headers={"Retry-After": str(wait)},
-                code="rate_limit_exceeded",
-            )
-        if s.log_prompts:
-            log.info("prompt", extra={"prompt": prompt})
-        params = GenerationParams(
-            prompt, max_tokens, body.temperature, body.top_p, body.seed, tuple(body.stop_list()), body.stream
-        )
-        return Generation(route, key, params, prompt_tokens, reserve)
-
-    # -- generation ------------------------------------------------------------------------------
-    async def deltas(self, gen: Generation, request_id: str) -> AsyncGenerator[Delta, None]:
-        """Triton's deltas, with metrics and the token refund when the generation ends."""
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
-        stream = self.backend().generate(gen.params, request_id, self.settings.generation_timeout_s)
-        try:
-            async for delta in stream:
-                if gen.first_token_at is None and (delta.text or delta.final):
-                    gen.first_token_at = time.perf_counter()
-                    self.metrics.ttft.labels(gen.route).observe(gen.first_token_at - gen.started)
-                gen.text.append(delta.text)
-                if delta.completion_tokens is None or gen.completion_tokens is None:
-                    gen.completion_tokens = None
-                else:
-                    gen.completion_tokens += delta.completion_tokens  # per response, as TRT-LLM
-                if delta.final:
-                    self._finish(gen, delta)
-                yield delta
-        except TritonError as exc:
-            self.metrics.triton_errors.labels(str(exc.status)).inc()
-            raise
-        finally:
-            await stream.aclose()
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
-            used = gen.usage.total_tokens if gen.usage else gen.prompt_tokens
-            self.limiter.refund(gen.key_id, gen.reserved_tokens - used)
-
-    def _finish(self, gen: Generation, last: Delta) -> None:
-        text = "".join(gen.text)
-        completion = gen.completion_tokens
-        if completion is None:
-            completion = self.prompts.count_tokens(text)
-        prompt = last.prompt_tokens if last.prompt_tokens is not None else gen.prompt_tokens
-        gen.usage = Usage(
-            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-        )
-        gen.finish_reason = "length" if completion >= gen.params.max_tokens else "stop"
-        self.metrics.completion_tokens.inc(completion)
-        self.metrics.prompt_tokens.inc(prompt)
-
-
-def _api_error(exc: TritonError) -> ApiError:
-    headers = {"Retry-After": "2"} if exc.status == 503 else None
-    return ApiError(exc.status, exc.message, kind=exc.kind, headers=headers)
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`; if the client goes away first, cancel it (which cancels the Triton request)."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                raise ApiError(499, "client disconnected")
-    finally:
-        if not task.done():
-            task.cancel()
-
-
-async def _collect(gateway: Gateway, gen: Generation, request_id: str) -> Generation:
-    try:
-        async for _ in gateway.deltas(gen, request_id):
-            pass
-    except TritonError as exc:
-        raise _api_error(exc) from None
-    return gen
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
-
-
-async def _stream(
-    gateway: Gateway, request: Request, gen: Generation, chunk: Any, include_usage: bool
-) -> StreamingResponse:
-    """Start the generation, wait for Triton's first answer (so errors still get a status code),
-    then stream server-sent events; the iterator is closed (and Triton cancelled) on disconnect."""
-    request_id = request.state.request_id
-    deltas = gateway.deltas(gen, request_id)
-    try:
-        first = await _unless_disconnected(request, anext(deltas))
-    except TritonError as exc:
-        await deltas.aclose()
-        raise _api_error(exc) from None
-    except BaseException:
-        await deltas.aclose()
-        raise
-
-    async def events() -> AsyncIterator[str]:
-        try:
-            yield _sse(chunk(None, None, role=True))
-            delta: Delta | None = first
-            while delta is not None:
-                if delta.text:
-                    yield _sse(chunk(delta.text, None))
-                if delta.final:
-                    break
-                delta = await anext(deltas, None)
-            yield _sse(chunk(None, gen.finish_reason))
-            if include_usage and gen.usage is not None:
-                yield _sse(chunk(None, None, usage=gen.usage))
-        except TritonError as exc:
-            yield _sse(error_body(exc.status, exc.message, exc.kind))
-        finally:
-            await deltas.aclose()
-            request.state.usage = gen.usage.model_dump() if gen.usage else None
-        yield _sse("[DONE]")
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def create_app(settings: GatewaySettings) -> FastAPI:
-    """Build the gateway; Triton's gRPC client is opened on startup and closed on shutdown."""
+def create_app(settings: GatewaySettings, backend: TritonGenerator | None = None) -> FastAPI:
+    """Build the gateway; Triton's gRPC client is opened on startup and closed on shutdown (`backend`:
+    another generator to use instead, for tests). `app.state.gateway.shutdown()` stops it early."""
     configure_logging(settings.log_level)
     gateway = Gateway(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        gateway.triton = TritonGenerator(
+        gateway.loop = asyncio.get_running_loop()
+        gateway.triton = backend or TritonGenerator(
             settings.triton_grpc_url, settings.model_name, settings.triton_check_timeout_s
         )
         log.info("gateway started", extra={"triton": settings.triton_grpc_url, "model": settings.model_name})
         try:
             yield
         finally:
-            triton, gateway.triton = gateway.triton, None
-            await triton.close()
+            await gateway.shutdown()
 
     app = FastAPI(
         title="tritonform gateway",
@@ -306,7 +95,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
         """Triton is reachable, ready, and the model is loaded."""
-        reason = await gateway.backend().not_ready_reason()
+        if gateway.draining or gateway.triton is None:
+            return JSONResponse(error_body(503, "the gateway is not serving (starting or stopping)"), 503)
+        reason = await gateway.triton.not_ready_reason()
         if reason:
             return JSONResponse(error_body(503, reason), 503)
         return JSONResponse({"status": "ready", "model": settings.public_model_name})
@@ -322,7 +113,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.post("/v1/completions", dependencies=secured, responses=_ERRORS, response_model=CompletionResponse)
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        gen = gateway.admit("/v1/completions", request, body, body.prompt_text())
+        gen = await gateway.admit("/v1/completions", request, body)
         rid = request.state.request_id
 
         def chunk(
@@ -343,9 +134,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return await _stream(gateway, request, gen, _skip_none(chunk), include)
-        await _unless_disconnected(request, _collect(gateway, gen, rid))
-        request.state.usage = gen.usage.model_dump() if gen.usage else None
+            return await stream(gateway, request, gen, _skip_none(chunk), include)
+        await complete(gateway, request, gen)
         return CompletionResponse(
             id=f"cmpl-{rid}",
             created=int(time.time()),
@@ -358,15 +148,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         "/v1/chat/completions", dependencies=secured, responses=_ERRORS, response_model=ChatCompletionResponse
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
-        try:
-            prompt = gateway.prompts.render_chat(messages)
-        except PromptError as exc:
-            raise ApiError(400, str(exc), param="messages") from None
-        gen = gateway.admit("/v1/chat/completions", request, body, prompt)
+        gen = await gateway.admit("/v1/chat/completions", request, body)
         rid = request.state.request_id
 
         def chunk(
@@ -388,10 +170,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return await _stream(gateway, request, gen, chunk, include)
-        await _unless_disconnected(request, _collect(gateway, gen, rid))
+            return await stream(gateway, request, gen, chunk, include)
+        await complete(gateway, request, gen)
         assert gen.usage is not None
-        request.state.usage = gen.usage.model_dump()
         return ChatCompletionResponse(
             id=f"chatcmpl-{rid}",
             created=int(time.time()),

@@ -94,10 +94,38 @@ class RateLimiter:
         budget.take(tokens)
         return 0
 
+    def charge(self, caller: str, tokens: int) -> None:
+        """Take `tokens` without a check (they are spent already); the bucket may go below zero."""
+        if tokens > 0:
+            self._pair(caller)[1].level -= tokens
+
     def refund(self, caller: str, tokens: int) -> None:
         """Give back the part of a token reservation that was not used."""
         if tokens > 0 and caller in self._buckets:
             self._buckets[caller][1].give(tokens)
+
+
+class LocalKeyLimits:
+    """This replica's `RateLimiter` behind the awaitable methods of `RedisRateLimiter` (the local
+    stack's limiter, and the gateway's when no shared store is configured)."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    async def admit(self, caller: str, tokens: int) -> int:
+        """0 if one request and `tokens` are admitted, else the whole seconds to wait."""
+        return self.limiter.admit(caller, tokens)
+
+    async def charge(self, caller: str, tokens: int) -> None:
+        """Take `tokens` without a check."""
+        self.limiter.charge(caller, tokens)
+
+    async def refund(self, caller: str, tokens: int) -> None:
+        """Give back unused tokens."""
+        self.limiter.refund(caller, tokens)
+
+    async def close(self) -> None:
+        """Nothing to close."""
 
 
 class BodySizeLimit:
@@ -118,7 +146,8 @@ class BodySizeLimit:
         size = 0
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":
+            if message["type"] == "http.disconnect":  # the client left during the upload: a 499
+                scope.setdefault("state", {})["client_disconnected"] = True
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOGGER_NAME = "tritonform.gateway"
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection before the answer
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -53,6 +54,11 @@ class GatewayMetrics:
             "tritonform_gateway_prompt_tokens", "prompt tokens processed", registry=r
         )
         self.in_flight = Gauge("tritonform_gateway_generations_in_flight", "generations running", registry=r)
+        self.rate_limit_store_errors = Counter(
+            "tritonform_gateway_rate_limit_store_errors",
+            "calls to the shared rate-limit store (Redis) that failed; this replica's limits applied",
+            registry=r,
+        )
         self.triton_errors = Counter(
             "tritonform_gateway_triton_errors",
             "failed calls to Triton by HTTP status given",
@@ -114,7 +120,7 @@ class RequestContext:
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -130,11 +136,13 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
+            state = scope.get("state", {})
+            if status is None:  # no response started: the client left first (499), else a failure
+                status = CLIENT_CLOSED if state.get("client_disconnected") else 500
             route = _route_label(scope)
             if route not in ("/metrics", "/healthz", "/readyz"):
                 self.metrics.requests.labels(route, str(status)).inc()
                 self.metrics.latency.labels(route).observe(elapsed)
-            state = scope.get("state", {})
             self.log.info(
                 "request",
                 extra={

@@ -47,13 +47,35 @@ class GatewaySettings(BaseModel):
     tokens_per_minute: int = Field(
         default=500_000, ge=1, description="per API key; prompt + completion tokens"
     )
-    max_prompt_tokens: int = Field(default=4096, ge=1)
+    rate_limit_redis_url: str | None = Field(
+        default=None,
+        description="redis:// or rediss:// URL of a Redis (or Valkey) that every replica shares, so the "
+        "per-key limits hold across replicas; unset: each replica keeps its own (the local stack)",
+    )
+    max_prompt_tokens: int = Field(
+        default=4096, ge=1, description="also bounded by the served model's own context (generation.json)"
+    )
+    max_prompt_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="checked before any tokenising; default 32 x max_prompt_tokens (no ordinary text "
+        "that long fits max_prompt_tokens)",
+    )
     max_tokens_cap: int = Field(default=2048, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     generation_timeout_s: float = Field(default=300.0, gt=0)
     triton_check_timeout_s: float = Field(default=2.0, gt=0)
     max_concurrent_requests: int = Field(default=256, ge=1, description="beyond this, 429 at once")
+    stream_first_token_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="a stream waits this long for Triton's first answer (so that errors still get their "
+        "status code), then sends its headers and keep-alive comments until the first token",
+    )
+    stream_keepalive_s: float = Field(
+        default=15.0, gt=0, description="SSE comment interval while a stream waits (idle timeouts)"
+    )
     log_prompts: bool = False
     log_level: str = "INFO"
 
@@ -68,6 +90,11 @@ class GatewaySettings(BaseModel):
     @property
     def public_model_name(self) -> str:
         return self.served_model_name or self.model_name
+
+    @property
+    def prompt_chars_limit(self) -> int:
+        """The longest prompt (characters) tokenised at all."""
+        return self.max_prompt_chars or 32 * self.max_prompt_tokens
 
     def resolved_api_keys(self) -> tuple[str, ...]:
         """Every configured key (settings, file, env var), deduplicated; `SettingsError` if none."""

@@ -3,13 +3,19 @@
 Works with the python-backend model and the TensorRT-LLM ensemble alike (same tensor names, see
 model_repo/spec.py). The model's config is read once (batch dimension, which optional inputs it
 has) and read again after Triton was unreachable, so a restarted or replaced Triton is picked up.
-Every failure becomes a `TritonError` carrying the HTTP status the gateway should answer with.
+Every failure becomes a `TritonError` carrying the HTTP status the gateway should answer with, chosen by
+status code, never by words in a message: gRPC's code for a failed call; for an error inside the
+stream (where Triton passes only the message) the `[CODE]` the python model puts first (see
+model_repo/spec.py), else what Triton's status-coded readiness call says about the model. A request
+that Triton refuses because the model was reloaded with another layout (batch dimension, inputs) is
+sent once more with the new layout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,17 +51,30 @@ class GenerationParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
+    prompt_ids: tuple[int, ...] | None = None  # sent as `input_ids` when the model takes them
 
 
 @dataclass(frozen=True)
 class Delta:
     """One response from Triton: new text, final flag, and token counts when the model reports them
-    (`completion_tokens` counts the tokens behind this response; the ensemble has no `prompt_tokens`)."""
+    (`completion_tokens` counts the tokens behind this response; the ensemble has no `prompt_tokens`),
+    and on the final one the model's `finish_reason` (None when the model has no such output)."""
 
     text: str
     final: bool
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+# The python model's error codes (Triton's names) -> (HTTP status, OpenAI error type)
+_MODEL_ERRORS: dict[str, tuple[int, str]] = {
+    "INVALID_ARG": (400, "invalid_request_error"),
+    "UNAVAILABLE": (503, "unavailable"),
+    "CANCELLED": (499, "cancelled"),
+    "INTERNAL": (502, "server_error"),
+}
+_CODED = re.compile(r"^\[([A-Z_]+)\] (.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -109,11 +128,25 @@ class TritonGenerator:
     ) -> AsyncGenerator[Delta, None]:
         """Yield Triton's responses until the final one; closing the iterator cancels the request."""
         layout = await self._model_layout()
-        request = {
-            "model_name": self.model_name,
-            "inputs": _inputs(params, layout),
-            "request_id": request_id,
-        }
+        try:
+            async for delta in self._stream(params, request_id, timeout_s, layout):
+                yield delta
+        except _Refused as refused:  # nothing was generated: find out why, maybe send it again
+            self._layout = None
+            try:
+                fresh = await self._model_layout()
+            except TritonError:
+                raise
+            if fresh != layout:
+                async for delta in self._stream(params, request_id, timeout_s, fresh):
+                    yield delta
+                return
+            raise await self._refusal(refused.message) from None
+
+    async def _stream(
+        self, params: GenerationParams, request_id: str, timeout_s: float, layout: _ModelLayout
+    ) -> AsyncGenerator[Delta, None]:
+        request = {"model_name": self.model_name, "inputs": _inputs(params, layout), "request_id": request_id}
         finished = asyncio.Event()
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
@@ -122,12 +155,19 @@ class TritonGenerator:
 
         call: Any = None
         clean = False
+        answered = False
         try:
             call = self.client.stream_infer(requests(), stream_timeout=timeout_s)
             async for result, error in call:
                 if error is not None:
-                    raise _classify_exception(error, self.url, self.model_name)
+                    coded = _coded_error(error)
+                    if coded is not None:
+                        raise coded
+                    if not answered:
+                        raise _Refused(_short(error))
+                    raise TritonError(502, f"generation failed in Triton: {_short(error)}")
                 delta = _delta(result)
+                answered = True
                 if delta.final:
                     clean = True
                 yield delta
@@ -144,6 +184,13 @@ class TritonGenerator:
                 with contextlib.suppress(Exception):
                     call.cancel()  # client went away, timeout or error: stop the generation in Triton
 
+    async def _refusal(self, message: str) -> TritonError:
+        """Why Triton refused a request of the current layout, from its status-coded readiness call."""
+        reason = await self.not_ready_reason()
+        if reason:
+            return TritonError(503, reason, "unavailable")
+        return TritonError(502, f"Triton refused the request: {message}")
+
     def _classify_rpc(self, exc: grpc.aio.AioRpcError) -> TritonError:
         code = exc.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -154,26 +201,40 @@ class TritonGenerator:
         return TritonError(502, f"Triton failed: {code.name}: {exc.details()}")
 
 
+class _Refused(Exception):
+    """Triton answered a request with an error before any response and without the model's code."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _coded_error(error: BaseException) -> TritonError | None:
+    """The python model's error (`[CODE] message`) as the gateway's answer; None for other errors."""
+    text = str(error.message() if isinstance(error, InferenceServerException) else error)
+    match = _CODED.match(text)
+    if match is None or match.group(1) not in _MODEL_ERRORS:
+        return None
+    status, kind = _MODEL_ERRORS[match.group(1)]
+    message = match.group(2).removeprefix("bad request:").strip()
+    return TritonError(status, message.splitlines()[0][:500] if message else "error", kind)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc.message() if isinstance(exc, InferenceServerException) else exc)
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _classify_exception(exc: InferenceServerException, url: str, model: str) -> TritonError:
-    text = _short(exc)
-    status = str(exc.status() or "")
-    lowered = text.lower()
-    if lowered.startswith("bad request:"):
-        return TritonError(400, text.removeprefix("bad request:").strip(), "invalid_request_error")
-    if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
+    """A failed status-coded call (config, readiness) by its gRPC status code."""
+    status = str(exc.status() or "").removeprefix("StatusCode.")
+    if status == "NOT_FOUND":
         return TritonError(503, f"model {model!r} is not loaded in Triton at {url}", "unavailable")
-    if "UNAVAILABLE" in status or "unavailable" in lowered or "failed to connect" in lowered:
+    if status in ("UNAVAILABLE", "CANCELLED"):
         return TritonError(503, f"Triton at {url} is unreachable; try again shortly", "unavailable")
-    if "DEADLINE_EXCEEDED" in status:
+    if status == "DEADLINE_EXCEEDED":
         return TritonError(504, "generation timed out", "timeout")
-    if "shutting down" in lowered:
-        return TritonError(503, "the model is shutting down; try again shortly", "unavailable")
-    return TritonError(502, f"generation failed in Triton: {text}")
+    return TritonError(502, f"Triton failed: {status or 'error'}: {_short(exc)}")
 
 
 def _tensor(name: str, value: np.ndarray, datatype: str, batched: bool) -> grpcclient.InferInput:
@@ -186,7 +247,10 @@ def _tensor(name: str, value: np.ndarray, datatype: str, batched: bool) -> grpcc
 
 def _inputs(p: GenerationParams, layout: _ModelLayout) -> list[grpcclient.InferInput]:
     b = layout.batched
-    inputs = [
+    inputs = []
+    if p.prompt_ids is not None and "input_ids" in layout.inputs:
+        inputs.append(_tensor("input_ids", np.array(p.prompt_ids, dtype=np.int32), "INT32", b))
+    inputs += [
         _tensor("text_input", np.array([p.prompt.encode("utf-8")], dtype=np.object_), "BYTES", b),
         _tensor("max_tokens", np.array([p.max_tokens], dtype=np.int32), "INT32", b),
     ]
@@ -221,9 +285,13 @@ def _delta(result: Any) -> Delta:
     params = result.get_response().parameters
     final = "triton_final_response" in params and params["triton_final_response"].bool_param
     prompt_tokens, completion_tokens = _first(result, "prompt_tokens"), _first(result, "completion_tokens")
+    reason = _first(result, "finish_reason")
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", errors="replace")
     return Delta(
         text="" if text is None else str(text),
         final=bool(final),
         prompt_tokens=None if prompt_tokens is None else int(prompt_tokens),
         completion_tokens=None if completion_tokens is None else int(completion_tokens),
+        finish_reason=str(reason) if reason else None,
     )

@@ -11,6 +11,7 @@ from model_repo.python_model import model as python_model
 from model_repo.spec import (
     GENERATION_INPUTS,
     GENERATION_OUTPUTS,
+    PYTHON_MODEL_INPUTS,
     TEMPLATE_DIR,
     DataType,
     GenerationSpec,
@@ -35,12 +36,19 @@ def test_python_model_config_renders_and_parses_with_tritons_schema() -> None:
     parsed = parse_model_config(render_model_config(python_model_config(spec)))
     assert parsed.name == "smol" and parsed.backend == "python" and parsed.max_batch_size == 4
     assert parsed.model_transaction_policy.decoupled is True
-    assert [(i.name, i.optional) for i in parsed.input] == [(t.name, t.optional) for t in GENERATION_INPUTS]
-    assert [o.name for o in parsed.output] == ["text_output", "prompt_tokens", "completion_tokens"]
+    assert [(i.name, i.optional) for i in parsed.input] == [(t.name, t.optional) for t in PYTHON_MODEL_INPUTS]
+    assert PYTHON_MODEL_INPUTS[: len(GENERATION_INPUTS)] == GENERATION_INPUTS
+    assert [o.name for o in parsed.output] == [
+        "text_output",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+    ]
     assert parsed.instance_group[0].count == 2
     params = {k: v.string_value for k, v in parsed.parameters.items()}
     assert params["max_active_sequences"] == "4" and params["execution_provider"] == "cpu"
     assert params["decode_lanes"] == "0"  # auto: the python model picks 2 lanes on a multi-core CPU
+    assert params["max_queued_requests"] == "16"  # 4 x max_batch_size unless set
 
 
 def test_tensor_names_follow_the_tensorrt_llm_ensemble() -> None:
@@ -49,7 +57,7 @@ def test_tensor_names_follow_the_tensorrt_llm_ensemble() -> None:
     assert types["text_output"] is DataType.STRING and types["stream"] is DataType.BOOL
     assert types["random_seed"] is DataType.UINT64 and types["stop_words"] is DataType.STRING
     # the python model reads exactly the inputs the config declares
-    assert tuple(t.name for t in GENERATION_INPUTS) == python_model._INPUT_NAMES
+    assert tuple(t.name for t in PYTHON_MODEL_INPUTS) == python_model._INPUT_NAMES
 
 
 def test_missing_placeholder_is_an_error() -> None:

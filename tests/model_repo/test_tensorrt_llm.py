@@ -98,8 +98,12 @@ def test_same_public_tensors_as_the_onnx_backend(trt_repo: Path) -> None:
 
     onnx = parse_model_config(render_model_config(python_model_config(GenerationSpec())))
     ensemble = _configs(trt_repo)["llm"]
-    assert [(t.name, t.data_type) for t in ensemble.input] == [(t.name, t.data_type) for t in onnx.input]
-    onnx_outputs = [(t.name, t.data_type) for t in onnx.output if t.name != "prompt_tokens"]
+    # the python model alone also takes the prompt as token ids and returns prompt_tokens, finish_reason
+    onnx_inputs = [(t.name, t.data_type) for t in onnx.input if t.name != "input_ids"]
+    assert [(t.name, t.data_type) for t in ensemble.input] == onnx_inputs
+    onnx_outputs = [
+        (t.name, t.data_type) for t in onnx.output if t.name not in ("prompt_tokens", "finish_reason")
+    ]
     assert [(t.name, t.data_type) for t in ensemble.output] == onnx_outputs
 
 

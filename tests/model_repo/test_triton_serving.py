@@ -28,6 +28,7 @@ class Chunk:
     completion_tokens: int
     final: bool
     at: float
+    finish_reason: str = ""
 
 
 def _input(name: str, value: np.ndarray, datatype: str) -> grpcclient.InferInput:
@@ -53,6 +54,8 @@ def request_inputs(prompt: str, max_tokens: int, stream: bool = False, **extra: 
     if "stop" in extra:
         words = np.array([[s.encode() for s in extra["stop"]]], dtype=np.object_)
         inputs.append(_input("stop_words", words, "BYTES"))
+    if "input_ids" in extra:
+        inputs.append(_input("input_ids", np.array([extra["input_ids"]], np.int32), "INT32"))
     return inputs
 
 
@@ -76,6 +79,7 @@ def generate(url: str, inputs: list[Any], timeout: float = 60) -> list[Chunk]:
                     int(result.as_numpy("completion_tokens").reshape(-1)[0]),
                     final,
                     time.monotonic(),
+                    result.as_numpy("finish_reason").reshape(-1)[0].decode(),
                 )
             )
             if final:
@@ -232,8 +236,10 @@ def test_end_id_replaces_eos_and_minus_one_runs_to_max_tokens(tiny_triton: Any, 
     end = free[k]
     first = free.index(end)
     cut = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 12, end_id=end))
-    assert cut[-1].completion_tokens == first + 1
+    # the end token ends the answer and is not a completion token (issue 22; it used to count)
+    assert cut[-1].completion_tokens == first
     assert cut[-1].text == engine.decode(free[:first])
+    assert cut[-1].finish_reason == "stop" and whole[-1].finish_reason == "length"
     # an id outside the vocabulary is the client's mistake, reported as such
     with pytest.raises(InferenceServerException, match="stop token ids"):
         generate(tiny_triton.grpc_url, request_inputs(PROMPT, 4, end_id=engine.metadata.vocab_size))
@@ -260,3 +266,27 @@ def test_request_parsing_rejects_batches_and_bad_values() -> None:
     for message, value in bad.items():
         with pytest.raises(RequestError, match=message):
             parse_request(value, 100)
+
+
+def test_the_model_reports_its_finish_reason_and_takes_token_ids(tiny_triton: Any, engine: Any) -> None:
+    from model_repo.runtime.sampling import SamplingParams
+
+    ids = engine.encode(PROMPT)
+    free = [t.token_id for t in engine.generate(ids, SamplingParams(max_tokens=6, ignore_eos=True))]
+    # an end token on the last allowed token: the model says 'stop' (a guess from the count says 'length')
+    last = generate(tiny_triton.grpc_url, request_inputs(PROMPT, free.index(free[5]) + 1, end_id=free[5]))
+    assert last[-1].finish_reason == "stop"
+    streamed = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 6, stream=True, end_id=-1))
+    assert [c.finish_reason for c in streamed] == [""] * (len(streamed) - 1) + ["length"]
+    # the prompt as token ids (what the gateway sends): the text input is then ignored
+    by_ids = generate(tiny_triton.grpc_url, request_inputs("ignored", 6, end_id=-1, input_ids=ids))
+    assert by_ids[-1].text == engine.decode(free) and by_ids[-1].prompt_tokens == len(ids)
+
+
+def test_errors_carry_tritons_error_code_in_the_message(tiny_triton: Any, engine: Any) -> None:
+    """Triton's gRPC stream passes an error's message, not its code: the model leads with the code."""
+    with pytest.raises(InferenceServerException, match=r"^\[INVALID_ARG\] bad request: max_tokens=0"):
+        generate(tiny_triton.grpc_url, request_inputs(PROMPT, 0))
+    too_long = [1] * (engine.metadata.max_context + 1)
+    with pytest.raises(InferenceServerException, match=r"^\[INVALID_ARG\] prompt has \d+ tokens"):
+        generate(tiny_triton.grpc_url, request_inputs(PROMPT, 4, input_ids=too_long))

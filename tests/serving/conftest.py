@@ -5,6 +5,7 @@ The tiny model, its export and its repository come from tests/conftest.py (built
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,9 +49,10 @@ class RunningGateway:
         self.thread.join(15)
 
 
-def start_gateway(settings: GatewaySettings, timeout: float = 20) -> RunningGateway:
+def start_gateway(settings: GatewaySettings, timeout: float = 20, backend: Any = None) -> RunningGateway:
+    """`create_app(settings, backend)` served by uvicorn in a thread, on a free loopback port."""
     port = free_port()
-    app = create_app(settings)
+    app = create_app(settings, backend)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -79,6 +81,37 @@ def gateway_settings(triton_grpc_url: str, repository: Path, **overrides: Any) -
     }
     values.update(overrides)
     return GatewaySettings(**values)
+
+
+@pytest.fixture(scope="session")
+def small_context(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's tokenizer and metadata, with a context of 64 tokens."""
+    from model_repo.manifest import engine_dir
+    from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
+
+    source = engine_dir(tiny_repository, "llm")
+    folder = tmp_path_factory.mktemp("small-context")
+    (folder / TOKENIZER_FILE).write_bytes((source / TOKENIZER_FILE).read_bytes())
+    meta = json.loads((source / METADATA_FILE).read_text())
+    (folder / METADATA_FILE).write_text(json.dumps({**meta, "max_context": 64}))
+    return folder
+
+
+@pytest.fixture
+def serve(small_context: Path) -> Iterator[Any]:
+    """`serve(backend, **settings)`: a gateway over a scripted backend (tests/serving/fake_backend.py)
+    and the tiny tokenizer with a 64-token context; all stopped after the test."""
+    running: list[RunningGateway] = []
+
+    def start(backend: Any, **overrides: Any) -> RunningGateway:
+        settings = gateway_settings("127.0.0.1:1", small_context, tokenizer_dir=small_context, **overrides)
+        gateway = start_gateway(settings, backend=backend)
+        running.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in running:
+        gateway.stop()
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,8 @@ def test_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(
         assert words in error["message"]
         assert error["type"] and "Traceback" not in answer.text
         assert API_KEY not in answer.text
-        good = client.post("/v1/completions", json=GOOD, headers=AUTH)
+        # greedy: at temperature 1 the tiny model (384 tokens) samples its end token early ~1% of the time
+        good = client.post("/v1/completions", json={**GOOD, "temperature": 0}, headers=AUTH)
         assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 4
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -141,3 +142,28 @@ def test_32_concurrent_streams_all_complete_and_stay_separate(gateway: Any, engi
     assert [text for _, text in results] == expected  # nothing lost, nothing from another stream
     ids = [i for i, _ in results]
     assert all(len(i) == 1 for i in ids) and len(set.union(*ids)) == 32
+
+
+def test_a_model_reloaded_with_another_layout_is_served_without_a_gateway_restart(
+    tiny_repository: Path, make_gateway: Any, tmp_path: Path
+) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_repository, repository)
+    config = TritonServerConfig(
+        repository, startup_timeout_s=120, model_control_mode="explicit", load_models=("llm",)
+    )
+    body = {"model": MODEL, "prompt": "hello world, the", "max_tokens": 4}
+    with TritonServer(config) as server:
+        gateway = make_gateway(server.grpc_url)
+        with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=60) as client:
+            assert client.post("/v1/completions", json=body).status_code == 200  # layout read: batched
+            pbtxt = repository / "llm" / "config.pbtxt"
+            text = pbtxt.read_text()
+            assert "max_batch_size: 8" in text
+            pbtxt.write_text(text.replace("max_batch_size: 8", "max_batch_size: 0"))
+            reload = httpx.post(server.http_url + "/v2/repository/models/llm/load", json={}, timeout=120)
+            assert reload.status_code == 200, reload.text
+            again = client.post("/v1/completions", json=body)
+            assert again.status_code == 200, again.text  # was 502 until the gateway restarted
+            assert again.json()["usage"]["completion_tokens"] == 4
+            assert client.post("/v1/completions", json={**body, "stream": True}).status_code == 200

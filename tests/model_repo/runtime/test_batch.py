@@ -178,3 +178,35 @@ def test_the_batch_cache_shrinks_when_a_long_sequence_leaves(
     assert batch.request_ids == ["short"] and batch.capacity < len(long)
     _drain(batch, outs)
     assert outs["short"] == alone
+
+
+class PoisonedRow:
+    """A session whose decode logits are NaN in one row (a broken kernel, an overflow) for one step."""
+
+    def __init__(self, engine: Engine, row: int) -> None:
+        self._engine, self.row = engine, row
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+    def forward_in_place(self, *args: object) -> object:
+        logits = self._engine.forward_in_place(*args)  # type: ignore[arg-type]
+        logits[self.row] = float("nan")
+        return logits
+
+
+def test_nan_logits_end_only_their_own_sequence(tiny_engine: Engine) -> None:
+    prompts = [tiny_engine.encode(t) for t in ("a lazy dog", "model servers stream tokens to clients")]
+    alone = tiny_engine.greedy_ids(prompts[1], 6)
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    batch = tiny_engine.new_batch()
+    outs: dict[str, list[int]] = {"bad": [], "good": []}
+    outs["bad"].append(batch.add("bad", prompts[0], params).token_id)
+    outs["good"].append(batch.add("good", prompts[1], params).token_id)
+    step = batch.step(PoisonedRow(tiny_engine, row=0))  # type: ignore[arg-type]
+    broken = [o for o in step if o.request_id == "bad"]
+    assert len(broken) == 1 and broken[0].finish_reason == "error" and "non-finite" in str(broken[0].error)
+    assert batch.request_ids == ["good"]
+    outs["good"] += [o.token_id for o in step if o.request_id == "good"]
+    _drain(batch, outs)
+    assert outs["good"] == alone

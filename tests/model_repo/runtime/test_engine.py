@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,13 @@ import pytest
 
 from model_repo.chat_template import apply_chat_template
 from model_repo.runtime.contract import LOGITS_TO_KEEP, EngineError
-from model_repo.runtime.engine import Engine, _last, available_providers
+from model_repo.runtime.engine import (
+    PREFIX_FRESH_TAIL,
+    PREFIX_MIN_TOKENS,
+    Engine,
+    _last,
+    available_providers,
+)
 from model_repo.runtime.sampling import SamplingParams
 
 
@@ -86,8 +93,8 @@ def test_prompts_with_little_in_common_prefill_in_full(tiny_engine: Engine) -> N
     other = tiny_engine.encode("completely different text to start with")
     _, present = tiny_engine.prefill(other)
     assert present[0].shape[2] == len(other)
-    # An identical prompt reuses all but its last token (one token must run to give logits), and its
-    # logits match a full prefill's.
+    # An identical prompt reuses all but its last two tokens (see PREFIX_FRESH_TAIL), and its logits
+    # match a full prefill's.
     logits, _ = tiny_engine.prefill(other)
     np.testing.assert_allclose(logits, tiny_engine.prompt_logits(other)[-1], rtol=1e-4, atol=1e-4)
 
@@ -120,3 +127,40 @@ def test_models_built_without_logits_to_keep_still_give_the_last_row() -> None:
     np.testing.assert_array_equal(_last(full, last_only=True), full[:, -1:])
     assert _last(full, last_only=False) is full
     assert _last(full[:, -1:], last_only=True).shape == (2, 1, 4)
+
+
+def test_a_repeated_prompt_gives_bit_identical_logits(tiny_llama_export: Path) -> None:
+    """A prompt that reuses the cached prefix must sample exactly like a fresh one: with a one-token
+    tail its logits came from the decode kernels and differed (4e-5 fp32, up to 0.97 int4)."""
+    engine = Engine.load(tiny_llama_export, num_threads=1)
+    ids = engine.encode("completely different text to start with and more words of text here")
+    assert len(ids) > PREFIX_MIN_TOKENS + PREFIX_FRESH_TAIL
+    fresh, _ = engine.prefill(ids)
+    reused, _ = engine.prefill(ids)  # the cache holds this very prompt now
+    assert np.array_equal(fresh, reused)
+    longer = [*ids, *engine.encode(" and then some")]
+    continued, _ = engine.prefill(longer)  # shares the whole previous prompt
+    assert np.array_equal(continued, Engine.load(tiny_llama_export, num_threads=1).prefill(longer)[0])
+
+
+def test_the_engine_uses_every_position_of_its_context(tiny_engine: Engine) -> None:
+    """A sequence may fill positions 0..max_context-1: the token sampled from the last position's
+    logits ends it (the engine used to stop one token earlier)."""
+    context = 40
+    small = Engine(
+        tiny_engine.model_dir,
+        replace(tiny_engine.metadata, max_context=context),
+        tiny_engine.session,
+        tiny_engine.tokenizer,
+    )
+    ids = tiny_engine.encode("completely different text to start with and more words of text here") * 2
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    tokens = list(small.generate(ids[: context - 3], params))
+    assert len(tokens) == 4 and tokens[-1].finish_reason == "length"
+    assert tokens == list(
+        tiny_engine.generate(ids[: context - 3], SamplingParams(max_tokens=4, ignore_eos=True))
+    )
+    whole = list(small.generate(ids[:context], params))
+    assert len(whole) == 1 and whole[0].finish_reason == "length"
+    with pytest.raises(EngineError, match="context is 40"):
+        list(small.generate(ids[: context + 1], params))

@@ -34,3 +34,13 @@ def test_sampler_respects_top_k_and_top_p() -> None:
 def test_bad_sampling_params_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(EngineError):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    "params", [SamplingParams(), SamplingParams(temperature=1.0, seed=0)], ids=["greedy", "sampled"]
+)
+def test_non_finite_logits_are_an_error_not_a_token(bad: float, params: SamplingParams) -> None:
+    logits = np.array([1.0, bad, 0.5], dtype=np.float32)
+    with pytest.raises(ValueError, match="non-finite logits"):
+        Sampler(params)(logits)

@@ -185,3 +185,146 @@ def test_with_lanes_gives_each_lane_its_own_session_with_a_share_of_the_threads(
     assert len(two.lanes) == 2 and all(lane.engine is not tiny_engine for lane in two.lanes)
     assert [lane.engine.num_threads for lane in two.lanes] == [1, 1]
     assert two.lanes[0].engine.session is not two.lanes[1].engine.session
+
+
+class Recorder:
+    """A job's answers: what `emit` and `fail` were called with, and when it ended."""
+
+    def __init__(self) -> None:
+        self.responses: list[tuple[str, bool, int, int]] = []
+        self.errors: list[Any] = []
+        self.done = threading.Event()
+
+    def emit(self, text: str, final: bool, prompt_tokens: int, completion_tokens: int) -> None:
+        self.responses.append((text, final, prompt_tokens, completion_tokens))
+        if final:
+            self.done.set()
+
+    def fail(self, message: str) -> None:
+        self.errors.append(message)
+        self.done.set()
+
+
+def _job(name: str, request: GenerationRequest, record: Recorder, **kwargs: Any) -> Job:
+    return Job(name, request, record.emit, record.fail, **kwargs)
+
+
+def test_a_job_whose_client_left_while_queued_is_never_prefilled(tiny_engine: Engine) -> None:
+    engine = Counting(tiny_engine)
+    scheduler = ContinuousBatchScheduler(engine, max_active=2)
+    gone = Recorder()
+    scheduler.submit(
+        _job("gone", GenerationRequest(prompt=PROMPTS[3], max_tokens=8), gone, is_cancelled=lambda: True)
+    )
+    scheduler.start()
+    try:
+        assert gone.done.wait(30)
+    finally:
+        scheduler.stop()
+    assert gone.errors == ["request cancelled"] and gone.errors[0].kind == "CANCELLED"
+    assert engine.calls == 0 and scheduler.counts.cancelled_before_prefill == 1
+
+
+def test_the_queue_is_bounded_and_a_job_beyond_it_fails_at_once_as_unavailable(tiny_engine: Engine) -> None:
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=1, max_queued=2)  # not started: jobs wait
+    records = [Recorder() for _ in range(3)]
+    for i, record in enumerate(records):
+        scheduler.submit(_job(f"q{i}", GenerationRequest(prompt="p", max_tokens=1), record))
+    assert [r.errors for r in records[:2]] == [[], []]
+    assert len(records[2].errors) == 1 and records[2].errors[0].kind == "UNAVAILABLE"
+    assert "queue is full" in records[2].errors[0] and scheduler.counts.rejected_queue_full == 1
+    assert scheduler.pending.qsize() == 2
+
+
+def test_stop_answers_every_queued_job_and_nothing_is_left_open(tiny_engine: Engine) -> None:
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=1)
+    scheduler.start()
+    running, queued = Recorder(), [Recorder() for _ in range(3)]
+    long_request = GenerationRequest(prompt=PROMPTS[0], max_tokens=2000, stream=True, end_id=-1)
+    started = threading.Event()
+
+    def emit(*args: Any) -> None:
+        running.emit(*args)
+        started.set()
+
+    scheduler.submit(Job("long", long_request, emit, running.fail))
+    assert started.wait(30)
+    for i, record in enumerate(queued):  # the only lane is full: these wait in the queue
+        scheduler.submit(_job(f"wait{i}", GenerationRequest(prompt="p", max_tokens=4), record))
+    scheduler.stop()
+    assert running.errors == ["the model is shutting down"]
+    assert [r.errors for r in queued] == [["the model is shutting down"]] * 3
+    assert all(r.errors[0].kind == "UNAVAILABLE" for r in queued)
+    assert scheduler.counts.open == 0 and scheduler.counts.failed_on_stop == 4
+    late = Recorder()  # a job arriving after stop is answered at once, too
+    scheduler.submit(_job("late", GenerationRequest(prompt="p", max_tokens=4), late))
+    assert late.errors == ["the model is shutting down"] and scheduler.counts.open == 0
+
+
+def test_a_response_made_after_the_writer_stopped_is_still_sent(tiny_engine: Engine) -> None:
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=1)
+    scheduler.start()
+    scheduler.stop()
+    record = Recorder()
+    # a lane thread that outlived stop()'s join would answer like this
+    scheduler.lanes[0].fail(_job("late", GenerationRequest(prompt="p", max_tokens=1), record), "late error")
+    assert record.errors == ["late error"]
+
+
+class FailingPrefill(Counting):
+    """Prefill raises for one prompt (an allocation failure on a long prompt), works for the others."""
+
+    def __init__(self, engine: Engine, poisoned: list[int]) -> None:
+        super().__init__(engine)
+        self.poisoned = poisoned
+
+    def prefill(self, ids: Any) -> Any:
+        if list(ids) == self.poisoned:
+            raise MemoryError("cannot allocate 40 GB")
+        return super().prefill(ids)
+
+
+def test_a_prefill_that_raises_fails_only_its_own_job(tiny_engine: Engine) -> None:
+    engine = FailingPrefill(tiny_engine, tiny_engine.encode(PROMPTS[3]))
+    scheduler = ContinuousBatchScheduler(engine, max_active=2)
+    good, bad = Recorder(), Recorder()
+    # both are admitted in the same pass: the good one is in the batch when the bad prefill raises
+    scheduler.submit(_job("good", GenerationRequest(prompt=PROMPTS[1], max_tokens=8, end_id=-1), good))
+    scheduler.submit(_job("bad", GenerationRequest(prompt=PROMPTS[3], max_tokens=8), bad))
+    scheduler.start()
+    try:
+        assert good.done.wait(30) and bad.done.wait(30)
+    finally:
+        scheduler.stop()
+    assert len(bad.errors) == 1 and "cannot allocate" in bad.errors[0] and bad.errors[0].kind == "INTERNAL"
+    expected = tiny_engine.generate_text(PROMPTS[1], SamplingParams(max_tokens=8, ignore_eos=True))
+    assert good.errors == [] and good.responses[-1][0] == expected
+
+
+def test_the_finish_reason_comes_from_the_model_and_the_end_token_is_not_counted(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode(PROMPTS[1])
+    free = tiny_engine.greedy_ids(ids, 6)
+    end = free[3]
+    first = free.index(end)
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=2)
+    scheduler.start()
+    try:
+        jobs = {
+            "ended": GenerationRequest(prompt=PROMPTS[1], max_tokens=first + 1, end_id=end),
+            "length": GenerationRequest(prompt=PROMPTS[1], max_tokens=first + 1, end_id=-1),
+            "ids": GenerationRequest(
+                prompt="ignored", max_tokens=first + 1, end_id=-1, prompt_ids=tuple(ids)
+            ),
+        }
+        records = {name: Recorder() for name in jobs}
+        made = {name: _job(name, request, records[name]) for name, request in jobs.items()}
+        for job in made.values():
+            scheduler.submit(job)
+        assert all(r.done.wait(30) for r in records.values())
+    finally:
+        scheduler.stop()
+    # the end token falls on the last allowed token: still 'stop', and it is not a completion token
+    assert made["ended"].finish_reason == "stop" and records["ended"].responses[-1][3] == first
+    assert made["length"].finish_reason == "length" and records["length"].responses[-1][3] == first + 1
+    # a prompt sent as token ids is generated from exactly those ids
+    assert records["ids"].responses == records["length"].responses

@@ -1,0 +1,295 @@
+"""`Gateway`: admission, accounting and the generation itself, for every route; one per app.
+
+Admission runs the cheap checks first and the costly ones last: model name and max_tokens, the
+prompt's length in characters, a concurrency slot (taken at once, so a burst cannot overshoot the
+cap), the key's request and token budget (one request and max_tokens reserved), and only then the
+chat template and the tokenizer, off the event loop; the prompt's tokens are checked against
+`max_prompt_tokens` and, with max_tokens, against the served model's own context, then charged to
+the key. When the generation ends, however it ends, the slot is released and the tokens that were
+not generated go back to the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from serving.gateway.errors import ApiError
+from serving.gateway.limits import ApiKeys, LocalKeyLimits, RateLimiter
+from serving.gateway.observability import LOGGER_NAME, GatewayMetrics
+from serving.gateway.prompts import Prompt, PromptError, PromptFormatter
+from serving.gateway.schemas import ChatCompletionRequest, CompletionRequest, Usage
+from serving.gateway.settings import GatewaySettings
+from serving.gateway.triton import Delta, GenerationParams, TritonError, TritonGenerator
+
+log = logging.getLogger(LOGGER_NAME)
+_FINISH_REASONS = ("stop", "length")
+
+
+@dataclass
+class Generation:
+    """A request that passed every check: what to send to Triton and how to account for it."""
+
+    route: str
+    key_id: str
+    params: GenerationParams
+    prompt_tokens: int
+    reserved_completion: int  # max_tokens as reserved from the key's budget at admission
+    started: float = field(default_factory=time.perf_counter)
+    text: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    completion_tokens: int | None = 0  # summed over the stream; None if Triton does not report it
+    generated: int = 0  # completion tokens seen so far (for the refund, whatever Triton reports)
+    released: bool = False
+
+
+class Gateway:
+    """Everything a route needs; one per app (no module-level state). `shutdown()` is the public stop
+    hook: new requests get 503 and every generation still running ends with an error."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.keys = ApiKeys(settings.resolved_api_keys())
+        self.prompts = PromptFormatter.load(settings.resolved_tokenizer_dir())
+        self.metrics = GatewayMetrics()
+        local = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+        self.limits: Any = LocalKeyLimits(local)
+        if settings.rate_limit_redis_url:
+            from serving.gateway.shared_limits import RedisRateLimiter
+
+            self.limits = RedisRateLimiter(
+                settings.rate_limit_redis_url,
+                settings.requests_per_minute,
+                settings.tokens_per_minute,
+                fallback=local,
+                on_store_error=self.metrics.rate_limit_store_errors.inc,
+            )
+        self.triton: TritonGenerator | None = None  # set when the app starts
+        self.active = 0  # admitted requests not yet released (the concurrency cap counts these)
+        self.running = 0  # generations talking to Triton (the in-flight gauge)
+        self.draining = False
+        self.created = int(time.time())
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, set when the app starts
+
+    def backend(self) -> TritonGenerator:
+        """The Triton client; 503 while the gateway starts or stops."""
+        if self.draining:
+            raise ApiError(
+                503, "the gateway is shutting down; try again shortly", headers={"Retry-After": "1"}
+            )
+        if self.triton is None:
+            raise ApiError(503, "the gateway is starting; try again shortly", headers={"Retry-After": "1"})
+        return self.triton
+
+    def shutdown_from_thread(self, timeout_s: float = 30.0) -> None:
+        """`shutdown()` from another thread (a signal handler, `tritonform serve`); waits for it."""
+        if self.loop is None:
+            self.draining = True
+            return
+        asyncio.run_coroutine_threadsafe(self.shutdown(), self.loop).result(timeout_s)
+
+    async def shutdown(self) -> None:
+        """Stop: refuse new requests (503) and end every running generation with an error (closing the
+        Triton client fails their streams), so that the server can finish its connections."""
+        self.draining = True
+        triton, self.triton = self.triton, None
+        if triton is not None:
+            await triton.close()
+        await self.limits.close()
+
+    # -- admission -------------------------------------------------------------------------------
+    async def admit(
+        self, route: str, request: Request, body: CompletionRequest | ChatCompletionRequest
+    ) -> Generation:
+        """Check and reserve everything for `body`; raises `ApiError` (4xx, 503) when it cannot run."""
+        s = self.settings
+        self.backend()
+        if body.model != s.public_model_name:
+            raise ApiError(
+                404,
+                f"model {body.model!r} does not exist; this server serves {s.public_model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        asked = body.requested_max_tokens()
+        max_tokens = asked or s.default_max_tokens
+        if max_tokens > s.max_tokens_cap:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is over this server's limit max_tokens_cap={s.max_tokens_cap}",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
+        if isinstance(body, ChatCompletionRequest):
+            param, chars = "messages", sum(len(m.text()) for m in body.messages)
+        else:
+            param, chars = "prompt", len(body.prompt_text())
+        if chars > s.prompt_chars_limit:
+            raise ApiError(
+                400,
+                f"the prompt has {chars} characters, over this server's limit "
+                f"max_prompt_chars={s.prompt_chars_limit}",
+                param=param,
+                code="context_length_exceeded",
+            )
+        if self.active >= s.max_concurrent_requests:
+            raise ApiError(
+                429,
+                f"the server is busy (max_concurrent_requests={s.max_concurrent_requests}); retry shortly",
+                headers={"Retry-After": "1"},
+                code="server_busy",
+            )
+        self.active += 1  # taken before any await: a burst cannot pass the check together
+        try:
+            return await self._admit_key(route, str(request.state.key_id), body, max_tokens, asked, param)
+        except BaseException:
+            self.active -= 1
+            raise
+
+    async def _admit_key(
+        self,
+        route: str,
+        key: str,
+        body: CompletionRequest | ChatCompletionRequest,
+        max_tokens: int,
+        asked: int | None,
+        param: str,
+    ) -> Generation:
+        s = self.settings
+        wait = await self.limits.admit(key, max_tokens)
+        if wait:
+            raise ApiError(
+                429,
+                f"rate limit reached for this API key (requests_per_minute={s.requests_per_minute},"
+                f" tokens_per_minute={s.tokens_per_minute}); retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+                code="rate_limit_exceeded",
+            )
+        try:
+            prompt = await asyncio.to_thread(self._prompt, body)
+            max_tokens = self._fit(len(prompt.ids), max_tokens, asked, param)
+        except BaseException:
+            await self.limits.refund(key, max_tokens)
+            raise
+        await self.limits.charge(key, len(prompt.ids))
+        if s.log_prompts:
+            log.info("prompt", extra={"prompt": prompt.text})
+        params = GenerationParams(
+            prompt.text,
+            max_tokens,
+            body.temperature,
+            body.top_p,
+            body.seed,
+            tuple(body.stop_list()),
+            body.stream,
+            prompt.ids,
+        )
+        return Generation(route, key, params, len(prompt.ids), max_tokens)
+
+    def _prompt(self, body: CompletionRequest | ChatCompletionRequest) -> Prompt:
+        """Render and tokenise (runs in a worker thread)."""
+        try:
+            if isinstance(body, ChatCompletionRequest):
+                messages = [
+                    {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages
+                ]
+                return self.prompts.chat(messages)
+            return self.prompts.completion(body.prompt_text())
+        except PromptError as exc:
+            param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+            raise ApiError(400, str(exc), param=param) from None
+
+    def _fit(self, prompt_tokens: int, max_tokens: int, asked: int | None, param: str) -> int:
+        """max_tokens once the prompt is counted: 400 `context_length_exceeded` if the prompt is over
+        `max_prompt_tokens`, or prompt + max_tokens over the model's context (a default max_tokens
+        shrinks to what fits instead)."""
+        s, context = self.settings, self.prompts.max_context
+        if prompt_tokens > s.max_prompt_tokens:
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_tokens} tokens, over this server's limit "
+                f"max_prompt_tokens={s.max_prompt_tokens}",
+                param=param,
+                code="context_length_exceeded",
+            )
+        room = context - prompt_tokens
+        if max_tokens <= room:
+            return max_tokens
+        if asked is None and room >= 1:
+            return room
+        raise ApiError(
+            400,
+            f"this model's maximum context length is {context} tokens; the prompt has {prompt_tokens} "
+            f"tokens and max_tokens is {max_tokens} ({prompt_tokens + max_tokens} in all): shorten the "
+            "prompt or lower max_tokens",
+            param=param if room < 1 else "max_tokens",
+            code="context_length_exceeded",
+        )
+
+    async def release(self, gen: Generation) -> None:
+        """Free the concurrency slot and give back the tokens not generated (once per generation)."""
+        if gen.released:
+            return
+        gen.released = True
+        self.active -= 1
+        await self.limits.refund(gen.key_id, gen.reserved_completion - gen.generated)
+
+    # -- generation ------------------------------------------------------------------------------
+    async def deltas(self, gen: Generation, request_id: str) -> AsyncGenerator[Delta, None]:
+        """Triton's deltas, with metrics; `TritonError` on failure (counted by status)."""
+        self.running += 1
+        self.metrics.in_flight.inc()
+        try:
+            stream = self.backend().generate(gen.params, request_id, self.settings.generation_timeout_s)
+            try:
+                async for delta in stream:
+                    self._account(gen, delta)
+                    yield delta
+            finally:
+                await stream.aclose()
+        except TritonError as exc:
+            self.metrics.triton_errors.labels(str(exc.status)).inc()
+            raise
+        finally:
+            self.running -= 1
+            self.metrics.in_flight.dec()
+
+    def _account(self, gen: Generation, delta: Delta) -> None:
+        if gen.first_token_at is None and (delta.text or delta.final):
+            gen.first_token_at = time.perf_counter()
+            self.metrics.ttft.labels(gen.route).observe(gen.first_token_at - gen.started)
+        gen.text.append(delta.text)
+        if delta.completion_tokens is None or gen.completion_tokens is None:
+            gen.completion_tokens = None
+            gen.generated += 1 if delta.text else 0
+        else:
+            gen.completion_tokens += delta.completion_tokens  # per response, as TRT-LLM
+            gen.generated = gen.completion_tokens
+        if delta.final:
+            self._finish(gen, delta)
+
+    def _finish(self, gen: Generation, last: Delta) -> None:
+        text = "".join(gen.text)
+        completion = gen.completion_tokens
+        if completion is None:
+            completion = self.prompts.count_tokens(text)
+        gen.generated = completion
+        prompt = last.prompt_tokens if last.prompt_tokens is not None else gen.prompt_tokens
+        gen.usage = Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+        if last.finish_reason in _FINISH_REASONS:
+            gen.finish_reason = last.finish_reason
+        else:  # a model without the finish_reason output (the TensorRT-LLM ensemble): best guess
+            gen.finish_reason = "length" if completion >= gen.params.max_tokens else "stop"
+        self.metrics.completion_tokens.inc(completion)
+        self.metrics.prompt_tokens.inc(prompt)
