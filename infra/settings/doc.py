@@ -74,6 +74,8 @@ DESCRIPTIONS: dict[str, str] = {
     "gateway.requestsPerMinute": "Requests per minute allowed per API key (429 beyond).",
     "gateway.tokensPerMinute": "Prompt + completion tokens per minute allowed per API key.",
     "gateway.maxPromptTokens": "Longest prompt accepted, in tokens (400 beyond).",
+    "gateway.rateLimitStoreImage": "Image of the Valkey (Redis) pod the gateway replicas share per-key "
+    "limits through; pin it by digest (repo@sha256:...) in production.",
     "gateway.maxTokens": "Largest `max_tokens` a request may ask for (400 beyond).",
     "addons.devicePluginVersion": "NVIDIA k8s-device-plugin chart version (clouds whose GPU nodes lack one).",
     "addons.clusterAutoscalerVersion": "cluster-autoscaler chart version (clouds that need one installed); "

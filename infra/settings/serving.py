@@ -108,6 +108,8 @@ class GatewaySettings(_Replicas):
     tokens_per_minute: int = Field(default=20_000, ge=1, le=100_000_000)
     max_prompt_tokens: int = Field(default=4096, ge=16, le=1_000_000)
     max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    # The store the gateway replicas share their per-key limits through (one small pod in the namespace).
+    rate_limit_store_image: str = "valkey/valkey:9.0.3"
 
 
 class AddonSettings(Settings):

@@ -43,6 +43,7 @@ class GatewayArgs:
     exposure: ServiceExposure
     model_prefix: pulumi.Input[str]  # where uploads put versions/ and CURRENT (for the tokenizer)
     reader: ReaderIdentity  # the gateway's own identity: it reads only the tokenizer files
+    rate_limit_store_url: pulumi.Input[str]  # the store the replicas share per-key limits through
 
 
 class Gateway(pulumi.ComponentResource):
@@ -113,6 +114,9 @@ class Gateway(pulumi.ComponentResource):
                 name="TRITONFORM_GATEWAY_MAX_PROMPT_TOKENS", value=str(g.max_prompt_tokens)
             ),
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MAX_TOKENS_CAP", value=str(g.max_tokens)),
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_RATE_LIMIT_REDIS_URL", value=args.rate_limit_store_url
+            ),
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_TOKENIZER_DIR", value=f"{LOCATOR_MOUNT}/model"),
             k8s.core.v1.EnvVarArgs(
                 name="TRITONFORM_GATEWAY_API_KEYS_FILE", value=f"{KEYS_MOUNT}/{KEYS_FILE}"

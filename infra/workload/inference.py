@@ -16,6 +16,7 @@ from infra.settings import StackSettings
 from infra.workload.gateway import GATEWAY, GATEWAY_PORT, Gateway, GatewayArgs
 from infra.workload.monitoring import MONITORING_NAMESPACE, Monitoring
 from infra.workload.network_policies import PolicyTargets, network_policies
+from infra.workload.rate_limit_store import RATE_LIMITS, RATE_LIMITS_PORT, RateLimitStore, store_url
 from infra.workload.triton import (
     APP_LABEL,
     GRPC_PORT,
@@ -111,6 +112,10 @@ class InferenceWorkload(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[monitoring]),
         )
+        # The store the gateway replicas share per-key limits through; it runs with the gateway.
+        serving = s.triton.model_version is not None
+        if serving:
+            RateLimitStore("rate-limits", ns, s.gateway.rate_limit_store_image, opts=child)
         gateway = Gateway(
             "gateway",
             GatewayArgs(
@@ -124,6 +129,7 @@ class InferenceWorkload(pulumi.ComponentResource):
                 exposure=args.exposure,
                 model_prefix=model_prefix,
                 reader=args.gateway_reader,
+                rate_limit_store_url=store_url(ns),
             ),
             opts=child,
         )
@@ -139,6 +145,7 @@ class InferenceWorkload(pulumi.ComponentResource):
                 monitoring_namespace=MONITORING_NAMESPACE,
                 exposure=args.exposure,
                 identity_egress=tuple(dict.fromkeys((*args.reader.egress, *args.gateway_reader.egress))),
+                extra_gateway_egress=((RATE_LIMITS, RATE_LIMITS_PORT),) if serving else (),
             ),
             child,
         )

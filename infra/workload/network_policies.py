@@ -37,7 +37,7 @@ class PolicyTargets:
     monitoring_namespace: str
     exposure: ServiceExposure
     identity_egress: tuple[EgressEndpoint, ...]  # the readers' identity endpoints beyond HTTPS
-    extra_gateway_egress: tuple[tuple[str, int], ...] = ()  # (app, port) the gateway also calls
+    extra_gateway_egress: tuple[tuple[str, int], ...] = ()  # (app, port) the gateway also calls, alone
 
 
 def _app(targets: PolicyTargets, app: str) -> k8s.meta.v1.LabelSelectorArgs:
@@ -131,12 +131,24 @@ def network_policies(targets: PolicyTargets, opts: pulumi.ResourceOptions) -> No
             *identity,
         ],
     )
+    # What else the gateway calls (the shared rate-limit store) takes calls from the gateway alone.
+    for app, port in targets.extra_gateway_egress:
+        policy(
+            f"{app}-from-gateway",
+            app,
+            ingress=[
+                netpol.NetworkPolicyIngressRuleArgs(
+                    from_=[netpol.NetworkPolicyPeerArgs(pod_selector=_app(targets, targets.gateway))],
+                    ports=_ports(port),
+                )
+            ],
+        )
     calls = [
         (targets.triton, targets.triton_ports),
         *((app, (port,)) for app, port in targets.extra_gateway_egress),
     ]
     policy(
-        "gateway-to-triton",
+        "gateway-egress",
         targets.gateway,
         egress=[
             netpol.NetworkPolicyEgressRuleArgs(

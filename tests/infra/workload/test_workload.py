@@ -277,14 +277,12 @@ def test_egress_is_closed_but_for_dns_https_and_triton(plan: Plan) -> None:
         if r.type == "kubernetes:networking.k8s.io/v1:NetworkPolicy"
     }
     egress = {name: spec["egress"] for name, spec in policies.items() if "Egress" in spec["policyTypes"]}
-    assert set(egress) == {"default-deny", "egress-dns", "egress-cloud-apis", "gateway-to-triton"}
+    assert set(egress) == {"default-deny", "egress-dns", "egress-cloud-apis", "gateway-egress"}
     assert [p["port"] for rule in egress["egress-dns"] for p in rule["ports"]] == [53, 53]
     https = egress["egress-cloud-apis"][0]
     assert https["ports"] == [{"port": 443, "protocol": "TCP"}]
-    to_triton = egress["gateway-to-triton"]
-    assert policies["gateway-to-triton"]["podSelector"] == {
-        "matchLabels": {"app.kubernetes.io/name": "gateway"}
-    }
+    to_triton = egress["gateway-egress"]
+    assert policies["gateway-egress"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "gateway"}}
     assert to_triton[0]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "triton"}}}]
     assert {p["port"] for p in to_triton[0]["ports"]} == {8000, 8001}
 
@@ -302,3 +300,30 @@ def test_a_stopping_gateway_keeps_serving_until_the_load_balancer_lets_go(plan: 
     (gateway,) = pod["containers"]
     wait = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert 20 < wait < pod["terminationGracePeriodSeconds"] - 60  # leaves the streams time to finish
+
+
+def test_gateway_replicas_share_their_per_key_limits_through_one_store(plan: Plan) -> None:
+    """Per-key limits hold for the stack, not for each gateway replica: the replicas share a Valkey pod,
+    which only the gateway may reach and which keeps nothing on disk."""
+    (gateway,) = _containers(_k8s(plan, "Deployment", "gateway"))
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    namespace = plan.settings.workload.namespace
+    assert (
+        env["TRITONFORM_GATEWAY_RATE_LIMIT_REDIS_URL"]
+        == f"redis://rate-limits.{namespace}.svc.cluster.local:6379/0"
+    )
+    store = _k8s(plan, "Deployment", "rate-limits")
+    (server,) = _containers(store)
+    assert store["spec"]["replicas"] == 1 and server["image"] == plan.settings.gateway.rate_limit_store_image
+    assert {"--save", "--appendonly", "--maxmemory"} <= set(server["args"])
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    assert _k8s(plan, "Service", "rate-limits")["spec"]["ports"][0]["port"] == 6379
+    ingress = _k8s(plan, "NetworkPolicy", "rate-limits-from-gateway")["spec"]["ingress"]
+    assert ingress == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}],
+            "ports": [{"port": 6379, "protocol": "TCP"}],
+        }
+    ]
+    calls = _k8s(plan, "NetworkPolicy", "gateway-egress")["spec"]["egress"]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rate-limits"}}} in calls[1]["to"]
