@@ -11,6 +11,7 @@ directory, so nothing is left behind. Every failure a user can cause is a `Stack
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import threading
@@ -26,6 +27,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from serving.gateway import GatewaySettings, create_app
+from serving.gateway.generation import Gateway as GenerationFront
 from serving.triton_local import TritonServer, TritonServerConfig, TritonStartError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -85,6 +87,7 @@ class LocalStack:
         self.api_key = config.api_key or "tf-local-" + secrets.token_urlsafe(24)
         self.triton: TritonServer | None = None
         self._server: uvicorn.Server | None = None
+        self._gateway: GenerationFront | None = None  # the app's front (stop() ends its streams)
         self._thread: threading.Thread | None = None
         self.model_name = ""
 
@@ -123,6 +126,7 @@ class LocalStack:
                 log_level=c.log_level,
             )
             app = create_app(settings)
+            self._gateway = app.state.gateway
             self._server = uvicorn.Server(
                 uvicorn.Config(
                     app, host=c.host, port=c.port, log_level="warning", access_log=False, lifespan="on"
@@ -154,6 +158,12 @@ class LocalStack:
     def stop(self) -> None:
         """Stop the gateway, then Triton; idempotent, bounded by `stop_timeout_s`."""
         server, thread, self._server, self._thread = self._server, self._thread, None, None
+        gateway, self._gateway = self._gateway, None
+        if gateway is not None and thread is not None and thread.is_alive():
+            # Refuse new requests and end every running stream with a final error event, so that the
+            # server's connections finish instead of being cut when it exits.
+            with contextlib.suppress(Exception):
+                gateway.shutdown_from_thread(GATEWAY_DRAIN_S)
         if server is not None:
             server.should_exit = True
         if thread is not None:

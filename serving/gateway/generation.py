@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,8 @@ class Gateway:
         self.active = 0  # admitted requests not yet released (the concurrency cap counts these)
         self.running = 0  # generations talking to Triton (the in-flight gauge)
         self.draining = False
+        # What `shutdown()` calls to end each running generation with an error (the streams register).
+        self.interrupts: set[Callable[[], None]] = set()
         self.created = int(time.time())
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's, set when the app starts
 
@@ -100,6 +102,8 @@ class Gateway:
         """Stop: refuse new requests (503) and end every running generation with an error (closing the
         Triton client fails their streams), so that the server can finish its connections."""
         self.draining = True
+        for interrupt in list(self.interrupts):
+            interrupt()
         triton, self.triton = self.triton, None
         if triton is not None:
             await triton.close()

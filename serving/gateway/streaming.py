@@ -57,6 +57,8 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def complete(gateway: Gateway, request: Request, gen: Generation) -> Generation:
     """Run `gen` to its end for a non-streaming answer (the slot is released however it ends)."""
 
+    stopping = asyncio.Event()  # set by the gateway's shutdown: answer 503 instead of waiting on
+
     async def collect() -> None:
         try:
             async for _ in gateway.deltas(gen, request.state.request_id):
@@ -64,9 +66,25 @@ async def complete(gateway: Gateway, request: Request, gen: Generation) -> Gener
         except TritonError as exc:
             raise api_error(exc) from None
 
+    async def until_stopped() -> None:
+        collecting = asyncio.ensure_future(collect())
+        halted = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({collecting, halted}, return_when=asyncio.FIRST_COMPLETED)
+            if not collecting.done():
+                raise api_error(TritonError(503, SHUTTING_DOWN, "service_unavailable"))
+            collecting.result()
+        finally:
+            for task in (collecting, halted):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await collecting
+
+    gateway.interrupts.add(stopping.set)
     try:
-        await unless_disconnected(request, collect())
+        await unless_disconnected(request, until_stopped())
     finally:
+        gateway.interrupts.discard(stopping.set)
         await gateway.release(gen)
     request.state.usage = gen.usage.model_dump() if gen.usage else None
     return gen
@@ -79,6 +97,12 @@ class _Pump:
         self.gateway, self.gen = gateway, gen
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.task = asyncio.create_task(self._run(request_id))
+        gateway.interrupts.add(self.interrupt)
+
+    def interrupt(self) -> None:
+        """The server stops: end this generation with an error the client receives as its last event."""
+        self.queue.put_nowait(TritonError(503, SHUTTING_DOWN, "service_unavailable"))
+        self.task.cancel()
 
     async def _run(self, request_id: str) -> None:
         deltas = self.gateway.deltas(self.gen, request_id)
@@ -91,6 +115,7 @@ class _Pump:
         except ApiError as exc:  # the gateway stopped before the generation began
             self.queue.put_nowait(TritonError(exc.status, exc.message, exc.kind))
         finally:
+            self.gateway.interrupts.discard(self.interrupt)
             await deltas.aclose()
             await self.gateway.release(self.gen)
 
@@ -107,6 +132,9 @@ class _Pump:
             self.task.cancel()
         with contextlib.suppress(BaseException):
             await self.task
+
+
+SHUTTING_DOWN = "the server is shutting down; this answer is incomplete, send the request again"
 
 
 def _sse(payload: dict[str, Any] | str) -> str:

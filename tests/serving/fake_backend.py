@@ -27,6 +27,9 @@ class FakeTriton:
     cancelled: int = 0
     completed: int = 0
     closed: bool = False
+    # Whether closing the client ends the generations waiting on it (the real gRPC client's streams may
+    # not notice; the gateway must end them itself on shutdown).
+    close_ends_generations: bool = True
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -38,7 +41,7 @@ class FakeTriton:
         self.started += 1
         try:
             while not self.gate.is_set():
-                if self.closed:
+                if self.closed and self.close_ends_generations:
                     raise TritonError(503, "Triton at fake is unreachable; try again shortly", "unavailable")
                 await asyncio.sleep(0.01)
             for delta in self.deltas:

@@ -253,3 +253,39 @@ def test_shutdown_ends_running_streams_with_an_error_and_refuses_new_requests(se
     )
     assert refused.status_code == 503 and refused.headers["retry-after"]
     assert core.active == 0 and core.running == 0
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_shutdown_ends_generations_the_backend_would_leave_waiting(serve: Any, stream: bool) -> None:
+    """Closing the real gRPC client does not end the streams waiting on it: the gateway's own shutdown
+    gives each running request its final answer (an error event, or a 503), never a cut connection."""
+    backend = FakeTriton(close_ends_generations=False)
+    backend.gate.clear()
+    gateway = serve(backend, stream_first_token_wait_s=0)
+    core = gateway.app.state.gateway
+    body = {"model": "llm", "prompt": "hello", "max_tokens": 4, "stream": stream}
+    answers: list[httpx.Response | list[str]] = []
+
+    def call() -> None:
+        with httpx.stream(
+            "POST", gateway.v1 + "/completions", json=body, headers=AUTH, timeout=30
+        ) as response:
+            answers.append(
+                [line for line in response.iter_lines() if line] if stream else response.read() and response
+            )
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    _wait_for(lambda: backend.started == 1, "the generation started")
+    core.shutdown_from_thread(timeout_s=10)
+    caller.join(30)
+    assert not caller.is_alive() and len(answers) == 1
+    answer = answers[0]
+    if stream:
+        assert isinstance(answer, list) and answer[-1] == "data: [DONE]"
+        assert "shutting down" in json.loads(answer[-2].removeprefix("data: "))["error"]["message"]
+    else:
+        assert isinstance(answer, httpx.Response) and answer.status_code == 503
+        assert "shutting down" in answer.json()["error"]["message"] and answer.headers["retry-after"]
+    _wait_for(lambda: core.active == 0 and core.running == 0, "the slots released")
+    assert backend.cancelled == 1
