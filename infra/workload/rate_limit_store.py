@@ -20,7 +20,7 @@ RATE_LIMITS_PORT = 6379
 RATE_LIMITS_UID = 10003
 # Counters only: no snapshot or log on disk, a memory cap that evicts the buckets nearest their expiry,
 # and reachable from other pods (the network policy admits only the gateway).
-SERVER_FLAGS = ("--save", "", "--appendonly", "no", "--protected-mode", "no")
+SERVER_FLAGS: tuple[str, ...] = ("--save", "", "--appendonly", "no", "--protected-mode", "no")
 SERVER_FLAGS += ("--maxmemory", "64mb", "--maxmemory-policy", "volatile-ttl")
 # checkov wants images pinned by digest; a public image's digest cannot be looked up offline, so the
 # default is a version tag and the setting takes a digest (gateway.rateLimitStoreImage).
