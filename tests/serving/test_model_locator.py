@@ -21,10 +21,10 @@ from model_repo.spec import GenerationSpec
 from model_repo.storage import StorageUri, read_pointer_revision
 from model_repo.upload import UploadResult, upload_repository
 from serving.model_locator import LocatorError, current_repository, fetch_tokenizer, main, version_repository
+from tests.docker.test_images import GATEWAY_DOCKERFILE, copy_image_files
 from tests.model_repo.test_upload import DUMMY_AWS, s3_endpoint, small_repo  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(120)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_resolve_follows_current_across_uploads(s3_endpoint: str, small_repo: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -202,18 +202,7 @@ def test_the_locator_runs_from_the_gateway_images_files_alone(
 ) -> None:
     """Only what docker/gateway/Dockerfile copies into /app, imported from there: every module the
     locator loads must be one the image holds."""
-    app = tmp_path / "app"
-    for line in (ROOT / "docker" / "gateway" / "Dockerfile").read_text().splitlines():
-        words = line.split()
-        if words[:1] != ["COPY"] or not words[-1].startswith("/app"):
-            continue
-        target = app / words[-1].removeprefix("/app").strip("/")
-        for source in words[1:-1]:
-            if (ROOT / source).is_dir():
-                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / source, target / Path(source).name)
+    app = copy_image_files(GATEWAY_DOCKERFILE, tmp_path / "app")
     prefix = f"s3://{s3_endpoint}/models/image"
     result = upload_repository(small_repo, prefix)
     script = (
