@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 # Fields of /proc/<pid>/stat after the command name: 0 state, 1 parent pid, 2 process group.
@@ -55,3 +56,12 @@ def marked_processes(variable: str, value: str) -> list[str]:
             except OSError:
                 continue
     return found
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    """The pids still alive once they are all gone or `timeout_s` passed (a bounded wait for the
+    condition, not a timing test)."""
+    deadline = time.monotonic() + timeout_s
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]

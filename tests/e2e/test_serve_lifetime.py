@@ -9,25 +9,16 @@ the same port at once.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from serving.triton_local import free_port
 from tests.e2e.serve_process import scratch_dirs, start_serve, wait_ready
-from tests.procs import alive, descendants
+from tests.procs import alive, descendants, wait_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 GONE_WITHIN_S = 30  # the supervisor's grace is Triton's exit timeout (5 s) + 5 s
-
-
-def _wait_gone(pids: list[int], timeout_s: float = GONE_WITHIN_S) -> list[int]:
-    """The pids still alive once they are all gone or `timeout_s` passed (bounded wait, not a timing test)."""
-    deadline = time.monotonic() + timeout_s
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return [pid for pid in pids if alive(pid)]
 
 
 def _commands(pids: list[int]) -> str:
@@ -48,7 +39,7 @@ def test_a_background_serve_stops_on_sigint_and_leaves_nothing(tiny_repository: 
     finally:
         if process.poll() is None:
             process.kill()
-    assert _wait_gone(started, timeout_s=5) == []
+    assert wait_gone(started, timeout_s=5) == []
     assert scratch_dirs() - before == set()
 
 
@@ -68,7 +59,7 @@ def test_sigkill_leaves_no_triton_and_the_port_serves_again(tiny_repository: Pat
     finally:
         if process.poll() is None:
             process.kill()
-    assert _wait_gone(started) == [], _commands(started)
+    assert wait_gone(started, GONE_WITHIN_S) == [], _commands(started)
     assert scratch_dirs() & ours == set()  # the supervisor removed the dead serve's scratch directory
 
     again = start_serve("--model-repo", str(tiny_repository), "--port", port)

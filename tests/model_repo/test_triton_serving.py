@@ -27,7 +27,6 @@ class Chunk:
     prompt_tokens: int
     completion_tokens: int
     final: bool
-    at: float
     finish_reason: str = ""
 
 
@@ -78,7 +77,6 @@ def generate(url: str, inputs: list[Any], timeout: float = 60) -> list[Chunk]:
                     int(result.as_numpy("prompt_tokens").reshape(-1)[0]),
                     int(result.as_numpy("completion_tokens").reshape(-1)[0]),
                     final,
-                    time.monotonic(),
                     result.as_numpy("finish_reason").reshape(-1)[0].decode(),
                 )
             )

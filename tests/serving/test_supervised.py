@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from serving.triton_local import OWNER_FILE, SCRATCH_PREFIX, process_identity, reclaim_scratch_dirs
-from tests.procs import alive
+from tests.procs import alive, wait_gone
 
 # A starter like TritonServer: keeps the pipe's write end, runs a command under the supervisor that
 # leaves a grandchild in the group (as Triton leaves its python stubs), prints the pids, then waits.
@@ -32,13 +31,6 @@ STARTER = textwrap.dedent(
 )
 
 
-def _wait_gone(pids: list[int], timeout_s: float = 20) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [pid for pid in pids if alive(pid)]
-
-
 def test_a_killed_starter_takes_the_whole_group_and_its_scratch_with_it(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -52,7 +44,7 @@ def test_a_killed_starter_takes_the_whole_group_and_its_scratch_with_it(tmp_path
         assert all(alive(pid) for pid in members)
         starter.kill()  # as SIGKILL or the OOM killer would: no cleanup code runs in the starter
         starter.wait(timeout=10)
-        assert _wait_gone(members) == []
+        assert wait_gone(members, 20) == []
         assert not scratch.exists()
     finally:
         if starter.poll() is None:
@@ -71,7 +63,7 @@ def test_when_the_command_exits_its_leftovers_go_and_its_status_is_kept(tmp_path
         os.close(read_end)
         os.close(write_end)
     assert done.returncode == 3
-    assert _wait_gone([int(done.stdout.strip())]) == []
+    assert wait_gone([int(done.stdout.strip())], 20) == []
 
 
 def test_scratch_directories_of_gone_owners_are_reclaimed(tmp_path: Path) -> None:
