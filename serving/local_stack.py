@@ -151,9 +151,10 @@ class LocalStack:
 
     @property
     def stop_timeout_s(self) -> float:
-        """The longest `stop()` can take: the gateway's drain and forced exit, then Triton's stop."""
+        """The longest `stop()` can take: ending the gateway's requests, its drain and forced exit, then
+        Triton's stop."""
         triton_s = self.triton.stop_timeout_s if self.triton is not None else 0.0
-        return GATEWAY_DRAIN_S + GATEWAY_FORCE_S + triton_s
+        return GATEWAY_FORCE_S + GATEWAY_DRAIN_S + GATEWAY_FORCE_S + triton_s
 
     def stop(self) -> None:
         """Stop the gateway, then Triton; idempotent, bounded by `stop_timeout_s`."""
@@ -163,7 +164,7 @@ class LocalStack:
             # Refuse new requests and end every running stream with a final error event, so that the
             # server's connections finish instead of being cut when it exits.
             with contextlib.suppress(Exception):
-                gateway.shutdown_from_thread(GATEWAY_DRAIN_S)
+                gateway.shutdown_from_thread(GATEWAY_FORCE_S)
         if server is not None:
             server.should_exit = True
         if thread is not None:
