@@ -146,3 +146,81 @@ def _live(nodes: list[Any], outputs: set[str]) -> list[Any]:
             live.append(node)
             needed |= set(node.input)
     return live[::-1]
+
+
+def pack_qkv_with_rotary(model: Any) -> int:
+    """Hand GroupQueryAttention the merged q/k/v projection's output as one packed input and let it
+    apply the rotary embedding itself (`do_rotary`), on an `onnx.ModelProto` in place, after
+    `quantize_int4.merge_sibling_matmuls` (before the weights are quantised). Returns how many layers
+    were rewritten (0: the graph has another shape; nothing changed then).
+
+    Per layer this drops the Split of the merged output, the key's Reshape/Transpose/RotaryEmbedding/
+    Transpose/Reshape and the query's RotaryEmbedding: 7 of the ~26 nodes a decode step runs per
+    layer, whose cost on a small model is mostly the per-node overhead. GroupQueryAttention derives
+    each row's positions from seqlens_k (past length + i), the same positions the engine passes as
+    `position_ids` for its right-padded cache and its batch-1 prefills. The merged weight's columns
+    are reordered to q, k, v, the packed layout GroupQueryAttention reads.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes = {out: n for n in graph.node for out in n.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    inits = {i.name: i for i in graph.initializer}
+    plans = []
+    try:
+        for gqa in [n for n in graph.node if n.op_type == "GroupQueryAttention"]:
+            attrs = {a.name: helper.get_attribute_value(a) for a in gqa.attribute}
+            if attrs.get("do_rotary", 0) or len(gqa.input) > 7 or not gqa.input[1] or not gqa.input[2]:
+                raise _NoMatch(f"{gqa.name}: rotary inside or packed already")
+            rotary_q = _producer(nodes, gqa.input[0], "RotaryEmbedding")
+            reshape_k = _producer(nodes, gqa.input[1], "Reshape")
+            rotary_k = _producer(
+                nodes, _producer(nodes, reshape_k.input[0], "Transpose").input[0], "RotaryEmbedding"
+            )
+            view_k = _producer(nodes, _producer(nodes, rotary_k.input[0], "Transpose").input[0], "Reshape")
+            q, k, v = rotary_q.input[0], view_k.input[0], gqa.input[2]
+            split = _producer(nodes, q, "Split")
+            if list(rotary_q.input[1:4]) != list(rotary_k.input[1:4]) or sorted(split.output) != sorted(
+                [q, k, v]
+            ):
+                raise _NoMatch(f"{gqa.name}: q, k, v are not one Split's outputs with one rotary cache")
+            if any(readers.get(x, 0) != 1 for x in (q, k, v)):
+                raise _NoMatch(f"{gqa.name}: the projections are read elsewhere too")
+            rq = {a.name: helper.get_attribute_value(a) for a in rotary_q.attribute}
+            rk = {a.name: helper.get_attribute_value(a) for a in rotary_k.attribute}
+            if rq.get("interleaved", 0) != rk.get("interleaved", 0) or {"rotary_embedding_dim", "scale"} & {
+                *rq,
+                *rk,
+            }:
+                raise _NoMatch(f"{gqa.name}: a partial or scaled rotary embedding")
+            matmul = _producer(nodes, split.input[0], "MatMul")
+            if matmul.input[1] not in inits or len(split.input) < 2 or split.input[1] not in inits:
+                raise _NoMatch(f"{gqa.name}: the merged projection has no constant weight")
+            plans.append((gqa, matmul, split, (q, k, v), rq.get("interleaved", 0), rotary_q.input[2:4]))
+    except _NoMatch:
+        return 0
+    for gqa, matmul, split, qkv, interleaved, cos_sin in plans:
+        weight = numpy_helper.to_array(inits[matmul.input[1]])
+        sizes = numpy_helper.to_array(inits[split.input[1]]).tolist()
+        starts = np.cumsum([0, *sizes])
+        column = {name: slice(starts[i], starts[i + 1]) for i, name in enumerate(split.output)}
+        packed = np.concatenate([weight[:, column[name]] for name in qkv], axis=1)
+        inits[matmul.input[1]].CopyFrom(numpy_helper.from_array(packed, matmul.input[1]))
+        past_and_lengths = list(gqa.input[3:7])  # past key, past value, seqlens_k, total length
+        del gqa.input[:]
+        gqa.input.extend([matmul.output[0], "", "", *past_and_lengths, *cos_sin])
+        gqa.attribute.extend([helper.make_attribute("do_rotary", 1)])
+        gqa.attribute.extend([helper.make_attribute("rotary_interleaved", int(interleaved))])
+    outputs = {o.name for o in graph.output}
+    live = _live(list(graph.node), outputs)
+    del graph.node[:]
+    graph.node.extend(live)
+    used = {x for n in live for x in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return len(plans)
