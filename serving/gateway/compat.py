@@ -71,7 +71,10 @@ def chat_plan(body: ChatCompletionRequest) -> ChatPlan:
     answer_schema = _answer_schema(body)
     guide: Guide | None = None
     if plan.functions and plan.mode != "none":
-        guide = Guide("lark", tool_grammar(plan, answer_schema))
+        try:
+            guide = Guide("lark", tool_grammar(plan, answer_schema))
+        except ToolError as exc:
+            raise _refuse(exc.param, str(exc)) from None
     elif answer_schema is not None:
         guide = Guide("json_schema", json.dumps(styled(answer_schema), ensure_ascii=False))
     return ChatPlan(plan, guide, bool(body.logprobs), body.top_logprobs or 0)
@@ -127,11 +130,7 @@ def _tool_plan(body: ChatCompletionRequest) -> ToolPlan:
         if choice != "none" and not functions:
             raise _refuse("tool_choice", f"tool_choice={choice!r} needs tools")
         mode = choice
-    parallel = body.parallel_tool_calls is not False
-    try:
-        return ToolPlan(tuple(functions), mode, parallel)
-    except ToolError as exc:
-        raise _refuse(exc.param, str(exc)) from None
+    return ToolPlan(tuple(functions), mode, body.parallel_tool_calls is not False)
 
 
 def _answer_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:

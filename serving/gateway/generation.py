@@ -217,6 +217,7 @@ class Gateway:
         try:
             prompt = await asyncio.to_thread(self._prompt, body, plan)
             fitted = self._fit(len(prompt.ids), max_tokens, asked, param)
+            params = self._params(body, plan, prompt, fitted)
         except BaseException:
             await self.limits.refund(key, max_tokens * n)
             raise
@@ -225,7 +226,6 @@ class Gateway:
         await self.limits.charge(key, len(prompt.ids))
         if s.log_prompts:
             log.info("prompt", extra={"prompt": prompt.text})
-        params = self._params(body, plan, prompt, fitted)
         return Generation(route, key, params, len(prompt.ids), fitted * n, plan, prompt)
 
     def _params(
@@ -238,13 +238,14 @@ class Gateway:
         vocab = self.prompts.vocab_size
         bias = []
         for token, value in (body.logit_bias or {}).items():
-            if not token.strip().isdigit() or int(token) >= vocab:
+            token_id = int(token) if token.strip().isascii() and token.strip().isdigit() else -1
+            if not 0 <= token_id < vocab:
                 raise ApiError(
                     400,
                     f"logit_bias: {token!r} is not a token id of this model (0..{vocab - 1})",
                     param="logit_bias",
                 )
-            bias.append((int(token), float(value)))
+            bias.append((token_id, float(value)))
         logprobs, top, guide, echo = False, 0, None, False
         if isinstance(plan, ChatPlan):
             logprobs, top = plan.logprobs, plan.top_logprobs

@@ -119,7 +119,10 @@ def _hoist_defs(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> di
     schema = copy.deepcopy(schema)
     local: dict[str, Any] = {}
     for key in ("$defs", "definitions"):
-        for name, value in (schema.pop(key, None) or {}).items():
+        found = schema.pop(key, None) or {}
+        if not isinstance(found, dict):
+            raise ToolError("tools", f"{key} in a parameters schema must be an object")
+        for name, value in found.items():
             local[f"#/{key}/{name}"] = f"{prefix}{name}"
             defs[f"{prefix}{name}"] = value
 
@@ -164,7 +167,8 @@ def _calls_schema(functions: tuple[Function, ...]) -> dict[str, Any]:
 
 def styled(schema: dict[str, Any]) -> dict[str, Any]:
     """A response_format schema with llguidance's compact JSON style (other validators ignore it)."""
-    return {**schema, "x-guidance": {**JSON_STYLE, **schema.get("x-guidance", {})}}
+    own = schema.get("x-guidance")
+    return {**schema, "x-guidance": {**JSON_STYLE, **(own if isinstance(own, dict) else {})}}
 
 
 def tool_grammar(plan: ToolPlan, answer_schema: dict[str, Any] | None = None) -> str:
