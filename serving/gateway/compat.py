@@ -154,6 +154,12 @@ class CompletionPlan:
 
 def completion_plan(body: CompletionRequest, fim: tuple[str, str, str] | None) -> CompletionPlan:
     """Check a completions request (best_of, suffix); `fim`: the model's FIM tokens, if it has them."""
+    if body.prompt_count() > 1:
+        raise _refuse(
+            "prompt",
+            f"{body.prompt_count()} prompts in one request: send one request per prompt (the server batches "
+            "concurrent requests itself)",
+        )
     if body.best_of is not None and body.best_of != body.choices():
         raise _refuse(
             "best_of",

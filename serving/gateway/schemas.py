@@ -95,14 +95,20 @@ class CompletionRequest(_SamplingFields):
 
     prompt: (
         Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)]
         | TokenIds
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=1)]
-    ) = Field(description="the prompt: text or token ids (a list holds exactly one prompt)")
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=64)]
+    ) = Field(description="the prompt: text or token ids (a list must hold exactly one prompt)")
     echo: bool | None = Field(False, description="return the prompt before the completion")
     logprobs: int | None = Field(None, ge=0, le=5, description="logprobs of the k most likely tokens too")
     suffix: str | None = Field(None, description="fill-in-the-middle: only for models with FIM tokens")
     best_of: int | None = Field(None, ge=1, le=16)
+
+    def prompt_count(self) -> int:
+        prompt = self.prompt
+        if isinstance(prompt, str) or not isinstance(prompt[0], str | list):
+            return 1
+        return len(prompt)
 
     def prompt_text(self) -> str:
         """The prompt as text (token-id prompts count as no characters here)."""

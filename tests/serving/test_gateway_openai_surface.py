@@ -110,7 +110,12 @@ def test_a_chat_parameter_that_cannot_be_honoured_is_a_400_naming_it(
 
 @pytest.mark.parametrize(
     ("param", "extra"),
-    [("best_of", {"best_of": 3}), ("suffix", {"suffix": "end"}), ("prompt", {"prompt": [[10**9]]})],
+    [
+        ("best_of", {"best_of": 3}),
+        ("suffix", {"suffix": "end"}),
+        ("prompt", {"prompt": [[10**9]]}),
+        ("prompt", {"prompt": ["one", "two"]}),
+    ],
 )
 def test_a_completions_parameter_that_cannot_be_honoured_is_a_400_naming_it(
     serve: Any, param: str, extra: dict[str, Any]
