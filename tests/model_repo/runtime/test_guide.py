@@ -152,3 +152,22 @@ def test_n_constrained_sequences_each_follow_the_grammar(tiny_engine: Engine) ->
     assert sorted(texts) == [0, 1, 2]
     for text in texts.values():
         _check_json_schema(text)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_multilingual_text_generated_by_the_engine_has_no_broken_characters(
+    tiny_engine: Engine, stream: bool
+) -> None:
+    """The tiny model's tokenizer splits every non-ASCII character into byte tokens; a regex guide makes
+    the engine generate such text: no response holds U+FFFD and each one's ids decode to its text."""
+    target = "你好\uff0c世界 🎉🚀 très élégant"
+    request = GenerationRequest(
+        prompt=PROMPT, max_tokens=200, stream=stream, guide_type="regex", guide=re.escape(target)
+    )
+    (record,), _ = run(tiny_engine, [request])
+    assert "".join(r.text for r in record.responses) == target
+    for response in record.responses:
+        assert "\ufffd" not in response.text
+        assert tiny_engine.decode(list(response.token_ids)) == response.text
+    assert len(record.responses) > 3 if stream else len(record.responses) == 1
+    assert record.responses[-1].final
