@@ -112,7 +112,8 @@ class DecodeBatch:
         if tok in s.stop_ids:
             return True, "stop", True
         if s.guide is not None and s.guide.done:  # the grammar is complete and allows nothing more
-            return True, "stop", False
+            # (an eos it accepted while eos is not an end token here is still no text)
+            return True, "stop", tok in self.engine.metadata.eos_token_ids
         # `tok` would be fed at position s.length next: the sequence ends when that position is past
         # the model's context (every position 0..max_context-1 is used)
         if s.generated >= s.params.max_tokens or s.length >= self.engine.metadata.max_context:
