@@ -406,6 +406,17 @@ def test_completions_logprobs_and_echo_have_openais_shape(serve: Any, tokenizer:
     assert lp.token_logprobs[0] is None and lp.top_logprobs is not None and lp.top_logprobs[0] is None
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
     assert lp.text_offset[len(prompt_ids)] == len("hello")
+    chunks = list(
+        _client(serve(FakeTriton(deltas=[*deltas, Delta("", True, 3, 0)]))).completions.create(
+            model="llm", prompt="hello", logprobs=2, echo=True, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "hello world"
+    streamed = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens or []
+    ]
+    assert streamed == lp.tokens
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_n_choices_are_answered_each_with_its_own_text_and_finish(serve: Any, tokenizer: Tokenizer) -> None:
