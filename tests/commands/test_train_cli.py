@@ -138,7 +138,7 @@ def test_submit_uploads_the_data_then_creates_the_objects(tmp_path: Path) -> Non
         )  # fmt: skip
     key = f"datasets/{train_remote.dataset_key(data)}"
     assert store.objects == {key: data.read_bytes()} and store.uploads == 1
-    assert len(submitted) == 2 and submitted[0] == objects
+    assert len(submitted) == 2 and submitted[-1] == objects
     pod = objects[1]["spec"]["template"]
     assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
