@@ -29,7 +29,7 @@ from tritonform.cli import app
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 TRAINING = Path(__file__).resolve().parents[2] / "model_repo" / "training"
-ARGS = ("--lora", "--max-steps", "40", "--batch-size", "12", "--lr", "2e-3", "--lora-rank", "16")
+ARGS = ("--lora", "--max-steps", "24", "--batch-size", "12", "--lr", "3e-3", "--lora-rank", "16")
 
 
 def _digest(*parts: bytes) -> str:
