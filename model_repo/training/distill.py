@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from model_repo.training.finetune import (
     FinetuneConfig,
     load_model,
     load_tokenizer,
+    quiet,
     to_dataset,
     trainer_arguments,
     world_size,
@@ -187,6 +189,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         processing_class=tokenizer,
         callbacks=[progress],
     )
+    quiet(trainer)
     result = trainer.train()
     summary = {
         "config": asdict(config),
@@ -204,7 +207,5 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         final.to(dtype=torch.float32).save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    import shutil
-
     shutil.rmtree(out / ".trainer", ignore_errors=True)
     return summary

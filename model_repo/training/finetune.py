@@ -48,7 +48,6 @@ class FinetuneConfig:
     max_length: int = 512
     seed: int = 0
     strategy: Strategy = "ddp"
-    shuffle: bool = True
     show_progress: bool = True
 
     def lr(self) -> float:
@@ -128,8 +127,12 @@ def trainer_arguments(config: FinetuneConfig, output_dir: Path, **extra: Any) ->
     if world_size() > 1:
         args["ddp_backend"] = "nccl" if on_gpu else "gloo"
         if config.strategy == "fsdp":
-            args["fsdp"] = "full_shard auto_wrap"
-            args["fsdp_config"] = {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer", "GPT2Block"]}
+            # shard parameters, gradients and optimizer state across the processes, one unit per layer
+            args["fsdp"] = True
+            args["fsdp_config"] = {
+                "reshard_after_forward": True,
+                "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer", "GPT2Block"],
+            }
     args.update(extra)
     return args
 
@@ -172,6 +175,8 @@ def save_checkpoint(
 ) -> None:
     """Gather the trained weights (a collective under FSDP), then write the checkpoint on the main process:
     the base model with the LoRA update merged in, the adapter beside it, the tokenizer, the summary."""
+    import torch
+
     state = trainer.accelerator.get_state_dict(trainer.model)
     if not trainer.accelerator.is_main_process:
         return
@@ -187,10 +192,18 @@ def save_checkpoint(
         model = peft_model.merge_and_unload()
     else:
         model.load_state_dict(state, strict=False)
-    model = model.to(dtype=__import__("torch").float32)
+    model = model.to(dtype=torch.float32)
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def quiet(trainer: Any) -> None:
+    """Our rich bar and metrics.jsonl replace the Trainer's own printing of every log line."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -221,10 +234,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         peft_config=lora_config(config) if config.method == "lora" else None,
         callbacks=[progress],
     )
-    if not config.shuffle:
-        trainer._get_train_sampler = lambda *_a, **_k: __import__("torch").utils.data.SequentialSampler(
-            trainer.train_dataset
-        )
+    quiet(trainer)
     result = trainer.train()
     losses = [float(r["loss"]) for r in progress.history if "loss" in r]
     summary = {

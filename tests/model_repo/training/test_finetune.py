@@ -100,3 +100,23 @@ def test_two_processes_give_the_same_loss_curve_as_one(tiny_llama_checkpoint: Pa
         load_file(str(tmp_path / "n2" / "model.safetensors")),
     )
     assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_over_two_processes_and_writes_one_checkpoint(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`--strategy fsdp` on 2 gloo processes: the run completes, its first step sees the same batch and
+    weights as one process (same loss within 1e-4), and the gathered LoRA update is merged into one
+    checkpoint that loads."""
+    from transformers import AutoModelForCausalLM
+
+    data = str(write_facts(tmp_path / "facts.jsonl"))
+    common = {"model": str(tiny_llama_checkpoint), "data": data, "method": "lora", "max_steps": 2,
+              "learning_rate": 1e-3, "batch_size": 4, "show_progress": False}  # fmt: skip
+    single = run("finetune", FinetuneConfig(out=str(tmp_path / "one"), **common))  # type: ignore[arg-type]
+    sharded = run("finetune", FinetuneConfig(out=str(tmp_path / "fsdp"), strategy="fsdp", **common), nproc=2)  # type: ignore[arg-type]
+    assert sharded["processes"] == 2 and sharded["config"]["strategy"] == "fsdp"
+    assert sharded["losses"][0] == pytest.approx(single["losses"][0], rel=1e-4)
+    inspect_checkpoint(tmp_path / "fsdp")
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "fsdp"))
