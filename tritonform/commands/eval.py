@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from tritonform.commands.train import EXIT_BAD_INPUT, fail, resolve_model, run_guarded
+from tritonform.commands.failures import EXIT_BAD_INPUT, fail
+from tritonform.commands.train import resolve_model, run_guarded
 
 
 def eval_command(

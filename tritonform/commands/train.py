@@ -15,8 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
+from tritonform.commands.failures import EXIT_BAD_INPUT, EXIT_FAILED, fail
 
 ModelOpt = Annotated[
     str,
@@ -50,14 +49,6 @@ ImageOpt = Annotated[
     typer.Option("--image", help="With --stack: the training image (tritonform and its deps installed)."),
 ]
 NodesOpt = Annotated[int, typer.Option("--nodes", help="With --stack: GPU nodes to train on (one pod each).")]
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(code)
 
 
 def resolve_model(model: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tritonform.commands.train import EXIT_BAD_INPUT, EXIT_FAILED, fail
+from tritonform.commands.failures import EXIT_BAD_INPUT, EXIT_FAILED, fail
 
 RENDER_MARKER = ".tritonform-render"
 
