@@ -26,10 +26,10 @@ from tests.e2e.serve_process import start_serve, wait_ready
 from tests.model_repo.training.facts import write_facts
 from tritonform.cli import app
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 
 TRAINING = Path(__file__).resolve().parents[2] / "model_repo" / "training"
-ARGS = ("--lora", "--max-steps", "24", "--batch-size", "12", "--lr", "3e-3", "--lora-rank", "16")
+ARGS = ("--lora", "--max-steps", "10", "--batch-size", "12", "--lr", "3e-3", "--lora-rank", "16")
 
 
 def _digest(*parts: bytes) -> str:
