@@ -291,14 +291,15 @@ def _azure_trainer_grant(assignment: Resource, role: Resource) -> Iterator[Viola
     data = {a for p in permissions if isinstance(p, dict) for a in as_list(p.get("dataActions"))}
     if actions or not data <= AZURE_TRAINER_ACTIONS:
         yield Violation(
-            f"custom role {role.name} grants {sorted(actions | (data - AZURE_TRAINER_ACTIONS))}; a workload's "
-            "custom role on the model storage may hold only blob read/write/add data actions.",
+            f"custom role {role.name} grants {sorted(actions | (data - AZURE_TRAINER_ACTIONS))}; a "
+            "workload's custom role on the model storage may hold only blob read/write/add data actions.",
             assignment,
         )
     condition = str(assignment.get("condition") or "")
     if condition != UNKNOWN and "StringLike 'checkpoints/*'" not in condition:
         yield Violation(
-            f"{assignment.name} grants blob writes without a blob-path condition limiting them to checkpoints/.",
+            f"{assignment.name} grants blob writes without a blob-path condition holding them to "
+            "checkpoints/.",
             assignment,
         )
 
