@@ -58,6 +58,7 @@ def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
             gateway_image=images.gateway,
             api_keys=keys,
             exposure=exposure,
+            trainer=platform.trainer,
         ),
         opts=pulumi.ResourceOptions(depends_on=[platform.gpu_pool, *platform.workload_dependencies]),
     )
@@ -80,6 +81,15 @@ def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
         "gpu_node_selector": platform.gpu_pool.scheduling.node_selector,
         "gpu_tolerations": platform.gpu_pool.scheduling.tolerations,
         "model_reader_identity": platform.reader.identity_id,
+        # what `tritonform finetune --stack` puts on its Job's pods (infra/workload/training_job.py)
+        **(
+            {
+                "trainer_identity": platform.trainer.identity_id,
+                "trainer_pod_labels": platform.trainer.pod_labels,
+            }
+            if platform.trainer is not None
+            else {}
+        ),
         "endpoint_url": edge.endpoint_url,
         "openai_base_url": pulumi.Output.concat(edge.endpoint_url, "/v1"),
         "api_key": pulumi.Output.secret(keys),

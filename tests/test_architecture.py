@@ -4,6 +4,8 @@
   from the workload;
 - `serving/` imports nothing from `infra/` or the CLI; `model_repo/` nothing from `infra/`, `serving/` or
   the CLI; `infra/` nothing from the CLI (`tritonform/` composes the layers, nothing imports it);
+- `model_repo/training/` (fine-tune, prune, distil, evaluate) sits on top of the build layer: nothing else
+  in `model_repo/` imports it;
 - `model_repo/runtime/`, which every model repository ships into Triton's python backend, imports only
   the runtime libraries (numpy, onnxruntime, tokenizers, llguidance) and the standard library;
 - no import circle anywhere (imports inside functions and under `if TYPE_CHECKING:` count too: a circle
@@ -33,6 +35,9 @@ PACKAGES = ("infra", "model_repo", "serving", "tritonform")
 CLOUD_PACKAGES = ("infra.platform.aws", "infra.platform.gcp", "infra.platform.azure")
 CLOUD_SDKS = ("pulumi_aws", "pulumi_gcp", "pulumi_azure_native")
 RUNTIME = "model_repo.runtime"
+# Before the checkpoint (issue 17): fine-tune, prune, distil, evaluate. It sits on top of the build layer
+# (it may use checkpoint loading, storage), and the build never depends on it.
+TRAINING = "model_repo.training"
 # What the runtime package may import besides itself and the standard library: what Triton's python
 # backend environment offers in every image (ENVIRONMENT.md, docker/triton). llguidance (issue 15): the
 # engine enforces structured output and tool-call grammars with a token mask each step, per sequence,
@@ -122,6 +127,12 @@ def layer_violations(imports: list[Import]) -> list[str]:
         for importers, forbidden, why in rules:
             if _within(imp.importer, importers) and _within(imp.imported, forbidden):
                 found.append(f"{imp} ({why})")
+        if (
+            _within(imp.importer, ("model_repo",))
+            and not _within(imp.importer, (TRAINING,))
+            and _within(imp.imported, (TRAINING,))
+        ):
+            found.append(f"{imp} (the build layer must not depend on training, which sits on top of it)")
     return found
 
 
@@ -266,6 +277,13 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
         (
             {"infra/workload/images.py": "from tritonform import __version__\n"},
             "infra must not import the CLI",
+        ),
+        (
+            {
+                "model_repo/build.py": "from model_repo.training import finetune\n",
+                "model_repo/training/finetune.py": "from model_repo.checkpoint import cache_dir\n",
+            },
+            "the build layer must not depend on training",
         ),
     ],
 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from tritonform.commands import infra, init, model, serve
+from tritonform.commands import eval as eval_cmd
+from tritonform.commands import infra, init, model, serve, train
 
 app = typer.Typer(
     name="tritonform",
@@ -27,6 +28,8 @@ infra.register(app)
 init.register(app)
 model.register(app)
 serve.register(app)
+train.register(app)
+eval_cmd.register(app)
 
 
 def main() -> None:

@@ -262,6 +262,19 @@ class ReaderIdentity(_Neutral):
         )
 
 
+# Where training reads its data sets and writes its checkpoints, under the model bucket's root.
+TRAINER_READ_PREFIX = "datasets/"
+TRAINER_WRITE_PREFIX = "checkpoints/"
+
+
+class TrainerIdentity(ReaderIdentity):
+    """The identity training Jobs run as: it may read `datasets/` and write `checkpoints/` of the model
+    bucket, and nothing else (the serving identities stay read-only). Same fields as a reader's."""
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        _Neutral.__init__(self, "tritonform:platform:TrainerIdentity", name, None, opts)
+
+
 class ContainerRegistry(_Neutral):
     """A private registry the stack pushes its images to and the nodes pull from.
 
@@ -381,6 +394,8 @@ class Platform:
     # Prometheus' volume binds through, the metrics API the gateway's autoscaler reads): the workload
     # depends on them as it does on the GPU pool. Empty where the managed cluster brings its own.
     workload_dependencies: tuple[pulumi.Resource, ...] = ()
+    # Training Jobs' identity (datasets/ read, checkpoints/ write); every cloud provides one.
+    trainer: TrainerIdentity | None = None
 
     def edge_targets_as(self, kind: type[TargetsT]) -> TargetsT:
         """The edge targets, checked to be the given cloud's own type."""
@@ -433,6 +448,11 @@ class CloudPlatform(ABC):
         """The Kubernetes service account the gateway runs as: the one the gateway reader is bound to."""
         workload = self.settings.workload
         return ServiceAccountRef(workload.namespace, workload.gateway_service_account)
+
+    def trainer_service_account(self) -> ServiceAccountRef:
+        """The Kubernetes service account training Jobs run as: the one the trainer identity is bound to."""
+        workload = self.settings.workload
+        return ServiceAccountRef(workload.namespace, workload.trainer_service_account)
 
     def gateway_read_scope(self) -> ReadScope:
         """The only objects the gateway's identity may read."""

@@ -247,8 +247,14 @@ def _azure(view: StackView) -> Iterator[Violation]:
     triton = _azure_federated(view, _triton_subject)
     principals = {i.get("principalId") for i in triton} - {None, UNKNOWN}
     containers = view.of_type("azure-native:storage:BlobContainer")
+    custom_roles = view.of_type("azure-native:authorization:RoleDefinition")
     for assignment in view.of_type("azure-native:authorization:RoleAssignment"):
         scope = str(assignment.get("scope", ""))
+        role_ref = assignment.get("roleDefinitionId")
+        custom = [r for r in custom_roles if refers_to(role_ref, r, r.get("roleName"))]
+        if custom:  # the trainer's own role (datasets/ read, checkpoints/ write): judged on its own terms
+            yield from _azure_trainer_grant(assignment, custom[0])
+            continue
         if principals:
             if assignment.get("principalId") not in principals:
                 continue
@@ -271,6 +277,31 @@ def _azure(view: StackView) -> Iterator[Violation]:
                 assignment,
             )
     yield from _azure_gateway(view)
+
+
+AZURE_BLOB_DATA = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/"
+AZURE_TRAINER_ACTIONS = {AZURE_BLOB_DATA + a for a in ("read", "write", "add/action")}
+
+
+def _azure_trainer_grant(assignment: Resource, role: Resource) -> Iterator[Violation]:
+    """A custom role on the model storage: blob read/write data actions only (no delete, no control
+    plane), under a blob-path condition that keeps writes under `checkpoints/`."""
+    permissions = as_list(role.get("permissions"))
+    actions = {a for p in permissions if isinstance(p, dict) for a in as_list(p.get("actions"))}
+    data = {a for p in permissions if isinstance(p, dict) for a in as_list(p.get("dataActions"))}
+    if actions or not data <= AZURE_TRAINER_ACTIONS:
+        yield Violation(
+            f"custom role {role.name} grants {sorted(actions | (data - AZURE_TRAINER_ACTIONS))}; a "
+            "workload's custom role on the model storage may hold only blob read/write/add data actions.",
+            assignment,
+        )
+    condition = str(assignment.get("condition") or "")
+    if condition != UNKNOWN and "StringLike 'checkpoints/*'" not in condition:
+        yield Violation(
+            f"{assignment.name} grants blob writes without a blob-path condition holding them to "
+            "checkpoints/.",
+            assignment,
+        )
 
 
 def _azure_gateway(view: StackView) -> Iterator[Violation]:

@@ -92,6 +92,8 @@ DESCRIPTIONS: dict[str, str] = {
     "workload.tritonServiceAccount": "Service account Triton runs as; the bucket reader is bound to it.",
     "workload.gatewayServiceAccount": "Service account the gateway runs as; its identity reads only the "
     "tokenizer files.",
+    "workload.trainerServiceAccount": "Service account training Jobs run as; its identity reads datasets/ "
+    "and writes checkpoints/ only.",
 }
 
 

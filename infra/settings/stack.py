@@ -165,8 +165,12 @@ class WorkloadSettings(_Settings):
     namespace: str = "tritonform"
     triton_service_account: str = "triton"
     gateway_service_account: str = "gateway"
+    # Training Jobs (`tritonform finetune --stack`): bound to the trainer identity (datasets/, checkpoints/)
+    trainer_service_account: str = "trainer"
 
-    @field_validator("namespace", "triton_service_account", "gateway_service_account")
+    @field_validator(
+        "namespace", "triton_service_account", "gateway_service_account", "trainer_service_account"
+    )
     @classmethod
     def _dns(cls, value: str) -> str:
         if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", value):

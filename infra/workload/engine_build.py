@@ -28,6 +28,11 @@ SYNC_IMAGES = {
 }
 NAMESPACE = "tritonform"
 SERVICE_ACCOUNT = "engine-builder"  # may write to the bucket's engines/ prefix
+# The Azure CLI signs in with the pod's workload identity (the webhook projects these variables).
+AZURE_LOGIN = (
+    'az login --service-principal -u "$AZURE_CLIENT_ID" -t "$AZURE_TENANT_ID" '
+    '--federated-token "$(cat $AZURE_FEDERATED_TOKEN_FILE)" --output none'
+)
 
 
 def _sync_command(scheme: str, source: str, target: str) -> str:
@@ -37,10 +42,7 @@ def _sync_command(scheme: str, source: str, target: str) -> str:
     if scheme == "gs":
         return f"gcloud storage rsync --recursive {shlex.quote(source)} {shlex.quote(target)}"
     # Azure: workload identity login, then the batch copy commands (as://ACCOUNT/CONTAINER/PREFIX)
-    login = (
-        'az login --service-principal -u "$AZURE_CLIENT_ID" -t "$AZURE_TENANT_ID" '
-        '--federated-token "$(cat $AZURE_FEDERATED_TOKEN_FILE)" --output none'
-    )
+    login = AZURE_LOGIN
     if source.startswith("as://"):
         loc = StorageUri.parse(source)
         return (

@@ -17,6 +17,7 @@ from infra.workload.gateway import GATEWAY, GATEWAY_PORT, Gateway, GatewayArgs
 from infra.workload.monitoring import MONITORING_NAMESPACE, Monitoring
 from infra.workload.network_policies import PolicyTargets, network_policies
 from infra.workload.rate_limit_store import RATE_LIMITS, RATE_LIMITS_PORT, RateLimitStore, store_url
+from infra.workload.training_job import TRAINING_APP
 from infra.workload.triton import (
     APP_LABEL,
     GRPC_PORT,
@@ -44,6 +45,8 @@ class WorkloadArgs:
     gateway_image: pulumi.Input[str]
     api_keys: pulumi.Input[str]
     exposure: ServiceExposure
+    # Training Jobs' identity (reads datasets/, writes checkpoints/); its service account is made here
+    trainer: ReaderIdentity | None = None
 
 
 class InferenceWorkload(pulumi.ComponentResource):
@@ -96,6 +99,19 @@ class InferenceWorkload(pulumi.ComponentResource):
                 (s.workload.gateway_service_account, args.gateway_reader),
             )
         )
+        if args.trainer is not None:
+            # training Jobs (infra/workload/training_job.py) run as this account; it is bound to the
+            # trainer identity and, like the servers', mounts no Kubernetes API token
+            k8s.core.v1.ServiceAccount(
+                s.workload.trainer_service_account,
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=s.workload.trainer_service_account,
+                    namespace=ns,
+                    annotations=args.trainer.service_account_annotations,
+                ),
+                automount_service_account_token=False,
+                opts=child,
+            )
         model_prefix = pulumi.Output.concat(args.bucket_uri, "/", s.triton.model_prefix)
         monitoring = Monitoring("monitoring", s, opts=child)
         triton = TritonServer(
@@ -144,7 +160,16 @@ class InferenceWorkload(pulumi.ComponentResource):
                 gateway_port=GATEWAY_PORT,
                 monitoring_namespace=MONITORING_NAMESPACE,
                 exposure=args.exposure,
-                identity_egress=tuple(dict.fromkeys((*args.reader.egress, *args.gateway_reader.egress))),
+                identity_egress=tuple(
+                    dict.fromkeys(
+                        (
+                            *args.reader.egress,
+                            *args.gateway_reader.egress,
+                            *(args.trainer.egress if args.trainer is not None else ()),
+                        )
+                    )
+                ),
+                training=TRAINING_APP if args.trainer is not None else None,
                 extra_gateway_egress=((RATE_LIMITS, RATE_LIMITS_PORT),) if serving else (),
             ),
             child,

@@ -38,6 +38,7 @@ class PolicyTargets:
     exposure: ServiceExposure
     identity_egress: tuple[EgressEndpoint, ...]  # the readers' identity endpoints beyond HTTPS
     extra_gateway_egress: tuple[tuple[str, int], ...] = ()  # (app, port) the gateway also calls, alone
+    training: str | None = None  # training Jobs' pods: torchrun's rendezvous and NCCL among themselves
 
 
 def _app(targets: PolicyTargets, app: str) -> k8s.meta.v1.LabelSelectorArgs:
@@ -142,6 +143,15 @@ def network_policies(targets: PolicyTargets, opts: pulumi.ResourceOptions) -> No
                     ports=_ports(port),
                 )
             ],
+        )
+    if targets.training is not None:
+        # The pods of a training run talk to each other only (rendezvous, then NCCL on ports it picks).
+        peers = [netpol.NetworkPolicyPeerArgs(pod_selector=_app(targets, targets.training))]
+        policy(
+            "training-peers",
+            targets.training,
+            ingress=[netpol.NetworkPolicyIngressRuleArgs(from_=peers)],
+            egress=[netpol.NetworkPolicyEgressRuleArgs(to=peers)],
         )
     calls = [
         (targets.triton, targets.triton_ports),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from infra.platform.aws.addons import install_cluster_addons, install_gpu_addons
 from infra.platform.aws.cluster import build_cluster, build_gpu_pool
 from infra.platform.aws.edge import AwsEdgeTargets, build_edge, gateway_exposure
-from infra.platform.aws.identity import build_reader
+from infra.platform.aws.identity import build_reader, build_trainer
 from infra.platform.aws.network import build_network
 from infra.platform.aws.provider import cloud_context
 from infra.platform.aws.registry import build_registry
@@ -68,6 +68,7 @@ class AwsPlatform(CloudPlatform):
             edge_targets,
             self.extra_outputs(),
             workload_dependencies=tuple(cluster_services),
+            trainer=build_trainer(context, cluster, bucket, self.trainer_service_account()),
         )
 
     def gateway_exposure(self) -> ServiceExposure:

@@ -1,5 +1,6 @@
 """AWS reader identities (IRSA): IAM roles only one Kubernetes service account may assume, each reading only
-what its `ReadScope` names in the model bucket (Triton: all of it; the gateway: its tokenizer files)."""
+what its `ReadScope` names in the model bucket (Triton: all of it; the gateway: its tokenizer files), and
+the trainer's role (read `datasets/`, write `checkpoints/`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import pulumi_aws as aws
 
 from infra.platform.aws.cluster import AwsCluster, service_account_trust
 from infra.platform.aws.storage import AwsBucket
-from infra.platform.base import CloudContext, ReaderIdentity, ReadScope, ServiceAccountRef
+from infra.platform.base import (
+    TRAINER_READ_PREFIX,
+    TRAINER_WRITE_PREFIX,
+    CloudContext,
+    ReaderIdentity,
+    ReadScope,
+    ServiceAccountRef,
+    TrainerIdentity,
+)
 
 
 def irsa_trust(cluster: AwsCluster, account: ServiceAccountRef) -> pulumi.Output[str]:
@@ -93,5 +102,69 @@ def bucket_read_policy(bucket_arn: str, scope: ReadScope, kms_key: str | None) -
     if kms_key:
         statements.append(
             {"Sid": "DecryptModelObjects", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": kms_key}
+        )
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def build_trainer(
+    context: CloudContext, cluster: AwsCluster, bucket: AwsBucket, service_account: ServiceAccountRef
+) -> TrainerIdentity:
+    """The training Jobs' role: read `datasets/`, read and write `checkpoints/`, bound to one account."""
+    kms_key = context.settings.bucket.kms_key
+    component = TrainerIdentity(context.name("trainer"), context.options)
+    role = aws.iam.Role(
+        context.name("trainer"),
+        description=f"Read datasets/, write checkpoints/ of the model bucket for {service_account.subject}",
+        assume_role_policy=irsa_trust(cluster, service_account),
+        max_session_duration=3600 * 12,  # a long run's upload happens at its end
+        opts=context.child(component),
+    )
+    aws.iam.RolePolicy(
+        context.name("trainer"),
+        role=role.id,
+        policy=bucket.bucket.arn.apply(lambda arn: trainer_policy(arn, kms_key)),
+        opts=context.child(component),
+    )
+    region = context.settings.region
+    component.finish(
+        identity_id=role.arn,
+        service_account_annotations={"eks.amazonaws.com/role-arn": role.arn},
+        env={"AWS_DEFAULT_REGION": region, "AWS_REGION": region},
+    )
+    return component
+
+
+def trainer_policy(bucket_arn: str, kms_key: str | None) -> str:
+    """List and read under `datasets/`; list, read and write under `checkpoints/`; nothing else."""
+    read, write = TRAINER_READ_PREFIX, TRAINER_WRITE_PREFIX
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ListTrainingPrefixes",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{read}*", f"{write}*"]}},
+        },
+        {
+            "Sid": "ReadDatasets",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": f"{bucket_arn}/{read}*",
+        },
+        {
+            "Sid": "WriteCheckpoints",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+            "Resource": f"{bucket_arn}/{write}*",
+        },
+    ]
+    if kms_key:
+        statements.append(
+            {
+                "Sid": "UseModelKey",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": kms_key,
+            }
         )
     return json.dumps({"Version": "2012-10-17", "Statement": statements})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from infra.platform.azure.addons import install_gpu_addons
 from infra.platform.azure.cluster import build_cluster, build_gpu_pool
 from infra.platform.azure.edge import AzureEdgeTargets, build_edge, gateway_exposure
-from infra.platform.azure.identity import GATEWAY_READER, build_reader
+from infra.platform.azure.identity import GATEWAY_READER, build_reader, build_trainer
 from infra.platform.azure.logging import build_logging
 from infra.platform.azure.network import build_network
 from infra.platform.azure.provider import cloud_context
@@ -67,6 +67,7 @@ class AzurePlatform(CloudPlatform):
             registry,
             edge_targets,
             self.extra_outputs(),
+            trainer=build_trainer(context, network.group, cluster, storage, self.trainer_service_account()),
         )
 
     def gateway_exposure(self) -> ServiceExposure:

@@ -8,7 +8,14 @@ import pulumi_azure_native as azure
 from infra.platform.azure.cluster import AzureCluster
 from infra.platform.azure.provider import AzureContext
 from infra.platform.azure.storage import AzureStorage
-from infra.platform.base import ReaderIdentity, ReadScope, ServiceAccountRef
+from infra.platform.base import (
+    TRAINER_READ_PREFIX,
+    TRAINER_WRITE_PREFIX,
+    ReaderIdentity,
+    ReadScope,
+    ServiceAccountRef,
+    TrainerIdentity,
+)
 
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"  # built-in role definition id
 FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
@@ -80,5 +87,77 @@ def build_reader(
         # Azure). "default" (DefaultAzureCredential) is the mode that reads the federated token;
         # "managed_identity" only asks the node's IMDS, which is not Workload Identity.
         env={"AZURE_STORAGE_ACCOUNT": storage.account.name, "AZURE_STORAGE_AUTH_TYPE": "default"},
+    )
+    return component
+
+
+TRAINER = "trainer"
+BLOB_WRITE_ACTIONS = (
+    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write",
+    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/add/action",
+)
+
+
+def trainer_condition() -> str:
+    """ABAC (2.0): reads only under `datasets/` and `checkpoints/`, writes only under `checkpoints/`."""
+    read = (
+        f"{BLOB_PATH} StringLike '{TRAINER_READ_PREFIX}*' OR {BLOB_PATH} StringLike '{TRAINER_WRITE_PREFIX}*'"
+    )
+    writes = " OR ".join(f"ActionMatches{{'{action}'}}" for action in BLOB_WRITE_ACTIONS)
+    return (
+        f"(\n  (\n    !(ActionMatches{{'{BLOB_READ}'}})\n  )\n  OR\n  (\n    {read}\n  )\n)\nAND\n"
+        f"(\n  (\n    !({writes})\n  )\n  OR\n  (\n    "
+        f"{BLOB_PATH} StringLike '{TRAINER_WRITE_PREFIX}*'\n  )\n)"
+    )
+
+
+def build_trainer(
+    context: AzureContext,
+    group: azure.resources.ResourceGroup,
+    cluster: AzureCluster,
+    storage: AzureStorage,
+    service_account: ServiceAccountRef,
+) -> TrainerIdentity:
+    """The training Jobs' identity: a custom role holding only blob read/write data actions (no delete, no
+    container or account actions), assigned on the model container with a condition on the blob path."""
+    component = TrainerIdentity(context.name(TRAINER), context.options)
+    child = context.child(component)
+    identity = azure.managedidentity.UserAssignedIdentity(
+        context.name(TRAINER), resource_group_name=group.name, tags=context.tags, opts=child
+    )
+    azure.managedidentity.FederatedIdentityCredential(
+        context.name(TRAINER),
+        resource_group_name=group.name,
+        resource_name_=identity.name,
+        issuer=cluster.component.oidc_issuer_url,
+        subject=service_account.subject,
+        audiences=[FEDERATED_AUDIENCE],
+        opts=child,
+    )
+    role = azure.authorization.RoleDefinition(
+        context.name(TRAINER),
+        role_name=context.name("model-trainer"),
+        description="Read datasets/ and write checkpoints/ blobs of the model container",
+        scope=storage.container.id,
+        assignable_scopes=[storage.container.id],
+        permissions=[azure.authorization.PermissionArgs(data_actions=[BLOB_READ, *BLOB_WRITE_ACTIONS])],
+        opts=child,
+    )
+    azure.authorization.RoleAssignment(
+        context.name(TRAINER),
+        principal_id=identity.principal_id,
+        principal_type="ServicePrincipal",
+        role_definition_id=role.id,
+        scope=storage.container.id,
+        condition=trainer_condition(),
+        condition_version=CONDITION_VERSION,
+        description=f"Train from datasets/ into checkpoints/ for {service_account.subject}",
+        opts=child,
+    )
+    component.finish(
+        identity_id=identity.client_id,
+        service_account_annotations={"azure.workload.identity/client-id": identity.client_id},
+        pod_labels={"azure.workload.identity/use": "true"},
+        env={"AZURE_STORAGE_ACCOUNT": storage.account.name},
     )
     return component

@@ -13,7 +13,7 @@ from infra.platform.base import (
 )
 from infra.platform.gcp.cluster import build_cluster, build_gpu_pool
 from infra.platform.gcp.edge import GcpEdgeTargets, build_edge, gateway_exposure
-from infra.platform.gcp.identity import GATEWAY_READER, build_reader
+from infra.platform.gcp.identity import GATEWAY_READER, build_reader, build_trainer
 from infra.platform.gcp.logging import build_logging
 from infra.platform.gcp.network import build_network
 from infra.platform.gcp.provider import cloud_context
@@ -70,6 +70,7 @@ class GcpPlatform(CloudPlatform):
             registry,
             edge_targets,
             self.extra_outputs(),
+            trainer=build_trainer(context, cluster, bucket, self.trainer_service_account()),
         )
 
     def gateway_exposure(self) -> ServiceExposure:

@@ -8,7 +8,15 @@ import json
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.platform.base import EgressEndpoint, ReaderIdentity, ReadScope, ServiceAccountRef
+from infra.platform.base import (
+    TRAINER_READ_PREFIX,
+    TRAINER_WRITE_PREFIX,
+    EgressEndpoint,
+    ReaderIdentity,
+    ReadScope,
+    ServiceAccountRef,
+    TrainerIdentity,
+)
 from infra.platform.gcp.cluster import GcpCluster
 from infra.platform.gcp.provider import GcpContext
 from infra.platform.gcp.storage import GcpBucket
@@ -16,6 +24,7 @@ from infra.platform.gcp.storage import GcpBucket
 # Triton's resource names: <prefix>-reader, -reader-workload-identity, -reader-objects.
 TRITON_READER = "reader"
 GATEWAY_READER = "gw-reader"  # service account ids are 6-30 characters: <prefix (<=20)>-gw-reader fits
+TRAINER = "trainer"
 
 
 # Pods reach GKE's metadata server (which mints their Workload Identity tokens) at the metadata address;
@@ -94,6 +103,62 @@ def build_reader(
         identity_id=account.email,
         service_account_annotations={"iam.gke.io/gcp-service-account": account.email},
         # Google's clients fall back to the metadata server, which Workload Identity serves.
+        env={},
+        egress=METADATA_SERVER_EGRESS,
+    )
+    return component
+
+
+def prefix_condition(bucket_name: str, prefix: str) -> str:
+    """The IAM condition (CEL) admitting only objects whose name starts with `prefix`."""
+    return f"resource.name.startsWith({json.dumps(f'projects/_/buckets/{bucket_name}/objects/{prefix}')})"
+
+
+def build_trainer(
+    context: GcpContext, cluster: GcpCluster, bucket: GcpBucket, service_account: ServiceAccountRef
+) -> TrainerIdentity:
+    """The training Jobs' service account: read objects under `datasets/`, create and read objects under
+    `checkpoints/`, each grant narrowed by an IAM condition on the object name; nothing else."""
+    component = TrainerIdentity(context.name("model-trainer"), context.options)
+    child = context.child(component)
+    account = gcp.serviceaccount.Account(
+        context.name(TRAINER),
+        account_id=context.name(TRAINER),
+        display_name=f"Trainer for {service_account.name}",
+        description=f"Reads datasets/, writes checkpoints/ of the model bucket for {service_account.subject}",
+        opts=child,
+    )
+    gcp.serviceaccount.IAMMember(
+        context.name(f"{TRAINER}-workload-identity"),
+        service_account_id=account.name,
+        role="roles/iam.workloadIdentityUser",
+        member=(
+            f"serviceAccount:{context.project}.svc.id.goog"
+            f"[{service_account.namespace}/{service_account.name}]"
+        ),
+        opts=pulumi.ResourceOptions(parent=component, depends_on=[cluster.gke]),
+    )
+    grants = (
+        ("datasets", "roles/storage.objectViewer", TRAINER_READ_PREFIX),
+        ("checkpoints-read", "roles/storage.objectViewer", TRAINER_WRITE_PREFIX),
+        ("checkpoints-write", "roles/storage.objectCreator", TRAINER_WRITE_PREFIX),
+    )
+    for key, role, prefix in grants:
+        gcp.storage.BucketIAMMember(
+            context.name(f"{TRAINER}-{key}"),
+            bucket=bucket.bucket.name,
+            role=role,
+            member=account.member,
+            condition=gcp.storage.BucketIAMMemberConditionArgs(
+                title=f"{TRAINER}-{key}",
+                description=f"Objects under {prefix}",
+                expression=bucket.bucket.name.apply(lambda name, p=prefix: prefix_condition(name, p)),
+            ),
+            opts=child,
+        )
+    component.finish(
+        identity_id=account.email,
+        service_account_annotations={"iam.gke.io/gcp-service-account": account.email},
         env={},
         egress=METADATA_SERVER_EGRESS,
     )

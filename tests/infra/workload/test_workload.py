@@ -270,14 +270,25 @@ def test_service_accounts_carry_no_api_token_and_the_namespace_is_restricted(pla
         )
 
 
-def test_egress_is_closed_but_for_dns_https_and_triton(plan: Plan) -> None:
+def test_egress_is_closed_but_for_dns_https_triton_and_training_peers(plan: Plan) -> None:
     policies = {
         r.inputs["metadata"]["name"]: r.inputs["spec"]
         for r in plan.resources
         if r.type == "kubernetes:networking.k8s.io/v1:NetworkPolicy"
     }
     egress = {name: spec["egress"] for name, spec in policies.items() if "Egress" in spec["policyTypes"]}
-    assert set(egress) == {"default-deny", "egress-dns", "egress-cloud-apis", "gateway-egress"}
+    assert set(egress) == {
+        "default-deny",
+        "egress-dns",
+        "egress-cloud-apis",
+        "gateway-egress",
+        "training-peers",
+    }
+    # training pods (issue 17) reach only each other (torchrun's rendezvous, NCCL), besides DNS and HTTPS
+    training = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tritonform-training"}}}
+    assert policies["training-peers"]["podSelector"] == training["podSelector"]
+    assert egress["training-peers"] == [{"to": [training]}]
+    assert policies["training-peers"]["ingress"] == [{"from": [training]}]
     assert [p["port"] for rule in egress["egress-dns"] for p in rule["ports"]] == [53, 53]
     https = egress["egress-cloud-apis"][0]
     assert https["ports"] == [{"port": 443, "protocol": "TCP"}]

@@ -1,0 +1,211 @@
+"""Knowledge distillation: a (pruned) student learns the teacher's next-token distributions.
+
+The loss is `alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(label)`: the KL over every real
+token of each conversation, the label loss over the answer's tokens, both distributions softened by the
+temperature T (Hinton et al.; NVIDIA's Minitron recipe trains the
+pruned model on the teacher's logits the same way). It runs inside TRL's `SFTTrainer` (the same data
+handling, chat template and answer-only mask as fine-tuning), with only `compute_loss` replaced.
+
+Without `--data`, the teacher first answers the prompts of `--prompts` (greedy) and the student learns
+from those answers: no labelled data is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from model_repo.training.data import ChatExample, DataError, load_chat_jsonl, write_chat_jsonl
+from model_repo.training.finetune import (
+    SUMMARY_FILE,
+    FinetuneConfig,
+    load_model,
+    load_tokenizer,
+    quiet,
+    to_dataset,
+    trainer_arguments,
+    world_size,
+)
+
+TEACHER_ANSWERS = "teacher-answers.jsonl"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str
+    student: str
+    out: str
+    data: str | None = None  # labelled chat data
+    prompts: str | None = None  # without data: the teacher answers these
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the KL term; 1 - alpha on the label loss
+    max_length: int = 512
+    max_new_tokens: int = 128
+    seed: int = 0
+    strategy: str = "ddp"
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        if (self.data is None) == (self.prompts is None):
+            raise DataError(
+                "give exactly one of --data FILE (labelled) or --prompts FILE (the teacher answers)"
+            )
+        if self.temperature <= 0:
+            raise DataError(f"--temperature must be positive (got {self.temperature})")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise DataError(f"--alpha must be between 0 and 1 (got {self.alpha})")
+
+
+def distillation_loss(
+    student_logits: Any,
+    teacher_logits: Any,
+    labels: Any,
+    temperature: float,
+    alpha: float,
+    attention_mask: Any = None,
+) -> tuple[Any, Any, Any]:
+    """(loss, kl, ce). The KL term covers every real position (the teacher's distribution carries
+    information on the prompt's tokens too, as in Minitron's distillation on whole sequences); the label
+    term covers the answer's tokens (labels != -100). Without a mask, the KL covers the labelled ones."""
+    import torch.nn.functional as F
+
+    s = student_logits[:, :-1, :].float()
+    t = teacher_logits[:, :-1, :].float()
+    target = labels[:, 1:]
+    answer = target != -100
+    real = attention_mask[:, 1:].bool() if attention_mask is not None else answer
+    if not bool(real.any()):
+        zero = s.sum() * 0.0
+        return zero, zero, zero
+    log_p_student = F.log_softmax(s[real] / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(t[real] / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(-1).mean()
+    kl = kl * temperature**2
+    ce = F.cross_entropy(s[answer], target[answer]) if bool(answer.any()) else s.sum() * 0.0
+    return alpha * kl + (1.0 - alpha) * ce, kl.detach(), ce.detach()
+
+
+def teacher_answers(
+    teacher: Any, tokenizer: Any, prompts: list[ChatExample], max_new_tokens: int
+) -> list[ChatExample]:
+    """The teacher's greedy answers to each prompt, as new examples."""
+    from model_repo.training.evaluate import generate_local
+
+    answers = generate_local(teacher, tokenizer, prompts, max_new_tokens, "teacher answering prompts")
+    kept = [
+        ChatExample(e.prompt, a.strip(), e.line) for e, a in zip(prompts, answers, strict=True) if a.strip()
+    ]
+    if not kept:
+        raise DataError("the teacher answered none of the prompts; check --prompts and the teacher model")
+    return kept
+
+
+def run_distill(config: DistillConfig) -> dict[str, Any]:
+    config.validate()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from model_repo.training.evaluate import load_prompts
+    from model_repo.training.progress import ProgressAndMetrics
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(config.student)
+    teacher = load_model(config.teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if config.data is not None:
+        examples = load_chat_jsonl(config.data)
+    else:
+        examples = teacher_answers(
+            teacher, tokenizer, load_prompts(str(config.prompts)), config.max_new_tokens
+        )
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_chat_jsonl(out / TEACHER_ANSWERS, examples)
+    student = load_model(config.student)
+    as_finetune = FinetuneConfig(
+        model=config.student,
+        data="",
+        out=config.out,
+        method="full",
+        epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        strategy="fsdp" if config.strategy == "fsdp" else "ddp",
+    )
+    args = SFTConfig(
+        **trainer_arguments(as_finetune, out / ".trainer"),
+        max_length=config.max_length,
+        completion_only_loss=True,
+        packing=False,
+    )
+    progress = ProgressAndMetrics(out, "distilling", show=config.show_progress)
+    parts: dict[str, list[float]] = {"kl": [], "ce": []}
+
+    class DistillationTrainer(SFTTrainer):  # type: ignore[misc]
+        """SFTTrainer whose loss is the teacher's softened logits mixed with the labels."""
+
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **_: Any
+        ) -> Any:
+            fields = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+            outputs = model(**fields)
+            with torch.no_grad():
+                teacher_logits = teacher.to(outputs.logits.device)(**fields).logits
+            loss, kl, ce = distillation_loss(
+                outputs.logits, teacher_logits, inputs["labels"], config.temperature, config.alpha,
+                inputs.get("attention_mask"),
+            )  # fmt: skip
+            parts["kl"].append(float(kl))
+            parts["ce"].append(float(ce))
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if parts["kl"] and "loss" in logs:
+                logs = {
+                    **logs,
+                    "kl": sum(parts["kl"]) / len(parts["kl"]),
+                    "ce": sum(parts["ce"]) / len(parts["ce"]),
+                }
+                parts["kl"].clear()
+                parts["ce"].clear()
+            super().log(logs, *args, **kwargs)
+
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        train_dataset=to_dataset(examples),
+        processing_class=tokenizer,
+        callbacks=[progress],
+    )
+    quiet(trainer)
+    result = trainer.train()
+    summary = {
+        "config": asdict(config),
+        "processes": world_size(),
+        "examples": len(examples),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "losses": [float(r["loss"]) for r in progress.history if "loss" in r],
+        "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+    }
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.accelerator.is_main_process:
+        final = load_model(config.student)
+        final.load_state_dict(state, strict=False)
+        final.to(dtype=torch.float32).save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(out / ".trainer", ignore_errors=True)
+    return summary

@@ -1,0 +1,165 @@
+"""`tritonform finetune|prune|distill|eval` as a user runs them: help a newcomer understands, one clear
+line for bad input, a local run end to end on the tiny model, and `--stack --render` writing a strictly
+valid Job; submitting is exercised up to the Kubernetes API call (uploads to a fake store, a fake API)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from infra.offline.render import validate
+from tests.model_repo.training.facts import write_facts
+from tritonform.cli import app
+from tritonform.commands import train_remote
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", ["finetune", "prune", "distill", "eval"])
+def test_every_command_explains_itself(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--out" in result.output or "--data" in result.output
+
+
+def test_a_bad_data_line_is_one_clear_error(tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    result = runner.invoke(app, ["finetune", "--data", str(data), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert f"{data}:1" in result.output and "last message must be the assistant" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_model_and_metric_are_clear_errors(tmp_path: Path) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    result = runner.invoke(app, ["finetune", "--data", str(data), "--out", "o", "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "no config.json" in result.output
+    result = runner.invoke(
+        app, ["eval", "--data", str(data), "--model", str(tmp_path), "--metrics", "accuracy"]
+    )
+    assert result.exit_code == 2 and "choose from" in result.output
+    result = runner.invoke(app, ["distill", "--teacher", "a", "--student", "b", "--out", "o"])
+    assert result.exit_code == 2 and "exactly one of --data" in result.output
+
+
+def test_finetune_then_eval_locally_on_the_tiny_model(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "ft"
+    result = runner.invoke(app, [
+        "finetune", "--model", str(tiny_llama_checkpoint), "--data", str(data), "--out", str(out),
+        "--max-steps", "3", "--batch-size", "4", "--lr", "1e-3",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (out / "metrics.jsonl").is_file() and (out / "adapter").is_dir()
+    result = runner.invoke(app, [
+        "eval", "--model", str(out), "--data", str(data), "--metrics", "exact,bleu,perplexity",
+        "--max-new-tokens", "4", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output[result.output.index("{") :])
+    assert figures["examples"] == 12 and set(figures["metrics"]) == {"exact", "bleu", "perplexity"}
+
+
+def test_finetune_render_for_aws_dev_writes_a_strictly_valid_job(tmp_path: Path) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "job"
+    result = runner.invoke(app, [
+        "finetune", "--stack", "aws-dev", "--render", str(out), "--data", str(data), "--out", "ignored",
+        "--nproc", "2", "--nodes", "2",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
+    assert [d["kind"] for d in docs] == ["Service", "Job"]
+    assert all(validate(d, "1.36") for d in docs)
+    pod = docs[1]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "trainer" and docs[1]["spec"]["completions"] == 2
+    assert "/datasets/" in pod["initContainers"][0]["command"][-1]
+    assert "/checkpoints/" in pod["containers"][0]["command"][-1]
+    # a second render replaces the first; a folder holding something else is refused
+    assert runner.invoke(app, ["finetune", "--stack", "aws-dev", "--render", str(out), "--data", str(data),
+                               "--out", "x"]).exit_code == 0  # fmt: skip
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    again = ["finetune", "--stack", "aws-dev", "--render", str(other), "--data", str(data), "--out", "x"]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 2 and "not an earlier render" in result.output
+
+
+class _FakeStore:
+    """An object store keeping objects in memory, with the cloud's checksum of what it stored."""
+
+    def __init__(self) -> None:
+        from model_repo.storage import ContentChecksum
+
+        self.checksum = ContentChecksum("sha256")
+        self.objects: dict[str, bytes] = {}
+        self.uploads = 0
+
+    def stored_checksum(self, key: str) -> str | None:
+        import base64
+        import hashlib
+
+        data = self.objects.get(key)
+        return None if data is None else base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+    def upload_file(self, local: Path, key: str, digests: Any) -> None:
+        self.uploads += 1
+        self.objects[key] = local.read_bytes()
+
+
+def test_submit_uploads_the_data_then_creates_the_objects(tmp_path: Path) -> None:
+    """With --stack and no --render: the stack's outputs come from pulumi (faked), the data goes to
+    datasets/ once (a second submit finds it there), and the validated objects reach the API (faked)."""
+    data = write_facts(tmp_path / "facts.jsonl")
+    store = _FakeStore()
+    submitted: list[list[dict[str, Any]]] = []
+    outputs = {
+        "bucket_uri": "s3://real-bucket", "gpu_node_selector": {"pool": "gpu"},
+        "gpu_tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "trainer_pod_labels": {"azure.workload.identity/use": "true"},
+    }  # fmt: skip
+
+    def pulumi(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        assert cmd[:3] == ["pulumi", "stack", "output"] and "aws-dev" in cmd
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(outputs), "")
+
+    for _ in range(2):
+        objects = train_remote.submit_remote(
+            "finetune", "aws-dev", None, "registry.example/trainer:1", 1, 1, data, "default", Path("o"),
+            {"method": "lora"}, pulumi_run=pulumi, submit=submitted.append, store_factory=lambda _loc: store,
+        )  # fmt: skip
+    key = f"datasets/{train_remote.dataset_key(data)}"
+    assert store.objects == {key: data.read_bytes()} and store.uploads == 1
+    assert len(submitted) == 2 and submitted[-1] == objects
+    pod = objects[1]["spec"]["template"]
+    assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert "s3://real-bucket/datasets/" in pod["spec"]["initContainers"][0]["command"][-1]
+
+
+def test_submit_without_an_image_or_with_a_failing_api_is_one_clear_line(tmp_path: Path) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    result = runner.invoke(app, ["finetune", "--stack", "aws-dev", "--data", str(data), "--out", "o"])
+    assert result.exit_code == 2 and "--image is required" in result.output
+
+    def refuse(_objects: list[dict[str, Any]]) -> None:
+        raise RuntimeError("Forbidden: jobs.batch is forbidden")
+
+    import typer
+
+    outputs = json.dumps({"bucket_uri": "s3://b"})
+    with pytest.raises(typer.Exit) as caught:
+        train_remote.submit_remote(
+            "finetune", "aws-dev", None, "img", 1, 1, data, "default", Path("o"), {},
+            pulumi_run=lambda cmd, **_: subprocess.CompletedProcess(cmd, 0, outputs, ""),
+            submit=refuse, store_factory=lambda _loc: _FakeStore(),
+        )  # fmt: skip
+    assert caught.value.exit_code == 1

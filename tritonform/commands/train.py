@@ -1,0 +1,273 @@
+"""Before the checkpoint: `tritonform finetune`, `tritonform prune` and `tritonform distill`.
+
+Each writes a Hugging Face checkpoint that `tritonform build --model DIR` takes as is, shows progress
+(steps, loss, tokens/s, time left) and writes its metrics into the output folder. With `--stack NAME`
+the work runs on the stack's GPU pool instead (tritonform/commands/train_remote.py).
+
+Heavy imports happen inside the commands so `--help` stays fast. Bad input prints one clear line and
+exits 2; a failed run exits 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tritonform.commands.failures import EXIT_BAD_INPUT, EXIT_FAILED, fail
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="A local Hugging Face checkpoint directory, or 'default' (SmolLM2-135M)."
+    ),
+]
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data", help='JSON Lines in OpenAI\'s chat fine-tuning format: one {"messages": [...]} per line.'
+    ),
+]
+OutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="The checkpoint folder to write (metrics go there too).")
+]
+NprocOpt = Annotated[
+    int,
+    typer.Option("--nproc", help="Processes (GPUs per node on the pool) to train with, through torchrun."),
+]
+StackOpt = Annotated[
+    str | None,
+    typer.Option("--stack", help="Run on this stack's GPU pool as a Kubernetes Job instead of locally."),
+]
+RenderOpt = Annotated[
+    Path | None,
+    typer.Option("--render", help="With --stack: write the Job's manifests here instead of submitting."),
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option("--image", help="With --stack: the training image (tritonform and its deps installed)."),
+]
+NodesOpt = Annotated[int, typer.Option("--nodes", help="With --stack: GPU nodes to train on (one pod each).")]
+
+
+def resolve_model(model: str) -> str:
+    """'default' -> the cached SmolLM2 checkpoint; a directory is checked to be a usable checkpoint."""
+    from model_repo.checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        return str(resolve_checkpoint(model).path)
+    except CheckpointError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+def run_guarded(what: str, work: Any) -> Any:
+    """Run `work()`; bad input -> exit 2 with its message, other failures -> exit 1, Ctrl-C -> 130."""
+    from model_repo.checkpoint import CheckpointError
+    from model_repo.training.data import DataError
+
+    try:
+        return work()
+    except KeyboardInterrupt:
+        raise fail(f"{what} interrupted; the output folder may hold a partial result", 130) from None
+    except (DataError, CheckpointError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise fail(f"{what} failed ({type(exc).__name__}): {exc}", EXIT_FAILED) from None
+
+
+def _check_data(data: Path) -> None:
+    from model_repo.training.data import DataError, load_chat_jsonl
+
+    try:
+        load_chat_jsonl(data)
+    except DataError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+def finetune_command(
+    data: DataOpt,
+    out: OutOpt,
+    model: ModelOpt = "default",
+    lora: Annotated[
+        bool,
+        typer.Option(
+            "--lora/--full", help="LoRA adapters merged into the weights (default), or all weights."
+        ),
+    ] = True,
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data.")] = 3.0,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", help="Stop after this many steps (overrides --epochs).")
+    ] = -1,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate (default 2e-4 LoRA, 2e-5 full).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Global batch, split over the processes.")
+    ] = 8,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA rank.")] = 16,
+    nproc: NprocOpt = 1,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="ddp (each process holds the model) or fsdp (sharded).")
+    ] = "ddp",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (data order, LoRA init).")] = 0,
+    stack: StackOpt = None,
+    render: RenderOpt = None,
+    image: ImageOpt = None,
+    nodes: NodesOpt = 1,
+) -> None:
+    """Fine-tune a model on chat data with TRL's SFTTrainer: the loss is on the assistant's answer only and
+    the chat template is applied as at serving time. Writes a checkpoint (LoRA merged, adapter kept in
+    adapter/) plus metrics.jsonl and training.json, ready for `tritonform build --model OUT`."""
+    from model_repo.training.finetune import FinetuneConfig
+
+    _check_data(data)
+    if strategy not in ("ddp", "fsdp"):
+        raise fail(f"--strategy {strategy!r} is not one of ddp, fsdp", EXIT_BAD_INPUT)
+    if stack is not None or render is not None:
+        from tritonform.commands.train_remote import submit_remote
+
+        submit_remote("finetune", stack, render, image, nodes, nproc, data, model, out, {
+            "method": "lora" if lora else "full", "epochs": epochs, "max_steps": max_steps,
+            "learning_rate": lr, "batch_size": batch_size, "lora_rank": lora_rank,
+            "lora_alpha": 2 * lora_rank,
+            "seed": seed, "strategy": strategy,
+        })  # fmt: skip
+        return
+    config = FinetuneConfig(
+        model=resolve_model(model),
+        data=str(data),
+        out=str(out),
+        method="lora" if lora else "full",
+        epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=lr,
+        batch_size=batch_size,
+        lora_rank=lora_rank,
+        lora_alpha=2 * lora_rank,
+        seed=seed,
+        strategy=strategy,  # type: ignore[arg-type]
+    )
+    from model_repo.training.launch import run
+
+    summary = run_guarded("fine-tuning", lambda: run("finetune", config, nproc))
+    _done(out, summary)
+
+
+def _done(out: Path, summary: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    losses = summary.get("losses") or [float("nan")]
+    Console(stderr=True, highlight=False).print(
+        f"{summary['steps']} steps on {summary['processes']} process(es), "
+        f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
+        f"checkpoint in {out} (next: tritonform build --model {out} --out REPO)"
+    )
+    typer.echo(str(out))
+
+
+def prune_command(
+    model: ModelOpt,
+    out: OutOpt,
+    drop_layers: Annotated[int, typer.Option("--drop-layers", help="How many decoder layers to remove.")],
+    calibration: Annotated[
+        Path,
+        typer.Option(
+            "--calibration", help="Text the layers are scored on: chat .jsonl (rendered) or plain text."
+        ),
+    ],
+) -> None:
+    """Depth-prune a model: remove the N decoder layers whose removal changes the hidden states least on the
+    calibration text (1 - cosine between a layer's input and output, as in NVIDIA's Minitron). Writes the
+    shallower checkpoint and pruning.json (every layer's score); follow with `tritonform distill`."""
+    from model_repo.training.prune import prune_checkpoint
+
+    path = resolve_model(model)
+    result = run_guarded("pruning", lambda: prune_checkpoint(path, out, drop_layers, calibration))
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(
+        f"dropped layers {result.dropped} of {len(result.importance)}; checkpoint in {out} "
+        f"(next: tritonform distill --teacher {model} --student {out} ...)"
+    )
+    typer.echo(str(out))
+
+
+def distill_command(
+    teacher: Annotated[
+        str, typer.Option("--teacher", help="The model to learn from (checkpoint or 'default').")
+    ],
+    student: Annotated[
+        str, typer.Option("--student", help="The model that learns (e.g. a pruned checkpoint).")
+    ],
+    out: OutOpt,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Labelled chat JSON Lines (answers mixed in by --alpha).")
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts", help="Without --data: chat JSON Lines of prompts; the teacher answers them."
+        ),
+    ] = None,
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data.")] = 1.0,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Stop after this many steps.")] = -1,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Global batch, split over the processes.")
+    ] = 8,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softens both distributions.")] = 2.0,
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="Weight of the KL term (1 - alpha: label loss).")
+    ] = 0.5,
+    nproc: NprocOpt = 1,
+    stack: StackOpt = None,
+    render: RenderOpt = None,
+    image: ImageOpt = None,
+    nodes: NodesOpt = 1,
+) -> None:
+    """Distil a teacher into a student: KL between their temperature-softened next-token distributions mixed
+    with the label loss, on the answers of --data, or (without it) on the teacher's own answers to --prompts.
+    Writes the student's checkpoint plus metrics.jsonl (loss, kl, ce per step) and training.json."""
+    from model_repo.training.distill import DistillConfig
+
+    if (data is None) == (prompts is None):
+        raise fail(
+            "give exactly one of --data FILE (labelled) or --prompts FILE (the teacher answers)",
+            EXIT_BAD_INPUT,
+        )
+    if data is not None:
+        _check_data(data)
+    if stack is not None or render is not None:
+        from tritonform.commands.train_remote import submit_remote
+
+        submit_remote("distill", stack, render, image, nodes, nproc, data or prompts, student, out, {
+            "teacher": teacher, "epochs": epochs, "max_steps": max_steps, "learning_rate": lr,
+            "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
+            "data_is_prompts": data is None,
+        })  # fmt: skip
+        return
+    config = DistillConfig(
+        teacher=resolve_model(teacher),
+        student=resolve_model(student),
+        out=str(out),
+        data=str(data) if data is not None else None,
+        prompts=str(prompts) if prompts is not None else None,
+        epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=lr,
+        batch_size=batch_size,
+        temperature=temperature,
+        alpha=alpha,
+    )
+    from model_repo.training.launch import run
+
+    summary = run_guarded("distillation", lambda: run("distill", config, nproc))
+    _done(out, summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add finetune, prune and distill to the main app."""
+    app.command("finetune")(finetune_command)
+    app.command("prune")(prune_command)
+    app.command("distill")(distill_command)
