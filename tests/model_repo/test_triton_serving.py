@@ -236,7 +236,7 @@ def test_end_id_replaces_eos_and_minus_one_runs_to_max_tokens(tiny_triton: Any, 
     cut = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 12, end_id=end))
     # the end token ends the answer and is not a completion token (issue 22; it used to count)
     assert cut[-1].completion_tokens == first
-    assert cut[-1].text == engine.decode(free[:first])
+    assert cut[-1].text == engine.decode(free[:first]).rstrip("\ufffd")  # a cut character is dropped
     assert cut[-1].finish_reason == "stop" and whole[-1].finish_reason == "length"
     # an id outside the vocabulary is the client's mistake, reported as such
     with pytest.raises(InferenceServerException, match="stop token ids"):
