@@ -114,6 +114,13 @@ class Gateway(pulumi.ComponentResource):
                 name="TRITONFORM_GATEWAY_MAX_PROMPT_TOKENS", value=str(g.max_prompt_tokens)
             ),
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MAX_TOKENS_CAP", value=str(g.max_tokens)),
+            # Hold requests while no Triton replica is ready (scale from zero, a rollout): KEDA sees them.
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_COLD_START_TIMEOUT_S", value=str(g.cold_start_timeout_seconds)
+            ),
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_MAX_HELD_REQUESTS", value=str(g.max_held_requests)
+            ),
             k8s.core.v1.EnvVarArgs(
                 name="TRITONFORM_GATEWAY_RATE_LIMIT_REDIS_URL", value=args.rate_limit_store_url
             ),
