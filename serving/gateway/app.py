@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -56,11 +56,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: GatewaySettings, backend: TritonGenerator | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings,
+    backend: TritonGenerator | None = None,
+    on_cold: Callable[[], None] | None = None,
+) -> FastAPI:
     """Build the gateway; Triton's gRPC client is opened on startup and closed on shutdown (`backend`:
-    another generator to use instead, for tests). `app.state.gateway.shutdown()` stops it early."""
+    another generator to use instead, for tests; `on_cold`: called when requests start waiting for
+    Triton, see serving/gateway/holding.py). `app.state.gateway.shutdown()` stops it early."""
     configure_logging(settings.log_level)
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, on_cold)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -94,10 +99,13 @@ def create_app(settings: GatewaySettings, backend: TritonGenerator | None = None
 
     @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
-        """Triton is reachable, ready, and the model is loaded."""
+        """Triton is reachable, ready, and the model is loaded; with the cold-start hold on, the gateway is
+        ready while Triton is not (it holds requests, so Triton can scale from zero), and says so."""
         if gateway.draining or gateway.triton is None:
             return JSONResponse(error_body(503, "the gateway is not serving (starting or stopping)"), 503)
         reason = await gateway.triton.not_ready_reason()
+        if reason and gateway.hold.enabled:
+            return JSONResponse({"status": "ready", "model": settings.public_model_name, "triton": reason})
         if reason:
             return JSONResponse(error_body(503, reason), 503)
         return JSONResponse({"status": "ready", "model": settings.public_model_name})

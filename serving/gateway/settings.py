@@ -76,6 +76,15 @@ class GatewaySettings(BaseModel):
     stream_keepalive_s: float = Field(
         default=15.0, gt=0, description="SSE comment interval while a stream waits (idle timeouts)"
     )
+    cold_start_timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="while no Triton replica is ready (scale from zero, a restart), hold requests up to this "
+        "long, then answer 503 with Retry-After; 0: answer 503 at once (see serving/gateway/holding.py)",
+    )
+    max_held_requests: int = Field(
+        default=256, ge=1, description="requests held at once while Triton is cold; beyond, 503 at once"
+    )
     log_prompts: bool = False
     log_level: str = "INFO"
 
