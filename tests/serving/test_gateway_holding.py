@@ -111,7 +111,7 @@ def test_a_request_held_past_the_timeout_gets_503_with_retry_after(serve: Any) -
 
 
 def test_a_full_hold_answers_503_at_once_and_holds_the_rest(serve: Any) -> None:
-    """max_held_requests=2: the third request is refused with 503 while two wait, then those two are served."""
+    """max_held_requests=2: a third request gets 503 at once while two wait; those two are served."""
     backend = ColdTriton()
     gateway = serve(backend, cold_start_timeout_s=120, max_held_requests=2)
     answers, threads = _post_in_threads(gateway.v1 + "/completions", 2, BODY)
