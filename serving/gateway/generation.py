@@ -278,7 +278,7 @@ class Gateway:
                 finally:
                     await stream.aclose()
             except TritonError as exc:
-                wait = not answered and await self.hold.should_hold(exc, self.backend().not_ready_reason)
+                wait = not answered and await self.hold.should_hold(exc, self._triton_not_ready)
                 if wait:
                     continue  # out of the in-flight count first (finally), then into the hold
                 self.metrics.triton_errors.labels(str(exc.status)).inc()
@@ -287,9 +287,20 @@ class Gateway:
                 self.running -= 1
                 self.metrics.in_flight.dec()
 
+    async def _triton_not_ready(self) -> str | None:
+        """The current Triton client's readiness (looked up each time: `use_triton` may replace it)."""
+        return await self.backend().not_ready_reason()
+
+    async def use_triton(self, url: str) -> None:
+        """Talk to the Triton at `url` from now on (the local stack restarted it on new ports)."""
+        s = self.settings
+        old, self.triton = self.triton, TritonGenerator(url, s.model_name, s.triton_check_timeout_s)
+        if old is not None:
+            await old.close()
+
     async def _held(self, deadline: float) -> None:
         try:
-            await self.hold.wait(self.backend().not_ready_reason, deadline)
+            await self.hold.wait(self._triton_not_ready, deadline)
         except TritonError as exc:
             self.metrics.triton_errors.labels(str(exc.status)).inc()
             raise

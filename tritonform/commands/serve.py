@@ -49,6 +49,16 @@ def serve(
         str | None,
         typer.Option("--api-key", envvar="TRITONFORM_LOCAL_API_KEY", help="Key to accept (default: new)."),
     ] = None,
+    idle_stop: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-stop",
+            metavar="SECONDS",
+            min=1,
+            help="Stop Triton after this many seconds without requests and start it again when one "
+            "arrives (the gateway holds it meanwhile), like Triton scaling to zero on a cluster.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model locally: real Triton + OpenAI-compatible gateway. Ctrl-C stops both."""
     from serving.local_stack import LocalStack, LocalStackConfig, StackError, check_port_free
@@ -68,7 +78,9 @@ def serve(
         elif not model_repo.is_dir():
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
         stack = LocalStack(
-            LocalStackConfig(model_repository=model_repo, host=host, port=port, api_key=api_key)
+            LocalStackConfig(
+                model_repository=model_repo, host=host, port=port, api_key=api_key, idle_stop_s=idle_stop
+            )
         )
         with console.status("starting Triton and the gateway"):
             stack.start()
@@ -85,6 +97,11 @@ def serve(
         console.print(f"API key: {stack.api_key}", soft_wrap=True, highlight=False)
         examples = usage_examples(stack.url, stack.api_key, stack.model_name)
         console.print(examples, highlight=False, markup=False, soft_wrap=True)
+        if idle_stop is not None:
+            console.print(
+                f"Triton stops after {idle_stop:g} s idle and starts again on the next request "
+                "(held by the gateway meanwhile)."
+            )
         console.print("Press Ctrl-C to stop.")
         threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:
