@@ -101,8 +101,7 @@ def main() -> None:
             assert on_demand is not None
             for round_ in range(args.rounds):
                 starts.append(triton_start_s(repository))  # a plain start, beside the stack's restarts
-                stops = on_demand.stops
-                while on_demand.stops == stops:  # wait until the stack's Triton stopped for idleness
+                while on_demand.server is not None:  # until the stack's Triton stopped for idleness
                     time.sleep(0.05)
                 got = first_tokens(stack, args.clients)
                 lost += sum(t is None for t in got)

@@ -23,6 +23,7 @@ from serving.gateway.errors import error_body, install_error_handlers
 from serving.gateway.generation import Gateway, Generation
 from serving.gateway.limits import ApiKeyAuth, BodySizeLimit
 from serving.gateway.observability import LOGGER_NAME, RequestContext, configure_logging
+from serving.gateway.routing import triton_backend
 from serving.gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -70,9 +71,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         gateway.loop = asyncio.get_running_loop()
-        gateway.triton = backend or TritonGenerator(
-            settings.triton_grpc_url, settings.model_name, settings.triton_check_timeout_s
-        )
+        gateway.triton = backend or triton_backend(settings)
         log.info("gateway started", extra={"triton": settings.triton_grpc_url, "model": settings.model_name})
         try:
             yield

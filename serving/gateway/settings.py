@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -31,6 +31,14 @@ class GatewaySettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     triton_grpc_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address, host:port")
+    triton_replica_urls: tuple[str, ...] = Field(
+        default=(),
+        description="several Triton replicas' gRPC addresses: requests are routed among them by prompt "
+        "prefix (serving/gateway/routing.py) instead of going to triton_grpc_url",
+    )
+    routing: Literal["prefix", "round-robin"] = Field(
+        default="prefix", description="how requests are spread over triton_replica_urls"
+    )
     model_name: str = Field(default="llm", description="the generation model's name in Triton")
     served_model_name: str | None = Field(
         default=None, description="the name clients use; default: model_name"

@@ -59,6 +59,16 @@ def serve(
             "arrives (the gateway holds it meanwhile), like Triton scaling to zero on a cluster.",
         ),
     ] = None,
+    triton_replicas: Annotated[
+        int,
+        typer.Option(
+            "--triton-replicas",
+            min=1,
+            max=8,
+            help="Triton processes to run; with 2 or more the gateway sends each request to the one most "
+            "likely to hold its prompt's prefix in cache (multi-turn chats return to the same one).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve a model locally: real Triton + OpenAI-compatible gateway. Ctrl-C stops both."""
     from serving.local_stack import LocalStack, LocalStackConfig, StackError, check_port_free
@@ -79,7 +89,12 @@ def serve(
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
         stack = LocalStack(
             LocalStackConfig(
-                model_repository=model_repo, host=host, port=port, api_key=api_key, idle_stop_s=idle_stop
+                model_repository=model_repo,
+                host=host,
+                port=port,
+                api_key=api_key,
+                idle_stop_s=idle_stop,
+                triton_replicas=triton_replicas,
             )
         )
         with console.status("starting Triton and the gateway"):
