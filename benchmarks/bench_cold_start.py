@@ -3,9 +3,10 @@
     python benchmarks/bench_cold_start.py --tiny                 # the tiny random test model (seconds)
     python benchmarks/bench_cold_start.py [--model-repo DIR]     # the default model (built once, cached)
 
-Side by side in one run: Triton's own start time (a plain `TritonServer.start()`, until ready), then the
-same stack with `idle_stop_s` set: once Triton has stopped for idleness, `--clients` streams are sent at
-once; each one's time to first token is measured from sending it. The target (issue 18): every held
+Side by side in one run: a stack with `idle_stop_s` set; once its Triton has stopped for idleness,
+`--clients` streams are sent at once, each one's time to first token measured from sending it, beside
+how long that restart of Triton took (until ready, `TritonOnDemand.start_seconds`) and a plain
+`TritonServer.start()` of the same repository for reference. The target (issue 18): every held
 request answered, none lost, and first token within Triton's start time + 1 s. Rounds alternate and the
 machine is shared with other sessions: read the figures as one run's, not as constants.
 """
@@ -61,11 +62,9 @@ def first_tokens(stack: LocalStack, clients: int) -> list[float | None]:
             timeout=300,
         ) as response:
             for line in response.iter_lines():
-                if line.startswith("data: {") and '"text": ""' not in line and '"error"' not in line:
+                first = line.startswith("data: {") and '"text": ""' not in line and '"error"' not in line
+                if first and results[index] is None:
                     results[index] = time.perf_counter() - sent
-                    break
-            for _ in response.iter_lines():
-                pass
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -91,6 +90,8 @@ def main() -> None:
         else:
             repository = args.model_repo or build_default_repository(print)
         starts: list[float] = []
+        restarts: list[float] = []
+        warm: list[float] = []  # the same requests right after, Triton running: TTFT on this machine now
         ttfts: list[float] = []
         lost = 0
         config = LocalStackConfig(
@@ -104,19 +105,26 @@ def main() -> None:
                 while on_demand.server is not None:  # until the stack's Triton stopped for idleness
                     time.sleep(0.05)
                 got = first_tokens(stack, args.clients)
+                warm += [t for t in first_tokens(stack, args.clients) if t is not None]  # Triton up now
+                restarts.append(on_demand.start_seconds[-1])
                 lost += sum(t is None for t in got)
                 ttfts += [t for t in got if t is not None]
                 print(
-                    f"round {round_ + 1}: Triton start {starts[-1]:.2f} s; first tokens (s) "
+                    f"round {round_ + 1}: plain Triton start {starts[-1]:.2f} s, the stack's restart "
+                    f"{restarts[-1]:.2f} s; first tokens (s) "
                     + " ".join(f"{t:.2f}" if t is not None else "LOST" for t in got)
                 )
-        start_p50, ttft_max = statistics.median(starts), max(ttfts) if ttfts else float("nan")
-        print(f"\nTriton start (p50 over {len(starts)}): {start_p50:.2f} s")
         print(
-            f"cold first token: p50 {statistics.median(ttfts):.2f} s, max {ttft_max:.2f} s "
-            f"over {len(ttfts)} requests; lost: {lost}"
+            f"\nplain Triton start p50 {statistics.median(starts):.2f} s; the stack's restarts p50 "
+            f"{statistics.median(restarts):.2f} s (over {len(restarts)})"
         )
-        print(f"max first token - Triton start p50: {ttft_max - start_p50:+.2f} s (target: <= +1.00 s)")
+        print(
+            f"cold first token p50 {statistics.median(ttfts):.2f} s over {len(ttfts)} requests; lost: {lost}"
+        )
+        worst = max(
+            t - r for t, r in zip(ttfts, [r for r in restarts for _ in range(args.clients)], strict=False)
+        )
+        print(f"worst first token - its restart: {worst:+.2f} s (target: <= +1.00 s)")
 
 
 if __name__ == "__main__":

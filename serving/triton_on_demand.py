@@ -32,6 +32,7 @@ class TritonOnDemand:
         self.server: TritonServer | None = None
         self.starts = self.stops = 0  # what happened, for `serve`'s messages and the tests
         self.start_errors: list[str] = []
+        self.start_seconds: list[float] = []  # how long each start took, until Triton was ready
         self._lock = threading.Lock()  # one start or stop at a time
         self._closing = threading.Event()
         self._busy: Callable[[], bool] = lambda: False
@@ -60,7 +61,9 @@ class TritonOnDemand:
 
     def _launch(self) -> TritonServer:
         server = TritonServer(self.config)
+        began = time.monotonic()
         server.start()
+        self.start_seconds.append(time.monotonic() - began)
         self.starts += 1
         return server
 

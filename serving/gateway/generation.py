@@ -295,6 +295,7 @@ class Gateway:
         """Talk to the Triton at `url` from now on (the local stack restarted it on new ports)."""
         s = self.settings
         old, self.triton = self.triton, TritonGenerator(url, s.model_name, s.triton_check_timeout_s)
+        self.hold.poke()  # the held requests need not wait for the next readiness poll
         if old is not None:
             await old.close()
 

@@ -53,6 +53,7 @@ class ColdStartHold:
         self.held = 0
         self._ready: asyncio.Event | None = None  # set by the watcher when Triton answers ready
         self._watcher: asyncio.Task[None] | None = None
+        self._poke: asyncio.Event | None = None  # `poke()`: check readiness now, not at the next poll
         self.gauge = Gauge(
             "tritonform_gateway_requests_held",
             "requests waiting for a Triton replica to become ready (scale from zero)",
@@ -135,8 +136,14 @@ class ColdStartHold:
                 self._watcher = None
                 self._ready = None  # nobody waits: the next request tries Triton first again
 
+    def poke(self) -> None:
+        """Check readiness at once (the local stack has just started Triton); call on the event loop."""
+        if self._poke is not None:
+            self._poke.set()
+
     async def _watch(self, check: ReadyCheck) -> None:
         """Poll readiness until Triton answers, then release every held request at once."""
+        self._poke = asyncio.Event()
         while True:
             reason: str | None = "unknown"
             with contextlib.suppress(Exception):
@@ -146,7 +153,9 @@ class ColdStartHold:
                     self._ready.set()
                 log.info("Triton is ready: releasing held requests", extra={"held": self.held})
                 return
-            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.poll_s)
+            self._poke.clear()
 
     async def close(self) -> None:
         """Stop the watcher (the gateway stops); held requests end through the gateway's interrupts."""

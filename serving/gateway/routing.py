@@ -59,54 +59,64 @@ def _point(data: bytes) -> int:
 
 
 class PrefixRouter:
-    """Chooses a replica index for a prompt; `start`/`finish` keep the per-replica load."""
+    """Chooses a replica (by name) for a prompt; `start`/`finish` keep the per-replica load; replicas may
+    come and go (`set_replicas`): only the conversations of a replica that left move elsewhere."""
 
     def __init__(
         self,
-        replicas: int,
+        replicas: Sequence[str],
         block_tokens: int = BLOCK_TOKENS,
         load_factor: float = LOAD_FACTOR,
         virtual_nodes: int = VIRTUAL_NODES,
         max_remembered: int = MAX_REMEMBERED,
     ) -> None:
-        if replicas < 1:
-            raise ValueError("a router needs at least one replica")
         if load_factor < 1:
             raise ValueError(f"load_factor must be >= 1, got {load_factor}")
-        self.replicas, self.block_tokens, self.load_factor = replicas, block_tokens, load_factor
-        self.max_remembered = max_remembered
-        ring = sorted((_point(f"{r}:{v}".encode()), r) for r in range(replicas) for v in range(virtual_nodes))
+        self.block_tokens, self.load_factor = block_tokens, load_factor
+        self.virtual_nodes, self.max_remembered = virtual_nodes, max_remembered
+        self._served: OrderedDict[bytes, str] = OrderedDict()  # block key -> replica, least recent first
+        self.load: dict[str, int] = {}
+        self.decisions = {"prefix": 0, "hash": 0, "overflow": 0}  # how choices were made
+        self.set_replicas(replicas)
+
+    def set_replicas(self, replicas: Sequence[str]) -> None:
+        """The replicas to route to now (a ring point set per replica; loads of those kept stay)."""
+        if not replicas:
+            raise ValueError("a router needs at least one replica")
+        self.replicas = sorted(set(replicas))
+        self.load = {r: self.load.get(r, 0) for r in self.replicas}
+        ring = sorted(
+            (_point(f"{r}:{v}".encode()), r) for r in self.replicas for v in range(self.virtual_nodes)
+        )
         self._ring_points = [p for p, _ in ring]
         self._ring_owners = [r for _, r in ring]
-        self._served: OrderedDict[bytes, int] = OrderedDict()  # block key -> replica, least recent first
-        self.load = [0] * replicas
-        self.decisions = {"prefix": 0, "hash": 0, "overflow": 0}  # how choices were made
 
     def bound(self) -> int:
         """The most requests one replica may have in flight, counting the one being placed."""
-        return math.ceil(self.load_factor * (sum(self.load) + 1) / self.replicas)
+        return math.ceil(self.load_factor * (sum(self.load.values()) + 1) / len(self.replicas))
 
-    def _ring_order(self, key: bytes) -> list[int]:
+    def _ring_order(self, key: bytes) -> list[str]:
         """Replicas in ring order starting at `key`'s point, each once."""
         start = bisect.bisect(self._ring_points, _point(key)) % len(self._ring_points)
-        order: list[int] = []
+        order: list[str] = []
         for owner in itertools.chain(self._ring_owners[start:], self._ring_owners[:start]):
             if owner not in order:
                 order.append(owner)
-                if len(order) == self.replicas:
+                if len(order) == len(self.replicas):
                     break
         return order
 
-    def choose(self, ids: Sequence[int], fallback_key: bytes = b"") -> int:
+    def choose(self, ids: Sequence[int], fallback_key: bytes = b"") -> str:
         """The replica for a prompt of token `ids` (`fallback_key` hashes a prompt shorter than a block)."""
         keys = block_keys(ids, self.block_tokens)
-        preferred: int | None = None
+        preferred: str | None = None
         for matched in range(len(keys), 0, -1):  # the longest beginning a replica served ...
             if keys[matched - 1] in self._served:
                 # ... if it is at least half the prompt (a conversation's earlier turns, not only a
-                # system prompt that every replica holds by now)
-                if 2 * matched >= len(keys):
-                    preferred = self._served[keys[matched - 1]]
+                # system prompt that every replica holds by now), and that replica is still here
+                owner = self._served[keys[matched - 1]]
+                if 2 * matched >= len(keys) and owner in self.load:
+                    preferred = owner
                 break
         ring_key = keys[-1] if keys else fallback_key  # the whole prompt: its first user message too
         order = self._ring_order(ring_key)
@@ -123,46 +133,55 @@ class PrefixRouter:
             self._served.popitem(last=False)
         return chosen
 
-    def start(self, replica: int) -> None:
-        self.load[replica] += 1
+    def start(self, replica: str) -> None:
+        self.load[replica] = self.load.get(replica, 0) + 1
 
-    def finish(self, replica: int) -> None:
-        self.load[replica] -= 1
+    def finish(self, replica: str) -> None:
+        if replica in self.load:
+            self.load[replica] -= 1
 
 
 class _Replicas:
-    """One `TritonGenerator` per replica URL, with the generator's readiness and close."""
+    """One `TritonGenerator` per replica address, with the generator's readiness and close."""
 
     def __init__(self, urls: Sequence[str], model_name: str, check_timeout_s: float) -> None:
-        if not urls:
-            raise ValueError("at least one Triton URL is needed")
-        self.urls = list(urls)
-        self.replicas = [TritonGenerator(url, model_name, check_timeout_s) for url in urls]
+        self.model_name, self.check_timeout_s = model_name, check_timeout_s
+        self.replicas: dict[str, TritonGenerator] = {
+            url: TritonGenerator(url, model_name, check_timeout_s) for url in urls
+        }
+        self.served: dict[str, int] = dict.fromkeys(urls, 0)  # final answers per replica
 
     async def not_ready_reason(self) -> str | None:
-        """None when at least one replica is ready (the router sends around the others)."""
-        reasons = [await replica.not_ready_reason() for replica in self.replicas]
+        """None when at least one replica is ready (requests go around the others)."""
+        if not self.replicas:
+            return "no Triton replica is running"
+        reasons = [await replica.not_ready_reason() for replica in list(self.replicas.values())]
         if any(reason is None for reason in reasons):
             return None
         return "; ".join(r for r in reasons if r)
 
     async def close(self) -> None:
-        for replica in self.replicas:
+        for replica in list(self.replicas.values()):
             await replica.close()
 
     async def _run(
-        self, order: Sequence[int], params: GenerationParams, request_id: str, timeout_s: float
-    ) -> AsyncGenerator[tuple[int, Delta], None]:
+        self, order: Sequence[str], params: GenerationParams, request_id: str, timeout_s: float
+    ) -> AsyncGenerator[Delta, None]:
         """Generate on the first replica of `order` that takes the request; a replica that is down (503
         before any answer) passes it to the next one."""
-        last: TritonError | None = None
-        for index in order:
+        last = TritonError(503, "no Triton replica is running", "unavailable")
+        for url in order:
+            replica = self.replicas.get(url)
+            if replica is None:
+                continue
             answered = False
-            stream = self.replicas[index].generate(params, request_id, timeout_s)
+            stream = replica.generate(params, request_id, timeout_s)
             try:
                 async for delta in stream:
                     answered = True
-                    yield index, delta
+                    if delta.final:
+                        self.served[url] = self.served.get(url, 0) + 1
+                    yield delta
                 return
             except TritonError as exc:
                 if answered or exc.status != 503:
@@ -170,7 +189,6 @@ class _Replicas:
                 last = exc
             finally:
                 await stream.aclose()
-        assert last is not None
         raise last
 
 
@@ -179,20 +197,16 @@ class RoutedTriton(_Replicas):
 
     def __init__(self, urls: Sequence[str], model_name: str, check_timeout_s: float = 2.0) -> None:
         super().__init__(urls, model_name, check_timeout_s)
-        self.router = PrefixRouter(len(self.replicas))
-        self.served = [0] * len(self.replicas)
+        self.router = PrefixRouter(list(urls) or ["-"])
 
     async def generate(
         self, params: GenerationParams, request_id: str, timeout_s: float
     ) -> AsyncGenerator[Delta, None]:
-        ids = params.prompt_ids or ()
-        first = self.router.choose(ids, params.prompt.encode("utf-8")[:256])
-        order = [first, *(i for i in range(len(self.replicas)) if i != first)]
+        first = self.router.choose(params.prompt_ids or (), params.prompt.encode("utf-8")[:256])
+        order = [first, *(u for u in self.replicas if u != first)]
         self.router.start(first)
         try:
-            async for index, delta in self._run(order, params, request_id, timeout_s):
-                if delta.final:
-                    self.served[index] += 1
+            async for delta in self._run(order, params, request_id, timeout_s):
                 yield delta
         finally:
             self.router.finish(first)
@@ -203,24 +217,26 @@ class RoundRobinTriton(_Replicas):
 
     def __init__(self, urls: Sequence[str], model_name: str, check_timeout_s: float = 2.0) -> None:
         super().__init__(urls, model_name, check_timeout_s)
-        self._next = itertools.cycle(range(len(self.replicas)))
-        self.served = [0] * len(self.replicas)
+        self._next = itertools.cycle(list(urls))
 
     async def generate(
         self, params: GenerationParams, request_id: str, timeout_s: float
     ) -> AsyncGenerator[Delta, None]:
         first = next(self._next)
-        order = [first, *(i for i in range(len(self.replicas)) if i != first)]
-        async for index, delta in self._run(order, params, request_id, timeout_s):
-            if delta.final:
-                self.served[index] += 1
+        order = [first, *(u for u in self.replicas if u != first)]
+        async for delta in self._run(order, params, request_id, timeout_s):
             yield delta
 
 
 def triton_backend(settings: GatewaySettings) -> TritonGenerator:
-    """The gateway's way to Triton: one generator, or the router over `triton_replica_urls` (the same
-    interface, duck-typed: generate, not_ready_reason, close)."""
+    """The gateway's way to Triton: one generator, the router over `triton_replica_urls`, or over the
+    replicas `triton_discovery` names (a cluster's headless Service); the same interface, duck-typed:
+    generate, not_ready_reason, close."""
     urls, name, timeout = settings.triton_replica_urls, settings.model_name, settings.triton_check_timeout_s
+    if settings.triton_discovery:
+        from serving.gateway.replicas import DiscoveredTriton
+
+        return cast(TritonGenerator, DiscoveredTriton(settings.triton_discovery, name, timeout))
     if len(urls) < 2:
         return TritonGenerator(urls[0] if urls else settings.triton_grpc_url, name, timeout)
     kind = RoutedTriton if settings.routing == "prefix" else RoundRobinTriton

@@ -36,6 +36,11 @@ class GatewaySettings(BaseModel):
         description="several Triton replicas' gRPC addresses: requests are routed among them by prompt "
         "prefix (serving/gateway/routing.py) instead of going to triton_grpc_url",
     )
+    triton_discovery: str | None = Field(
+        default=None,
+        description="host:port of a headless Service whose DNS name lists every ready Triton pod: requests "
+        "are routed among them by prompt prefix, looked up again as pods come and go (a cluster)",
+    )
     routing: Literal["prefix", "round-robin"] = Field(
         default="prefix", description="how requests are spread over triton_replica_urls"
     )

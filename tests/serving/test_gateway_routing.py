@@ -34,7 +34,7 @@ def test_block_keys_name_whole_beginnings() -> None:
 
 
 def test_every_turn_of_a_conversation_returns_to_its_replica() -> None:
-    router = PrefixRouter(replicas=2)
+    router = PrefixRouter(["a", "b"])
     for seed in range(8):
         turns = _conversation(seed, 6)
         first = router.choose(turns[0])
@@ -45,30 +45,42 @@ def test_every_turn_of_a_conversation_returns_to_its_replica() -> None:
 def test_new_conversations_spread_over_replicas_by_consistent_hashing() -> None:
     """Conversations that share only a system prompt (longer than a block) are not pulled to the replica
     that served it: the ring is keyed on the whole first prompt, and the load bound caps each replica."""
-    router = PrefixRouter(replicas=2)
+    router = PrefixRouter(["a", "b"])
     chosen = []
     for seed in range(8):
         replica = router.choose(_conversation(seed, 1)[0])
         router.start(replica)  # all eight run at once
         chosen.append(replica)
-    assert max(router.load) <= router.bound()
-    assert set(chosen) == {0, 1}
+    assert max(router.load.values()) <= router.bound()
+    assert set(chosen) == {"a", "b"}
 
 
 def test_one_hot_prefix_cannot_overload_a_replica() -> None:
-    router = PrefixRouter(replicas=3, load_factor=1.25)
+    router = PrefixRouter(["a", "b", "c"], load_factor=1.25)
     hot = _conversation(0, 1)[0]
     for _ in range(30):
         router.start(router.choose(hot))
-        assert max(router.load) <= router.bound()
-    assert min(router.load) > 0 and router.decisions["overflow"] > 0
+        assert max(router.load.values()) <= router.bound()
+    assert min(router.load.values()) > 0 and router.decisions["overflow"] > 0
 
 
 def test_the_choice_is_the_same_for_every_router_and_bad_settings_are_refused() -> None:
     prompt = _conversation(3, 1)[0]
-    assert PrefixRouter(4).choose(prompt) == PrefixRouter(4).choose(prompt)
+    names = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
+    assert PrefixRouter(names).choose(prompt) == PrefixRouter(list(reversed(names))).choose(prompt)
     with pytest.raises(ValueError, match="load_factor must be >= 1"):
-        PrefixRouter(2, load_factor=0.5)
+        PrefixRouter(names, load_factor=0.5)
+
+
+def test_a_replica_that_leaves_moves_only_its_own_conversations() -> None:
+    """Consistent hashing: when one of three replicas goes, conversations on the other two stay put."""
+    names = ["a", "b", "c"]
+    router = PrefixRouter(names)
+    placed = {seed: router.choose(_conversation(seed, 2)[1]) for seed in range(30)}
+    router.set_replicas(["a", "b"])
+    again = {seed: router.choose(_conversation(seed, 2)[1]) for seed in range(30)}
+    assert all(again[s] == placed[s] for s in placed if placed[s] != "c")
+    assert "c" not in again.values()
 
 
 @pytest.mark.slow
@@ -101,7 +113,7 @@ def test_two_local_tritons_serve_each_conversation_from_one_replica(tiny_reposit
             assert stack._gateway is not None and stack._gateway.triton is not None
             backend = stack._gateway.triton
             decisions = dict(backend.router.decisions) if replicas > 1 else {}
-            served = list(getattr(backend, "served", [len(answers)]))
+            served = list(getattr(backend, "served", {"one": len(answers)}).values())
         if replicas > 1:
             assert decisions["prefix"] >= len(chats), decisions  # every second turn followed its prefix
         return answers, served
