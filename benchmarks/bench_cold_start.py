@@ -121,6 +121,7 @@ def main() -> None:
         print(
             f"cold first token p50 {statistics.median(ttfts):.2f} s over {len(ttfts)} requests; lost: {lost}"
         )
+        print(f"warm first token p50 {statistics.median(warm):.2f} s (the same requests once Triton runs)")
         worst = max(
             t - r for t, r in zip(ttfts, [r for r in restarts for _ in range(args.clients)], strict=False)
         )

@@ -63,6 +63,32 @@ def scaled_object_spec(settings: StackSettings, deployment: str, prometheus_url:
     }
 
 
+# A headless Service over Triton's ready pods: its DNS name lists each pod, so the gateway routes every
+# request to the replica most likely to hold its prompt's prefix (serving/gateway/replicas.py).
+TRITON_PODS = "triton-pods"
+
+
+def triton_pods_service(
+    namespace: pulumi.Input[str],
+    selector: dict[str, str],
+    grpc_port: int,
+    labels: dict[str, str],
+    opts: pulumi.ResourceOptions,
+) -> k8s.core.v1.Service:
+    """The headless Service the gateway's prefix-aware router discovers Triton's replicas through."""
+    return k8s.core.v1.Service(
+        TRITON_PODS,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON_PODS, namespace=namespace, labels=labels),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            type="ClusterIP",
+            cluster_ip="None",
+            selector=selector,
+            ports=[k8s.core.v1.ServicePortArgs(name="grpc", port=grpc_port, target_port="grpc")],
+        ),
+        opts=opts,
+    )
+
+
 def triton_scaled_object(
     name: str,
     settings: StackSettings,

@@ -14,7 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.platform.base import GpuScheduling, ReaderIdentity
 from infra.settings import StackSettings
-from infra.workload.autoscaling import triton_scaled_object
+from infra.workload.autoscaling import triton_pods_service, triton_scaled_object
 from infra.workload.monitoring import PROMETHEUS_URL
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
@@ -158,6 +158,7 @@ class TritonServer(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        triton_pods_service(args.namespace, {APP_LABEL: TRITON}, GRPC_PORT, labels(TRITON), child)
         # No version uploaded yet (a first `pulumi up`): no server, so nothing waits for a model and no
         # GPU node starts; `tritonform model upload --stack` sets the version and the next `up` rolls out.
         if args.settings.triton.model_version is not None:
