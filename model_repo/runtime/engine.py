@@ -36,6 +36,7 @@ from .contract import (
     present_names,
 )
 from .cpus import usable_cpus
+from .guide import GuideCompiler
 from .prefix_cache import PrefixCache, cache_bytes_from_env
 from .sampling import SamplingParams
 from .text import TextStream
@@ -82,11 +83,13 @@ class Engine:
         tokenizer: Any,
         num_threads: int = 0,
         session_args: tuple[Path, list[Any], bool] | None = None,
+        guides: GuideCompiler | None = None,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
         providers, allow_spinning): how to open another session of the model, for `sibling()`;
-        `prefix_cache`: a cache to share (siblings share their engine's), default a new one."""
+        `guides`: the grammar compiler to share (siblings share their parent's); `prefix_cache`: a
+        cache to share (siblings share their engine's), default a new one."""
         self.model_dir = Path(model_dir)
         self.metadata = metadata
         self.session = session
@@ -109,6 +112,8 @@ class Engine:
         )
         self._session_args = session_args
         self.num_threads = num_threads
+        self.guides = guides or GuideCompiler(tokenizer, metadata.vocab_size, metadata.eos_token_ids)
+        self.prefills = 0  # prompts prefilled by this session (n choices of one prompt share one)
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -158,6 +163,7 @@ class Engine:
             self.tokenizer,
             num_threads,
             self._session_args,
+            self.guides,
             self.prefix_cache,
         )
 
@@ -288,6 +294,7 @@ class Engine:
         PREFIX_MIN_TOKENS): causal attention makes those keys and values independent of what follows
         them. The logits are bit-identical to a prefill without reuse (see PREFIX_FRESH_TAIL).
         """
+        self.prefills += 1
         length = len(ids)
         reuse, cached = self.prefix_cache.lookup(ids, length - PREFIX_FRESH_TAIL)
         past: list[Any] = cached if reuse else self.empty_past(1)
