@@ -210,6 +210,17 @@ def test_triton_scales_on_inference_load_not_cpu(plan: Plan) -> None:
     assert releases["keda"]["namespace"] == "keda"
 
 
+def test_the_gateway_routes_over_triton_pods_it_discovers(plan: Plan) -> None:
+    """A headless Service lists every ready Triton pod; the gateway looks it up to route by prefix."""
+    pods = _k8s(plan, "Service", "triton-pods")["spec"]
+    assert pods["clusterIP"] == "None" and pods["selector"] == {"app.kubernetes.io/name": "triton"}
+    assert [p["port"] for p in pods["ports"]] == [8001]
+    (gateway,) = _containers(_k8s(plan, "Deployment", "gateway"))
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    namespace = plan.settings.workload.namespace
+    assert env["TRITONFORM_GATEWAY_TRITON_DISCOVERY"] == f"triton-pods.{namespace}.svc:8001"
+
+
 def test_a_scale_to_zero_stack_plans_with_triton_at_zero(serving_plan_of: PlanOf, tmp_path: Path) -> None:
     """`triton.minReplicas: 0`: the Deployment starts at 0, KEDA may take it to 0 after
     `scaleToZeroAfterSeconds`, and the gateways hold requests up to `coldStartTimeoutSeconds`."""
