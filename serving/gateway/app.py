@@ -23,6 +23,7 @@ from serving.gateway.errors import error_body, install_error_handlers
 from serving.gateway.generation import Gateway
 from serving.gateway.limits import ApiKeyAuth, BodySizeLimit
 from serving.gateway.observability import LOGGER_NAME, RequestContext, configure_logging
+from serving.gateway.replicas import triton_backend
 from serving.gateway.responses import (
     ChatCompletionResponse,
     CompletionResponse,
@@ -30,7 +31,6 @@ from serving.gateway.responses import (
     ModelCard,
     ModelList,
 )
-from serving.gateway.routing import triton_backend
 from serving.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from serving.gateway.settings import GatewaySettings
 from serving.gateway.streaming import complete, stream

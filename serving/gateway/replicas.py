@@ -14,9 +14,13 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, cast
 
-from serving.gateway.routing import RoutedTriton
+from serving.gateway.routing import RoundRobinTriton, RoutedTriton
 from serving.gateway.triton import Delta, GenerationParams, TritonError, TritonGenerator
+
+if TYPE_CHECKING:
+    from serving.gateway.settings import GatewaySettings
 
 REFRESH_S = 5.0
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -101,3 +105,16 @@ class DiscoveredTriton(RoutedTriton):
         for replica in self._leaving.values():
             await replica.close()
         self._leaving.clear()
+
+
+def triton_backend(settings: GatewaySettings) -> TritonGenerator:
+    """The gateway's way to Triton: one generator, the router over `triton_replica_urls`, or over the
+    replicas `triton_discovery` names (a cluster's headless Service); the same interface, duck-typed:
+    generate, not_ready_reason, close."""
+    urls, name, timeout = settings.triton_replica_urls, settings.model_name, settings.triton_check_timeout_s
+    if settings.triton_discovery:
+        return cast(TritonGenerator, DiscoveredTriton(settings.triton_discovery, name, timeout))
+    if len(urls) < 2:
+        return TritonGenerator(urls[0] if urls else settings.triton_grpc_url, name, timeout)
+    kind = RoutedTriton if settings.routing == "prefix" else RoundRobinTriton
+    return cast(TritonGenerator, kind(urls, name, timeout))

@@ -28,14 +28,10 @@ import itertools
 import math
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from serving.gateway.triton import Delta, GenerationParams, TritonError, TritonGenerator
-
-if TYPE_CHECKING:
-    from serving.gateway.settings import GatewaySettings
 
 BLOCK_TOKENS = 16
 VIRTUAL_NODES = 64
@@ -226,18 +222,3 @@ class RoundRobinTriton(_Replicas):
         order = [first, *(u for u in self.replicas if u != first)]
         async for delta in self._run(order, params, request_id, timeout_s):
             yield delta
-
-
-def triton_backend(settings: GatewaySettings) -> TritonGenerator:
-    """The gateway's way to Triton: one generator, the router over `triton_replica_urls`, or over the
-    replicas `triton_discovery` names (a cluster's headless Service); the same interface, duck-typed:
-    generate, not_ready_reason, close."""
-    urls, name, timeout = settings.triton_replica_urls, settings.model_name, settings.triton_check_timeout_s
-    if settings.triton_discovery:
-        from serving.gateway.replicas import DiscoveredTriton
-
-        return cast(TritonGenerator, DiscoveredTriton(settings.triton_discovery, name, timeout))
-    if len(urls) < 2:
-        return TritonGenerator(urls[0] if urls else settings.triton_grpc_url, name, timeout)
-    kind = RoutedTriton if settings.routing == "prefix" else RoundRobinTriton
-    return cast(TritonGenerator, kind(urls, name, timeout))
