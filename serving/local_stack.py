@@ -11,6 +11,7 @@ directory, so nothing is left behind. Every failure a user can cause is a `Stack
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import socket
@@ -21,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import uvicorn
 from pydantic import SecretStr
@@ -29,6 +30,7 @@ from pydantic import SecretStr
 from serving.gateway import GatewaySettings, create_app
 from serving.gateway.generation import Gateway as GenerationFront
 from serving.triton_local import TritonServer, TritonServerConfig, TritonStartError
+from serving.triton_on_demand import TritonOnDemand
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -50,6 +52,12 @@ class LocalStackConfig:
     api_key: str | None = None  # None: a fresh random key
     startup_timeout_s: float = 120.0
     log_level: str = "WARNING"
+    # Stop Triton after this long idle and start it again on the next request, which the gateway holds
+    # meanwhile (serving/triton_on_demand.py); None: Triton runs until the stack stops.
+    idle_stop_s: float | None = None
+    # Triton processes to run; with 2 or more the gateway routes by prompt prefix (routing.py).
+    triton_replicas: int = 1
+    routing: Literal["prefix", "round-robin"] = "prefix"  # round-robin: the benchmark's baseline
 
 
 def find_model_name(repository: Path) -> str:
@@ -86,6 +94,8 @@ class LocalStack:
         self.config = config
         self.api_key = config.api_key or "tf-local-" + secrets.token_urlsafe(24)
         self.triton: TritonServer | None = None
+        self.on_demand: TritonOnDemand | None = None  # with idle_stop_s: owns Triton's (re)starts
+        self.replicas: list[TritonServer] = []  # with triton_replicas > 1: every Triton process
         self._server: uvicorn.Server | None = None
         self._gateway: GenerationFront | None = None  # the app's front (stop() ends its streams)
         self._thread: threading.Thread | None = None
@@ -107,25 +117,40 @@ class LocalStack:
     def start(self) -> None:
         c = self.config
         self.model_name = find_model_name(c.model_repository)
+        if c.triton_replicas < 1:
+            raise StackError(f"--triton-replicas must be at least 1, got {c.triton_replicas}")
+        if c.triton_replicas > 1 and c.idle_stop_s is not None:
+            raise StackError("--idle-stop works with one Triton; leave out --triton-replicas or --idle-stop")
         check_port_free(c.host, c.port)
         deadline = time.monotonic() + c.startup_timeout_s
         try:
-            self.triton = TritonServer(
-                TritonServerConfig(c.model_repository, startup_timeout_s=c.startup_timeout_s)
-            )
+            triton_config = TritonServerConfig(c.model_repository, startup_timeout_s=c.startup_timeout_s)
             try:
-                self.triton.start()
+                if c.idle_stop_s is not None:
+                    self.on_demand = TritonOnDemand(triton_config, c.idle_stop_s)
+                    self.on_demand.attach(self._gateway_busy, self._gateway_use)
+                    grpc_url = self.on_demand.start().grpc_url
+                else:
+                    for _ in range(c.triton_replicas):
+                        self.replicas.append(TritonServer(triton_config))
+                        self.replicas[-1].start()
+                    self.triton = self.replicas[0]
+                    grpc_url = self.triton.grpc_url
             except TritonStartError as exc:
                 first = str(exc).splitlines()[0]
                 raise StackError(f"Triton did not start: {first}") from exc
             settings = GatewaySettings(
-                triton_grpc_url=self.triton.grpc_url,
+                triton_grpc_url=grpc_url,
                 model_name=self.model_name,
                 model_repository=c.model_repository,
                 api_keys=(SecretStr(self.api_key),),
                 log_level=c.log_level,
+                # An idle-stopped Triton comes back within its start-up time: hold requests that long.
+                cold_start_timeout_s=c.startup_timeout_s if c.idle_stop_s is not None else 0.0,
+                triton_replica_urls=tuple(r.grpc_url for r in self.replicas) if c.triton_replicas > 1 else (),
+                routing=c.routing,
             )
-            app = create_app(settings)
+            app = create_app(settings, on_cold=self.on_demand.wake if self.on_demand else None)
             self._gateway = app.state.gateway
             self._server = uvicorn.Server(
                 uvicorn.Config(
@@ -138,6 +163,18 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def _gateway_busy(self) -> bool:
+        gateway = self._gateway
+        return gateway is not None and (gateway.active > 0 or gateway.hold.held > 0)
+
+    def _gateway_use(self, grpc_url: str) -> None:
+        """Point the gateway at a restarted Triton (from the thread that started it)."""
+        gateway = self._gateway
+        if gateway is not None and gateway.loop is not None:
+            asyncio.run_coroutine_threadsafe(gateway.use_triton(grpc_url), gateway.loop).result(
+                GATEWAY_FORCE_S
+            )
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._server is not None and self._thread is not None
@@ -153,7 +190,9 @@ class LocalStack:
     def stop_timeout_s(self) -> float:
         """The longest `stop()` can take: ending the gateway's requests, its drain and forced exit, then
         Triton's stop."""
-        triton_s = self.triton.stop_timeout_s if self.triton is not None else 0.0
+        triton_s = self.triton.stop_timeout_s * max(1, len(self.replicas)) if self.triton is not None else 0.0
+        if self.on_demand is not None:
+            triton_s = self.on_demand.stop_timeout_s
         return GATEWAY_FORCE_S + GATEWAY_DRAIN_S + GATEWAY_FORCE_S + triton_s
 
     def stop(self) -> None:
@@ -173,8 +212,12 @@ class LocalStack:
                 server.force_exit = True
                 thread.join(timeout=GATEWAY_FORCE_S)
         triton, self.triton = self.triton, None
-        if triton is not None:
-            triton.stop()
+        replicas, self.replicas = self.replicas, []
+        for triton_server in replicas or ([triton] if triton is not None else []):
+            triton_server.stop()
+        on_demand, self.on_demand = self.on_demand, None
+        if on_demand is not None:
+            on_demand.close()
 
 
 def _status(url: str) -> int:

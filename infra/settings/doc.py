@@ -50,7 +50,8 @@ DESCRIPTIONS: dict[str, str] = {
     "bucket.kmsKey": "Customer-managed encryption key; unset means the cloud's managed encryption.",
     "bucket.noncurrentVersionDays": "Days a replaced model version is kept before it expires.",
     "triton.minReplicas": "Triton replicas when idle (each takes `gpusPerReplica` GPUs); unset: 2 in prod "
-    "(a node drain takes one while the other serves), 1 in dev.",
+    "(a node drain takes one while the other serves), 1 in dev; 0: Triton scales to zero when idle and the "
+    "gateway holds requests while it comes back (see `gateway.coldStartTimeoutSeconds`).",
     "triton.maxReplicas": "Most Triton replicas the load-based autoscaler may run.",
     "triton.cpuRequest": "CPU requested by each Triton pod.",
     "triton.cpuLimit": "CPU limit of each Triton pod.",
@@ -63,7 +64,10 @@ DESCRIPTIONS: dict[str, str] = {
     "triton.modelVersion": "The uploaded version Triton and the gateway serve (`tritonform model upload "
     "--stack` sets it); unset: neither runs yet, so the first `pulumi up` needs no model.",
     "triton.gpusPerReplica": "GPUs each Triton pod requests.",
-    "triton.targetInflightRequests": "Generations in flight per Triton replica that trigger a scale-out.",
+    "triton.targetInflightRequests": "Generations in flight (plus requests held) per Triton replica that "
+    "trigger a scale-out (KEDA ScaledObject).",
+    "triton.scaleToZeroAfterSeconds": "With `minReplicas: 0`: seconds without generations in flight or held "
+    "before Triton goes to zero (KEDA's cooldown); the GPU pool's autoscaler then removes the idle node.",
     "gateway.minReplicas": "Gateway replicas at least (on the system nodes).",
     "gateway.maxReplicas": "Gateway replicas at most (CPU-based autoscaling).",
     "gateway.cpuRequest": "CPU requested by each gateway pod.",
@@ -76,6 +80,11 @@ DESCRIPTIONS: dict[str, str] = {
     "gateway.maxPromptTokens": "Longest prompt accepted, in tokens (400 beyond).",
     "gateway.rateLimitStoreImage": "Image of the Valkey (Redis) pod the gateway replicas share per-key "
     "limits through; pin it by digest (repo@sha256:...) in production.",
+    "gateway.coldStartTimeoutSeconds": "How long a request waits while no Triton replica is ready (a scale "
+    "from zero: a GPU node joining, Triton's image pull) before a 503 with Retry-After; below "
+    "`edge.streamTimeoutSeconds` so the client gets the 503 rather than the edge's cut.",
+    "gateway.maxHeldRequests": "Requests each gateway replica holds at most while Triton is cold (503 with "
+    "Retry-After beyond).",
     "gateway.maxTokens": "Largest `max_tokens` a request may ask for (400 beyond).",
     "addons.devicePluginVersion": "NVIDIA k8s-device-plugin chart version (clouds whose GPU nodes lack one).",
     "addons.clusterAutoscalerVersion": "cluster-autoscaler chart version (clouds that need one installed); "
@@ -83,7 +92,8 @@ DESCRIPTIONS: dict[str, str] = {
     "addons.metricsServerVersion": "kubernetes-sigs metrics-server chart version (clouds without a metrics "
     "API: AWS); the gateway's CPU autoscaler reads it.",
     "addons.prometheusVersion": "prometheus-community/prometheus chart version.",
-    "addons.prometheusAdapterVersion": "prometheus-community/prometheus-adapter chart version.",
+    "addons.kedaVersion": "kedacore/keda chart version: KEDA scales Triton on the gateway's generations in "
+    "flight plus held requests, down to zero when `triton.minReplicas` is 0.",
     "edge.rateLimitPerSecond": "Steady request rate the public edge lets through.",
     "edge.burst": "Burst of requests the public edge lets through.",
     "edge.streamTimeoutSeconds": "Longest generation (stream) the edge keeps open, in seconds (max 900).",

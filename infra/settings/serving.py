@@ -57,7 +57,11 @@ class TritonSettings(_Replicas):
     # unset: neither runs yet, so a first `pulumi up` needs no model.
     model_version: str | None = None
     # None: 2 in prod (a node drain takes one while the other serves), 1 in dev (StackSettings).
-    min_replicas: int | None = Field(default=None, ge=1, le=100)  # type: ignore[assignment]
+    # 0: Triton scales to zero when idle (KEDA) and the gateway holds requests while it comes back.
+    min_replicas: int | None = Field(default=None, ge=0, le=100)  # type: ignore[assignment]
+    # With minReplicas 0: how long without generations in flight or held before Triton goes to zero
+    # (KEDA's cooldownPeriod); the GPU pool's autoscaler then removes the idle node.
+    scale_to_zero_after_seconds: int = Field(default=600, ge=60, le=86_400)
     gpus_per_replica: int = Field(default=1, ge=1, le=8)
     cpu_request: str = "2"
     cpu_limit: str = "4"
@@ -108,6 +112,12 @@ class GatewaySettings(_Replicas):
     tokens_per_minute: int = Field(default=20_000, ge=1, le=100_000_000)
     max_prompt_tokens: int = Field(default=4096, ge=16, le=1_000_000)
     max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    # How long a request waits while no Triton replica is ready (scale from zero: a GPU node joins in
+    # 2-4 min, then the device plugin and Triton's image pull; see README) before a 503 with Retry-After.
+    # Below edge.streamTimeoutSeconds, so the client gets the 503, not the edge's cut.
+    cold_start_timeout_seconds: int = Field(default=540, ge=5, le=890)
+    # At most this many requests wait at once per gateway replica; more get a 503 with Retry-After at once.
+    max_held_requests: int = Field(default=256, ge=1, le=100_000)
     # The store the gateway replicas share their per-key limits through (one small pod in the namespace).
     rate_limit_store_image: str = "valkey/valkey:9.0.3"
 
@@ -120,7 +130,7 @@ class AddonSettings(Settings):
     cluster_autoscaler_version: str = "9.59.0"
     metrics_server_version: str = "3.13.1"  # kubernetes-sigs metrics-server chart (clouds without one)
     prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
-    prometheus_adapter_version: str = "4.14.1"  # prometheus-community/prometheus-adapter chart
+    keda_version: str = "2.17.2"  # kedacore/keda chart: Triton's ScaledObject (load-based, down to zero)
 
 
 class EdgeSettings(Settings):

@@ -241,6 +241,12 @@ class StackSettings(_Settings):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")
         check_triton_release(self.cloud, self.triton.version)
+        if self.gateway.cold_start_timeout_seconds >= self.edge.stream_timeout_seconds:
+            raise ValueError(
+                f"gateway.coldStartTimeoutSeconds: {self.gateway.cold_start_timeout_seconds} s is not below "
+                f"edge.streamTimeoutSeconds ({self.edge.stream_timeout_seconds} s), so the edge would cut a "
+                "held request before the gateway answers it with a 503; lower it or raise the edge's"
+            )
         return self
 
     # Derived values: computed here so that no other module re-decides them.

@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 
 from infra.platform.base import ReaderIdentity, ServiceExposure
 from infra.settings import StackSettings
+from infra.workload.autoscaling import TRITON_PODS
 from infra.workload.triton import (
     APP_LABEL,
     GATEWAY_UID,
@@ -114,6 +115,18 @@ class Gateway(pulumi.ComponentResource):
                 name="TRITONFORM_GATEWAY_MAX_PROMPT_TOKENS", value=str(g.max_prompt_tokens)
             ),
             k8s.core.v1.EnvVarArgs(name="TRITONFORM_GATEWAY_MAX_TOKENS_CAP", value=str(g.max_tokens)),
+            # Route each request to the Triton pod most likely to hold its prompt's prefix.
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_TRITON_DISCOVERY",
+                value=pulumi.Output.concat(TRITON_PODS, ".", args.namespace, ".svc:", str(GRPC_PORT)),
+            ),
+            # Hold requests while no Triton replica is ready (scale from zero, a rollout): KEDA sees them.
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_COLD_START_TIMEOUT_S", value=str(g.cold_start_timeout_seconds)
+            ),
+            k8s.core.v1.EnvVarArgs(
+                name="TRITONFORM_GATEWAY_MAX_HELD_REQUESTS", value=str(g.max_held_requests)
+            ),
             k8s.core.v1.EnvVarArgs(
                 name="TRITONFORM_GATEWAY_RATE_LIMIT_REDIS_URL", value=args.rate_limit_store_url
             ),

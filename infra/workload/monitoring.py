@@ -1,4 +1,9 @@
-"""Prometheus and the Prometheus adapter: metrics scraping and the load metric Triton autoscales on."""
+"""Prometheus and KEDA: metrics scraping, and the autoscaler that scales Triton on them (down to zero).
+
+KEDA replaces prometheus-adapter (retired upstream in favour of KEDA): its Prometheus scaler reads the
+gateway's generations in flight plus held requests, summed over every gateway pod, and drives Triton's
+Deployment between `triton.minReplicas` (0 allowed) and `maxReplicas` (see infra/workload/triton.py).
+"""
 
 from __future__ import annotations
 
@@ -9,32 +14,20 @@ from infra.settings import StackSettings
 
 MONITORING_NAMESPACE = "monitoring"
 CHARTS_REPO = "https://prometheus-community.github.io/helm-charts"
-
-
-def _adapter_rules(metric: str) -> dict[str, object]:
-    """Serve the gateway's in-flight gauge, summed over pods, as an external metric for the HPA."""
-    return {
-        "default": False,
-        "external": [
-            {
-                "seriesQuery": metric,
-                "resources": {"overrides": {"namespace": {"resource": "namespace"}}},
-                "name": {"as": metric},
-                "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
-            }
-        ],
-    }
+KEDA_NAMESPACE = "keda"
+KEDA_CHARTS_REPO = "https://kedacore.github.io/charts"
+# Where KEDA's Prometheus scaler queries (the prometheus chart's server Service, port 80).
+PROMETHEUS_URL = f"http://prometheus-server.{MONITORING_NAMESPACE}.svc"
 
 
 class Monitoring(pulumi.ComponentResource):
-    """A `monitoring` namespace: Prometheus (scrapes pods annotated prometheus.io/scrape) and its adapter."""
+    """A `monitoring` namespace with Prometheus (scrapes pods annotated prometheus.io/scrape), and KEDA in
+    its own namespace. `self.keda` is the release ScaledObjects depend on (it installs their CRD)."""
 
     def __init__(
         self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("tritonform:workload:Monitoring", name, None, opts)
-        from infra.workload.triton import INFLIGHT_METRIC
-
         addons = settings.addons
         namespace = k8s.core.v1.Namespace(
             MONITORING_NAMESPACE,
@@ -63,21 +56,30 @@ class Monitoring(pulumi.ComponentResource):
             },
             opts=after_ns,
         )
-        k8s.helm.v3.Release(
-            "prometheus-adapter",
-            name="prometheus-adapter",
-            chart="prometheus-adapter",
-            version=addons.prometheus_adapter_version,
-            namespace=MONITORING_NAMESPACE,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHARTS_REPO),
+        keda_namespace = k8s.core.v1.Namespace(
+            KEDA_NAMESPACE,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=KEDA_NAMESPACE),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.keda = k8s.helm.v3.Release(
+            "keda",
+            name="keda",
+            chart="keda",
+            version=addons.keda_version,
+            namespace=KEDA_NAMESPACE,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=KEDA_CHARTS_REPO),
             values={
-                "prometheus": {"url": f"http://prometheus-server.{MONITORING_NAMESPACE}.svc", "port": 80},
-                "rules": _adapter_rules(INFLIGHT_METRIC),
                 "resources": {
-                    "requests": {"cpu": "100m", "memory": "128Mi"},
-                    "limits": {"cpu": "500m", "memory": "512Mi"},
+                    "operator": {
+                        "requests": {"cpu": "100m", "memory": "128Mi"},
+                        "limits": {"cpu": "500m", "memory": "512Mi"},
+                    },
+                    "metricServer": {
+                        "requests": {"cpu": "100m", "memory": "128Mi"},
+                        "limits": {"cpu": "500m", "memory": "512Mi"},
+                    },
                 },
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[prometheus]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[prometheus, keda_namespace]),
         )
         self.register_outputs({"namespace": MONITORING_NAMESPACE})

@@ -14,6 +14,8 @@ import pulumi_kubernetes as k8s
 
 from infra.platform.base import GpuScheduling, ReaderIdentity
 from infra.settings import StackSettings
+from infra.workload.autoscaling import triton_pods_service, triton_scaled_object
+from infra.workload.monitoring import PROMETHEUS_URL
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 APP_LABEL = "app.kubernetes.io/name"
@@ -134,7 +136,7 @@ def spread(name: str) -> list[k8s.core.v1.TopologySpreadConstraintArgs]:
 
 
 class TritonServer(pulumi.ComponentResource):
-    """Deployment, Service, PodDisruptionBudget and load-based autoscaler for Triton."""
+    """Deployment, Service, PodDisruptionBudget and load-based autoscaler (KEDA) for Triton."""
 
     service_name: pulumi.Output[str]
     grpc_port: int = GRPC_PORT
@@ -156,6 +158,7 @@ class TritonServer(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        triton_pods_service(args.namespace, {APP_LABEL: TRITON}, GRPC_PORT, labels(TRITON), child)
         # No version uploaded yet (a first `pulumi up`): no server, so nothing waits for a model and no
         # GPU node starts; `tritonform model upload --stack` sets the version and the next `up` rolls out.
         if args.settings.triton.model_version is not None:
@@ -298,36 +301,13 @@ class TritonServer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
         )
         disruption_budget(TRITON, args.namespace, child)
-        # Scale on inference load, not CPU: the gateway exports how many generations are in flight,
-        # and the Prometheus adapter serves it as an external metric (see infra/workload/monitoring.py).
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+        # Scale on inference load, not CPU, down to zero when minReplicas is 0: KEDA (see autoscaling.py).
+        triton_scaled_object(
             TRITON,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
-            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
-                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
-                    api_version="apps/v1", kind="Deployment", name=deployment.metadata.name
-                ),
-                min_replicas=args.settings.triton_min_replicas,
-                max_replicas=t.max_replicas,
-                metrics=[
-                    k8s.autoscaling.v2.MetricSpecArgs(
-                        type="External",
-                        external=k8s.autoscaling.v2.ExternalMetricSourceArgs(
-                            metric=k8s.autoscaling.v2.MetricIdentifierArgs(name=INFLIGHT_METRIC),
-                            target=k8s.autoscaling.v2.MetricTargetArgs(
-                                type="AverageValue", average_value=str(t.target_inflight_requests)
-                            ),
-                        ),
-                    )
-                ],
-                behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
-                    # GPU nodes take minutes to arrive; scale down slowly so a lull does not thrash them.
-                    scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(stabilization_window_seconds=600)
-                ),
-            ),
-            opts=child,
+            args.settings,
+            args.namespace,
+            deployment.metadata.name,
+            PROMETHEUS_URL,
+            labels(TRITON),
+            child,
         )
-
-
-# The gateway's gauge of generations in flight, summed over gateway pods (external metric).
-INFLIGHT_METRIC = "tritonform_gateway_generations_in_flight"  # serving/gateway/observability.py

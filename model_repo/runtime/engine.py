@@ -37,14 +37,16 @@ from .contract import (
 )
 from .cpus import usable_cpus
 from .guide import GuideCompiler
+from .prefix_cache import PrefixCache, cache_bytes_from_env
 from .sampling import SamplingParams
 from .text import TextStream
 
-# Prompt-prefix KV reuse: a new prompt that shares at least PREFIX_MIN_TOKENS leading tokens with the
-# previous one (a chat template's system prompt, a few-shot preamble) prefills only the rest. At most
-# PREFIX_MAX_TOKENS tokens are kept (~46 KB a token for SmolLM2-135M).
+# Prompt-prefix KV reuse: a new prompt that shares at least PREFIX_MIN_TOKENS leading tokens with one seen
+# before (a chat template's system prompt, a conversation's earlier turns) prefills only the rest. The
+# cache (runtime/prefix_cache.py) keeps many prompts, at most PREFIX_MAX_TOKENS tokens each, within
+# $TRITONFORM_PREFIX_CACHE_MB (~46 KB a token for SmolLM2-135M).
 PREFIX_MIN_TOKENS = 8
-PREFIX_MAX_TOKENS = 256
+PREFIX_MAX_TOKENS = 4096
 # The last PREFIX_FRESH_TAIL prompt tokens always run through the prefill: a one-token tail runs on the
 # decode kernels, whose logits differ from a full prefill's (up to 0.97 on the int4 build), so a
 # repeated prompt would sample differently; tails of 2 or more tokens give bit-identical logits.
@@ -82,10 +84,12 @@ class Engine:
         num_threads: int = 0,
         session_args: tuple[Path, list[Any], bool] | None = None,
         guides: GuideCompiler | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
         providers, allow_spinning): how to open another session of the model, for `sibling()`;
-        `guides`: the grammar compiler to share (siblings share their parent's)."""
+        `guides`: the grammar compiler to share (siblings share their parent's); `prefix_cache`: a
+        cache to share (siblings share their engine's), default a new one."""
         self.model_dir = Path(model_dir)
         self.metadata = metadata
         self.session = session
@@ -101,8 +105,11 @@ class Engine:
         self._float = np.float32
         self._positions_input = LOGITS_TO_KEEP in inputs
         self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
-        self._prefix_ids: list[int] = []
-        self._prefix_kv: list[np.ndarray] = []
+        self.prefix_cache = (
+            prefix_cache
+            if prefix_cache is not None
+            else PrefixCache(cache_bytes_from_env(), PREFIX_MIN_TOKENS, PREFIX_MAX_TOKENS)
+        )
         self._session_args = session_args
         self.num_threads = num_threads
         self.guides = guides or GuideCompiler(tokenizer, metadata.vocab_size, metadata.eos_token_ids)
@@ -141,7 +148,8 @@ class Engine:
 
     def sibling(self, num_threads: int) -> Engine:
         """Another onnxruntime session over the same model, with `num_threads` threads, sharing this
-        engine's tokenizer and metadata (not its prefix cache). Sequences can move between the two:
+        engine's tokenizer, metadata and prefix cache (a prompt prefilled on one lane serves the
+        others). Sequences can move between the two:
         a batch's KV cache is plain memory that any session of the model can advance (see
         `DecodeBatch.step`). Costs the model's weights once more in memory."""
         if self._session_args is None:
@@ -156,6 +164,7 @@ class Engine:
             num_threads,
             self._session_args,
             self.guides,
+            self.prefix_cache,
         )
 
     @property
@@ -281,21 +290,14 @@ class Engine:
     def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Batch-1 prefill of a prompt: (logits of its last position [V], present KV as numpy arrays).
 
-        Reuses the KV of the leading tokens it shares with the previous prompt (see PREFIX_MIN_TOKENS):
-        causal attention makes those keys and values independent of what follows them. The logits are
-        bit-identical to a prefill without reuse (see PREFIX_FRESH_TAIL).
+        Reuses the KV of the leading tokens it shares with a prompt in the prefix cache (see
+        PREFIX_MIN_TOKENS): causal attention makes those keys and values independent of what follows
+        them. The logits are bit-identical to a prefill without reuse (see PREFIX_FRESH_TAIL).
         """
         self.prefills += 1
         length = len(ids)
-        reuse = 0
-        limit = min(len(self._prefix_ids), length - PREFIX_FRESH_TAIL)
-        if limit >= PREFIX_MIN_TOKENS:
-            differ = np.flatnonzero(np.asarray(self._prefix_ids[:limit]) != np.asarray(ids[:limit]))
-            reuse = int(differ[0]) if differ.size else limit
-        if reuse >= PREFIX_MIN_TOKENS:
-            past: list[Any] = [np.ascontiguousarray(kv[:, :, :reuse, :]) for kv in self._prefix_kv]
-        else:
-            reuse, past = 0, self.empty_past(1)
+        reuse, cached = self.prefix_cache.lookup(ids, length - PREFIX_FRESH_TAIL)
+        past: list[Any] = cached if reuse else self.empty_past(1)
         logits, present = self.forward(
             np.asarray([ids[reuse:]], dtype=np.int64),
             np.ones((1, length), dtype=np.int64),
@@ -304,9 +306,7 @@ class Engine:
             last_only=True,
         )
         kv = [to_numpy(p) for p in present]
-        keep = min(length, PREFIX_MAX_TOKENS)
-        self._prefix_ids = [int(t) for t in ids[:keep]]
-        self._prefix_kv = [np.ascontiguousarray(tensor[:, :, :keep, :]) for tensor in kv]
+        self.prefix_cache.store(ids, kv)
         return logits[0, -1], kv
 
     def prompt_logits(self, ids: Sequence[int]) -> np.ndarray:

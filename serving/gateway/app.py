@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,7 @@ from serving.gateway.errors import error_body, install_error_handlers
 from serving.gateway.generation import Gateway
 from serving.gateway.limits import ApiKeyAuth, BodySizeLimit
 from serving.gateway.observability import LOGGER_NAME, RequestContext, configure_logging
+from serving.gateway.replicas import triton_backend
 from serving.gateway.responses import (
     ChatCompletionResponse,
     CompletionResponse,
@@ -51,18 +52,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: GatewaySettings, backend: TritonGenerator | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings,
+    backend: TritonGenerator | None = None,
+    on_cold: Callable[[], None] | None = None,
+) -> FastAPI:
     """Build the gateway; Triton's gRPC client is opened on startup and closed on shutdown (`backend`:
-    another generator to use instead, for tests). `app.state.gateway.shutdown()` stops it early."""
+    another generator to use instead, for tests; `on_cold`: called when requests start waiting for
+    Triton, see serving/gateway/holding.py). `app.state.gateway.shutdown()` stops it early."""
     configure_logging(settings.log_level)
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, on_cold)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         gateway.loop = asyncio.get_running_loop()
-        gateway.triton = backend or TritonGenerator(
-            settings.triton_grpc_url, settings.model_name, settings.triton_check_timeout_s
-        )
+        gateway.triton = backend or triton_backend(settings)
         log.info("gateway started", extra={"triton": settings.triton_grpc_url, "model": settings.model_name})
         try:
             yield
@@ -89,10 +93,13 @@ def create_app(settings: GatewaySettings, backend: TritonGenerator | None = None
 
     @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
-        """Triton is reachable, ready, and the model is loaded."""
+        """Triton is reachable, ready, and the model is loaded; with the cold-start hold on, the gateway is
+        ready while Triton is not (it holds requests, so Triton can scale from zero), and says so."""
         if gateway.draining or gateway.triton is None:
             return JSONResponse(error_body(503, "the gateway is not serving (starting or stopping)"), 503)
         reason = await gateway.triton.not_ready_reason()
+        if reason and gateway.hold.enabled:
+            return JSONResponse({"status": "ready", "model": settings.public_model_name, "triton": reason})
         if reason:
             return JSONResponse(error_body(503, reason), 503)
         return JSONResponse({"status": "ready", "model": settings.public_model_name})

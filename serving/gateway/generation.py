@@ -22,6 +22,7 @@ from fastapi import Request
 
 from serving.gateway.compat import ChatPlan, CompletionPlan, chat_plan, completion_plan
 from serving.gateway.errors import ApiError
+from serving.gateway.holding import ColdStartHold
 from serving.gateway.limits import ApiKeys, LocalKeyLimits, RateLimiter
 from serving.gateway.logprobs import TokenBytes, TokenRecord
 from serving.gateway.observability import LOGGER_NAME, GatewayMetrics
@@ -84,7 +85,8 @@ class Gateway:
     """Everything a route needs; one per app (no module-level state). `shutdown()` is the public stop
     hook: new requests get 503 and every generation still running ends with an error."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, on_cold: Callable[[], None] | None = None) -> None:
+        """`on_cold`: called when requests start waiting for Triton (the local stack starts it)."""
         self.settings = settings
         self.keys = ApiKeys(settings.resolved_api_keys())
         self.prompts = PromptFormatter.load(settings.resolved_tokenizer_dir())
@@ -102,6 +104,9 @@ class Gateway:
                 fallback=local,
                 on_store_error=self.metrics.rate_limit_store_errors.inc,
             )
+        self.hold = ColdStartHold(
+            settings.cold_start_timeout_s, settings.max_held_requests, self.metrics.registry, on_cold
+        )
         self.triton: TritonGenerator | None = None  # set when the app starts
         self.active = 0  # admitted requests not yet released (the concurrency cap counts these)
         self.running = 0  # generations talking to Triton (the in-flight gauge)
@@ -134,6 +139,7 @@ class Gateway:
         self.draining = True
         for interrupt in list(self.interrupts):
             interrupt()
+        await self.hold.close()
         triton, self.triton = self.triton, None
         if triton is not None:
             await triton.close()
@@ -331,23 +337,56 @@ class Gateway:
 
     # -- generation ------------------------------------------------------------------------------
     async def deltas(self, gen: Generation, request_id: str) -> AsyncGenerator[Delta, None]:
-        """Triton's deltas, with metrics; `TritonError` on failure (counted by status)."""
-        self.running += 1
-        self.metrics.in_flight.inc()
-        try:
-            stream = self.backend().generate(gen.params, request_id, self.settings.generation_timeout_s)
+        """Triton's deltas, with metrics; `TritonError` on failure (counted by status). While no Triton
+        replica is ready the request waits in the cold-start hold (serving/gateway/holding.py) and is
+        then sent again; it counts as held there, as in flight only while it talks to Triton."""
+        deadline: float | None = None
+        wait = self.hold.enabled and self.hold.cold  # others wait already: join them
+        while True:
+            if wait:
+                deadline = deadline or self.hold.deadline()
+                await self._held(deadline)
+            answered = False
+            self.running += 1
+            self.metrics.in_flight.inc()
             try:
-                async for delta in stream:
-                    self._account(gen, delta)
-                    yield delta
+                stream = self.backend().generate(gen.params, request_id, self.settings.generation_timeout_s)
+                try:
+                    async for delta in stream:
+                        answered = True
+                        self._account(gen, delta)
+                        yield delta
+                    return
+                finally:
+                    await stream.aclose()
+            except TritonError as exc:
+                wait = not answered and await self.hold.should_hold(exc, self._triton_not_ready)
+                if wait:
+                    continue  # out of the in-flight count first (finally), then into the hold
+                self.metrics.triton_errors.labels(str(exc.status)).inc()
+                raise
             finally:
-                await stream.aclose()
+                self.running -= 1
+                self.metrics.in_flight.dec()
+
+    async def _triton_not_ready(self) -> str | None:
+        """The current Triton client's readiness (looked up each time: `use_triton` may replace it)."""
+        return await self.backend().not_ready_reason()
+
+    async def use_triton(self, url: str) -> None:
+        """Talk to the Triton at `url` from now on (the local stack restarted it on new ports)."""
+        s = self.settings
+        old, self.triton = self.triton, TritonGenerator(url, s.model_name, s.triton_check_timeout_s)
+        self.hold.poke()  # the held requests need not wait for the next readiness poll
+        if old is not None:
+            await old.close()
+
+    async def _held(self, deadline: float) -> None:
+        try:
+            await self.hold.wait(self._triton_not_ready, deadline)
         except TritonError as exc:
             self.metrics.triton_errors.labels(str(exc.status)).inc()
             raise
-        finally:
-            self.running -= 1
-            self.metrics.in_flight.dec()
 
     def _account(self, gen: Generation, delta: Delta) -> None:
         if gen.first_token_at is None and (delta.text or delta.final):

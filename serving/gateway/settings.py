@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -31,6 +31,19 @@ class GatewaySettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     triton_grpc_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address, host:port")
+    triton_replica_urls: tuple[str, ...] = Field(
+        default=(),
+        description="several Triton replicas' gRPC addresses: requests are routed among them by prompt "
+        "prefix (serving/gateway/routing.py) instead of going to triton_grpc_url",
+    )
+    triton_discovery: str | None = Field(
+        default=None,
+        description="host:port of a headless Service whose DNS name lists every ready Triton pod: requests "
+        "are routed among them by prompt prefix, looked up again as pods come and go (a cluster)",
+    )
+    routing: Literal["prefix", "round-robin"] = Field(
+        default="prefix", description="how requests are spread over triton_replica_urls"
+    )
     model_name: str = Field(default="llm", description="the generation model's name in Triton")
     served_model_name: str | None = Field(
         default=None, description="the name clients use; default: model_name"
@@ -75,6 +88,15 @@ class GatewaySettings(BaseModel):
     )
     stream_keepalive_s: float = Field(
         default=15.0, gt=0, description="SSE comment interval while a stream waits (idle timeouts)"
+    )
+    cold_start_timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="while no Triton replica is ready (scale from zero, a restart), hold requests up to this "
+        "long, then answer 503 with Retry-After; 0: answer 503 at once (see serving/gateway/holding.py)",
+    )
+    max_held_requests: int = Field(
+        default=256, ge=1, description="requests held at once while Triton is cold; beyond, 503 at once"
     )
     log_prompts: bool = False
     log_level: str = "INFO"

@@ -42,7 +42,8 @@ _END = object()
 
 def api_error(exc: TritonError) -> ApiError:
     """Triton's failure as the client's answer (503 carries Retry-After; 499 is a cancelled request)."""
-    headers = {"Retry-After": "2"} if exc.status == 503 else None
+    retry_after = getattr(exc, "retry_after_s", 2)  # a cold-start timeout asks for a longer wait
+    headers = {"Retry-After": str(retry_after)} if exc.status == 503 else None
     return ApiError(exc.status, exc.message, kind=exc.kind, headers=headers)
 
 

@@ -58,6 +58,26 @@ def serve(
         str | None,
         typer.Option("--api-key", envvar="TRITONFORM_LOCAL_API_KEY", help="Key to accept (default: new)."),
     ] = None,
+    idle_stop: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-stop",
+            metavar="SECONDS",
+            min=1,
+            help="Stop Triton after this many seconds without requests and start it again when one "
+            "arrives (the gateway holds it meanwhile), like Triton scaling to zero on a cluster.",
+        ),
+    ] = None,
+    triton_replicas: Annotated[
+        int,
+        typer.Option(
+            "--triton-replicas",
+            min=1,
+            max=8,
+            help="Triton processes to run; with 2 or more the gateway sends each request to the one most "
+            "likely to hold its prompt's prefix in cache (multi-turn chats return to the same one).",
+        ),
+    ] = 1,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -86,7 +106,14 @@ def serve(
         elif not model_repo.is_dir():
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
         stack = LocalStack(
-            LocalStackConfig(model_repository=model_repo, host=host, port=port, api_key=api_key)
+            LocalStackConfig(
+                model_repository=model_repo,
+                host=host,
+                port=port,
+                api_key=api_key,
+                idle_stop_s=idle_stop,
+                triton_replicas=triton_replicas,
+            )
         )
         if quiet:
             stack.start()
@@ -109,6 +136,11 @@ def serve(
             console.print(examples, highlight=False, markup=False, soft_wrap=True)
             if default_model:
                 console.print(DEMO_MODEL_NOTE, highlight=False, markup=False, soft_wrap=True)
+            if idle_stop is not None:
+                console.print(
+                    f"Triton stops after {idle_stop:g} s idle and starts again on the next request "
+                    "(held by the gateway meanwhile)."
+                )
             console.print("Press Ctrl-C to stop.")
         threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:

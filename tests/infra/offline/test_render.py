@@ -39,11 +39,33 @@ def test_every_stack_renders_strictly_valid_manifests(path: Path, tmp_path: Path
     docs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("0*.yaml"))]
     kinds = {d["kind"] for d in docs}
     always = {"Namespace", "Service", "NetworkPolicy", "Secret", "ServiceAccount"}
-    servers = {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    servers = {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject"}
     assert always <= kinds
     assert (servers <= kinds) if serving else not (servers & kinds)
     assert docs[0]["kind"] == "Namespace"
-    assert yaml.safe_load((out / "helm-releases.yaml").read_text())
+    releases = {r["name"]: r for r in yaml.safe_load((out / "helm-releases.yaml").read_text())}
+    assert releases["keda"]["chart"] == "keda" and "prometheus-adapter" not in releases
+
+
+@pytest.mark.parametrize("stack", ["aws-dev", "gcp-dev", "azure-dev"])
+def test_a_scale_to_zero_stack_renders_with_its_scaled_object(stack: str, tmp_path: Path) -> None:
+    """`triton.minReplicas: 0` renders on every cloud: Triton's Deployment at 0 replicas and KEDA's
+    ScaledObject (a custom resource, reported as not schema-checked) allowed down to 0."""
+    path = with_model_version(stack, tmp_path)
+    document = yaml.safe_load(path.read_text())
+    document["config"]["tritonform:triton"]["minReplicas"] = 0
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    out = tmp_path / "manifests"
+    result = runner.invoke(app, ["render", "--stack-file", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in (yaml.safe_load(p.read_text()) for p in out.glob("0*.yaml"))
+    }
+    assert docs[("Deployment", "triton")]["spec"]["replicas"] == 0
+    scaled = docs[("ScaledObject", "triton")]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1" and scaled["spec"]["minReplicaCount"] == 0
+    assert ("HorizontalPodAutoscaler", "triton") not in docs
 
 
 def test_an_invalid_object_names_the_object_and_field(plan_of: Callable[[str], Plan], tmp_path: Path) -> None:

@@ -38,6 +38,25 @@ def test_shipped_stacks_have_no_mandatory_violation(plan_of: Callable[[str], Pla
     )
 
 
+@pytest.mark.parametrize("stack", DEV_STACKS + PROD_STACKS)
+def test_a_scale_to_zero_stack_has_no_mandatory_violation(stack: str, tmp_path: Path) -> None:
+    """`triton.minReplicas: 0` (Triton scales to zero, KEDA brings it back) passes every mandatory rule."""
+    import yaml
+
+    from tests.infra.conftest import with_model_version
+
+    path = with_model_version(stack, tmp_path)
+    document = yaml.safe_load(path.read_text())
+    document["config"]["tritonform:triton"]["minReplicas"] = 0
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    plan = planned(path)
+    assert plan.settings.triton_min_replicas == 0
+    results = evaluate(plan)
+    assert mandatory_violations(results) == [], "\n".join(
+        f"{r.rule} {r.resource}: {r.message}" for r in results
+    )
+
+
 @pytest.mark.parametrize("stack", DEV_STACKS)
 def test_the_workload_is_judged(serving_plan_of: Callable[[str], Plan], stack: str) -> None:
     """The workload is in the plan (once a model version serves), and its GPU Deployment and gateway

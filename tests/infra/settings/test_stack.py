@@ -147,3 +147,19 @@ def test_stack_file_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text("name: x\n")
     with pytest.raises(SettingsError, match="top-level `config:`"):
         load_stack_file(bad)
+
+
+def test_triton_may_scale_to_zero_with_a_cold_start_bound() -> None:
+    """`triton.minReplicas: 0` is allowed (KEDA scales Triton to zero); the gateway's cold-start wait and
+    the scale-to-zero delay have documented defaults."""
+    s = load_settings(_with(triton__minReplicas=0, environment="prod"))
+    assert s.triton_min_replicas == 0
+    assert s.triton.scale_to_zero_after_seconds == 600
+    assert s.gateway.cold_start_timeout_seconds == 540 < s.edge.stream_timeout_seconds
+    assert "tritonform:triton" in _problem(_with(triton__minReplicas=-1))
+
+
+def test_a_cold_start_wait_the_edge_would_cut_is_refused() -> None:
+    """A held request must get the gateway's 503 before the edge cuts the connection."""
+    msg = _problem(_with(gateway__coldStartTimeoutSeconds=300, edge__streamTimeoutSeconds=120))
+    assert "gateway.coldStartTimeoutSeconds" in msg and "edge.streamTimeoutSeconds (120 s)" in msg

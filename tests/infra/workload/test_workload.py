@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,13 +158,23 @@ def test_gateway_service_is_never_a_public_load_balancer(plan: Plan) -> None:
 
 
 def test_both_deployments_have_disruption_budgets_and_autoscalers(plan: Plan) -> None:
+    """Triton's replicas belong to a KEDA ScaledObject (KEDA makes the HPA), the gateway's to a CPU HPA."""
     for name in ("triton", "gateway"):
         pdb = _k8s(plan, "PodDisruptionBudget", name)
         assert pdb["spec"]["maxUnavailable"] == 1
-        hpa = _k8s(plan, "HorizontalPodAutoscaler", name)
-        block = getattr(plan.settings, name)
-        least = plan.settings.triton_min_replicas if name == "triton" else block.min_replicas
-        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (least, block.max_replicas)
+    scaled = _k8s(plan, "ScaledObject", "triton")["spec"]
+    t = plan.settings.triton
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (
+        plan.settings.triton_min_replicas,
+        t.max_replicas,
+    )
+    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "triton"}
+    hpa = _k8s(plan, "HorizontalPodAutoscaler", "gateway")
+    g = plan.settings.gateway
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (g.min_replicas, g.max_replicas)
+    assert not [
+        r for r in plan.resources if r.type.endswith(":HorizontalPodAutoscaler") and r.name == "triton"
+    ]
 
 
 @pytest.mark.parametrize("stack", ["aws-prod", "gcp-prod", "azure-prod"])
@@ -171,7 +182,7 @@ def test_prod_triton_keeps_a_replica_through_a_node_drain(serving_plan_of: PlanO
     plan = serving_plan_of(stack)
     # Two replicas and at most one down at a time: a drain never takes the last one.
     assert _k8s(plan, "Deployment", "triton")["spec"]["replicas"] == 2
-    assert _k8s(plan, "HorizontalPodAutoscaler", "triton")["spec"]["minReplicas"] == 2
+    assert _k8s(plan, "ScaledObject", "triton")["spec"]["minReplicaCount"] == 2
     assert _k8s(plan, "PodDisruptionBudget", "triton")["spec"] == {
         "maxUnavailable": 1,
         "selector": {"matchLabels": {"app.kubernetes.io/name": "triton"}},
@@ -179,18 +190,57 @@ def test_prod_triton_keeps_a_replica_through_a_node_drain(serving_plan_of: PlanO
 
 
 def test_triton_scales_on_inference_load_not_cpu(plan: Plan) -> None:
-    metrics = _k8s(plan, "HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
-    assert [m["type"] for m in metrics] == ["External"]
-    assert metrics[0]["external"]["metric"]["name"] == "tritonform_gateway_generations_in_flight"
-    assert metrics[0]["external"]["target"]["averageValue"] == str(
-        plan.settings.triton.target_inflight_requests
-    )
-    adapter = [
-        r
-        for r in plan.resources
-        if r.type == "kubernetes:helm.sh/v3:Release" and r.inputs.get("name") == "prometheus-adapter"
-    ]
-    assert "tritonform_gateway_generations_in_flight" in str(adapter[0].inputs["values"])
+    """KEDA's Prometheus scaler sums generations in flight and requests held over every gateway pod; one
+    held request activates it (0 -> 1); no prometheus-adapter is installed any more."""
+    (trigger,) = _k8s(plan, "ScaledObject", "triton")["spec"]["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert meta["serverAddress"] == "http://prometheus-server.monitoring.svc"
+    namespace = plan.settings.workload.namespace
+    for metric in ("tritonform_gateway_generations_in_flight", "tritonform_gateway_requests_held"):
+        assert f'sum({metric}{{namespace="{namespace}"}})' in meta["query"]
+    assert meta["threshold"] == str(plan.settings.triton.target_inflight_requests)
+    assert meta["activationThreshold"] == "0"
+    releases = {
+        r.inputs.get("name"): r.inputs for r in plan.resources if r.type == "kubernetes:helm.sh/v3:Release"
+    }
+    assert "prometheus-adapter" not in releases
+    assert releases["keda"]["chart"] == "keda"
+    assert releases["keda"]["version"] == plan.settings.addons.keda_version
+    assert releases["keda"]["namespace"] == "keda"
+
+
+def test_the_gateway_routes_over_triton_pods_it_discovers(plan: Plan) -> None:
+    """A headless Service lists every ready Triton pod; the gateway looks it up to route by prefix."""
+    pods = _k8s(plan, "Service", "triton-pods")["spec"]
+    assert pods["clusterIP"] == "None" and pods["selector"] == {"app.kubernetes.io/name": "triton"}
+    assert [p["port"] for p in pods["ports"]] == [8001]
+    (gateway,) = _containers(_k8s(plan, "Deployment", "gateway"))
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    namespace = plan.settings.workload.namespace
+    assert env["TRITONFORM_GATEWAY_TRITON_DISCOVERY"] == f"triton-pods.{namespace}.svc:8001"
+
+
+def test_a_scale_to_zero_stack_plans_with_triton_at_zero(serving_plan_of: PlanOf, tmp_path: Path) -> None:
+    """`triton.minReplicas: 0`: the Deployment starts at 0, KEDA may take it to 0 after
+    `scaleToZeroAfterSeconds`, and the gateways hold requests up to `coldStartTimeoutSeconds`."""
+    import yaml
+
+    from tests.infra.conftest import planned, with_model_version
+
+    path = with_model_version("aws-dev", tmp_path)
+    document = yaml.safe_load(path.read_text())
+    document["config"]["tritonform:triton"].update({"minReplicas": 0, "scaleToZeroAfterSeconds": 900})
+    document["config"]["tritonform:gateway"] = {"coldStartTimeoutSeconds": 420}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    plan = planned(path)
+    assert _k8s(plan, "Deployment", "triton")["spec"]["replicas"] == 0
+    scaled = _k8s(plan, "ScaledObject", "triton")["spec"]
+    assert scaled["minReplicaCount"] == 0 and scaled["cooldownPeriod"] == 900
+    (gateway,) = _containers(_k8s(plan, "Deployment", "gateway"))
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["TRITONFORM_GATEWAY_COLD_START_TIMEOUT_S"] == "420"
+    assert env["TRITONFORM_GATEWAY_MAX_HELD_REQUESTS"] == str(plan.settings.gateway.max_held_requests)
 
 
 def test_network_policies_default_deny_and_only_gateway_reaches_triton(plan: Plan) -> None:
@@ -250,7 +300,9 @@ def test_a_first_up_needs_no_model(plan_of: PlanOf, stack: str) -> None:
     for name in ("triton", "gateway"):
         _k8s(plan, "Service", name)
         assert not [
-            r for r in plan.resources if r.type.endswith(":HorizontalPodAutoscaler") and r.name == name
+            r
+            for r in plan.resources
+            if r.type.endswith((":HorizontalPodAutoscaler", ":ScaledObject")) and r.name == name
         ]
 
 
