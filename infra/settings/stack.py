@@ -30,6 +30,8 @@ from infra.catalog import (
 from infra.settings.base import Settings
 from infra.settings.base import check_cidr as _check_cidr
 from infra.settings.clouds import AwsSettings, AzureSettings, GcpSettings
+from infra.settings.fit import check_fit, check_parallelism
+from infra.settings.model import ModelSettings
 from infra.settings.serving import (
     AddonSettings,
     EdgeSettings,
@@ -193,6 +195,7 @@ class StackSettings(_Settings):
     gateway: GatewaySettings = GatewaySettings()
     addons: AddonSettings = AddonSettings()
     edge: EdgeSettings = EdgeSettings()
+    model: ModelSettings = ModelSettings()
     gcp: GcpSettings | None = None
     azure: AzureSettings | None = None
     aws: AwsSettings | None = None
@@ -237,6 +240,8 @@ class StackSettings(_Settings):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")
         check_triton_release(self.cloud, self.triton.version)
+        check_parallelism(self.gpu_pool.gpus_per_node, self.triton.gpus_per_replica, self.model.backend)
+        check_fit(self.cloud, self.gpu_machine, self.triton.gpus_per_replica, self.model)
         return self
 
     # Derived values: computed here so that no other module re-decides them.
@@ -253,6 +258,11 @@ class StackSettings(_Settings):
         if self.triton.min_replicas is not None:
             return self.triton.min_replicas
         return min(2, self.triton.max_replicas) if self.environment == "prod" else 1
+
+    @property
+    def gpu_machine(self) -> GpuMachine | None:
+        """The GPU pool's machine type in the catalogue (None: an AWS type of a known family not listed)."""
+        return GPU_MACHINES[self.cloud].get(self.gpu_pool.instance_type)
 
     @property
     def system_instance_type(self) -> str:
