@@ -12,9 +12,33 @@ from dataclasses import dataclass
 
 from infra.catalog import GPU_MACHINES, CloudName, GpuMachine
 from infra.settings.model import ModelSettings
-from infra.sizing import MemoryEstimate, ModelShape, estimate_memory
+from infra.sizing import GIB, MemoryEstimate, ModelShape, estimate_memory, weight_bytes
 
 SUGGESTIONS = 3
+# Disk the `tritonserver:<yy.mm>-trtllm-python-py3` image takes on a node once pulled and unpacked
+# (NGC lists it at ~20 GB compressed); with the checkpoint beside it on the node's disk.
+TRTLLM_IMAGE_DISK_GB = 40
+
+
+def checkpoint_storage_gib(model: ModelSettings) -> int:
+    """Node-local storage Triton's pod syncs the llmapi repository into: the checkpoint's weights
+    (16-bit unless quantised) plus 10% and 1 GiB for tokenizer, configs and filesystem overhead."""
+    precision = "bf16" if model.precision == "fp32" else model.precision
+    return int(weight_bytes(model.shape(), precision) * 1.1 / GIB) + 1
+
+
+def check_disk(backend: str, disk_size_gb: int, model: ModelSettings) -> None:
+    """A TensorRT-LLM node's disk holds its image and the synced checkpoint; a ValueError says what to set."""
+    if backend != "tensorrt-llm":
+        return
+    checkpoint = checkpoint_storage_gib(model)
+    needed = TRTLLM_IMAGE_DISK_GB + checkpoint * GIB / 1e9
+    if disk_size_gb < needed:
+        raise ValueError(
+            f"gpuPool.diskSizeGb: {disk_size_gb} GB cannot hold the TensorRT-LLM image "
+            f"(~{TRTLLM_IMAGE_DISK_GB} GB) and {model.name}'s checkpoint ({checkpoint} GiB) "
+            "that each Triton pod copies to the node; set diskSizeGb to at least {int(needed) + 1}"
+        )
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from infra.catalog import (
 from infra.settings.base import Settings
 from infra.settings.base import check_cidr as _check_cidr
 from infra.settings.clouds import AwsSettings, AzureSettings, GcpSettings
-from infra.settings.fit import check_fit, check_parallelism
+from infra.settings.fit import check_disk, check_fit, check_parallelism
 from infra.settings.model import ModelSettings
 from infra.settings.serving import (
     AddonSettings,
@@ -242,6 +242,7 @@ class StackSettings(_Settings):
         check_triton_release(self.cloud, self.triton.version)
         check_parallelism(self.gpu_pool.gpus_per_node, self.triton.gpus_per_replica, self.model.backend)
         check_fit(self.cloud, self.gpu_machine, self.triton.gpus_per_replica, self.model)
+        check_disk(self.model.backend, self.gpu_pool.disk_size_gb, self.model)
         return self
 
     # Derived values: computed here so that no other module re-decides them.
