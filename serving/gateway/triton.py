@@ -1,7 +1,7 @@
 """The gateway's only way to Triton: tritonclient's asyncio gRPC client, one stream per request.
 
-Works with the python-backend model and the TensorRT-LLM ensemble alike (same tensor names, see
-model_repo/spec.py). The model's config is read once (batch dimension, which optional inputs it
+Works with the python-backend model (tensor names in model_repo/spec.py) and TensorRT-LLM's LLM API
+model (its own names, serving/gateway/llmapi.py), chosen from the model's config. The model's config is read once (batch dimension, which optional inputs it
 has) and read again after Triton was unreachable, so a restarted or replaced Triton is picked up.
 Every failure becomes a `TritonError` carrying the HTTP status the gateway should answer with, chosen by
 status code, never by words in a message: gRPC's code for a failed call; for an error inside the
@@ -24,6 +24,8 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from serving.gateway.llmapi import is_llmapi, llmapi_inputs
 
 # Reconnect fast after Triton restarts (gRPC's default backoff grows to two minutes).
 CHANNEL_ARGS = [
@@ -246,6 +248,8 @@ def _tensor(name: str, value: np.ndarray, datatype: str, batched: bool) -> grpcc
 
 
 def _inputs(p: GenerationParams, layout: _ModelLayout) -> list[grpcclient.InferInput]:
+    if is_llmapi(layout.inputs):  # TensorRT-LLM's LLM API model: its own tensor names
+        return llmapi_inputs(p, _tensor)
     b = layout.batched
     inputs = []
     if p.prompt_ids is not None and "input_ids" in layout.inputs:
