@@ -1,8 +1,9 @@
 """The gateway's only way to Triton: tritonclient's asyncio gRPC client, one stream per request.
 
 Works with the python-backend model (tensor names in model_repo/spec.py) and TensorRT-LLM's LLM API
-model (its own names, serving/gateway/llmapi.py), chosen from the model's config. The model's config is read once (batch dimension, which optional inputs it
-has) and read again after Triton was unreachable, so a restarted or replaced Triton is picked up.
+model (its own names, serving/gateway/llmapi.py), chosen from the model's config. The model's config
+is read once (batch dimension, which optional inputs it has) and read again after Triton was
+unreachable, so a restarted or replaced Triton is picked up.
 Every failure becomes a `TritonError` carrying the HTTP status the gateway should answer with, chosen by
 status code, never by words in a message: gRPC's code for a failed call; for an error inside the
 stream (where Triton passes only the message) the `[CODE]` the python model puts first (see
