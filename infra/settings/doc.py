@@ -85,6 +85,8 @@ DESCRIPTIONS: dict[str, str] = {
     "API: AWS); the gateway's CPU autoscaler reads it.",
     "addons.prometheusVersion": "prometheus-community/prometheus chart version.",
     "addons.prometheusAdapterVersion": "prometheus-community/prometheus-adapter chart version.",
+    "addons.dcgmExporterVersion": "NVIDIA dcgm-exporter Helm chart: GPU metrics (memory, utilisation) "
+    "from every GPU node, scraped by the stack's Prometheus.",
     "model.name": "Name of the served model, as `plan` prints it.",
     "model.configJson": "A checkpoint's config.json (path from the project root); its numbers replace the "
     "shape keys below.",

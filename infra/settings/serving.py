@@ -121,6 +121,7 @@ class AddonSettings(Settings):
     metrics_server_version: str = "3.13.1"  # kubernetes-sigs metrics-server chart (clouds without one)
     prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
     prometheus_adapter_version: str = "4.14.1"  # prometheus-community/prometheus-adapter chart
+    dcgm_exporter_version: str = "4.8.2"  # NVIDIA dcgm-exporter chart (GPU metrics on the GPU pool)
 
 
 class EdgeSettings(Settings):
