@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tritonform.commands import infra, init, model, serve
+from tritonform.commands import infra, init, model, serve, top
 
 app = typer.Typer(
     name="tritonform",
@@ -27,6 +27,7 @@ infra.register(app)
 init.register(app)
 model.register(app)
 serve.register(app)
+top.register(app)
 
 
 def main() -> None:
