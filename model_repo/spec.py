@@ -31,10 +31,9 @@ Request/response tensors (`GENERATION_INPUTS` / `GENERATION_OUTPUTS`) follow the
                                   non-streaming answer carries the total; an end token is not
                                   counted). From TRT-LLM's `sequence_length`, so both backends mean
                                   the same thing.
-     prompt_tokens INT32 [1]      ONNX backend only: a decoupled TRT-LLM ensemble cannot return a
-                                  tensor that does not come through the engine (Triton rejects it at
-                                  load), so with TRT-LLM count prompt tokens with the `preprocessing`
-                                  model (REQUEST_INPUT_LEN) or the tokenizer.
+     prompt_tokens INT32 [1]      ONNX backend only: TensorRT-LLM's LLM API model (its own tensor
+                                  names, model_repo/tensorrt_llm.py) reports no token counts, so the
+                                  gateway counts them with the tokenizer.
 
 With `max_batch_size > 0` every tensor gets a leading batch dimension, so a request carries
 `text_input` of shape [1, 1], exactly as for TensorRT-LLM.
