@@ -35,6 +35,41 @@ Request/response tensors (`GENERATION_INPUTS` / `GENERATION_OUTPUTS`) follow the
                                   names, model_repo/tensorrt_llm.py) reports no token counts, so the
                                   gateway counts them with the tokenizer.
 
+Decoding features (python model only, all inputs optional; absent = off; names from TensorRT-LLM
+where it has them; each applies per sequence inside the continuous batch):
+
+  frequency_penalty   FP32  [1]   OpenAI: a token's logit loses count * penalty (tokens generated so far)
+  presence_penalty    FP32  [1]   OpenAI: a token's logit loses penalty once it was generated
+  repetition_penalty  FP32  [1]   extension, Hugging Face/CTRL: 1.0 = off; a token seen in prompt or
+                                  answer has its positive logit divided, its negative one multiplied
+  min_p               FP32  [1]   extension: 0 = off; keep tokens with p >= min_p * p(best)
+  logit_bias_ids / logit_bias_values  INT32 / FP32 [-1]  OpenAI logit_bias: biases -100..100 added to
+                                  those tokens' logits (same length)
+  random_seed                     sequence i of n draws with seed + i; same seed + same request =
+                                  same text, whatever else is batched
+  return_log_probs    BOOL  [1]   return each generated token's logprob
+  top_logprobs        INT32 [1]   0..20: also the k most likely alternatives per token
+  num_return_sequences INT32 [1]  n choices (1..max_batch_size); they share ONE prefill of the prompt
+  guided_decoding_guide_type BYTES [1]  "json" (any JSON object), "json_schema", "regex", "lark"
+                                  (llguidance's Lark syntax; `%json { schema }` embeds a JSON schema)
+  guided_decoding_guide      BYTES [1]  the schema / regex / grammar text. Enforced by a token mask
+                                  every step, per sequence; the sequence ends ("stop") when the
+                                  grammar is complete. An invalid guide is an INVALID_ARG error.
+  echo_prompt_logprobs BOOL [1]   also the prompt tokens' logprobs (first response; the first is NaN)
+  -> sequence_index      INT32 [1]   which of the n sequences this response belongs to
+     output_token_ids    INT32 [-1]  the token ids behind THIS response's text (an end token is not
+                                     among them); ids of tokens whose text is held back (a split UTF-8
+                                     character, a possible stop string) come with the text
+     output_log_probs    FP32  [-1]  each of those tokens' logprob: log-softmax of the logits with
+                                     logit_bias and penalties applied, before temperature/top-k/top-p/
+                                     min-p and grammar masks; empty unless return_log_probs/top_logprobs
+     output_top_token_ids / output_top_log_probs  INT32 / FP32 [-1]  flattened
+                                     [len(output_token_ids) * top_logprobs], best first
+     prompt_token_ids / prompt_log_probs  INT32 / FP32 [-1]  with echo_prompt_logprobs, first response
+  A sequence's last response carries its finish_reason; the request's last response carries
+  Triton's FINAL flag. text_output never holds a U+FFFD made by a character split across tokens, and
+  never a stop string (stop_words stop also when the string spans several tokens).
+
 With `max_batch_size > 0` every tensor gets a leading batch dimension, so a request carries
 `text_input` of shape [1, 1], exactly as for TensorRT-LLM.
 
@@ -162,12 +197,35 @@ GENERATION_INPUTS: tuple[TensorSpec, ...] = (
 PYTHON_MODEL_INPUTS: tuple[TensorSpec, ...] = (
     *GENERATION_INPUTS,
     TensorSpec("input_ids", DataType.INT32, (-1,), optional=True),
+    TensorSpec("frequency_penalty", DataType.FP32, (1,), optional=True),
+    TensorSpec("presence_penalty", DataType.FP32, (1,), optional=True),
+    TensorSpec("repetition_penalty", DataType.FP32, (1,), optional=True),
+    TensorSpec("min_p", DataType.FP32, (1,), optional=True),
+    TensorSpec("logit_bias_ids", DataType.INT32, (-1,), optional=True),
+    TensorSpec("logit_bias_values", DataType.FP32, (-1,), optional=True),
+    TensorSpec("return_log_probs", DataType.BOOL, (1,), optional=True),
+    TensorSpec("top_logprobs", DataType.INT32, (1,), optional=True),
+    TensorSpec("num_return_sequences", DataType.INT32, (1,), optional=True),
+    TensorSpec("guided_decoding_guide_type", DataType.STRING, (1,), optional=True),
+    TensorSpec("guided_decoding_guide", DataType.STRING, (1,), optional=True),
+    TensorSpec("echo_prompt_logprobs", DataType.BOOL, (1,), optional=True),
 )
 GENERATION_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("text_output", DataType.STRING, (-1,)),
     TensorSpec("prompt_tokens", DataType.INT32, (1,)),
     TensorSpec("completion_tokens", DataType.INT32, (1,)),
     TensorSpec("finish_reason", DataType.STRING, (-1,)),
+)
+# what only the python model returns besides (see the module docs)
+PYTHON_MODEL_OUTPUTS: tuple[TensorSpec, ...] = (
+    *GENERATION_OUTPUTS,
+    TensorSpec("sequence_index", DataType.INT32, (1,)),
+    TensorSpec("output_token_ids", DataType.INT32, (-1,)),
+    TensorSpec("output_log_probs", DataType.FP32, (-1,)),
+    TensorSpec("output_top_token_ids", DataType.INT32, (-1,)),
+    TensorSpec("output_top_log_probs", DataType.FP32, (-1,)),
+    TensorSpec("prompt_token_ids", DataType.INT32, (-1,)),
+    TensorSpec("prompt_log_probs", DataType.FP32, (-1,)),
 )
 # what the TensorRT-LLM ensemble can return (see the module docs about prompt_tokens, finish_reason)
 ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = tuple(
@@ -248,7 +306,7 @@ def python_model_config(spec: GenerationSpec) -> ModelConfig:
         backend="python",
         max_batch_size=spec.max_batch_size,
         inputs=PYTHON_MODEL_INPUTS,
-        outputs=GENERATION_OUTPUTS,
+        outputs=PYTHON_MODEL_OUTPUTS,
         decoupled=True,
         instance_groups=(InstanceGroup(spec.instance_kind, spec.instance_count),),
         parameters=spec.parameters(),

@@ -5,7 +5,7 @@
 - `serving/` imports nothing from `infra/` or the CLI; `model_repo/` nothing from `infra/`, `serving/` or
   the CLI; `infra/` nothing from the CLI (`tritonform/` composes the layers, nothing imports it);
 - `model_repo/runtime/`, which every model repository ships into Triton's python backend, imports only
-  the runtime libraries and the standard library;
+  the runtime libraries (numpy, onnxruntime, tokenizers, llguidance) and the standard library;
 - no import circle anywhere (imports inside functions and under `if TYPE_CHECKING:` count too: a circle
   hidden there is still a circle a reader has to untangle);
 - importing a module creates no cloud resource and exports nothing (only `infra/__main__.py`, the
@@ -34,8 +34,18 @@ CLOUD_PACKAGES = ("infra.platform.aws", "infra.platform.gcp", "infra.platform.az
 CLOUD_SDKS = ("pulumi_aws", "pulumi_gcp", "pulumi_azure_native")
 RUNTIME = "model_repo.runtime"
 # What the runtime package may import besides itself and the standard library: what Triton's python
-# backend environment offers in every image (ENVIRONMENT.md, docker/triton).
-RUNTIME_LIBRARIES = ("numpy", "onnxruntime", "tokenizers", "jinja2", "triton_python_backend_utils")
+# backend environment offers in every image (ENVIRONMENT.md, docker/triton). llguidance (issue 15): the
+# engine enforces structured output and tool-call grammars with a token mask each step, per sequence,
+# inside the continuous batch; a maintained grammar library does that in ~0.1 ms a token, no hand-written
+# substitute could, and it has no dependencies. docker/triton/requirements.txt pins it (tests/docker).
+RUNTIME_LIBRARIES = (
+    "numpy",
+    "onnxruntime",
+    "tokenizers",
+    "llguidance",
+    "jinja2",
+    "triton_python_backend_utils",
+)
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,9 @@ def runtime_violations(imports: list[Import]) -> list[str]:
         top = imp.imported.split(".")[0]
         if top == "__future__" or top in sys.stdlib_module_names or top in RUNTIME_LIBRARIES:
             continue
-        found.append(f"{imp} (the runtime ships into Triton: numpy, onnxruntime, tokenizers, stdlib only)")
+        found.append(
+            f"{imp} (the runtime ships into Triton: numpy, onnxruntime, tokenizers, llguidance, stdlib only)"
+        )
     return found
 
 

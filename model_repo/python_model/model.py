@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # the same class whichever copy of the runtime `runtime_module` finds
-    from model_repo.runtime.scheduler import GenerationRequest
+    from model_repo.runtime.request import GenerationRequest, Response
 
 RUNTIME_PACKAGE = "tritonform_runtime"
 IN_TREE_RUNTIME = "model_repo.runtime"
@@ -79,8 +78,42 @@ def _text(value: Any, name: str) -> str:
     return str(value)
 
 
-def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) -> GenerationRequest:
-    """Check and convert the input tensors (already numpy, batch dimension included)."""
+def _float(tensors: dict[str, np.ndarray | None], name: str, default: float) -> float:
+    value = _scalar(tensors.get(name), name)
+    result = default if value is None else float(value)
+    if not np.isfinite(result):
+        raise RequestError(f"{name}={result}: must be a finite number")
+    return result
+
+
+def _int(tensors: dict[str, np.ndarray | None], name: str, default: int) -> int:
+    value = _scalar(tensors.get(name), name)
+    return default if value is None else int(value)
+
+
+def _flag(tensors: dict[str, np.ndarray | None], name: str) -> bool:
+    value = _scalar(tensors.get(name), name)
+    return bool(value) if value is not None else False
+
+
+def _logit_bias(tensors: dict[str, np.ndarray | None]) -> tuple[tuple[int, float], ...]:
+    ids, values = tensors.get("logit_bias_ids"), tensors.get("logit_bias_values")
+    if ids is None and values is None:
+        return ()
+    if ids is None or values is None or ids.size != values.size:
+        raise RequestError("logit_bias_ids and logit_bias_values go together, with the same length")
+    pairs = tuple(zip((int(t) for t in ids.reshape(-1)), (float(v) for v in values.reshape(-1)), strict=True))
+    for token, bias in pairs:
+        if not -100.0 <= bias <= 100.0:
+            raise RequestError(f"logit_bias for token {token}: {bias} is not between -100 and 100")
+    return pairs
+
+
+def parse_request(
+    tensors: dict[str, np.ndarray | None], max_tokens_limit: int, max_sequences: int = 8
+) -> GenerationRequest:
+    """Check and convert the input tensors (already numpy, batch dimension included);
+    `max_sequences`: the most sequences one request may ask for (num_return_sequences)."""
     text = tensors.get("text_input")
     if text is None:
         raise RequestError("text_input is required")
@@ -96,11 +129,7 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
     max_tokens = int(raw_max)
     if not 1 <= max_tokens <= max_tokens_limit:
         raise RequestError(f"max_tokens={max_tokens}: must be between 1 and {max_tokens_limit}")
-    temperature = _scalar(tensors.get("temperature"), "temperature")
-    top_p = _scalar(tensors.get("top_p"), "top_p")
-    top_k = _scalar(tensors.get("top_k"), "top_k")
     seed = _scalar(tensors.get("random_seed"), "random_seed")
-    stream = _scalar(tensors.get("stream"), "stream")
     end_id = _scalar(tensors.get("end_id"), "end_id")
     prompt_ids = tensors.get("input_ids")
     if prompt_ids is not None and prompt_ids.size == 0:
@@ -111,29 +140,64 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_tokens_limit: int) 
         if (stop_words is not None)
         else ()
     )
-    request: GenerationRequest = runtime_module("scheduler").GenerationRequest(
+    guide_type = _scalar(tensors.get("guided_decoding_guide_type"), "guided_decoding_guide_type")
+    guide = _scalar(tensors.get("guided_decoding_guide"), "guided_decoding_guide")
+    request: GenerationRequest = runtime_module("request").GenerationRequest(
         prompt=prompt,
         max_tokens=max_tokens,
-        temperature=0.0 if temperature is None else float(temperature),
-        top_p=1.0 if top_p is None else float(top_p),
-        top_k=0 if top_k is None else int(top_k),
+        temperature=_float(tensors, "temperature", 0.0),
+        top_p=_float(tensors, "top_p", 1.0),
+        top_k=_int(tensors, "top_k", 0),
         seed=None if seed is None else int(seed),
         stop=stop,
-        stream=bool(stream) if stream is not None else False,
+        stream=_flag(tensors, "stream"),
         end_id=None if end_id is None else int(end_id),
         prompt_ids=None if prompt_ids is None else tuple(int(t) for t in prompt_ids.reshape(-1)),
+        min_p=_float(tensors, "min_p", 0.0),
+        frequency_penalty=_float(tensors, "frequency_penalty", 0.0),
+        presence_penalty=_float(tensors, "presence_penalty", 0.0),
+        repetition_penalty=_float(tensors, "repetition_penalty", 1.0),
+        logit_bias=_logit_bias(tensors),
+        logprobs=_flag(tensors, "return_log_probs"),
+        top_logprobs=_int(tensors, "top_logprobs", 0),
+        n=_int(tensors, "num_return_sequences", 1),
+        guide_type="" if guide_type is None else _text(guide_type, "guided_decoding_guide_type").strip(),
+        guide="" if guide is None else _text(guide, "guided_decoding_guide"),
+        echo_logprobs=_flag(tensors, "echo_prompt_logprobs"),
     )
-    if not (np.isfinite(request.temperature) and request.temperature >= 0):
-        raise RequestError(f"temperature={request.temperature}: must be >= 0")
-    if not 0 < request.top_p <= 1:
-        raise RequestError(f"top_p={request.top_p}: must be in (0, 1]")
-    if request.top_k < 0:
-        raise RequestError(f"top_k={request.top_k}: must be >= 0")
-    if request.end_id is not None and request.end_id < -1:
-        raise RequestError(f"end_id={request.end_id}: must be a token id, or -1 for none")
+    checks = (
+        (request.temperature >= 0, f"temperature={request.temperature}: must be >= 0"),
+        (0 < request.top_p <= 1, f"top_p={request.top_p}: must be in (0, 1]"),
+        (request.top_k >= 0, f"top_k={request.top_k}: must be >= 0"),
+        (0 <= request.min_p <= 1, f"min_p={request.min_p}: must be in [0, 1]"),
+        (
+            request.end_id is None or request.end_id >= -1,
+            f"end_id={request.end_id}: a token id, or -1 for none",
+        ),
+        (-2 <= request.frequency_penalty <= 2, f"frequency_penalty={request.frequency_penalty}: -2..2"),
+        (-2 <= request.presence_penalty <= 2, f"presence_penalty={request.presence_penalty}: -2..2"),
+        (request.repetition_penalty > 0, f"repetition_penalty={request.repetition_penalty}: > 0 (1 = off)"),
+        (0 <= request.top_logprobs <= 20, f"top_logprobs={request.top_logprobs}: must be between 0 and 20"),
+        (
+            1 <= request.n <= max_sequences,
+            f"num_return_sequences={request.n}: must be between 1 and {max_sequences} (the model's batch)",
+        ),
+        (
+            not request.guide_type or request.guide_type in GUIDE_TYPES,
+            f"guided_decoding_guide_type={request.guide_type!r}: use one of {', '.join(GUIDE_TYPES)}",
+        ),
+        (
+            request.guide_type in ("", "json") or bool(request.guide.strip()),
+            f"guided_decoding_guide is required with guided_decoding_guide_type={request.guide_type!r}",
+        ),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise RequestError(message)
     return request
 
 
+GUIDE_TYPES = ("json", "json_schema", "regex", "lark")
 _INPUT_NAMES = (
     "text_input",
     "max_tokens",
@@ -145,6 +209,18 @@ _INPUT_NAMES = (
     "stream",
     "end_id",
     "input_ids",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "min_p",
+    "logit_bias_ids",
+    "logit_bias_values",
+    "return_log_probs",
+    "top_logprobs",
+    "num_return_sequences",
+    "guided_decoding_guide_type",
+    "guided_decoding_guide",
+    "echo_prompt_logprobs",
 )
 
 
@@ -165,6 +241,30 @@ def _providers(choice: str, engine_module: ModuleType, device_id: int) -> list[A
 
 def _never() -> bool:
     return False
+
+
+def response_tensors(response: Response) -> dict[str, np.ndarray]:
+    """The output tensors of one response (batch dimension 1; names in model_repo/spec.py)."""
+
+    def ints(values: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(values, dtype=np.int32).reshape(1, -1)
+
+    def floats(values: tuple[float, ...]) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32).reshape(1, -1)
+
+    return {
+        "text_output": np.array([[response.text.encode("utf-8")]], dtype=np.object_),
+        "prompt_tokens": np.array([[response.prompt_tokens]], dtype=np.int32),
+        "completion_tokens": np.array([[response.completion_tokens]], dtype=np.int32),
+        "finish_reason": np.array([[response.finish_reason.encode()]], dtype=np.object_),
+        "sequence_index": np.array([[response.sequence_index]], dtype=np.int32),
+        "output_token_ids": ints(response.token_ids),
+        "output_log_probs": floats(response.log_probs),
+        "output_top_token_ids": ints(response.top_token_ids),
+        "output_top_log_probs": floats(response.top_log_probs),
+        "prompt_token_ids": ints(response.prompt_token_ids),
+        "prompt_log_probs": floats(response.prompt_log_probs),
+    }
 
 
 class TritonPythonModel:
@@ -193,6 +293,7 @@ class TritonPythonModel:
             allow_spinning=params.get("allow_spinning", "false") == "true",
         )
         max_active = int(params.get("max_active_sequences", "8"))
+        self.max_sequences = max_active
         self.job_class = scheduler_module.Job
         self.scheduler = scheduler_module.ContinuousBatchScheduler.with_lanes(
             self.engine,
@@ -220,7 +321,7 @@ class TritonPythonModel:
                 for name in _INPUT_NAMES:
                     tensor = pb.get_input_tensor_by_name(request, name)
                     tensors[name] = None if tensor is None else tensor.as_numpy()
-                parsed = parse_request(tensors, self.max_tokens_limit)
+                parsed = parse_request(tensors, self.max_tokens_limit, self.max_sequences)
             except (RequestError, ValueError, TypeError, OverflowError) as exc:
                 self._send_error(sender, f"bad request: {exc}", "INVALID_ARG")
                 continue
@@ -228,30 +329,18 @@ class TritonPythonModel:
             job = self.job_class(
                 request_id=f"{os.getpid()}-{self._counter}",
                 request=parsed,
-                emit=_never,  # replaced below: the emitter reads the job's finish reason
+                emit=functools.partial(self._emit, sender),
                 fail=functools.partial(self._fail, sender),
                 is_cancelled=getattr(request, "is_cancelled", _never),
             )
-            job.emit = self._emitter(sender, job)
             self.scheduler.submit(job)
         return None
 
-    def _emitter(self, sender: Any, job: Any) -> Callable[[str, bool, int, int], None]:
+    def _emit(self, sender: Any, response: Response) -> None:
         pb = self.pb
-
-        def emit(text: str, final: bool, prompt_tokens: int, completion_tokens: int) -> None:
-            reason = (job.finish_reason or "") if final else ""
-            response = pb.InferenceResponse(
-                output_tensors=[
-                    pb.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
-                    pb.Tensor("prompt_tokens", np.array([[prompt_tokens]], dtype=np.int32)),
-                    pb.Tensor("completion_tokens", np.array([[completion_tokens]], dtype=np.int32)),
-                    pb.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)),
-                ]
-            )
-            sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0)
-
-        return emit
+        tensors = [pb.Tensor(name, value) for name, value in response_tensors(response).items()]
+        flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if response.final else 0
+        sender.send(pb.InferenceResponse(output_tensors=tensors), flags=flags)
 
     def _fail(self, sender: Any, message: str) -> None:
         self._send_error(sender, message, getattr(message, "kind", "INTERNAL"))

@@ -3,15 +3,19 @@
 `model_repo.layout` copies this folder into each repository as `<model>/1/tritonform_runtime/`, next to
 the Triton adapter `model.py`; in the source tree it is `model_repo.runtime`. Its modules import each
 other relatively and import nothing beyond numpy, onnxruntime, tokenizers and the standard library, so
-the same files work in both places and in any Triton container that has those three libraries.
+the same files work in both places and in any Triton container that has those libraries, plus llguidance
+for constrained decoding (imported only when a request carries a guide).
 
     contract   the model directory's files and ONNX names, `GenerationMetadata`, `EngineError`
     cpus       CPUs this process may use (affinity mask, cgroup quota): the default thread count
-    sampling   `SamplingParams`, `Sampler`
+    sampling   `SamplingParams`, `Sampler` (temperature, top-k, min-p, top-p, the grammar's mask)
+    logits     logit_bias and penalties over a batch (`apply_processors`), logprobs
+    guide      constrained decoding with llguidance: `GuideCompiler`, `Guide` (one per sequence)
     batch      continuous batching: `DecodeBatch`, `LeftPaddedBatch`, `RightPaddedBatch`, `StepOutput`
     engine     `Engine`: one onnxruntime session, its tokenizer and metadata
     text       `IncrementalDetokenizer`, `TextStream`
-    scheduler  `ContinuousBatchScheduler`, `Lane`, `Job`, `GenerationRequest`, `JobError`,
+    request    `GenerationRequest`, `Response`, `Job`, `JobError`, `SequenceOutput` (tokens -> responses)
+    scheduler  `ContinuousBatchScheduler`, `Lane` (re-exports request.py's names),
                `SchedulerCounts` (no Triton types)
 
 This file imports none of them on purpose: serving imports `contract` alone (file names and metadata)

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .contract import EngineError, GenerationMetadata
+from .guide import Guide, GuideCompiler
+from .logits import RowSettings, apply_processors, token_logprobs
 from .sampling import Sampler, SamplingParams
 
 
@@ -21,6 +23,7 @@ class BatchRunner(Protocol):
     """What a batch needs from a session of the model (`Engine` is one): its metadata and model calls."""
 
     metadata: GenerationMetadata
+    guides: GuideCompiler
 
     def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]: ...
 
@@ -52,6 +55,10 @@ class StepOutput:
 
     When a sequence stops on an eos/stop token that token is still reported (token_id) but
     `is_stop_token` is True so callers do not print it (nor count it as generated text).
+
+    `logprob` (with `SamplingParams.logprobs` or top_logprobs): the token's log-probability under the
+    processed logits (bias and penalties applied; before temperature, top-k/p, min-p and grammar);
+    `top_ids` / `top_logprobs`: the `top_logprobs` most likely tokens there, best first.
     """
 
     request_id: str
@@ -60,6 +67,9 @@ class StepOutput:
     finish_reason: str | None
     is_stop_token: bool = False
     error: str | None = None
+    logprob: float | None = None
+    top_ids: tuple[int, ...] = ()
+    top_logprobs: tuple[float, ...] = ()
 
 
 @dataclass
@@ -73,6 +83,8 @@ class _SeqState:
     last_token: int
     generated: int = 0
     stop_ids: frozenset[int] = field(default_factory=frozenset)
+    settings: RowSettings | None = None  # bias and penalties; None: the row's logits are used as they are
+    guide: Guide | None = None  # grammar state when the sequence is constrained
 
 
 class DecodeBatch:
@@ -99,6 +111,9 @@ class DecodeBatch:
     def _finish(self, s: _SeqState, tok: int) -> tuple[bool, str | None, bool]:
         if tok in s.stop_ids:
             return True, "stop", True
+        if s.guide is not None and s.guide.done:  # the grammar is complete and allows nothing more
+            # (an eos it accepted while eos is not an end token here is still no text)
+            return True, "stop", tok in self.engine.metadata.eos_token_ids
         # `tok` would be fed at position s.length next: the sequence ends when that position is past
         # the model's context (every position 0..max_context-1 is used)
         if s.generated >= s.params.max_tokens or s.length >= self.engine.metadata.max_context:
@@ -115,32 +130,84 @@ class DecodeBatch:
         """Prefill one prompt (one ORT call), sample its first token and, unless it already finished,
         join the batch. Returns that first token. `runner`: another session of the same model to run
         the call on (see `Engine.sibling`); default, the batch's own engine."""
+        return self.add_group([request_id], prompt_ids, [params], runner)[0]
+
+    def add_group(
+        self,
+        request_ids: Sequence[str],
+        prompt_ids: Sequence[int],
+        params: Sequence[SamplingParams],
+        runner: BatchRunner | None = None,
+    ) -> list[StepOutput]:
+        """Several sequences of one prompt (`n` choices): ONE prefill, whose KV cache each sequence
+        then gets a copy of; sequence i samples with `params[i]` (its own seed, grammar state and
+        penalties). Returns each sequence's first token, in order."""
         meta = self.engine.metadata
         prompt_len = len(prompt_ids)
         if prompt_len == 0:
             raise EngineError("empty prompt: send at least one token")
         if prompt_len > meta.max_context:
             raise EngineError(f"prompt has {prompt_len} tokens; this model's context is {meta.max_context}")
-        if any(s.request_id == request_id for s in self.seqs):
-            raise EngineError(f"request id {request_id!r} is already running")
+        running = {s.request_id for s in self.seqs}
+        if len(set(request_ids)) != len(request_ids) or running & set(request_ids):
+            raise EngineError(f"request ids {list(request_ids)} are already running")
         ids = np.asarray([prompt_ids], dtype=np.int64)
         if ids.min() < 0 or ids.max() >= meta.vocab_size:
             raise EngineError(f"token ids must be in [0, {meta.vocab_size})")
+        states = [self._new_state(rid, p, prompt_ids) for rid, p in zip(request_ids, params, strict=True)]
+        last_logits, present = (runner or self.engine).prefill(prompt_ids)
+        processed = apply_processors(last_logits[None, :], [s.settings for s in states])[0]
+        outs = []
+        for state in states:
+            out = self._choose(state, processed)
+            if not out.finished:
+                self._join_cache(present, prompt_len)
+                self.seqs.append(state)
+            outs.append(out)
+        return outs
+
+    def _new_state(self, request_id: str, params: SamplingParams, prompt_ids: Sequence[int]) -> _SeqState:
+        meta = self.engine.metadata
         if any(not 0 <= t < meta.vocab_size for t in params.stop_token_ids):
             raise EngineError(f"stop token ids must be in [0, {meta.vocab_size})")
-        last_logits, present = (runner or self.engine).prefill(prompt_ids)
+        if any(not 0 <= t < meta.vocab_size for t, _ in params.logit_bias):
+            raise EngineError(f"logit_bias token ids must be in [0, {meta.vocab_size})")
         stop = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop |= set(meta.eos_token_ids)
-        state = _SeqState(request_id, params, Sampler(params), prompt_len, 0, stop_ids=frozenset(stop))
-        tok = state.sampler(last_logits)
-        state.generated = 1
-        state.last_token = tok
-        finished, reason, is_stop = self._finish(state, tok)
-        if not finished:
-            self._join_cache(present, prompt_len)
-            self.seqs.append(state)
-        return StepOutput(request_id, tok, finished, reason, is_stop)
+        guide = self.engine.guides.guide(params.guide_type, params.guide) if params.guide_type else None
+        return _SeqState(
+            request_id,
+            params,
+            Sampler(params),
+            len(prompt_ids),
+            0,
+            stop_ids=frozenset(stop),
+            settings=RowSettings.of(params, prompt_ids, meta.vocab_size),
+            guide=guide,
+        )
+
+    def _choose(self, s: _SeqState, row: np.ndarray) -> StepOutput:
+        """Sample `s`'s next token from its processed logits row and advance its state; a failure
+        (non-finite logits, a grammar that allows nothing) is this sequence's 'error' output."""
+        try:
+            allowed = s.guide.allowed() if s.guide is not None else None
+            tok = s.sampler(row, allowed)
+            if s.guide is not None:
+                s.guide.consume(tok)
+        except (ValueError, EngineError) as exc:  # this row only: the others go on
+            return StepOutput(s.request_id, -1, True, "error", error=str(exc))
+        logprob: float | None = None
+        top_ids: tuple[int, ...] = ()
+        top_lp: tuple[float, ...] = ()
+        if s.params.wants_logprobs:
+            logprob, top_ids, top_lp = token_logprobs(row, tok, s.params.top_logprobs)
+        if s.settings is not None and s.settings.history is not None:
+            s.settings.history.add(tok)
+        s.generated += 1
+        s.last_token = tok
+        finished, reason, is_stop = self._finish(s, tok)
+        return StepOutput(s.request_id, tok, finished, reason, is_stop, None, logprob, top_ids, top_lp)
 
     def remove(self, request_id: str) -> bool:
         """Drop a sequence (finished or cancelled). Returns False if it was not in the batch."""
@@ -166,19 +233,12 @@ class DecodeBatch:
         rows = len(self.seqs)
         input_ids = np.fromiter((s.last_token for s in self.seqs), dtype=np.int64, count=rows)[:, None]
         lengths = np.fromiter((s.length for s in self.seqs), dtype=np.int64, count=rows)
-        logits = self._advance(input_ids, lengths, runner or self.engine)
+        logits = self._advance(input_ids, lengths, runner or self.engine)[:, -1]
+        processed = apply_processors(logits, [s.settings for s in self.seqs])
         outs: list[StepOutput] = []
         for i, s in enumerate(self.seqs):
             s.length += 1
-            try:
-                tok = s.sampler(logits[i, -1])
-            except (ValueError, EngineError) as exc:  # this row's logits only: the others go on
-                outs.append(StepOutput(s.request_id, -1, True, "error", error=str(exc)))
-                continue
-            s.generated += 1
-            s.last_token = tok
-            finished, reason, is_stop = self._finish(s, tok)
-            outs.append(StepOutput(s.request_id, tok, finished, reason, is_stop))
+            outs.append(self._choose(s, processed[i]))
         if any(o.finished for o in outs):  # all that finished leave at once: one cache re-stack
             self._keep([i for i, o in enumerate(outs) if not o.finished])
         return outs

@@ -36,6 +36,7 @@ from .contract import (
     present_names,
 )
 from .cpus import usable_cpus
+from .guide import GuideCompiler
 from .sampling import SamplingParams
 from .text import TextStream
 
@@ -80,9 +81,11 @@ class Engine:
         tokenizer: Any,
         num_threads: int = 0,
         session_args: tuple[Path, list[Any], bool] | None = None,
+        guides: GuideCompiler | None = None,
     ) -> None:
         """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
-        providers, allow_spinning): how to open another session of the model, for `sibling()`."""
+        providers, allow_spinning): how to open another session of the model, for `sibling()`;
+        `guides`: the grammar compiler to share (siblings share their parent's)."""
         self.model_dir = Path(model_dir)
         self.metadata = metadata
         self.session = session
@@ -102,6 +105,8 @@ class Engine:
         self._prefix_kv: list[np.ndarray] = []
         self._session_args = session_args
         self.num_threads = num_threads
+        self.guides = guides or GuideCompiler(tokenizer, metadata.vocab_size, metadata.eos_token_ids)
+        self.prefills = 0  # prompts prefilled by this session (n choices of one prompt share one)
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -143,7 +148,15 @@ class Engine:
             raise EngineError("sibling() needs an engine opened with Engine.load")
         onnx_path, provs, allow_spinning = self._session_args
         session = _open_session(onnx_path, provs, num_threads, allow_spinning)
-        return Engine(self.model_dir, self.metadata, session, self.tokenizer, num_threads, self._session_args)
+        return Engine(
+            self.model_dir,
+            self.metadata,
+            session,
+            self.tokenizer,
+            num_threads,
+            self._session_args,
+            self.guides,
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -272,6 +285,7 @@ class Engine:
         causal attention makes those keys and values independent of what follows them. The logits are
         bit-identical to a prefill without reuse (see PREFIX_FRESH_TAIL).
         """
+        self.prefills += 1
         length = len(ids)
         reuse = 0
         limit = min(len(self._prefix_ids), length - PREFIX_FRESH_TAIL)

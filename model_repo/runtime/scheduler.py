@@ -5,10 +5,11 @@ The Triton python-backend model (`model_repo/python_model/model.py`) parses each
 `ContinuousBatchScheduler`. Each decode lane (two on a multi-core CPU, one on a GPU) is a thread that
 admits new requests between decode steps (prefill joins its KV-cache batch) and advances all its
 active sequences with ONE batched engine step; its writer thread sends the responses.
-Streaming requests get a response per text delta and a final response carrying the last delta;
-non-streaming requests get exactly one final response. Every response carries the prompt's tokens
-and the completion tokens behind that response (sum them over a stream; an end token is not counted),
-and the final one the finish reason (`Job.finish_reason`). A job whose client went away
+A request of n sequences shares one prefill (`DecodeBatch.add_group`); each sequence answers on its
+own (`SequenceOutput` in request.py). Streaming sequences get a response per text delta and a last one
+carrying the last delta; non-streaming sequences get exactly one response. Every `Response` carries
+the prompt's tokens, the completion tokens behind it with their ids (and logprobs when asked), and a
+sequence's last one its finish reason; the request's last response is `final`. A job whose client went away
 (`Job.is_cancelled()`) is dropped from the batch at the next check, and never prefilled if it went
 away while queued. Every job ends with a final response or exactly one `fail` (a `JobError`), also
 when the queue is full (`max_queued`) and on `stop()`.
@@ -22,69 +23,26 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .contract import EngineError
-from .sampling import SamplingParams
-from .text import TextStream
+from .logits import log_softmax
+from .request import GenerationRequest, Job, JobError, Response, SequenceOutput
+
+__all__ = [
+    "ContinuousBatchScheduler",
+    "GenerationRequest",
+    "Job",
+    "JobError",
+    "Lane",
+    "Response",
+    "SchedulerCounts",
+    "lane_count",
+]
 
 CANCEL_CHECK_INTERVAL_S = 0.2
 SHUTTING_DOWN = "the model is shutting down"
-
-
-class JobError(str):
-    """The message a job fails with (a `str`, so a `fail` callback may treat it as text) and its `kind`:
-    INVALID_ARG (the request cannot be served as sent), UNAVAILABLE (try again: queue full, shutting
-    down), CANCELLED (the client went away) or INTERNAL (the generation broke). The names are
-    Triton's error codes, which the adapter sets on the error it sends."""
-
-    kind: str
-
-    def __new__(cls, message: str, kind: str = "INTERNAL") -> JobError:
-        error = super().__new__(cls, message)
-        error.kind = kind
-        return error
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A validated request, independent of Triton's types."""
-
-    prompt: str
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stream: bool = False
-    end_id: int | None = None  # None: the model's eos; -1: no end token (run to max_tokens)
-    # the prompt already tokenised (the gateway sends ids, so that only its chat template inserts
-    # control tokens); None: encode `prompt`
-    prompt_ids: tuple[int, ...] | None = None
-
-
-@dataclass
-class Job:
-    """One admitted request and how to answer it.
-
-    `emit(text, final, prompt_tokens, completion_tokens)` sends a response (`finish_reason`, 'stop' or
-    'length', is set before the final one); `fail(message)` sends an error (a `JobError`) as the
-    final response; `is_cancelled()` says whether the client went away.
-    """
-
-    request_id: str
-    request: GenerationRequest
-    emit: Callable[[str, bool, int, int], None]
-    fail: Callable[[str], None]
-    is_cancelled: Callable[[], bool] = lambda: False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reported_tokens: int = 0  # completion tokens already counted in earlier responses
-    text: list[str] = field(default_factory=list)
-    stream_state: Any = None
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -226,9 +184,10 @@ class ContinuousBatchScheduler:
         self.log(f"scheduler stopped: {self.counts} open={self.counts.open}")
 
     def may_take(self, lane: Lane) -> bool:
-        """Whether `lane` may admit another job now: it has room and no other lane holds fewer jobs."""
-        mine = len(lane.jobs)
-        return mine < lane.capacity and all(mine <= len(o.jobs) for o in self.lanes if o is not lane)
+        """Whether `lane` may admit another job now: it has room and no other lane runs fewer sequences.
+        (A job of n sequences may take a lane past its capacity by up to n - 1.)"""
+        mine = lane.load
+        return mine < lane.capacity and all(mine <= o.load for o in self.lanes if o is not lane)
 
     @contextlib.contextmanager
     def runner(self, lane: Lane) -> Iterator[Any]:
@@ -272,6 +231,7 @@ class Lane:
         self.log = scheduler.log
         self.batch = engine.new_batch()
         self.jobs: dict[str, Job] = {}
+        self.owners: dict[str, tuple[Job, SequenceOutput]] = {}  # running sequence id -> its job, output
         self.steps = 0
         self._last_cancel_check = 0.0
         self.thread = threading.Thread(target=self._run, name=f"tritonform-lane-{index}", daemon=True)
@@ -330,6 +290,11 @@ class Lane:
             block = False
             self._start_job(job)
 
+    @property
+    def load(self) -> int:
+        """Sequences running in this lane."""
+        return len(self.owners)
+
     def _start_job(self, job: Job) -> None:
         if _cancelled(job):  # the client left while the job was queued: no prefill for nobody
             self.scheduler.count("cancelled_before_prefill")
@@ -337,23 +302,19 @@ class Lane:
             return
         request = job.request
         try:
-            params = SamplingParams(
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                top_k=request.top_k,
-                seed=request.seed,
-                stop=request.stop,
-                # end_id replaces the model's eos as the token that ends the answer (TRT-LLM's meaning)
-                ignore_eos=request.end_id is not None,
-                stop_token_ids=() if request.end_id in (None, -1) else (request.end_id,),
-            )
+            params = [request.sampling_params(i) for i in range(request.n)]
             ids = list(request.prompt_ids) if request.prompt_ids else self.engine.encode(request.prompt)
             job.prompt_tokens = len(ids)
-            job.stream_state = TextStream(self.engine.tokenizer, stop=request.stop)
+            tokenizer = self.engine.tokenizer
+            job.sequences = [SequenceOutput(i, tokenizer, request) for i in range(request.n)]
+            seq_ids = [job.sequence_id(i) for i in range(request.n)]
             self.jobs[job.request_id] = job
+            for seq_id, seq in zip(seq_ids, job.sequences, strict=True):
+                self.owners[seq_id] = (job, seq)
             with self.scheduler.runner(self) as runner:
-                first = self.batch.add(job.request_id, ids, params, runner)
+                if request.echo_logprobs:
+                    job.echo = prompt_logprobs(runner, ids)
+                firsts = self.batch.add_group(seq_ids, ids, params, runner)
         except EngineError as exc:
             self.fail(job, JobError(str(exc), "INVALID_ARG"))
             return
@@ -361,7 +322,8 @@ class Lane:
             traceback.print_exc()
             self.fail(job, JobError(f"generation failed: {type(exc).__name__}: {exc}", "INTERNAL"))
             return
-        self._on_token(first)
+        for first in firsts:
+            self._on_token(first)
 
     def _drop_cancelled(self) -> None:
         # is_cancelled() is a round trip to the Triton process: ask a few times a second, not every step
@@ -371,52 +333,55 @@ class Lane:
         self._last_cancel_check = now
         for job in list(self.jobs.values()):
             if _cancelled(job):
-                self.batch.remove(job.request_id)
                 self.log(f"request {job.request_id} cancelled after {job.completion_tokens} tokens")
                 self.scheduler.count("cancelled_running")
                 self.fail(job, JobError("request cancelled", "CANCELLED"))
 
     def _on_token(self, out: Any) -> None:
-        job = self.jobs.get(out.request_id)
-        if job is None:
+        owner = self.owners.get(out.request_id)
+        if owner is None:
             return
+        job, seq = owner
         if out.error is not None:  # this sequence alone broke (the batch already dropped it)
             self.fail(job, JobError(f"generation failed: {out.error}", "INTERNAL"))
             return
-        stream = job.stream_state
-        if out.is_stop_token:
-            text = ""
-        else:
-            job.completion_tokens += 1
-            text = stream.push(out.token_id)
-        finished = out.finished or stream.stopped
+        text, finished = seq.push(out)
         if finished:
-            text += stream.flush()
+            del self.owners[out.request_id]
             if not out.finished:  # a stop string ended it: leave the batch now
-                self.batch.remove(job.request_id)
+                self.batch.remove(out.request_id)
+        last = finished and all(s.done for s in job.sequences)
+        response = seq.response(text, last, job.prompt_tokens)
+        if last:
             del self.jobs[job.request_id]
-            job.finish_reason = "stop" if stream.stopped else out.finish_reason
             self.scheduler.count("finished")
-        if job.request.stream:
-            if text or finished:
-                self._emit(job, text, finished)
-        else:
-            job.text.append(text)
-            if finished:
-                self._emit(job, "".join(job.text), True)
-
-    def _emit(self, job: Job, text: str, final: bool) -> None:
-        # completion_tokens counts the tokens behind THIS response (TRT-LLM's streaming semantics)
-        new_tokens = job.completion_tokens - job.reported_tokens
-        job.reported_tokens = job.completion_tokens
-        self._post(job.emit, (text, final, job.prompt_tokens, new_tokens))
+        if response is not None:
+            if job.echo is not None:  # the prompt's logprobs ride on the job's first response
+                response = response._replace(prompt_token_ids=job.echo[0], prompt_log_probs=job.echo[1])
+                job.echo = None
+            self._post(job.emit, (response,))
 
     def fail(self, job: Job, message: str) -> None:
-        """End `job` with an error response, after whatever it was already sent."""
+        """End `job` with an error response, after whatever it was already sent; its sequences leave
+        the batch."""
         self.jobs.pop(job.request_id, None)
+        for index in range(len(job.sequences)):
+            seq_id = job.sequence_id(index)
+            if self.owners.pop(seq_id, None) is not None:
+                self.batch.remove(seq_id)
         self.scheduler.count("failed")
         error = message if isinstance(message, JobError) else JobError(message)
         self._post(job.fail, (error,))
+
+
+def prompt_logprobs(runner: Any, ids: list[int]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The prompt's token ids and each one's logprob given the tokens before it (one extra forward
+    over the prompt, raw logits); the first token has none: NaN."""
+    logits = runner.prompt_logits(ids)
+    values = [float("nan")]
+    for position in range(1, len(ids)):
+        values.append(float(log_softmax(logits[position - 1])[ids[position]]))
+    return tuple(ids), tuple(values)
 
 
 def _send(send: Callable[..., None], args: tuple[Any, ...]) -> None:

@@ -37,11 +37,12 @@ class IncrementalDetokenizer:
         return ""
 
     def flush(self) -> str:
-        """Whatever is still held back (an incomplete character at the very end is emitted as is)."""
+        """Whatever is still held back. An incomplete character at the very end (the answer was cut
+        inside it, e.g. by max_tokens) is dropped: it would only decode to U+FFFD."""
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         full = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
-        return full[len(prefix) :]
+        return full[len(prefix) :].rstrip("\ufffd")
 
 
 class TextStream:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,23 +18,19 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.gateway.answers import ChatAnswer, CompletionAnswer
 from serving.gateway.errors import error_body, install_error_handlers
-from serving.gateway.generation import Gateway, Generation
+from serving.gateway.generation import Gateway
 from serving.gateway.limits import ApiKeyAuth, BodySizeLimit
 from serving.gateway.observability import LOGGER_NAME, RequestContext, configure_logging
-from serving.gateway.schemas import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletionRequest,
+from serving.gateway.responses import (
     ChatCompletionResponse,
-    CompletionChoice,
-    CompletionRequest,
     CompletionResponse,
     ErrorResponse,
     ModelCard,
     ModelList,
-    Usage,
 )
+from serving.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from serving.gateway.settings import GatewaySettings
 from serving.gateway.streaming import complete, stream
 from serving.gateway.triton import TritonGenerator
@@ -113,87 +108,27 @@ def create_app(settings: GatewaySettings, backend: TritonGenerator | None = None
 
     @app.post("/v1/completions", dependencies=secured, responses=_ERRORS, response_model=CompletionResponse)
     async def completions(body: CompletionRequest, request: Request) -> Any:
+        """A text completion (OpenAI's Completions API; README lists each parameter's support)."""
         gen = await gateway.admit("/v1/completions", request, body)
-        rid = request.state.request_id
-
-        def chunk(
-            text: str | None, finish: str | None, role: bool = False, usage: Usage | None = None
-        ) -> Any:
-            if role:
-                return None if text is None else chunk(text, finish)
-            return {
-                "id": f"cmpl-{rid}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": body.model,
-                "choices": []
-                if usage
-                else [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}],
-                "usage": usage.model_dump() if usage else None,
-            }
-
+        answer = CompletionAnswer(gen, gateway.token_bytes, body.model, f"cmpl-{request.state.request_id}")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return await stream(gateway, request, gen, _skip_none(chunk), include)
+            return await stream(gateway, request, gen, answer, include)
         await complete(gateway, request, gen)
-        return CompletionResponse(
-            id=f"cmpl-{rid}",
-            created=int(time.time()),
-            model=body.model,
-            usage=gen.usage,
-            choices=[CompletionChoice(text="".join(gen.text), finish_reason=_fr(gen))],
-        )
+        return answer.response()
 
     @app.post(
         "/v1/chat/completions", dependencies=secured, responses=_ERRORS, response_model=ChatCompletionResponse
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        """A chat completion (OpenAI's Chat Completions API: tools, structured output, logprobs, n;
+        README lists each parameter's support)."""
         gen = await gateway.admit("/v1/chat/completions", request, body)
-        rid = request.state.request_id
-
-        def chunk(
-            text: str | None, finish: str | None, role: bool = False, usage: Usage | None = None
-        ) -> Any:
-            delta: dict[str, str] = {"role": "assistant", "content": ""} if role else {}
-            if text:
-                delta["content"] = text
-            return {
-                "id": f"chatcmpl-{rid}",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": body.model,
-                "choices": []
-                if usage
-                else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                "usage": usage.model_dump() if usage else None,
-            }
-
+        answer = ChatAnswer(gen, gateway.token_bytes, body.model, f"chatcmpl-{request.state.request_id}")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return await stream(gateway, request, gen, chunk, include)
+            return await stream(gateway, request, gen, answer, include)
         await complete(gateway, request, gen)
-        assert gen.usage is not None
-        return ChatCompletionResponse(
-            id=f"chatcmpl-{rid}",
-            created=int(time.time()),
-            model=body.model,
-            usage=gen.usage,
-            choices=[ChatChoice(message=AssistantMessage(content="".join(gen.text)), finish_reason=_fr(gen))],
-        )
+        return answer.response()
 
     return app
-
-
-def _fr(gen: Generation) -> Any:
-    return gen.finish_reason
-
-
-def _skip_none(chunk: Any) -> Any:
-    """Completions have no role chunk: turn it into an empty text chunk (clients ignore it)."""
-
-    def wrapped(text: str | None, finish: str | None, role: bool = False, usage: Usage | None = None) -> Any:
-        if role:
-            return chunk("", None)
-        return chunk(text, finish, usage=usage)
-
-    return wrapped

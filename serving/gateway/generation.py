@@ -20,16 +20,29 @@ from typing import Any
 
 from fastapi import Request
 
+from serving.gateway.compat import ChatPlan, CompletionPlan, chat_plan, completion_plan
 from serving.gateway.errors import ApiError
 from serving.gateway.limits import ApiKeys, LocalKeyLimits, RateLimiter
+from serving.gateway.logprobs import TokenBytes, TokenRecord
 from serving.gateway.observability import LOGGER_NAME, GatewayMetrics
 from serving.gateway.prompts import Prompt, PromptError, PromptFormatter
 from serving.gateway.schemas import ChatCompletionRequest, CompletionRequest, Usage
 from serving.gateway.settings import GatewaySettings
+from serving.gateway.tools import chat_messages
 from serving.gateway.triton import Delta, GenerationParams, TritonError, TritonGenerator
 
 log = logging.getLogger(LOGGER_NAME)
 _FINISH_REASONS = ("stop", "length")
+
+
+@dataclass
+class Choice:
+    """One of the n sequences: its text, tokens (with logprobs when asked) and finish reason."""
+
+    text: list[str] = field(default_factory=list)
+    record: TokenRecord = field(default_factory=TokenRecord)
+    finish_reason: str | None = None
+    tokens: int = 0  # completion tokens reported for this sequence
 
 
 @dataclass
@@ -40,15 +53,31 @@ class Generation:
     key_id: str
     params: GenerationParams
     prompt_tokens: int
-    reserved_completion: int  # max_tokens as reserved from the key's budget at admission
+    reserved_completion: int  # max_tokens x n as reserved from the key's budget at admission
+    plan: ChatPlan | CompletionPlan | None = None
+    prompt: Prompt | None = None
     started: float = field(default_factory=time.perf_counter)
-    text: list[str] = field(default_factory=list)
+    choices: dict[int, Choice] = field(default_factory=dict)
+    prompt_record: TokenRecord | None = None  # the prompt's tokens and logprobs (echo + logprobs)
     usage: Usage | None = None
-    finish_reason: str | None = None
     first_token_at: float | None = None
     completion_tokens: int | None = 0  # summed over the stream; None if Triton does not report it
     generated: int = 0  # completion tokens seen so far (for the refund, whatever Triton reports)
     released: bool = False
+
+    def choice(self, index: int) -> Choice:
+        if index not in self.choices:
+            self.choices[index] = Choice()
+        return self.choices[index]
+
+    @property
+    def text(self) -> list[str]:
+        """The first choice's text pieces."""
+        return self.choice(0).text
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choice(0).finish_reason
 
 
 class Gateway:
@@ -59,6 +88,7 @@ class Gateway:
         self.settings = settings
         self.keys = ApiKeys(settings.resolved_api_keys())
         self.prompts = PromptFormatter.load(settings.resolved_tokenizer_dir())
+        self.token_bytes = TokenBytes(self.prompts.tokenizer)  # ids -> OpenAI's token/bytes (logprobs)
         self.metrics = GatewayMetrics()
         local = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.limits: Any = LocalKeyLimits(local)
@@ -132,10 +162,13 @@ class Gateway:
                 param="max_tokens",
                 code="max_tokens_too_large",
             )
+        plan: ChatPlan | CompletionPlan
         if isinstance(body, ChatCompletionRequest):
+            plan = chat_plan(body)
             param, chars = "messages", sum(len(m.text()) for m in body.messages)
         else:
-            param, chars = "prompt", len(body.prompt_text())
+            plan = completion_plan(body, self.prompts.fim_tokens)
+            param, chars = "prompt", len(body.prompt_text()) + len(body.suffix or "")
         if chars > s.prompt_chars_limit:
             raise ApiError(
                 400,
@@ -153,7 +186,9 @@ class Gateway:
             )
         self.active += 1  # taken before any await: a burst cannot pass the check together
         try:
-            return await self._admit_key(route, str(request.state.key_id), body, max_tokens, asked, param)
+            return await self._admit_key(
+                route, str(request.state.key_id), body, plan, max_tokens, asked, param
+            )
         except BaseException:
             self.active -= 1
             raise
@@ -163,12 +198,14 @@ class Gateway:
         route: str,
         key: str,
         body: CompletionRequest | ChatCompletionRequest,
+        plan: ChatPlan | CompletionPlan,
         max_tokens: int,
         asked: int | None,
         param: str,
     ) -> Generation:
         s = self.settings
-        wait = await self.limits.admit(key, max_tokens)
+        n = body.choices()
+        wait = await self.limits.admit(key, max_tokens * n)
         if wait:
             raise ApiError(
                 429,
@@ -178,35 +215,80 @@ class Gateway:
                 code="rate_limit_exceeded",
             )
         try:
-            prompt = await asyncio.to_thread(self._prompt, body)
-            max_tokens = self._fit(len(prompt.ids), max_tokens, asked, param)
+            prompt = await asyncio.to_thread(self._prompt, body, plan)
+            fitted = self._fit(len(prompt.ids), max_tokens, asked, param)
+            params = self._params(body, plan, prompt, fitted)
         except BaseException:
-            await self.limits.refund(key, max_tokens)
+            await self.limits.refund(key, max_tokens * n)
             raise
+        if fitted < max_tokens:
+            await self.limits.refund(key, (max_tokens - fitted) * n)
         await self.limits.charge(key, len(prompt.ids))
         if s.log_prompts:
             log.info("prompt", extra={"prompt": prompt.text})
-        params = GenerationParams(
+        return Generation(route, key, params, len(prompt.ids), fitted * n, plan, prompt)
+
+    def _params(
+        self,
+        body: CompletionRequest | ChatCompletionRequest,
+        plan: ChatPlan | CompletionPlan,
+        prompt: Prompt,
+        max_tokens: int,
+    ) -> GenerationParams:
+        vocab = self.prompts.vocab_size
+        bias = []
+        for token, value in (body.logit_bias or {}).items():
+            token_id = int(token) if token.strip().isascii() and token.strip().isdigit() else -1
+            if not 0 <= token_id < vocab:
+                raise ApiError(
+                    400,
+                    f"logit_bias: {token!r} is not a token id of this model (0..{vocab - 1})",
+                    param="logit_bias",
+                )
+            bias.append((token_id, float(value)))
+        logprobs, top, guide, echo = False, 0, None, False
+        if isinstance(plan, ChatPlan):
+            logprobs, top = plan.logprobs, plan.top_logprobs
+            guide = (plan.guide.kind, plan.guide.text) if plan.guide else None
+        elif plan.logprobs is not None:
+            logprobs, top, echo = True, plan.logprobs, plan.echo
+        return GenerationParams(
             prompt.text,
             max_tokens,
-            body.temperature,
-            body.top_p,
+            1.0 if body.temperature is None else body.temperature,
+            1.0 if body.top_p is None else body.top_p,
             body.seed,
             tuple(body.stop_list()),
-            body.stream,
+            bool(body.stream),
             prompt.ids,
+            top_k=body.top_k or 0,
+            min_p=body.min_p or 0.0,
+            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
+            logit_bias=tuple(bias),
+            logprobs=logprobs,
+            top_logprobs=top,
+            n=body.choices(),
+            guide=guide,
+            echo_logprobs=echo,
         )
-        return Generation(route, key, params, len(prompt.ids), max_tokens)
 
-    def _prompt(self, body: CompletionRequest | ChatCompletionRequest) -> Prompt:
+    def _prompt(
+        self, body: CompletionRequest | ChatCompletionRequest, plan: ChatPlan | CompletionPlan
+    ) -> Prompt:
         """Render and tokenise (runs in a worker thread)."""
         try:
             if isinstance(body, ChatCompletionRequest):
-                messages = [
-                    {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages
-                ]
-                return self.prompts.chat(messages)
+                assert isinstance(plan, ChatPlan)
+                takes_tools = self.prompts.takes_tools
+                messages, tools = chat_messages(body.messages, plan.tools, takes_tools)
+                return self.prompts.chat(messages, tools)
+            ids = body.prompt_ids()
+            if ids is not None:
+                return self.prompts.from_ids(ids)
+            if body.suffix is not None:
+                return self.prompts.fill_in_the_middle(body.prompt_text(), body.suffix)
             return self.prompts.completion(body.prompt_text())
         except PromptError as exc:
             param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
@@ -271,29 +353,38 @@ class Gateway:
         if gen.first_token_at is None and (delta.text or delta.final):
             gen.first_token_at = time.perf_counter()
             self.metrics.ttft.labels(gen.route).observe(gen.first_token_at - gen.started)
-        gen.text.append(delta.text)
+        choice = gen.choice(delta.sequence_index)
+        choice.text.append(delta.text)
+        choice.record.add(delta.token_ids, delta.log_probs, delta.top_token_ids, delta.top_log_probs)
+        if delta.prompt_token_ids:
+            gen.prompt_record = TokenRecord()
+            gen.prompt_record.add(delta.prompt_token_ids, delta.prompt_log_probs, (), ())
+        if delta.finish_reason in _FINISH_REASONS:
+            choice.finish_reason = delta.finish_reason
         if delta.completion_tokens is None or gen.completion_tokens is None:
             gen.completion_tokens = None
             gen.generated += 1 if delta.text else 0
         else:
+            choice.tokens += delta.completion_tokens
             gen.completion_tokens += delta.completion_tokens  # per response, as TRT-LLM
             gen.generated = gen.completion_tokens
         if delta.final:
             self._finish(gen, delta)
 
     def _finish(self, gen: Generation, last: Delta) -> None:
-        text = "".join(gen.text)
         completion = gen.completion_tokens
         if completion is None:
-            completion = self.prompts.count_tokens(text)
+            completion = sum(self.prompts.count_tokens("".join(c.text)) for c in gen.choices.values())
         gen.generated = completion
         prompt = last.prompt_tokens if last.prompt_tokens is not None else gen.prompt_tokens
         gen.usage = Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
-        if last.finish_reason in _FINISH_REASONS:
-            gen.finish_reason = last.finish_reason
-        else:  # a model without the finish_reason output (the TensorRT-LLM ensemble): best guess
-            gen.finish_reason = "length" if completion >= gen.params.max_tokens else "stop"
+        for index in range(gen.params.n):
+            choice = gen.choice(index)
+            if choice.finish_reason is None:
+                # a model without the finish_reason output (the TensorRT-LLM ensemble): best guess
+                tokens = choice.tokens if gen.completion_tokens is not None else completion
+                choice.finish_reason = "length" if tokens >= gen.params.max_tokens else "stop"
         self.metrics.completion_tokens.inc(completion)
         self.metrics.prompt_tokens.inc(prompt)

@@ -17,13 +17,20 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tokenizers import Tokenizer
 
 from model_repo.chat_template import ChatTemplateError, render_chat_template
 from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
+from serving.gateway.tools import template_takes_tools
 
+# fill-in-the-middle tokens (prefix, suffix, middle): StarCoder/SantaCoder, Qwen2.5-Coder/CodeGemma styles
+_FIM_TOKENS = (
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    ("<|fim_begin|>", "<|fim_hole|>", "<|fim_end|>"),
+)
 DEFAULT_CONTEXT = 2048  # a repository without generation.json (older builds) says nothing of its context
 
 
@@ -60,6 +67,11 @@ class PromptFormatter:
             key=len,
             reverse=True,
         )
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.takes_tools = template_takes_tools(chat_template)
+        self.fim_tokens = next(
+            (fim for fim in _FIM_TOKENS if all(tokenizer.token_to_id(t) is not None for t in fim)), None
+        )
 
     @classmethod
     def load(cls, folder: Path) -> PromptFormatter:
@@ -95,12 +107,32 @@ class PromptFormatter:
             return Prompt(prompt, tuple(plain))
         return Prompt(prompt, tuple(ids))
 
-    def chat(self, messages: list[dict[str, str]]) -> Prompt:
-        """Render `messages` with the model's template; control tokens only where the template put them."""
+    def from_ids(self, ids: list[int]) -> Prompt:
+        """A prompt sent as token ids (completions): checked against the vocabulary."""
+        bad = next((i for i in ids if i >= self.vocab_size), None)
+        if bad is not None:
+            raise PromptError(
+                f"prompt: token id {bad} is not in this model's vocabulary (0..{self.vocab_size - 1})"
+            )
+        return Prompt(self.tokenizer.decode(ids, skip_special_tokens=False), tuple(ids))
+
+    def fill_in_the_middle(self, prefix: str, suffix: str) -> Prompt:
+        """A completions prompt with a `suffix`, in the model's fill-in-the-middle format."""
+        assert self.fim_tokens is not None
+        start, hole, middle = self.fim_tokens
+        before = self._literal.encode(_unicode(prefix, "prompt"), add_special_tokens=False).ids
+        after = self._literal.encode(_unicode(suffix, "suffix"), add_special_tokens=False).ids
+        start_id, hole_id, middle_id = (int(self.tokenizer.token_to_id(t) or 0) for t in self.fim_tokens)
+        ids = (start_id, *before, hole_id, *after, middle_id)
+        return Prompt(f"{start}{prefix}{hole}{suffix}{middle}", ids)
+
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Prompt:
+        """Render `messages` with the model's template; control tokens only where the template put them.
+        `tools` go to the template (for templates that render tools themselves)."""
         if not self.chat_template:
             raise PromptError("this model has no chat template; use /v1/completions with a plain prompt")
         for message in messages:
-            _unicode(message["content"], "messages")
+            _unicode(message.get("content") or "", "messages")
         # Every special token spelled in the messages becomes a unique marker before rendering, so that
         # afterwards the template's own control tokens are the only special tokens in the text.
         marker = f"\ue000{secrets.token_hex(4)}\ue001"
@@ -116,14 +148,18 @@ class PromptFormatter:
                         spelled.append(special)
             return text
 
-        hidden = [{**m, "content": hide(m["content"])} for m in messages]
+        hidden = [
+            {**m, "content": hide(m["content"])} if isinstance(m.get("content"), str) else m for m in messages
+        ]
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
         try:
             rendered = render_chat_template(
                 self.chat_template,
-                hidden,
+                cast(Any, hidden),  # message values may be lists (tool_calls), not only text
                 add_generation_prompt=True,
                 bos_token=self.bos,
                 eos_token=self.eos,
+                **extra,
             )
         except ChatTemplateError as exc:
             raise PromptError(str(exc)) from None

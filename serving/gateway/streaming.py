@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -27,7 +27,16 @@ from serving.gateway.triton import Delta, TritonError
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
-Chunk = Callable[..., Any]  # chunk(text, finish_reason, role=False, usage=None) -> event payload
+
+
+class Answer(Protocol):
+    """Turns a generation's deltas into stream chunks (serving/gateway/answers.py)."""
+
+    def first(self) -> list[dict[str, Any]]: ...
+    def delta(self, delta: Delta) -> list[dict[str, Any]]: ...
+    def finish(self, include_usage: bool) -> list[dict[str, Any]]: ...
+
+
 _END = object()
 
 
@@ -143,7 +152,7 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 
 async def stream(
-    gateway: Gateway, request: Request, gen: Generation, chunk: Chunk, include_usage: bool
+    gateway: Gateway, request: Request, gen: Generation, answer: Answer, include_usage: bool
 ) -> StreamingResponse:
     """Start `gen` and answer with server-sent events (see the module docs for the first wait)."""
     settings = gateway.settings
@@ -162,11 +171,12 @@ async def stream(
         try:
             if item is None:
                 yield ": waiting for the model\n\n"  # headers and a first byte before the first token
-            yield _sse(chunk(None, None, role=True))
+            for payload in answer.first():
+                yield _sse(payload)
             while item is None or isinstance(item, Delta):
                 if isinstance(item, Delta):
-                    if item.text:
-                        yield _sse(chunk(item.text, None))
+                    for payload in answer.delta(item):
+                        yield _sse(payload)
                     if item.final:
                         break
                     item = await pump.next(None)
@@ -177,9 +187,8 @@ async def stream(
             if isinstance(item, TritonError):
                 yield _sse(error_body(item.status, item.message, item.kind))
             else:
-                yield _sse(chunk(None, gen.finish_reason))
-                if include_usage and gen.usage is not None:
-                    yield _sse(chunk(None, None, usage=gen.usage))
+                for payload in answer.finish(include_usage):
+                    yield _sse(payload)
         finally:
             await pump.stop()
             request.state.usage = gen.usage.model_dump() if gen.usage else None

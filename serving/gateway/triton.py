@@ -47,6 +47,8 @@ class TritonError(Exception):
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """One request's inputs (model_repo/spec.py's contract); defaults mean "as without the input"."""
+
     prompt: str
     max_tokens: int
     temperature: float = 0.0
@@ -55,19 +57,38 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     stream: bool = False
     prompt_ids: tuple[int, ...] | None = None  # sent as `input_ids` when the model takes them
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    n: int = 1
+    guide: tuple[str, str] | None = None  # (guided_decoding_guide_type, guided_decoding_guide)
+    echo_logprobs: bool = False  # the prompt's logprobs too (completions echo + logprobs)
 
 
 @dataclass(frozen=True)
 class Delta:
     """One response from Triton: new text, final flag, and token counts when the model reports them
     (`completion_tokens` counts the tokens behind this response; the ensemble has no `prompt_tokens`),
-    and on the final one the model's `finish_reason` (None when the model has no such output)."""
+    the `finish_reason` on a sequence's last response (None when the model has no such output), which
+    of the n sequences it belongs to, and the tokens behind its text with their logprobs."""
 
     text: str
     final: bool
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    sequence_index: int = 0
+    token_ids: tuple[int, ...] = ()
+    log_probs: tuple[float, ...] = ()
+    top_token_ids: tuple[int, ...] = ()
+    top_log_probs: tuple[float, ...] = ()
+    prompt_token_ids: tuple[int, ...] = ()
+    prompt_log_probs: tuple[float, ...] = ()
 
 
 # The python model's error codes (Triton's names) -> (HTTP status, OpenAI error type)
@@ -248,10 +269,42 @@ def _tensor(name: str, value: np.ndarray, datatype: str, batched: bool) -> grpcc
     return tensor
 
 
+# Parameters the model must take when a request uses them: (OpenAI parameter, the model's inputs)
+_NEEDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("top_k", ("top_k",)),
+    ("min_p", ("min_p",)),
+    ("repetition_penalty", ("repetition_penalty",)),
+    ("frequency_penalty", ("frequency_penalty",)),
+    ("presence_penalty", ("presence_penalty",)),
+    ("logit_bias", ("logit_bias_ids", "logit_bias_values")),
+    ("logprobs", ("return_log_probs",)),
+    ("top_logprobs", ("top_logprobs",)),
+    ("n", ("num_return_sequences",)),
+    ("guide", ("guided_decoding_guide_type", "guided_decoding_guide")),
+    ("echo_logprobs", ("echo_prompt_logprobs",)),
+)
+_PUBLIC_NAMES = {"guide": "response_format/tools", "echo_logprobs": "echo with logprobs"}
+
+
+def _used(p: GenerationParams, name: str) -> bool:
+    value, default = getattr(p, name), GenerationParams.__dataclass_fields__[name].default
+    return bool(value != default)
+
+
 def _inputs(p: GenerationParams, layout: _ModelLayout) -> list[grpcclient.InferInput]:
     if is_llmapi(layout.inputs):  # TensorRT-LLM's LLM API model: its own tensor names
         return llmapi_inputs(p, _tensor)
     b = layout.batched
+    for name, needed in _NEEDS:
+        missing = [t for t in needed if t not in layout.inputs]
+        if missing and _used(p, name):
+            public = _PUBLIC_NAMES.get(name, name)
+            raise TritonError(
+                400,
+                f"{public}: the served model has no input {missing[0]} (a repository built before this "
+                "feature, or a backend without it); rebuild the repository or leave the parameter out",
+                "invalid_request_error",
+            )
     inputs = []
     if p.prompt_ids is not None and "input_ids" in layout.inputs:
         inputs.append(_tensor("input_ids", np.array(p.prompt_ids, dtype=np.int32), "INT32", b))
@@ -270,6 +323,29 @@ def _inputs(p: GenerationParams, layout: _ModelLayout) -> list[grpcclient.InferI
         optional.append(
             ("stop_words", np.array([s.encode("utf-8") for s in p.stop], dtype=np.object_), "BYTES")
         )
+    scalars: list[tuple[str, str, type, str]] = [
+        ("top_k", "top_k", np.int32, "INT32"),
+        ("min_p", "min_p", np.float32, "FP32"),
+        ("repetition_penalty", "repetition_penalty", np.float32, "FP32"),
+        ("frequency_penalty", "frequency_penalty", np.float32, "FP32"),
+        ("presence_penalty", "presence_penalty", np.float32, "FP32"),
+        ("logprobs", "return_log_probs", bool, "BOOL"),
+        ("top_logprobs", "top_logprobs", np.int32, "INT32"),
+        ("n", "num_return_sequences", np.int32, "INT32"),
+        ("echo_logprobs", "echo_prompt_logprobs", bool, "BOOL"),
+    ]
+    for field_name, tensor, dtype, datatype in scalars:
+        if _used(p, field_name):
+            optional.append((tensor, np.array([getattr(p, field_name)], dtype=dtype), datatype))
+    if p.logit_bias:
+        ids = np.array([i for i, _ in p.logit_bias], dtype=np.int32)
+        optional.append(("logit_bias_ids", ids, "INT32"))
+        optional.append(("logit_bias_values", np.array([v for _, v in p.logit_bias], np.float32), "FP32"))
+    if p.guide is not None:
+        for tensor, text in zip(
+            ("guided_decoding_guide_type", "guided_decoding_guide"), p.guide, strict=True
+        ):
+            optional.append((tensor, np.array([text.encode("utf-8")], dtype=np.object_), "BYTES"))
     for name, value, datatype in optional:
         if name in layout.inputs:
             inputs.append(_tensor(name, value, datatype, b))
@@ -283,6 +359,13 @@ def _first(result: Any, name: str) -> Any:
     return value.reshape(-1)[0]
 
 
+def _values(result: Any, name: str, kind: type) -> tuple[Any, ...]:
+    value = result.as_numpy(name)
+    if value is None or value.size == 0:
+        return ()
+    return tuple(kind(v) for v in value.reshape(-1))
+
+
 def _delta(result: Any) -> Delta:
     text = _first(result, "text_output")
     if isinstance(text, bytes):
@@ -293,10 +376,18 @@ def _delta(result: Any) -> Delta:
     reason = _first(result, "finish_reason")
     if isinstance(reason, bytes):
         reason = reason.decode("utf-8", errors="replace")
+    index = _first(result, "sequence_index")
     return Delta(
         text="" if text is None else str(text),
         final=bool(final),
         prompt_tokens=None if prompt_tokens is None else int(prompt_tokens),
         completion_tokens=None if completion_tokens is None else int(completion_tokens),
         finish_reason=str(reason) if reason else None,
+        sequence_index=0 if index is None else int(index),
+        token_ids=_values(result, "output_token_ids", int),
+        log_probs=_values(result, "output_log_probs", float),
+        top_token_ids=_values(result, "output_top_token_ids", int),
+        top_log_probs=_values(result, "output_top_log_probs", float),
+        prompt_token_ids=_values(result, "prompt_token_ids", int),
+        prompt_log_probs=_values(result, "prompt_log_probs", float),
     )

@@ -12,6 +12,7 @@ from model_repo.spec import (
     GENERATION_INPUTS,
     GENERATION_OUTPUTS,
     PYTHON_MODEL_INPUTS,
+    PYTHON_MODEL_OUTPUTS,
     TEMPLATE_DIR,
     DataType,
     GenerationSpec,
@@ -43,7 +44,16 @@ def test_python_model_config_renders_and_parses_with_tritons_schema() -> None:
         "prompt_tokens",
         "completion_tokens",
         "finish_reason",
+        "sequence_index",
+        "output_token_ids",
+        "output_log_probs",
+        "output_top_token_ids",
+        "output_top_log_probs",
+        "prompt_token_ids",
+        "prompt_log_probs",
     ]
+    # the model sends exactly the outputs the config declares
+    assert [o.name for o in parsed.output] == [t.name for t in PYTHON_MODEL_OUTPUTS]
     assert parsed.instance_group[0].count == 2
     params = {k: v.string_value for k, v in parsed.parameters.items()}
     assert params["max_active_sequences"] == "4" and params["execution_provider"] == "cpu"
@@ -58,6 +68,13 @@ def test_tensor_names_follow_the_tensorrt_llm_ensemble() -> None:
     assert types["random_seed"] is DataType.UINT64 and types["stop_words"] is DataType.STRING
     # the python model reads exactly the inputs the config declares
     assert tuple(t.name for t in PYTHON_MODEL_INPUTS) == python_model._INPUT_NAMES
+    # issue 15's inputs and outputs carry TensorRT-LLM's names and types where it has them
+    extra = {t.name: t.data_type for t in (*PYTHON_MODEL_INPUTS, *PYTHON_MODEL_OUTPUTS)}
+    assert extra["return_log_probs"] is DataType.BOOL and extra["num_return_sequences"] is DataType.INT32
+    assert (
+        extra["guided_decoding_guide_type"] is DataType.STRING and extra["output_log_probs"] is DataType.FP32
+    )
+    assert extra["sequence_index"] is DataType.INT32 and extra["logit_bias_values"] is DataType.FP32
 
 
 def test_missing_placeholder_is_an_error() -> None:

@@ -266,6 +266,61 @@ def test_request_parsing_rejects_batches_and_bad_values() -> None:
             parse_request(value, 100)
 
 
+def test_request_parsing_reads_the_decoding_features_and_names_bad_values() -> None:
+    from model_repo.python_model.model import RequestError, parse_request
+
+    def tensors(**kw: Any) -> dict[str, Any]:
+        base = {"text_input": np.array([[b"hi"]], dtype=np.object_), "max_tokens": np.array([[4]], np.int32)}
+        return {**base, **{k: np.array([[v]]) if not isinstance(v, np.ndarray) else v for k, v in kw.items()}}
+
+    parsed = parse_request(
+        tensors(
+            frequency_penalty=np.float32(0.5),
+            presence_penalty=np.float32(-0.5),
+            repetition_penalty=np.float32(1.2),
+            min_p=np.float32(0.1),
+            logit_bias_ids=np.array([[3, 7]], np.int32),
+            logit_bias_values=np.array([[5.0, -100.0]], np.float32),
+            return_log_probs=True,
+            top_logprobs=np.int32(2),
+            num_return_sequences=np.int32(3),
+            guided_decoding_guide_type=np.array([[b"json_schema"]], dtype=np.object_),
+            guided_decoding_guide=np.array([[b'{"type": "object"}']], dtype=np.object_),
+            echo_prompt_logprobs=True,
+        ),
+        100,
+        8,
+    )
+    assert (parsed.frequency_penalty, parsed.presence_penalty, parsed.min_p) == pytest.approx(
+        (0.5, -0.5, 0.1)
+    )
+    assert parsed.logit_bias == ((3, 5.0), (7, -100.0)) and parsed.logprobs and parsed.top_logprobs == 2
+    assert parsed.n == 3 and parsed.guide_type == "json_schema" and parsed.echo_logprobs
+    assert parsed.sampling_params(2).seed is None and parse_request(tensors(), 100).n == 1
+    bad = {
+        "frequency_penalty=3.0: -2..2": tensors(frequency_penalty=np.float32(3.0)),
+        "same length": tensors(
+            logit_bias_ids=np.array([[1, 2]], np.int32), logit_bias_values=np.array([[1.0]])
+        ),
+        "between -100 and 100": tensors(
+            logit_bias_ids=np.array([[1]], np.int32), logit_bias_values=np.array([[150.0]], np.float32)
+        ),
+        "top_logprobs=21": tensors(top_logprobs=np.int32(21)),
+        "num_return_sequences=9: must be between 1 and 8": tensors(num_return_sequences=np.int32(9)),
+        "guided_decoding_guide_type='yaml'": tensors(
+            guided_decoding_guide_type=np.array([[b"yaml"]], dtype=np.object_)
+        ),
+        "guided_decoding_guide is required": tensors(
+            guided_decoding_guide_type=np.array([[b"regex"]], dtype=np.object_)
+        ),
+        "min_p=2.0": tensors(min_p=np.float32(2.0)),
+        "repetition_penalty=0.0": tensors(repetition_penalty=np.float32(0.0)),
+    }
+    for message, value in bad.items():
+        with pytest.raises(RequestError, match=re.escape(message)):
+            parse_request(value, 100, 8)
+
+
 def test_the_model_reports_its_finish_reason_and_takes_token_ids(tiny_triton: Any, engine: Any) -> None:
     from model_repo.runtime.sampling import SamplingParams
 
@@ -288,3 +343,95 @@ def test_errors_carry_tritons_error_code_in_the_message(tiny_triton: Any, engine
     too_long = [1] * (engine.metadata.max_context + 1)
     with pytest.raises(InferenceServerException, match=r"^\[INVALID_ARG\] prompt has \d+ tokens"):
         generate(tiny_triton.grpc_url, request_inputs(PROMPT, 4, input_ids=too_long))
+
+
+def generate_raw(
+    url: str, inputs: list[Any], timeout: float = 60
+) -> list[tuple[dict[str, np.ndarray], bool]]:
+    """Send one request on a gRPC stream; every response's output tensors and FINAL flag, to the final one."""
+    from model_repo.spec import PYTHON_MODEL_OUTPUTS
+
+    client = grpcclient.InferenceServerClient(url)
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer("llm", inputs)
+        out: list[tuple[dict[str, np.ndarray], bool]] = []
+        while True:
+            result, error = responses.get(timeout=timeout)
+            if error is not None:
+                raise error
+            final = result.get_response().parameters["triton_final_response"].bool_param
+            out.append(({t.name: result.as_numpy(t.name).reshape(-1) for t in PYTHON_MODEL_OUTPUTS}, final))
+            if final:
+                return out
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_the_decoding_feature_tensors_work_through_triton(tiny_triton: Any, engine: Any) -> None:
+    """tritonclient sends issue 15's tensors: n=2 sampled choices under a JSON schema with logprobs come
+    back as two sequences, each valid, with token ids and logprobs that line up with the text; bias,
+    penalties and echo are taken; a bad schema is INVALID_ARG."""
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}, "b": {"enum": ["x", "y"]}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    }
+
+    def features(**kw: Any) -> list[Any]:
+        tensors = request_inputs(PROMPT, 64, temperature=1.0, seed=11)
+        for name, (value, datatype) in kw.items():
+            tensors.append(_input(name, value, datatype))
+        return tensors
+
+    got = generate_raw(
+        tiny_triton.grpc_url,
+        features(
+            num_return_sequences=(np.array([[2]], np.int32), "INT32"),
+            return_log_probs=(np.array([[True]]), "BOOL"),
+            top_logprobs=(np.array([[2]], np.int32), "INT32"),
+            guided_decoding_guide_type=(np.array([[b"json_schema"]], dtype=np.object_), "BYTES"),
+            guided_decoding_guide=(np.array([[json.dumps(schema).encode()]], dtype=np.object_), "BYTES"),
+            echo_prompt_logprobs=(np.array([[True]]), "BOOL"),
+        ),
+    )
+    assert [final for _, final in got] == [False, True]
+    assert sorted(int(out["sequence_index"][0]) for out, _ in got) == [0, 1]
+    for out, _ in got:
+        text = out["text_output"][0].decode()
+        jsonschema.validate(json.loads(text), schema)
+        ids = [int(t) for t in out["output_token_ids"]]
+        assert engine.decode(ids) == text and int(out["completion_tokens"][0]) == len(ids)
+        assert len(out["output_log_probs"]) == len(ids) and np.all(out["output_log_probs"] <= 0)
+        assert len(out["output_top_token_ids"]) == len(out["output_top_log_probs"]) == 2 * len(ids)
+        assert out["finish_reason"][0] == b"stop"
+    echoed = [out for out, _ in got if len(out["prompt_token_ids"])]
+    assert len(echoed) == 1 and list(echoed[0]["prompt_token_ids"]) == engine.encode(PROMPT)
+    assert np.isnan(echoed[0]["prompt_log_probs"][0])
+
+    forced = engine.encode("q")[0]
+    biased = generate_raw(
+        tiny_triton.grpc_url,
+        features(
+            logit_bias_ids=(np.array([[forced]], np.int32), "INT32"),
+            logit_bias_values=(np.array([[100.0]], np.float32), "FP32"),
+            frequency_penalty=(np.array([[0.1]], np.float32), "FP32"),
+            presence_penalty=(np.array([[0.1]], np.float32), "FP32"),
+            repetition_penalty=(np.array([[1.1]], np.float32), "FP32"),
+            min_p=(np.array([[0.05]], np.float32), "FP32"),
+            top_k=(np.array([[5]], np.int32), "INT32"),
+        ),
+    )
+    assert list(biased[-1][0]["output_token_ids"]) == [forced] * 64
+
+    bad = features(
+        guided_decoding_guide_type=(np.array([[b"json_schema"]], dtype=np.object_), "BYTES"),
+        guided_decoding_guide=(np.array([[b'{"type": "nope"}']], dtype=np.object_), "BYTES"),
+    )
+    with pytest.raises(InferenceServerException, match=r"^\[INVALID_ARG\] guided decoding \(json_schema\)"):
+        generate_raw(tiny_triton.grpc_url, bad)

@@ -97,6 +97,20 @@ def small_context(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactor
     return folder
 
 
+@pytest.fixture(scope="session")
+def roomy_context(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's tokenizer and metadata with a 4096-token context (prompts with tools)."""
+    from model_repo.manifest import engine_dir
+    from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
+
+    source = engine_dir(tiny_repository, "llm")
+    folder = tmp_path_factory.mktemp("roomy-context")
+    (folder / TOKENIZER_FILE).write_bytes((source / TOKENIZER_FILE).read_bytes())
+    meta = json.loads((source / METADATA_FILE).read_text())
+    (folder / METADATA_FILE).write_text(json.dumps({**meta, "max_context": 4096}))
+    return folder
+
+
 @pytest.fixture
 def serve(small_context: Path) -> Iterator[Any]:
     """`serve(backend, **settings)`: a gateway over a scripted backend (tests/serving/fake_backend.py)
@@ -104,7 +118,8 @@ def serve(small_context: Path) -> Iterator[Any]:
     running: list[RunningGateway] = []
 
     def start(backend: Any, **overrides: Any) -> RunningGateway:
-        settings = gateway_settings("127.0.0.1:1", small_context, tokenizer_dir=small_context, **overrides)
+        values = {"tokenizer_dir": small_context, **overrides}
+        settings = gateway_settings("127.0.0.1:1", small_context, **values)
         gateway = start_gateway(settings, backend=backend)
         running.append(gateway)
         return gateway

@@ -59,10 +59,10 @@ class CountingPrompts:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._prompts, name)
 
-    def chat(self, messages: Any) -> Any:
+    def chat(self, messages: Any, tools: Any = None) -> Any:
         self.calls += 1
         self.threads.add(threading.current_thread().name)
-        return self._prompts.chat(messages)
+        return self._prompts.chat(messages, tools)
 
     def completion(self, prompt: str) -> Any:
         self.calls += 1

@@ -19,6 +19,15 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+DEMO_MODEL_NOTE = (
+    "The default model is SmolLM2-135M-Instruct, a 135M-parameter demonstration model: it shows the stack "
+    "working, but its answers are often wrong (asked for the capital of France it may answer with a French "
+    "phrase; llama.cpp answers the same on the same weights). Serve your own checkpoint instead:\n"
+    "  tritonform build --model /path/to/hf-checkpoint --out build/mine\n"
+    "  tritonform serve --model-repo build/mine"
+)
+
+
 def usage_examples(url: str, api_key: str, model: str) -> str:
     """The ready-to-paste `curl` and `openai` snippets printed once the stack is up."""
     return f"""curl {url}/v1/chat/completions \\
@@ -49,29 +58,41 @@ def serve(
         str | None,
         typer.Option("--api-key", envvar="TRITONFORM_LOCAL_API_KEY", help="Key to accept (default: new)."),
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="For scripts: no progress display or examples; print only the URL and key."
+        ),
+    ] = False,
 ) -> None:
-    """Serve a model locally: real Triton + OpenAI-compatible gateway. Ctrl-C stops both."""
+    """Serve a model locally: real Triton + OpenAI-compatible gateway. Ctrl-C stops both.
+
+    Without --model-repo it serves the default demonstration model (SmolLM2-135M-Instruct), building its
+    repository on the first run (about 5-6 minutes on 2 CPU cores, each step shown; library warnings go
+    to the build log) and reusing it afterwards.
+    """
     from serving.local_stack import LocalStack, LocalStackConfig, StackError, check_port_free
 
     # Ctrl-C and `kill` stop alike, however serve was started: a background job of a non-interactive
     # shell starts with SIGINT ignored, and Python would keep ignoring it.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _interrupt)
+    default_model = model_repo is None
     try:
         check_port_free(host, port)  # before a possibly long build
         if model_repo is None:
             # building is the CLI's part: the local stack only serves a repository it is given
-            from model_repo.build import build_default_repository
-
-            with console.status("preparing the default model's repository") as status:
-                model_repo = build_default_repository(lambda message: status.update(message))
+            model_repo = _build_default(quiet)
         elif not model_repo.is_dir():
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
         stack = LocalStack(
             LocalStackConfig(model_repository=model_repo, host=host, port=port, api_key=api_key)
         )
-        with console.status("starting Triton and the gateway"):
+        if quiet:
             stack.start()
+        else:
+            with console.status("starting Triton and the gateway"):
+                stack.start()
     except StackError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -83,9 +104,12 @@ def serve(
             soft_wrap=True,
         )
         console.print(f"API key: {stack.api_key}", soft_wrap=True, highlight=False)
-        examples = usage_examples(stack.url, stack.api_key, stack.model_name)
-        console.print(examples, highlight=False, markup=False, soft_wrap=True)
-        console.print("Press Ctrl-C to stop.")
+        if not quiet:
+            examples = usage_examples(stack.url, stack.api_key, stack.model_name)
+            console.print(examples, highlight=False, markup=False, soft_wrap=True)
+            if default_model:
+                console.print(DEMO_MODEL_NOTE, highlight=False, markup=False, soft_wrap=True)
+            console.print("Press Ctrl-C to stop.")
         threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:
         console.print(f"stopping (at most {stack.stop_timeout_s:.0f} s)")
@@ -96,6 +120,25 @@ def serve(
             signal.signal(stop_signal, signal.SIG_IGN)
         stack.stop()
         console.print("stopped")
+
+
+def _build_default(quiet: bool) -> Path:
+    """The default model's repository (cached), its build shown step by step (tritonform/commands/
+    build_progress.py); library warnings go to the build log."""
+    # building is the CLI's part: the local stack only serves a repository it is given
+    from model_repo.build import build_default_repository
+    from model_repo.checkpoint import cache_dir
+    from tritonform.commands.build_progress import FIRST_RUN_NOTE, BuildProgress
+
+    log_file = cache_dir() / "logs" / "build-default.log"
+    with BuildProgress(console, log_file, quiet) as progress:
+
+        def say(message: str) -> None:
+            if message.startswith("building the default model"):
+                message = f"building the default model's repository ({FIRST_RUN_NOTE}); log: {log_file}"
+            progress(message)
+
+        return build_default_repository(say)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -11,8 +11,15 @@ from typing import Any
 import pytest
 
 from model_repo.runtime.engine import Engine
+from model_repo.runtime.request import SequenceOutput
 from model_repo.runtime.sampling import SamplingParams
-from model_repo.runtime.scheduler import ContinuousBatchScheduler, GenerationRequest, Job, lane_count
+from model_repo.runtime.scheduler import (
+    ContinuousBatchScheduler,
+    GenerationRequest,
+    Job,
+    Response,
+    lane_count,
+)
 
 PROMPTS = ["hello world", "the quick brown fox", "a", "model servers stream", "one two three", "lazy dog"]
 
@@ -43,9 +50,9 @@ def run_jobs(scheduler: ContinuousBatchScheduler, prompts: list[str], max_tokens
     errors: list[str] = []
     for i, prompt in enumerate(prompts):
 
-        def emit(text: str, final: bool, _p: int, _c: int, i: int = i) -> None:
-            texts[i].append(text)
-            if final:
+        def emit(response: Response, i: int = i) -> None:
+            texts[i].append(response.text)
+            if response.final:
                 done[i].set()
 
         def fail(message: str, i: int = i) -> None:
@@ -87,21 +94,23 @@ def test_a_lane_working_alone_runs_on_the_all_cores_engine(lanes: Any, tiny_engi
     assert [engine.calls for engine in lanes.own] == [0, 0]
 
 
-def test_a_lane_takes_a_job_only_with_room_and_no_more_jobs_than_the_others(tiny_engine: Engine) -> None:
+def test_a_lane_takes_a_job_only_with_room_and_no_more_sequences_than_the_others(tiny_engine: Engine) -> None:
+    """Lanes count running sequences (a job of n choices runs n), not jobs."""
     scheduler = ContinuousBatchScheduler(
         tiny_engine, max_active=5, lane_engines=[tiny_engine, tiny_engine]
-    )  # not started: the lanes' job tables are filled by hand
+    )  # not started: the lanes' sequence tables are filled by hand
     first, second = scheduler.lanes
     assert (first.capacity, second.capacity) == (3, 2)
     job = Job("x", GenerationRequest(prompt="p", max_tokens=1), lambda *_: None, lambda _m: None)
+    seq = SequenceOutput(0, tiny_engine.tokenizer, job.request)
     assert scheduler.may_take(first) and scheduler.may_take(second)
-    first.jobs["a"] = job
+    first.owners["a"] = (job, seq)
     assert not scheduler.may_take(first) and scheduler.may_take(second)
-    second.jobs["b"] = second.jobs["c"] = job
+    second.owners["b"] = second.owners["c"] = (job, seq)  # e.g. one job of two sequences
     assert scheduler.may_take(first) and not scheduler.may_take(second)  # second is full
-    first.jobs["d"] = first.jobs["e"] = job
+    first.owners["d"] = first.owners["e"] = (job, seq)
     assert not scheduler.may_take(first)  # full too
-    assert sorted(scheduler.jobs) == ["a", "b", "c", "d", "e"]
+    assert (first.load, second.load) == (3, 2)
 
 
 def test_without_lane_engines_there_is_one_lane_on_the_engine(tiny_engine: Engine) -> None:
@@ -161,8 +170,8 @@ def test_stop_sends_what_was_queued_then_fails_the_running_job_last(tiny_engine:
     events: list[tuple[str, Any]] = []
     started = threading.Event()
 
-    def emit(text: str, final: bool, _p: int, _c: int) -> None:
-        events.append(("text", final))
+    def emit(response: Response) -> None:
+        events.append(("text", response.final))
         started.set()
 
     request = GenerationRequest(prompt=PROMPTS[0], max_tokens=500, stream=True, end_id=-1)
@@ -191,13 +200,13 @@ class Recorder:
     """A job's answers: what `emit` and `fail` were called with, and when it ended."""
 
     def __init__(self) -> None:
-        self.responses: list[tuple[str, bool, int, int]] = []
+        self.responses: list[Response] = []
         self.errors: list[Any] = []
         self.done = threading.Event()
 
-    def emit(self, text: str, final: bool, prompt_tokens: int, completion_tokens: int) -> None:
-        self.responses.append((text, final, prompt_tokens, completion_tokens))
-        if final:
+    def emit(self, response: Response) -> None:
+        self.responses.append(response)
+        if response.final:
             self.done.set()
 
     def fail(self, message: str) -> None:

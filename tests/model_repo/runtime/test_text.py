@@ -1,8 +1,11 @@
-"""Streaming text: deltas never split a character, stop strings cut across tokens."""
+"""Streaming text: deltas never split a character (Chinese, emoji, accented text), stop strings cut across
+tokens, and the token ids of a response are exactly those behind its text."""
 
 from __future__ import annotations
 
+from model_repo.runtime.batch import StepOutput
 from model_repo.runtime.engine import Engine
+from model_repo.runtime.request import GenerationRequest, SequenceOutput
 from model_repo.runtime.text import IncrementalDetokenizer, TextStream
 
 
@@ -24,3 +27,52 @@ def test_text_stream_cuts_at_a_stop_string_spanning_tokens(tiny_engine: Engine) 
         if stream.stopped:
             break
     assert stream.stopped and out == "hello world "
+
+
+def test_an_answer_cut_inside_a_character_drops_the_partial_bytes(tiny_engine: Engine) -> None:
+    """max_tokens may end an answer between a character's bytes: the flush sends no U+FFFD for them."""
+    ids = tiny_engine.encode("ok 東")
+    detok = IncrementalDetokenizer(tiny_engine.tokenizer)
+    deltas = [detok.push(i) for i in ids[:-1]] + [detok.flush()]  # the last byte of 東 never comes
+    assert "".join(deltas) == "ok " and all("\ufffd" not in d for d in deltas)
+
+
+MULTILINGUAL = ["你好\uff0c世界", "emoji 🎉🚀 ok", "très élégant, ça va ?"]
+
+
+def _tokens(ids: list[int]) -> list[StepOutput]:
+    return [
+        StepOutput("r", t, i == len(ids) - 1, "length" if i == len(ids) - 1 else None)
+        for i, t in enumerate(ids)
+    ]
+
+
+def test_streamed_responses_carry_whole_characters_and_the_ids_behind_them(tiny_engine: Engine) -> None:
+    """Each streamed response's token ids decode to exactly its text: ids of bytes held back (a split
+    character) travel with the response that releases the character."""
+    for text in MULTILINGUAL:
+        ids = tiny_engine.encode(text)
+        seq = SequenceOutput(
+            0, tiny_engine.tokenizer, GenerationRequest(prompt="p", max_tokens=99, stream=True)
+        )
+        responses = []
+        for out in _tokens(ids):
+            released, finished = seq.push(out)
+            response = seq.response(released, finished, 1)
+            if response is not None:
+                responses.append(response)
+        assert "".join(r.text for r in responses) == text
+        assert [t for r in responses for t in r.token_ids] == ids
+        for r in responses:
+            assert "\ufffd" not in r.text and tiny_engine.decode(list(r.token_ids)) == r.text
+            assert r.completion_tokens == len(r.token_ids)
+        assert responses[-1].final and responses[-1].finish_reason == "length"
+
+
+def test_a_non_streamed_sequence_answers_once_with_all_its_text_and_ids(tiny_engine: Engine) -> None:
+    ids = tiny_engine.encode(MULTILINGUAL[0])
+    seq = SequenceOutput(0, tiny_engine.tokenizer, GenerationRequest(prompt="p", max_tokens=99))
+    made = [seq.response(*seq.push(out), 1) for out in _tokens(ids)]
+    assert made[:-1] == [None] * (len(ids) - 1)
+    last = made[-1]
+    assert last is not None and last.text == MULTILINGUAL[0] and list(last.token_ids) == ids
