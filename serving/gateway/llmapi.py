@@ -16,6 +16,30 @@ from typing import Any
 import numpy as np
 
 LLMAPI_MARKER = "sampling_param_max_tokens"
+# Request features the llmapi model here has no tensor for (GenerationParams field -> public name).
+UNSUPPORTED = {
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "logit_bias": "logit_bias",
+    "logprobs": "logprobs",
+    "top_logprobs": "top_logprobs",
+    "n": "n",
+    "guide": "response_format/tools",
+    "echo_logprobs": "echo with logprobs",
+}
+
+
+class LlmApiUnsupported(ValueError):
+    """A request asks for a feature the TensorRT-LLM (llmapi) model does not take; says which."""
+
+
+def unsupported(params: Any) -> str | None:
+    """The public name of the first feature `params` uses that the llmapi model lacks, else None."""
+    fields = type(params).__dataclass_fields__
+    for name, public in UNSUPPORTED.items():
+        if name in fields and getattr(params, name) != fields[name].default:
+            return public
+    return None
 
 
 def is_llmapi(model_inputs: Collection[str]) -> bool:
@@ -32,8 +56,14 @@ def llmapi_tensors(params: Any) -> list[tuple[str, np.ndarray, str]]:
         ("sampling_param_temperature", np.array([params.temperature], dtype=np.float32), "FP32"),
         ("sampling_param_top_p", np.array([params.top_p], dtype=np.float32), "FP32"),
     ]
-    if params.temperature == 0.0:
-        tensors.append(("sampling_param_top_k", np.array([1], dtype=np.int32), "INT32"))  # greedy
+    top_k = 1 if params.temperature == 0.0 else int(getattr(params, "top_k", 0))  # temperature 0: greedy
+    if top_k:
+        tensors.append(("sampling_param_top_k", np.array([top_k], dtype=np.int32), "INT32"))
+    for field, name in (("frequency_penalty", "sampling_param_frequency_penalty"),
+                        ("presence_penalty", "sampling_param_presence_penalty")):  # fmt: skip
+        value = float(getattr(params, field, 0.0))
+        if value:
+            tensors.append((name, np.array([value], dtype=np.float32), "FP32"))
     if params.seed is not None:
         tensors.append(("sampling_param_seed", np.array([params.seed], dtype=np.uint64), "UINT64"))
     if params.stop:
@@ -44,5 +74,11 @@ def llmapi_tensors(params: Any) -> list[tuple[str, np.ndarray, str]]:
 
 def llmapi_inputs(params: Any, make: Callable[[str, np.ndarray, str, bool], Any]) -> list[Any]:
     """The request's inputs built with the gateway's tensor maker (`make(name, value, datatype, batched)`);
-    the llmapi model has no batch dimension."""
+    the llmapi model has no batch dimension. `LlmApiUnsupported` names a feature it cannot serve."""
+    missing = unsupported(params)
+    if missing is not None:
+        raise LlmApiUnsupported(
+            f"{missing}: the served model (TensorRT-LLM's LLM API backend) does not support it; "
+            "leave the parameter out"
+        )
     return [make(name, value, datatype, False) for name, value, datatype in llmapi_tensors(params)]

@@ -26,7 +26,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from serving.gateway.llmapi import is_llmapi, llmapi_inputs
+from serving.gateway.llmapi import LlmApiUnsupported, is_llmapi, llmapi_inputs
 
 # Reconnect fast after Triton restarts (gRPC's default backoff grows to two minutes).
 CHANNEL_ARGS = [
@@ -293,7 +293,10 @@ def _used(p: GenerationParams, name: str) -> bool:
 
 def _inputs(p: GenerationParams, layout: _ModelLayout) -> list[grpcclient.InferInput]:
     if is_llmapi(layout.inputs):  # TensorRT-LLM's LLM API model: its own tensor names
-        return llmapi_inputs(p, _tensor)
+        try:
+            return llmapi_inputs(p, _tensor)
+        except LlmApiUnsupported as exc:
+            raise TritonError(400, str(exc), "invalid_request_error") from None
     b = layout.batched
     for name, needed in _NEEDS:
         missing = [t for t in needed if t not in layout.inputs]

@@ -15,7 +15,7 @@ import pytest
 
 from model_repo.spec import GenerationSpec
 from model_repo.tensorrt_llm import LlmApiOptions, write_tensorrt_llm_repository
-from serving.gateway.llmapi import is_llmapi, llmapi_tensors
+from serving.gateway.llmapi import LlmApiUnsupported, is_llmapi, llmapi_inputs, llmapi_tensors
 from serving.gateway.triton import GenerationParams
 from serving.triton_local import TritonServer, TritonServerConfig
 from tests.model_repo.test_tensorrt_llm import FAKE_TENSORRT_LLM, _artefacts, _checkpoint
@@ -32,6 +32,11 @@ def test_llmapi_tensors_carry_the_request() -> None:
     assert is_llmapi({"text_input", "sampling_param_max_tokens"}) and not is_llmapi(
         {"text_input", "max_tokens"}
     )
+    params = GenerationParams("hi", 5, 0.7, top_k=40, presence_penalty=0.5)
+    sampled = {name: value.tolist() for name, value, _ in llmapi_tensors(params)}
+    assert sampled["sampling_param_top_k"] == [40] and sampled["sampling_param_presence_penalty"] == [0.5]
+    with pytest.raises(LlmApiUnsupported, match="logprobs: the served model"):
+        llmapi_inputs(GenerationParams("hi", 5, logprobs=True), lambda *a: a)
 
 
 @pytest.mark.slow
@@ -63,6 +68,8 @@ def test_openai_api_through_the_llmapi_model(tmp_path: Path) -> None:
                             chunks.append(json.loads(line[6:]))
                 text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
                 assert text == "alpha beta gamma"
+                refused = http.post("/v1/completions", json={**body, "logprobs": 2})
+                assert refused.status_code == 400 and "does not support it" in refused.text
         finally:
             running.stop()
     shutil.rmtree(repo, ignore_errors=True)
