@@ -25,30 +25,25 @@ class Images:
     gateway: pulumi.Input[str]
 
 
-NGC_TRITON = "nvcr.io/nvidia/tritonserver"
-
-
 def build_images(
     settings: StackSettings, registry: ContainerRegistry, opts: pulumi.ResourceOptions
 ) -> Images:
     """Build (or take from the settings) both images."""
     kit_version = version(DISTRIBUTION)
-    triton_tag = f"{settings.triton.version}-{kit_version}"
-    # TensorRT-LLM's LLM API runs in NGC's own image of the same release (it carries tensorrt_llm):
-    # nothing to build for it.
-    trtllm = f"{NGC_TRITON}:{settings.triton.version}-trtllm-python-py3"
-    triton = (
-        settings.triton.image
-        or (trtllm if settings.model.backend == "tensorrt-llm" else None)
-        or _build(
-            settings,
-            registry,
-            TRITON_IMAGE,
-            "docker/triton/Dockerfile",
-            triton_tag,
-            {"TRITON_VERSION": settings.triton.version},
-            opts,
-        )
+    if settings.model.backend == "tensorrt-llm":
+        # TensorRT-LLM's LLM API runs in NGC's own image of the same release (it carries tensorrt_llm):
+        # pushed to the stack's registry unchanged, so it runs by digest like the others.
+        dockerfile, tag = "docker/triton-trtllm/Dockerfile", f"{settings.triton.version}-trtllm-python-py3"
+    else:
+        dockerfile, tag = "docker/triton/Dockerfile", settings.triton.version
+    triton = settings.triton.image or _build(
+        settings,
+        registry,
+        TRITON_IMAGE,
+        dockerfile,
+        f"{tag}-{kit_version}",
+        {"TRITON_VERSION": settings.triton.version},
+        opts,
     )
     gateway = settings.gateway.image or _build(
         settings, registry, GATEWAY_IMAGE, "docker/gateway/Dockerfile", kit_version, {}, opts

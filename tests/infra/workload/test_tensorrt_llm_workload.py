@@ -31,7 +31,8 @@ def test_tensorrt_llm_stack_syncs_the_llmapi_repository_and_runs_the_trtllm_imag
     pod = _triton_pod(plan)
     (triton,) = pod["containers"]
     (locator,) = pod["initContainers"]
-    assert triton["image"] == f"nvcr.io/nvidia/tritonserver:{plan.settings.triton.version}-trtllm-python-py3"
+    # docker/triton-trtllm (FROM NGC's tritonserver:<release>-trtllm-python-py3), pushed and run by digest
+    assert f":{plan.settings.triton.version}-trtllm-python-py3-" in str(triton["image"])
     assert locator["args"][:5] == ["sync", "--prefix", locator["args"][2], "--version", MODEL_VERSION]
     assert locator["args"][5:7] == ["--dest", "/models"]
     size = f"{checkpoint_storage_gib(plan.settings.model)}Gi"
