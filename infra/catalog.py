@@ -17,63 +17,107 @@ CLOUDS: tuple[CloudName, ...] = ("aws", "gcp", "azure")
 
 
 @dataclass(frozen=True)
+class GpuSpec:
+    """One GPU as the fit and throughput estimates see it: memory per GPU and its peak memory bandwidth.
+
+    `memory_gib` is the nominal size NVIDIA sells it as ("80 GB" parts hold 80 GiB; the driver reports
+    slightly less, which the fit model's usable fraction covers); `bandwidth_gb_s` is the datasheet peak.
+    """
+
+    name: str
+    memory_gib: float
+    bandwidth_gb_s: float
+    source: str
+
+
+# Each figure from NVIDIA's datasheet for the part (A10G, AWS's variant of the A10: the same memory and
+# bandwidth, per Baseten's "NVIDIA A10 vs A10G" comparison). Read 2026-12-01.
+_NVIDIA = "NVIDIA data-center GPU datasheet"
+T4 = GpuSpec("T4 16GB", 16, 320, f"{_NVIDIA} (T4)")
+A10G = GpuSpec("A10G 24GB", 24, 600, "baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference")
+L4 = GpuSpec("L4 24GB", 24, 300, f"{_NVIDIA} (L4)")
+L40S = GpuSpec("L40S 48GB", 48, 864, f"{_NVIDIA} (L40S)")
+A100_40 = GpuSpec("A100 SXM4 40GB", 40, 1555, f"{_NVIDIA} (A100, 40GB HBM2)")
+A100_80_SXM = GpuSpec("A100 SXM4 80GB", 80, 2039, f"{_NVIDIA} (A100 80GB SXM)")
+A100_80_PCIE = GpuSpec("A100 PCIe 80GB", 80, 1935, f"{_NVIDIA} (A100 80GB PCIe)")
+H100_SXM = GpuSpec("H100 SXM 80GB", 80, 3350, f"{_NVIDIA} (H100 SXM)")
+H100_NVL = GpuSpec("H100 NVL 94GB", 94, 3900, f"{_NVIDIA} (H100 NVL)")
+H200 = GpuSpec("H200 141GB", 141, 4800, f"{_NVIDIA} (H200)")
+
+
+@dataclass(frozen=True)
 class GpuMachine:
-    """One GPU machine type: how many GPUs of which model, and its list price."""
+    """One GPU machine type: how many GPUs of which model, which GPU that is, and its list price."""
 
     name: str
     gpus: int
-    gpu_model: str
+    gpu_model: str  # the cloud's own name for the GPU (GCP: the accelerator type)
     vcpus: int
     memory_gib: int
     usd_per_hour: float
+    gpu: GpuSpec
+
+    @property
+    def gpu_memory_gib(self) -> float:
+        """Memory of one of its GPUs."""
+        return self.gpu.memory_gib
+
+    @property
+    def hbm_bandwidth_gb_s(self) -> float:
+        """Peak memory bandwidth of one of its GPUs (GB/s)."""
+        return self.gpu.bandwidth_gb_s
 
 
 def _table(*machines: GpuMachine) -> dict[str, GpuMachine]:
     return {m.name: m for m in machines}
 
 
+# Prices: on-demand Linux list prices per hour in one common region (AWS us-east-1, GCP us-central1, Azure
+# eastus), as the clouds' pricing pages showed them; checked on PRICES_CHECKED against the hyperscaler
+# table datareceipts/data-receipts 109-gpu-pricing/hyperscalers.json (retrieved 2026-11-09) where it lists
+# the type. Spot capacity bills below these.
 # AWS: NVIDIA GPU instance types that run the EKS accelerated AMIs (x86_64).
 AWS_GPU_MACHINES = _table(
-    GpuMachine("g4dn.xlarge", 1, "T4", 4, 16, 0.526),
-    GpuMachine("g4dn.2xlarge", 1, "T4", 8, 32, 0.752),
-    GpuMachine("g4dn.12xlarge", 4, "T4", 48, 192, 3.912),
-    GpuMachine("g5.xlarge", 1, "A10G", 4, 16, 1.006),
-    GpuMachine("g5.2xlarge", 1, "A10G", 8, 32, 1.212),
-    GpuMachine("g5.4xlarge", 1, "A10G", 16, 64, 1.624),
-    GpuMachine("g5.12xlarge", 4, "A10G", 48, 192, 5.672),
-    GpuMachine("g5.48xlarge", 8, "A10G", 192, 768, 16.288),
-    GpuMachine("g6.xlarge", 1, "L4", 4, 16, 0.805),
-    GpuMachine("g6.2xlarge", 1, "L4", 8, 32, 0.978),
-    GpuMachine("g6.12xlarge", 4, "L4", 48, 192, 4.602),
-    GpuMachine("g6e.xlarge", 1, "L40S", 4, 32, 1.861),
-    GpuMachine("g6e.12xlarge", 4, "L40S", 48, 384, 10.493),
-    GpuMachine("p4d.24xlarge", 8, "A100", 96, 1152, 21.958),
-    GpuMachine("p5.48xlarge", 8, "H100", 192, 2048, 55.04),
+    GpuMachine("g4dn.xlarge", 1, "T4", 4, 16, 0.526, T4),
+    GpuMachine("g4dn.2xlarge", 1, "T4", 8, 32, 0.752, T4),
+    GpuMachine("g4dn.12xlarge", 4, "T4", 48, 192, 3.912, T4),
+    GpuMachine("g5.xlarge", 1, "A10G", 4, 16, 1.006, A10G),
+    GpuMachine("g5.2xlarge", 1, "A10G", 8, 32, 1.212, A10G),
+    GpuMachine("g5.4xlarge", 1, "A10G", 16, 64, 1.624, A10G),
+    GpuMachine("g5.12xlarge", 4, "A10G", 48, 192, 5.672, A10G),
+    GpuMachine("g5.48xlarge", 8, "A10G", 192, 768, 16.288, A10G),
+    GpuMachine("g6.xlarge", 1, "L4", 4, 16, 0.805, L4),
+    GpuMachine("g6.2xlarge", 1, "L4", 8, 32, 0.978, L4),
+    GpuMachine("g6.12xlarge", 4, "L4", 48, 192, 4.602, L4),
+    GpuMachine("g6e.xlarge", 1, "L40S", 4, 32, 1.861, L40S),
+    GpuMachine("g6e.12xlarge", 4, "L40S", 48, 384, 10.493, L40S),
+    GpuMachine("p4d.24xlarge", 8, "A100", 96, 1152, 21.958, A100_40),
+    GpuMachine("p5.48xlarge", 8, "H100", 192, 2048, 55.04, H100_SXM),
 )
 AWS_GPU_FAMILIES = frozenset(name.split(".")[0] for name in AWS_GPU_MACHINES)
 
 # GCP: machine types with attached or built-in NVIDIA accelerators, keyed by machine type.
 GCP_GPU_MACHINES = _table(
-    GpuMachine("n1-standard-4", 1, "nvidia-tesla-t4", 4, 15, 0.54),
-    GpuMachine("n1-standard-8", 1, "nvidia-tesla-t4", 8, 30, 0.73),
-    GpuMachine("g2-standard-4", 1, "nvidia-l4", 4, 16, 0.71),
-    GpuMachine("g2-standard-8", 1, "nvidia-l4", 8, 32, 0.85),
-    GpuMachine("g2-standard-24", 2, "nvidia-l4", 24, 96, 2.00),
-    GpuMachine("a2-highgpu-1g", 1, "nvidia-tesla-a100", 12, 85, 3.67),
-    GpuMachine("a2-ultragpu-1g", 1, "nvidia-a100-80gb", 12, 170, 5.07),
-    GpuMachine("a3-highgpu-8g", 8, "nvidia-h100-80gb", 208, 1872, 88.25),
+    GpuMachine("n1-standard-4", 1, "nvidia-tesla-t4", 4, 15, 0.54, T4),
+    GpuMachine("n1-standard-8", 1, "nvidia-tesla-t4", 8, 30, 0.73, T4),
+    GpuMachine("g2-standard-4", 1, "nvidia-l4", 4, 16, 0.71, L4),
+    GpuMachine("g2-standard-8", 1, "nvidia-l4", 8, 32, 0.85, L4),
+    GpuMachine("g2-standard-24", 2, "nvidia-l4", 24, 96, 2.00, L4),
+    GpuMachine("a2-highgpu-1g", 1, "nvidia-tesla-a100", 12, 85, 3.67, A100_40),
+    GpuMachine("a2-ultragpu-1g", 1, "nvidia-a100-80gb", 12, 170, 5.07, A100_80_SXM),
+    GpuMachine("a3-highgpu-8g", 8, "nvidia-h100-80gb", 208, 1872, 88.25, H100_SXM),
 )
 GCP_ACCELERATORS = frozenset(m.gpu_model for m in GCP_GPU_MACHINES.values())
 
 # Azure: NVIDIA GPU VM sizes.
 AZURE_GPU_MACHINES = _table(
-    GpuMachine("Standard_NC4as_T4_v3", 1, "T4", 4, 28, 0.526),
-    GpuMachine("Standard_NC8as_T4_v3", 1, "T4", 8, 56, 0.752),
-    GpuMachine("Standard_NC64as_T4_v3", 4, "T4", 64, 440, 4.352),
-    GpuMachine("Standard_NC24ads_A100_v4", 1, "A100", 24, 220, 3.673),
-    GpuMachine("Standard_NC48ads_A100_v4", 2, "A100", 48, 440, 7.346),
-    GpuMachine("Standard_NC40ads_H100_v5", 1, "H100", 40, 320, 6.98),
-    GpuMachine("Standard_ND96asr_v4", 8, "A100", 96, 900, 27.197),
+    GpuMachine("Standard_NC4as_T4_v3", 1, "T4", 4, 28, 0.526, T4),
+    GpuMachine("Standard_NC8as_T4_v3", 1, "T4", 8, 56, 0.752, T4),
+    GpuMachine("Standard_NC64as_T4_v3", 4, "T4", 64, 440, 4.352, T4),
+    GpuMachine("Standard_NC24ads_A100_v4", 1, "A100", 24, 220, 3.673, A100_80_PCIE),
+    GpuMachine("Standard_NC48ads_A100_v4", 2, "A100", 48, 440, 7.346, A100_80_PCIE),
+    GpuMachine("Standard_NC40ads_H100_v5", 1, "H100", 40, 320, 6.98, H100_NVL),
+    GpuMachine("Standard_ND96asr_v4", 8, "A100", 96, 900, 27.197, A100_40),
 )
 
 GPU_MACHINES: dict[CloudName, dict[str, GpuMachine]] = {
@@ -277,3 +321,76 @@ AWS_COMMON_RULE_SET_RULES = frozenset(
         "CrossSiteScripting_URIPATH",
     }
 )
+
+
+# --- Prices of what a stack runs besides the GPU pool ------------------------------------------------
+# What `tritonform plan` adds up in its `cost` block. USD per hour, on-demand list prices in the same
+# regions as the GPU tables above, read on PRICES_CHECKED from each cloud's pricing page (as quoted by the
+# sources named): usage-priced parts (per request, per GB) are left out and named in the plan's notes.
+PRICES_CHECKED = date(2026, 12, 1)
+PRICES_SOURCE = {
+    "aws": "aws.amazon.com/ec2/pricing/on-demand, /vpc/pricing (NAT $0.045/h, cloudburn.io/blog/"
+    "aws-nat-gateway-pricing), /elasticloadbalancing/pricing, /eks/pricing, us-east-1",
+    "gcp": "cloud.google.com/compute/vm-instance-pricing, /nat/pricing, /vpc/network-pricing (forwarding "
+    "rules), /armor/pricing, /kubernetes-engine/pricing, us-central1",
+    "azure": "azure.microsoft.com/pricing: virtual-machines/linux, load-balancer, ip-addresses, kubernetes-"
+    "service, api-management (Developer ~$48/month, Premium ~$2,795/month; microsoftnegotiations.com/blog/"
+    "azure-api-management-licensing), eastus",
+}
+
+# System-pool machine types (CPU nodes for add-ons and the gateway).
+SYSTEM_MACHINE_PRICES: dict[CloudName, dict[str, float]] = {
+    "aws": {
+        "m6i.large": 0.096,
+        "m6i.xlarge": 0.192,
+        "m6i.2xlarge": 0.384,
+        "m7i.large": 0.1008,
+        "m7i.xlarge": 0.2016,
+        "m5.large": 0.096,
+        "m5.xlarge": 0.192,
+    },
+    "gcp": {
+        "e2-standard-2": 0.067,
+        "e2-standard-4": 0.134,
+        "e2-standard-8": 0.268,
+        "n2-standard-4": 0.194,
+        "n2-standard-8": 0.388,
+    },
+    "azure": {
+        "Standard_D2s_v5": 0.096,
+        "Standard_D4s_v5": 0.192,
+        "Standard_D8s_v5": 0.384,
+    },
+}
+
+
+@dataclass(frozen=True)
+class FixedPrices:
+    """Hourly list prices of one cloud's always-on parts outside the node pools.
+
+    `control_plane`: the managed Kubernetes fee (dev/prod differ on AKS: Free vs Standard tier).
+    `nat_gateway`: one NAT gateway (AWS: per gateway; GCP Cloud NAT: per VM, `nat_per_vm`, capped).
+    `load_balancer`: the entry load balancer's hourly part (LCUs / data are usage). `api_gateway`: the
+    managed API entry's hourly part by tier (AWS REST API is per request only: 0).
+    """
+
+    control_plane_dev: float
+    control_plane_prod: float
+    nat_gateway: float
+    nat_per_vm: float
+    nat_per_vm_cap: float
+    load_balancer: float
+    api_gateway: dict[str, float]
+
+
+FIXED_PRICES: dict[CloudName, FixedPrices] = {
+    # EKS $0.10/h per cluster; NAT gateway $0.045/h; NLB $0.0225/h (+ NLCU usage); REST API per request
+    # ($3.50/million) and WAF web ACL $5/month + $1/rule/month.
+    "aws": FixedPrices(0.10, 0.10, 0.045, 0.0, 0.0, 0.0225, {"rest": 0.0, "waf": 0.0137}),
+    # GKE cluster fee $0.10/h; Cloud NAT $0.0014 per VM-hour up to $0.044/h; global external Application
+    # LB forwarding rule $0.025/h; Cloud Armor policy $5/month.
+    "gcp": FixedPrices(0.10, 0.10, 0.0, 0.0014, 0.044, 0.025, {"cloud-armor": 0.0068}),
+    # AKS Free tier (dev) / Standard tier $0.10/h (prod); outbound through the Standard LB (no NAT gateway);
+    # Standard LB first 5 rules $0.025/h; APIM one unit: Developer ~$48/month, Premium ~$2,795/month.
+    "azure": FixedPrices(0.0, 0.10, 0.0, 0.0, 0.0, 0.025, {"Developer": 0.0658, "Premium": 3.829}),
+}

@@ -8,6 +8,7 @@ end. A failed gate, an error or Ctrl-C therefore leaves a previous repository at
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import re
@@ -18,17 +19,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from model_repo.gates import DEFAULT_MAX_PPL_INCREASE, DEFAULT_MIN_AGREEMENT
-
-if TYPE_CHECKING:
-    from model_repo.spec import GenerationSpec
-    from model_repo.tensorrt_llm import EngineBuild
-
-# Renders the Kubernetes Job that builds a TensorRT-LLM engine on the GPU pool; the CLI passes
-# `infra.workload.engine_build.engine_build_job` with the GPU scheduling (model_repo imports no infra).
-EngineJobRenderer = Callable[["GenerationSpec", "EngineBuild"], dict[str, Any]]
 
 BACKENDS = ("onnx", "tensorrt-llm")
 REPORT_FILE = "build_report.json"
@@ -49,9 +42,9 @@ class BuildOptions:
     parity_tokens: int = 64
     model_name: str = "llm"
     max_batch_size: int = 8
-    # tensorrt-llm only
-    gpu_type: str = "nvidia-l4"
-    bucket_uri: str = "s3://tritonform-models"
+    # tensorrt-llm only: GPUs one replica spreads the model over (the stack's triton.gpusPerReplica)
+    tensor_parallel: int = 1
+    max_seq_len: int = 4096
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -67,6 +60,13 @@ class BuildOptions:
             raise BuildError(f"--max-ppl-increase {self.max_ppl_increase}: must be >= 0")
         if self.parity_tokens < 1:
             raise BuildError("parity_tokens must be >= 1")
+        if self.backend == "tensorrt-llm" and self.quantize != "none":
+            raise BuildError(
+                f"--quantize {self.quantize} is for --backend onnx: TensorRT-LLM's LLM API serves the "
+                "checkpoint at its own precision (give it an already quantised checkpoint)"
+            )
+        if not 1 <= self.tensor_parallel <= 8:
+            raise BuildError(f"--tensor-parallel {self.tensor_parallel}: must be 1 to 8")
 
 
 Step = Callable[[str], None]
@@ -108,16 +108,11 @@ def build(
     options: BuildOptions,
     on_step: Callable[[str, int], None] | None = None,
     on_note: Step | None = None,
-    *,
-    engine_job: EngineJobRenderer | None = None,
 ) -> dict[str, Any]:
-    """Run the whole build; returns the build report (also written as build_report.json).
-    `engine_job`: renders the engine build Job, required by the tensorrt-llm backend."""
+    """Run the whole build; returns the build report (also written as build_report.json)."""
     from model_repo.checkpoint import checkpoint_hash, resolve_checkpoint
 
     options.validate()
-    if options.backend == "tensorrt-llm" and engine_job is None:
-        raise BuildError("--backend tensorrt-llm needs the engine build Job renderer; run `tritonform build`")
     steps = _Steps(on_step, on_note)
     out = options.out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +133,7 @@ def build(
                 "size_bytes": _dir_size(info.path),
             }
         if options.backend == "tensorrt-llm":
-            assert engine_job is not None  # checked above, before any work
-            _build_tensorrt_llm(options, info, work, report, steps, engine_job)
+            _build_tensorrt_llm(options, info, work, report, steps)
         else:
             _build_onnx(options, info, work, report, steps)
     finally:
@@ -208,46 +202,33 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
 
 
 def _build_tensorrt_llm(
-    options: BuildOptions,
-    info: Any,
-    work: Path,
-    report: dict[str, Any],
-    steps: _Steps,
-    engine_job: EngineJobRenderer,
+    options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps
 ) -> None:
-    """The TensorRT-LLM layout: tokenizer + metadata here; the engine is built on the target GPU by the
-    Kubernetes Job written next to the repository."""
+    """The llmapi layout: the checkpoint itself, with tokenizer.json and generation.json beside it; the
+    LLM API loads it on the GPU at serve time (no engine build)."""
     from model_repo.export import generation_metadata, load_torch_model
     from model_repo.spec import GenerationSpec
-    from model_repo.tensorrt_llm import EngineBuild, write_tensorrt_llm_repository
+    from model_repo.tensorrt_llm import LlmApiOptions, write_tensorrt_llm_repository
 
+    llmapi = LlmApiOptions(
+        model_type=info.model_type,
+        tensor_parallel_size=options.tensor_parallel,
+        max_seq_len=options.max_seq_len,
+        max_batch_size=options.max_batch_size,
+    )
     art = work / "artefacts"
     art.mkdir()
     with steps.step("metadata"):
         model, tok = load_torch_model(info.path)
         meta = generation_metadata(model, tok, quantization=options.quantize)
+        del model  # only its generation settings are needed; the GPU loads the checkpoint itself
         tok.backend_tokenizer.save(str(art / "tokenizer.json"))
         meta.save(art)
-        del model
-    arch = {"llama": "llama", "mistral": "mistral", "qwen2": "llama", "gpt2": "gpt2"}[info.model_type]
-    sha = report["checkpoint"]["sha256"]
-    build_spec = EngineBuild(
-        model_hash=sha,
-        architecture=arch,  # type: ignore[arg-type]
-        checkpoint_uri=f"{options.bucket_uri.rstrip('/')}/checkpoints/{sha[:16]}",
-        bucket_uri=options.bucket_uri,
-        gpu_type=options.gpu_type,
-        weight_only=options.quantize,  # type: ignore[arg-type]
-    )
-    report["tensorrt_llm"] = {
-        "gpu_type": options.gpu_type,
-        "bucket_uri": options.bucket_uri,
-        "weight_only": options.quantize,
-    }
+    report["tensorrt_llm"] = {"protocol": "llmapi", **dataclasses.asdict(llmapi)}
     with steps.step("repository"):
         _write_report(art, report, steps)
         spec = GenerationSpec(model_name=options.model_name, max_batch_size=options.max_batch_size)
-        write_tensorrt_llm_repository(options.out, art, spec, build_spec, engine_job(spec, build_spec))
+        write_tensorrt_llm_repository(options.out, info.path, art, spec, llmapi)
 
 
 # What `tritonform serve` builds when no repository is given: int4 weight-only (output and down

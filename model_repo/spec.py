@@ -31,10 +31,9 @@ Request/response tensors (`GENERATION_INPUTS` / `GENERATION_OUTPUTS`) follow the
                                   non-streaming answer carries the total; an end token is not
                                   counted). From TRT-LLM's `sequence_length`, so both backends mean
                                   the same thing.
-     prompt_tokens INT32 [1]      ONNX backend only: a decoupled TRT-LLM ensemble cannot return a
-                                  tensor that does not come through the engine (Triton rejects it at
-                                  load), so with TRT-LLM count prompt tokens with the `preprocessing`
-                                  model (REQUEST_INPUT_LEN) or the tokenizer.
+     prompt_tokens INT32 [1]      ONNX backend only: TensorRT-LLM's LLM API model (its own tensor
+                                  names, model_repo/tensorrt_llm.py) reports no token counts, so the
+                                  gateway counts them with the tokenizer.
 
 Decoding features (python model only, all inputs optional; absent = off; names from TensorRT-LLM
 where it has them; each applies per sequence inside the continuous batch):

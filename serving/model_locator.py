@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,31 @@ def version_repository(prefix: str, version: str) -> str:
     return checked.uri
 
 
+def sync_version(prefix: str, version: str, dest: Path) -> Path:
+    """Copy every file of version `version` into `dest/<version>/` (node-local storage), each checked
+    against the sha256 its manifest records, the manifest last; returns that folder for Triton's
+    `--model-repository`. For repositories Triton should not stream from the bucket (the llmapi checkpoint).
+    Each file is read whole: the largest file must fit the container's memory."""
+    checked = check_version(prefix, version)
+    target = dest / checked.version
+    partial = dest / f".{checked.version}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    for name, info in sorted(checked.manifest["files"].items()):
+        uri = checked.location.uri(VERSIONS, checked.version, name)
+        data = _read(checked.store, version_key(checked.location, checked.version, name), uri)
+        if data is None:
+            raise LocatorError(f"{uri} is missing; upload the model again")
+        if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+            raise LocatorError(f"{uri} differs from its manifest: refusing it; upload the model again")
+        path = partial.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (partial / MANIFEST_FILE).write_bytes(checked.manifest_bytes)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
 def fetch_tokenizer(prefix: str, model: str, dest: Path, *, version: str) -> list[Path]:
     """Copy `model`'s tokenizer files of version `version` into `dest`, each checked against the manifest."""
     checked = check_version(prefix, version)
@@ -185,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     resolve.add_argument("--prefix", required=True, help="the upload prefix, e.g. s3://BUCKET/models")
     resolve.add_argument("--version", required=True, help=version_help)
     resolve.add_argument("--out", required=True, type=Path, help="file to write the URI to")
+    sync = commands.add_parser("sync", help="check a version, copy all of it to local storage")
+    sync.add_argument("--prefix", required=True, help="the upload prefix, e.g. s3://BUCKET/models")
+    sync.add_argument("--version", required=True, help=version_help)
+    sync.add_argument("--dest", required=True, type=Path, help="local folder to copy the version into")
+    sync.add_argument("--out", required=True, type=Path, help="file to write the local folder's path to")
     tokenizer = commands.add_parser("tokenizer", help="check a version, copy its tokenizer files")
     tokenizer.add_argument("--prefix", required=True, help="the upload prefix, e.g. s3://BUCKET/models")
     tokenizer.add_argument("--version", required=True, help=version_help)
@@ -197,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(uri)
             print(f"serving {uri}")
+        elif args.command == "sync":
+            folder = sync_version(args.prefix, args.version, args.dest)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(str(folder))
+            print(f"serving {folder}")
         else:
             for path in fetch_tokenizer(args.prefix, args.model, args.dest, version=args.version):
                 print(f"copied {path}")

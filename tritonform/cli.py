@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tritonform.commands import eval as eval_cmd
-from tritonform.commands import infra, init, model, serve, train
+from tritonform.commands import infra, init, model, serve, top, train
 
 app = typer.Typer(
     name="tritonform",
@@ -30,6 +30,7 @@ model.register(app)
 serve.register(app)
 train.register(app)
 eval_cmd.register(app)
+top.register(app)
 
 
 def main() -> None:

@@ -63,7 +63,8 @@ DESCRIPTIONS: dict[str, str] = {
     "triton.modelPrefix": "Bucket prefix that `tritonform model upload` writes versions and CURRENT under.",
     "triton.modelVersion": "The uploaded version Triton and the gateway serve (`tritonform model upload "
     "--stack` sets it); unset: neither runs yet, so the first `pulumi up` needs no model.",
-    "triton.gpusPerReplica": "GPUs each Triton pod requests.",
+    "triton.gpusPerReplica": "GPUs each Triton pod requests: its tensor parallel size, a divisor of "
+    "`gpuPool.gpusPerNode`; 1 on the ONNX backend.",
     "triton.targetInflightRequests": "Generations in flight (plus requests held) per Triton replica that "
     "trigger a scale-out (KEDA ScaledObject).",
     "triton.scaleToZeroAfterSeconds": "With `minReplicas: 0`: seconds without generations in flight or held "
@@ -94,6 +95,25 @@ DESCRIPTIONS: dict[str, str] = {
     "addons.prometheusVersion": "prometheus-community/prometheus chart version.",
     "addons.kedaVersion": "kedacore/keda chart version: KEDA scales Triton on the gateway's generations in "
     "flight plus held requests, down to zero when `triton.minReplicas` is 0.",
+    "addons.dcgmExporterVersion": "NVIDIA dcgm-exporter Helm chart: GPU metrics (memory, utilisation) "
+    "from every GPU node, scraped by the stack's Prometheus.",
+    "model.name": "Name of the served model, as `plan` prints it.",
+    "model.configJson": "A checkpoint's config.json (path from the project root); its numbers replace the "
+    "shape keys below.",
+    "model.parametersB": "Parameters in billions; unset: counted from the shape.",
+    "model.layers": "Transformer layers (`num_hidden_layers`).",
+    "model.hiddenSize": "Hidden size.",
+    "model.intermediateSize": "MLP intermediate size.",
+    "model.attentionHeads": "Query heads.",
+    "model.kvHeads": "Key/value heads (grouped-query attention).",
+    "model.headDim": "Size of one head; unset: hiddenSize / attentionHeads.",
+    "model.vocabSize": "Vocabulary size.",
+    "model.tiedEmbeddings": "Input and output embeddings share one table.",
+    "model.precision": "Weights (and KV cache: 16 bits below fp32) as served; `plan` checks the fit per GPU.",
+    "model.contextLength": "Tokens of context each sequence may hold (KV cache is sized for it).",
+    "model.concurrency": "Sequences one replica decodes at once (KV cache and throughput estimate).",
+    "model.backend": "Triton backend of the uploaded repository: `onnx` (one GPU) or `tensorrt-llm` "
+    "(LLM API).",
     "edge.rateLimitPerSecond": "Steady request rate the public edge lets through.",
     "edge.burst": "Burst of requests the public edge lets through.",
     "edge.streamTimeoutSeconds": "Longest generation (stream) the edge keeps open, in seconds (max 900).",

@@ -131,6 +131,7 @@ class AddonSettings(Settings):
     metrics_server_version: str = "3.13.1"  # kubernetes-sigs metrics-server chart (clouds without one)
     prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
     keda_version: str = "2.17.2"  # kedacore/keda chart: Triton's ScaledObject (load-based, down to zero)
+    dcgm_exporter_version: str = "4.8.2"  # NVIDIA dcgm-exporter chart (GPU metrics on the GPU pool)
 
 
 class EdgeSettings(Settings):

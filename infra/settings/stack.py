@@ -30,6 +30,8 @@ from infra.catalog import (
 from infra.settings.base import Settings
 from infra.settings.base import check_cidr as _check_cidr
 from infra.settings.clouds import AwsSettings, AzureSettings, GcpSettings
+from infra.settings.fit import check_disk, check_fit, check_parallelism
+from infra.settings.model import ModelSettings
 from infra.settings.serving import (
     AddonSettings,
     EdgeSettings,
@@ -197,6 +199,7 @@ class StackSettings(_Settings):
     gateway: GatewaySettings = GatewaySettings()
     addons: AddonSettings = AddonSettings()
     edge: EdgeSettings = EdgeSettings()
+    model: ModelSettings = ModelSettings()
     gcp: GcpSettings | None = None
     azure: AzureSettings | None = None
     aws: AwsSettings | None = None
@@ -247,6 +250,9 @@ class StackSettings(_Settings):
                 f"edge.streamTimeoutSeconds ({self.edge.stream_timeout_seconds} s), so the edge would cut a "
                 "held request before the gateway answers it with a 503; lower it or raise the edge's"
             )
+        check_parallelism(self.gpu_pool.gpus_per_node, self.triton.gpus_per_replica, self.model.backend)
+        check_fit(self.cloud, self.gpu_machine, self.triton.gpus_per_replica, self.model)
+        check_disk(self.model.backend, self.gpu_pool.disk_size_gb, self.model)
         return self
 
     # Derived values: computed here so that no other module re-decides them.
@@ -263,6 +269,11 @@ class StackSettings(_Settings):
         if self.triton.min_replicas is not None:
             return self.triton.min_replicas
         return min(2, self.triton.max_replicas) if self.environment == "prod" else 1
+
+    @property
+    def gpu_machine(self) -> GpuMachine | None:
+        """The GPU pool's machine type in the catalogue (None: an AWS type of a known family not listed)."""
+        return GPU_MACHINES[self.cloud].get(self.gpu_pool.instance_type)
 
     @property
     def system_instance_type(self) -> str:

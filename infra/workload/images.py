@@ -30,13 +30,18 @@ def build_images(
 ) -> Images:
     """Build (or take from the settings) both images."""
     kit_version = version(DISTRIBUTION)
-    triton_tag = f"{settings.triton.version}-{kit_version}"
+    if settings.model.backend == "tensorrt-llm":
+        # TensorRT-LLM's LLM API runs in NGC's own image of the same release (it carries tensorrt_llm):
+        # pushed to the stack's registry unchanged, so it runs by digest like the others.
+        dockerfile, tag = "docker/triton-trtllm/Dockerfile", f"{settings.triton.version}-trtllm-python-py3"
+    else:
+        dockerfile, tag = "docker/triton/Dockerfile", settings.triton.version
     triton = settings.triton.image or _build(
         settings,
         registry,
         TRITON_IMAGE,
-        "docker/triton/Dockerfile",
-        triton_tag,
+        dockerfile,
+        f"{tag}-{kit_version}",
         {"TRITON_VERSION": settings.triton.version},
         opts,
     )

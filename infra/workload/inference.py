@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 from infra.platform.base import GpuScheduling, ReaderIdentity, ServiceExposure
 from infra.settings import StackSettings
 from infra.workload.gateway import GATEWAY, GATEWAY_PORT, Gateway, GatewayArgs
+from infra.workload.gpu_observability import DcgmExporter
 from infra.workload.monitoring import MONITORING_NAMESPACE, Monitoring
 from infra.workload.network_policies import PolicyTargets, network_policies
 from infra.workload.rate_limit_store import RATE_LIMITS, RATE_LIMITS_PORT, RateLimitStore, store_url
@@ -114,6 +115,13 @@ class InferenceWorkload(pulumi.ComponentResource):
             )
         model_prefix = pulumi.Output.concat(args.bucket_uri, "/", s.triton.model_prefix)
         monitoring = Monitoring("monitoring", s, opts=child)
+        DcgmExporter(
+            "gpu-metrics",
+            s,
+            args.scheduling,
+            MONITORING_NAMESPACE,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[monitoring]),
+        )
         triton = TritonServer(
             "triton",
             TritonArgs(

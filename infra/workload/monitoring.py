@@ -28,6 +28,8 @@ class Monitoring(pulumi.ComponentResource):
         self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("tritonform:workload:Monitoring", name, None, opts)
+        from infra.workload.gpu_observability import alert_rules
+
         addons = settings.addons
         namespace = k8s.core.v1.Namespace(
             MONITORING_NAMESPACE,
@@ -44,6 +46,8 @@ class Monitoring(pulumi.ComponentResource):
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHARTS_REPO),
             values={
                 "alertmanager": {"enabled": False},
+                # Alerts show in Prometheus (no Alertmanager here): infra/workload/gpu_observability.py
+                "serverFiles": {"alerting_rules.yml": alert_rules(settings)},
                 "prometheus-pushgateway": {"enabled": False},
                 "server": {
                     "retention": "7d",

@@ -8,8 +8,8 @@ the trainer runs; the last container of pod 0 copies the checkpoint to `checkpoi
 `_COMPLETE` after it. The pods run as the trainer service account, which every cloud binds to an
 identity that may read `datasets/` and write `checkpoints/` only (`TrainerIdentity`).
 
-A plain function of plain values (same idiom as engine_build.py): rendering creates no resource, and the
-CLI validates the result strictly against the cluster version's schemas before writing or submitting it.
+A plain function of plain values (like the other workload builders): rendering creates no resource, and
+the CLI validates the result strictly against the cluster version's schemas before writing or submitting it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.platform.base import TRAINER_READ_PREFIX, TRAINER_WRITE_PREFIX, GpuScheduling
-from infra.workload.engine_build import AZURE_LOGIN, SYNC_IMAGES, _sync_command
+from infra.workload.bucket_sync import AZURE_LOGIN, SYNC_IMAGES, sync_command
 from model_repo.storage import StorageUri
 
 TRAINING_APP = "tritonform-training"  # the app label the namespace's network policies know
@@ -101,7 +101,7 @@ def _copy_inputs(spec: TrainingJobSpec, scheme: str) -> str:
     command = "mkdir -p /work/data /work/model && " + _copy_file(scheme, spec.dataset_uri(), _data_file(spec))
     model_uri = spec.model_uri()
     if model_uri:
-        command += " && " + _sync_command(scheme, model_uri, "/work/model")
+        command += " && " + sync_command(scheme, model_uri, "/work/model")
     return command
 
 
@@ -138,12 +138,12 @@ def _upload_script(spec: TrainingJobSpec, scheme: str) -> str:
     marker = {
         "s3": f"aws s3 cp /work/out/training.json {shlex.quote(target + '/_COMPLETE')}",
         "gs": f"gcloud storage cp /work/out/training.json {shlex.quote(target + '/_COMPLETE')}",
-    }.get(scheme, _sync_command(scheme, "/work/out", target))
+    }.get(scheme, sync_command(scheme, "/work/out", target))
     # GCS: the trainer may create objects under checkpoints/ but not list the bucket, so copy, not rsync
     copy = (
         f"gcloud storage cp --recursive '/work/out/*' {shlex.quote(target + '/')}"
         if scheme == "gs"
-        else _sync_command(scheme, "/work/out", target)
+        else sync_command(scheme, "/work/out", target)
     )
     return 'if [ "$JOB_COMPLETION_INDEX" != "0" ]; then exit 0; fi; ' + copy + " && " + marker
 

@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.platform.base import GpuScheduling, ReaderIdentity
 from infra.settings import StackSettings
+from infra.settings.fit import checkpoint_storage_gib
 from infra.workload.autoscaling import triton_pods_service, triton_scaled_object
 from infra.workload.monitoring import PROMETHEUS_URL
 
@@ -68,6 +69,8 @@ def restricted_security_context(user: int, read_only_root: bool = False) -> k8s.
 
 
 LOCATOR_MOUNT = "/var/run/tritonform"
+MODELS_MOUNT = "/models"  # node-local copy of a TensorRT-LLM (llmapi) repository
+TP_ENV = "TRITONFORM_TENSOR_PARALLEL_SIZE"  # read by model_repo/templates/tensorrt_llm/llmapi_model.py
 
 
 def reader_env(
@@ -170,6 +173,12 @@ class TritonServer(pulumi.ComponentResource):
         """Deployment, disruption budget and load-based autoscaler of the servers of `version`."""
         t = args.settings.triton
         gpu = str(t.gpus_per_replica)
+        # TensorRT-LLM's LLM API loads the checkpoint from local files: the init container syncs the
+        # version to node-local storage sized for the model; ONNX repositories Triton reads from the bucket.
+        llmapi = args.settings.model.backend == "tensorrt-llm"
+        storage = f"{checkpoint_storage_gib(args.settings.model)}Gi"
+        models_mount = k8s.core.v1.VolumeMountArgs(name="models", mount_path=MODELS_MOUNT)
+        extra_env = {TP_ENV: gpu} if llmapi else {}
         health = "/v2/health/ready"
         container = k8s.core.v1.ContainerArgs(
             name=TRITON,
@@ -194,12 +203,13 @@ class TritonServer(pulumi.ComponentResource):
                 k8s.core.v1.ContainerPortArgs(name="grpc", container_port=GRPC_PORT),
                 k8s.core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT),
             ],
-            env=reader_env(args.reader, {"HOME": "/tmp"}),
+            env=reader_env(args.reader, {"HOME": "/tmp", **extra_env}),
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={
                     "cpu": t.cpu_request,
                     "memory": t.memory_request,
                     args.scheduling.gpu_resource: gpu,
+                    **({"ephemeral-storage": storage} if llmapi else {}),
                 },
                 limits={"cpu": t.cpu_limit, "memory": t.memory_limit, args.scheduling.gpu_resource: gpu},
             ),
@@ -225,21 +235,29 @@ class TritonServer(pulumi.ComponentResource):
                 k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
                 k8s.core.v1.VolumeMountArgs(name="scratch", mount_path="/tmp"),
                 k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT, read_only=True),
+                *([models_mount] if llmapi else []),
             ],
         )
         locator = locator_container(
             args.locator_image,
             args.reader,
             [
-                "resolve",
+                "sync" if llmapi else "resolve",
                 "--prefix",
                 args.model_prefix,
                 "--version",
                 version,
+                *(["--dest", MODELS_MOUNT] if llmapi else []),
                 "--out",
                 f"{LOCATOR_MOUNT}/repository",
             ],
         )
+        if llmapi:
+            locator.volume_mounts = [*(locator.volume_mounts or []), models_mount]
+            # `sync` holds one file at a time in memory: Hugging Face shards weights at <= 5 GB.
+            locator.resources = k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "2", "memory": "6Gi"}
+            )
         pod_labels = {**labels(TRITON), **args.reader.pod_labels}
         deployment = k8s.apps.v1.Deployment(
             TRITON,
@@ -287,12 +305,22 @@ class TritonServer(pulumi.ComponentResource):
                             k8s.core.v1.VolumeArgs(
                                 name="dshm",
                                 empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
-                                    medium="Memory", size_limit="1Gi"
+                                    medium="Memory", size_limit="4Gi" if llmapi else "1Gi"
                                 ),
                             ),
                             k8s.core.v1.VolumeArgs(
                                 name="scratch",
                                 empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="20Gi"),
+                            ),
+                            *(
+                                [
+                                    k8s.core.v1.VolumeArgs(
+                                        name="models",
+                                        empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=storage),
+                                    )
+                                ]
+                                if llmapi
+                                else []
                             ),
                         ],
                     ),

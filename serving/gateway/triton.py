@@ -1,8 +1,9 @@
 """The gateway's only way to Triton: tritonclient's asyncio gRPC client, one stream per request.
 
-Works with the python-backend model and the TensorRT-LLM ensemble alike (same tensor names, see
-model_repo/spec.py). The model's config is read once (batch dimension, which optional inputs it
-has) and read again after Triton was unreachable, so a restarted or replaced Triton is picked up.
+Works with the python-backend model (tensor names in model_repo/spec.py) and TensorRT-LLM's LLM API
+model (its own names, serving/gateway/llmapi.py), chosen from the model's config. The model's config
+is read once (batch dimension, which optional inputs it has) and read again after Triton was
+unreachable, so a restarted or replaced Triton is picked up.
 Every failure becomes a `TritonError` carrying the HTTP status the gateway should answer with, chosen by
 status code, never by words in a message: gRPC's code for a failed call; for an error inside the
 stream (where Triton passes only the message) the `[CODE]` the python model puts first (see
@@ -24,6 +25,8 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from serving.gateway.llmapi import LlmApiUnsupported, is_llmapi, llmapi_inputs
 
 # Reconnect fast after Triton restarts (gRPC's default backoff grows to two minutes).
 CHANNEL_ARGS = [
@@ -289,6 +292,11 @@ def _used(p: GenerationParams, name: str) -> bool:
 
 
 def _inputs(p: GenerationParams, layout: _ModelLayout) -> list[grpcclient.InferInput]:
+    if is_llmapi(layout.inputs):  # TensorRT-LLM's LLM API model: its own tensor names
+        try:
+            return llmapi_inputs(p, _tensor)
+        except LlmApiUnsupported as exc:
+            raise TritonError(400, str(exc), "invalid_request_error") from None
     b = layout.batched
     for name, needed in _NEEDS:
         missing = [t for t in needed if t not in layout.inputs]

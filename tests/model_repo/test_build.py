@@ -97,18 +97,27 @@ def test_bad_options_are_rejected_before_work(tmp_path: Path, kwargs: dict[str, 
         build(BuildOptions(model="unused", out=tmp_path / "repo", **kwargs))
 
 
-def test_tensorrt_llm_backend_writes_its_layout(  # the ensemble is named after the model
+def test_tensorrt_llm_backend_writes_the_llmapi_repository(
     tiny_llama_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from tritonform.commands.model import render_engine_build_job
+    """`build --backend tensorrt-llm` writes the checkpoint, its model.yaml and the tokenizer the gateway
+    reads, with no engine build step; quantising is the ONNX backend's and is refused before any work."""
+    from model_repo.manifest import engine_dir, read_manifest
 
     out = tmp_path / "trt"
-    options = BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8")
-    with pytest.raises(BuildError, match="engine build Job"):
-        build(options)  # the Job is the workload's: model_repo cannot render it alone
-    build(options, engine_job=render_engine_build_job)
-    assert {"llm", "preprocessing", "tensorrt_llm", "postprocessing"} <= {p.name for p in out.iterdir()}
-    assert (out / "engine-build-job.yaml").is_file()
+    with pytest.raises(BuildError, match="--quantize int8 is for --backend onnx"):
+        build(
+            BuildOptions(model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", quantize="int8")
+        )
+    options = BuildOptions(
+        model=str(tiny_llama_checkpoint), out=out, backend="tensorrt-llm", tensor_parallel=2
+    )
+    report = build(options)
+    assert sorted(p.name for p in out.iterdir()) == ["REPOSITORY.json", "llm"]
+    assert (engine_dir(out, "llm") / "tokenizer.json").is_file()
+    assert (engine_dir(out, "llm") / "config.json").is_file()
+    assert read_manifest(out)["llmapi"]["tensor_parallel_size"] == 2
+    assert report["tensorrt_llm"]["protocol"] == "llmapi"
 
 
 def test_default_build_removes_older_builds_of_the_same_model(

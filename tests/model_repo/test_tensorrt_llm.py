@@ -1,11 +1,13 @@
-"""`--backend tensorrt-llm`: layout, configs parsed with Triton's schema, engine keys, the build Job,
-and the ensemble run by a real Triton with a stand-in for the GPU-only `tensorrt_llm` step."""
+"""`--backend tensorrt-llm`: the llmapi repository (checkpoint + model.yaml + config parsed with Triton's
+schema), the model types it takes, and its model.py run by a real Triton server with a stand-in
+`tensorrt_llm` package: there is no GPU here, so `tensorrt_llm.LLM` is a small fake that echoes the prompt
+word by word; what is checked is our adapter (arguments, tensors, streaming, finish reasons, errors)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import queue
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-from model_repo.manifest import read_manifest
-from model_repo.spec import GenerationSpec, SpecError, parse_model_config, render_model_config
-from model_repo.tensorrt_llm import (
-    EngineBuild,
-    gpu_architecture,
-    tensorrt_llm_config,
-    write_tensorrt_llm_repository,
-)
-from tritonform.commands.model import render_engine_build_job
-
-MODEL_HASH = "0123456789abcdef" * 4
-
-
-def _build(bucket: str = "s3://bucket/models", **kw: Any) -> EngineBuild:
-    return EngineBuild(
-        model_hash=MODEL_HASH,
-        architecture="llama",
-        checkpoint_uri=bucket.rstrip("/") + "/checkpoints/" + MODEL_HASH[:16],
-        bucket_uri=bucket,
-        gpu_type="nvidia-l4",
-        **kw,
-    )
+from model_repo.layout import LayoutError
+from model_repo.manifest import engine_dir, read_manifest
+from model_repo.spec import GenerationSpec, SpecError, parse_model_config
+from model_repo.tensorrt_llm import LLMAPI_INPUTS, LlmApiOptions, write_tensorrt_llm_repository
 
 
 def _artefacts(root: Path) -> Path:
@@ -47,153 +31,140 @@ def _artefacts(root: Path) -> Path:
     return root
 
 
+def _checkpoint(root: Path, model_type: str = "llama") -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": model_type, "num_hidden_layers": 2}))
+    (root / "model.safetensors").write_bytes(b"weights")
+    (root / "optimizer.pt").write_bytes(b"not served")
+    return root
+
+
 @pytest.fixture(scope="module")
-def trt_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("trtllm")
-    spec, build = GenerationSpec(), _build()
-    job = render_engine_build_job(spec, build)
-    return write_tensorrt_llm_repository(root / "repo", _artefacts(root / "art"), spec, build, job)
-
-
-def _configs(repo: Path) -> dict[str, Any]:
-    return {p.parent.name: parse_model_config(p.read_text()) for p in repo.glob("*/config.pbtxt")}
-
-
-def test_layout_and_configs_parse(trt_repo: Path) -> None:
-    configs = _configs(trt_repo)
-    assert sorted(configs) == ["llm", "postprocessing", "preprocessing", "tensorrt_llm"]
-    assert configs["llm"].platform == "ensemble" and configs["tensorrt_llm"].backend == "tensorrtllm"
-    assert configs["tensorrt_llm"].model_transaction_policy.decoupled
-    params = {k: v.string_value for k, v in configs["tensorrt_llm"].parameters.items()}
-    assert params["gpt_model_path"] == "/engines/current" and params["exclude_input_in_output"] == "true"
-    for step in ("preprocessing", "postprocessing"):
-        assert (trt_repo / step / "1" / "model.py").is_file() and (
-            trt_repo / step / "1" / "tokenizer.json"
-        ).is_file()
-    engine = json.loads((trt_repo / "tensorrt_llm" / "1" / "ENGINE.json").read_text())
-    assert engine["engine_uri"].startswith(
-        f"s3://bucket/models/engines/{MODEL_HASH[:16]}/sm89/trtllm-0.21.0/"
+def llmapi_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("llmapi")
+    options = LlmApiOptions(model_type="llama", tensor_parallel_size=2)
+    return write_tensorrt_llm_repository(
+        root / "repo", _checkpoint(root / "ckpt"), _artefacts(root / "art"), GenerationSpec(), options
     )
-    assert read_manifest(trt_repo)["backend"] == "tensorrt-llm"
 
 
-def test_ensemble_maps_only_existing_tensors(trt_repo: Path) -> None:
-    configs = _configs(trt_repo)
-    ensemble = configs["llm"]
-    produced = {t.name for t in ensemble.input}
-    for step in ensemble.ensemble_scheduling.step:
-        model = configs[step.model_name]
-        inputs, outputs = {t.name for t in model.input}, {t.name for t in model.output}
-        assert set(step.input_map) <= inputs, step.model_name
-        assert set(step.output_map) <= outputs, step.model_name
-        required = {t.name for t in model.input if not t.optional}
-        assert required <= set(step.input_map), step.model_name
-        assert set(step.input_map.values()) <= produced, step.model_name
-        produced |= set(step.output_map.values())
-    assert {t.name for t in ensemble.output} <= produced
+def test_layout_model_yaml_and_config(llmapi_repo: Path) -> None:
+    config = parse_model_config((llmapi_repo / "llm" / "config.pbtxt").read_text())
+    assert config.backend == "python" and config.model_transaction_policy.decoupled
+    assert [t.name for t in config.input] == [t.name for t in LLMAPI_INPUTS]
+    assert [t.name for t in config.output] == ["text_output", "finish_reason"]
+    model_yaml = yaml.safe_load((llmapi_repo / "llm" / "1" / "model.yaml").read_text())
+    assert model_yaml["backend"] == "pytorch" and model_yaml["tensor_parallel_size"] == 2
+    assert model_yaml["model"] == "checkpoint"
+    checkpoint = engine_dir(llmapi_repo, "llm")  # where the gateway's locator looks for the tokenizer
+    assert checkpoint == llmapi_repo / "llm" / "1" / "checkpoint"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "config.json", "generation.json", "model.safetensors", "tokenizer.json"
+    ]  # fmt: skip
+    manifest = read_manifest(llmapi_repo)
+    assert manifest["backend"] == "tensorrt-llm" and manifest["protocol"] == "llmapi"
+    assert manifest["llmapi"]["image_suffix"] == "-trtllm-python-py3"
 
 
-def test_same_public_tensors_as_the_onnx_backend(trt_repo: Path) -> None:
-    from model_repo.spec import python_model_config
-
-    onnx = parse_model_config(render_model_config(python_model_config(GenerationSpec())))
-    ensemble = _configs(trt_repo)["llm"]
-    # the python model alone also takes the prompt as token ids and returns prompt_tokens, finish_reason
-    onnx_inputs = [(t.name, t.data_type) for t in onnx.input if t.name != "input_ids"]
-    assert [(t.name, t.data_type) for t in ensemble.input] == onnx_inputs
-    onnx_outputs = [
-        (t.name, t.data_type) for t in onnx.output if t.name not in ("prompt_tokens", "finish_reason")
-    ]
-    assert [(t.name, t.data_type) for t in ensemble.output] == onnx_outputs
-
-
-def test_engine_key_depends_on_gpu_version_and_settings() -> None:
-    spec = GenerationSpec()
-    base = _build().engine_uri(spec)
-    h100 = dataclasses.replace(_build(), gpu_type="h100").engine_uri(spec)
-    newer = dataclasses.replace(_build(), triton_release="25.12").engine_uri(spec)
-    int8 = dataclasses.replace(_build(), weight_only="int8").engine_uri(spec)
-    assert len({base, h100, newer, int8}) == 4
-    assert "/sm90/" in h100 and "/trtllm-1.1.0/" in newer
-    assert base == _build().engine_uri(spec)  # deterministic
-    assert gpu_architecture("A10G") == "sm86" and gpu_architecture("nvidia-tesla-t4") == "sm75"
-    with pytest.raises(SpecError, match="unknown; known"):
-        gpu_architecture("v100")
-    with pytest.raises(SpecError, match="triton_release"):
-        _build(triton_release="23.01")
+def test_qwen2_is_served_as_qwen2_and_unknown_types_are_refused(tmp_path: Path) -> None:
+    options = LlmApiOptions(model_type="qwen2")
+    repo = write_tensorrt_llm_repository(
+        tmp_path / "repo", _checkpoint(tmp_path / "ckpt", "qwen2"), _artefacts(tmp_path / "art"),
+        GenerationSpec(), options,
+    )  # fmt: skip
+    config = json.loads((engine_dir(repo, "llm") / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and read_manifest(repo)["llmapi"]["model_type"] == "qwen2"
+    with pytest.raises(SpecError, match=r"build it with --backend onnx"):
+        LlmApiOptions(model_type="gpt2")
+    with pytest.raises(LayoutError, match=r"no config\.json"):
+        write_tensorrt_llm_repository(
+            tmp_path / "bad", tmp_path / "art", tmp_path / "art", GenerationSpec(), options
+        )
 
 
-def test_job_file_is_plain_yaml(trt_repo: Path) -> None:
-    text = (trt_repo / "engine-build-job.yaml").read_text()
-    assert "&id" not in text and "*id" not in text
-    assert yaml.safe_load(text)["kind"] == "Job"
-    assert yaml.safe_load(text) == render_engine_build_job(GenerationSpec(), _build())  # the Job it was given
+# A stand-in for the GPU-only `tensorrt_llm` package: records LLM's arguments, echoes the prompt.
+FAKE_TENSORRT_LLM = """
+import asyncio
+import json
+import os
+from types import SimpleNamespace
 
 
-FAKE_ENGINE = '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
 
 
-class TritonPythonModel:
-    """Stand-in for the GPU-only TensorRT-LLM backend: echoes the prompt's tokens, one per step,
-    up to (not including) the first one equal to end_id."""
+class _Output:
+    def __init__(self):
+        self.aborted = False
 
-    def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()[0]
-            n = pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy()
-            n = int(n.reshape(-1)[0])
-            stream = pb_utils.get_input_tensor_by_name(request, "streaming")
-            stream = bool(stream.as_numpy().reshape(-1)[0]) if stream is not None else False
-            end = int(pb_utils.get_input_tensor_by_name(request, "end_id").as_numpy().reshape(-1)[0])
-            out = ids[:n].astype(np.int32)
-            if end in out:
-                out = out[: list(out).index(end)]
-            chunks = [out[i : i + 1] for i in range(len(out))] if stream else [out]
-            for i, chunk in enumerate(chunks):
-                tensors = [
-                    pb_utils.Tensor("output_ids", chunk.reshape(1, 1, -1)),
-                    pb_utils.Tensor("sequence_length", np.array([[len(chunk)]], dtype=np.int32)),
-                ]
-                final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if i == len(chunks) - 1 else 0
-                sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=final)
-        return None
-'''
+    def abort(self):
+        self.aborted = True
+
+
+class LLM:
+    def __init__(self, **kwargs):
+        with open(os.environ["FAKE_LLM_RECORD"], "w") as handle:
+            json.dump(kwargs, handle)
+
+    async def generate_async(self, prompt, params, streaming=False):
+        if prompt == "fail":
+            raise RuntimeError("the engine refused this prompt")
+        words = prompt.split()[: params.kwargs.get("max_tokens", 16)]
+        stop = params.kwargs.get("stop") or []
+        text, reason = "", "length"
+        for i, word in enumerate(words):
+            if word in stop:
+                reason = "stop"
+                break
+            text += (" " if text else "") + word
+            finished = i == len(words) - 1
+            if streaming or finished:
+                out = _Output()
+                out.outputs = [SimpleNamespace(text=text, finish_reason=reason if finished else None)]
+                out.finished = finished
+                yield out
+            await asyncio.sleep(0)
+        else:
+            return
+        out = _Output()
+        out.outputs = [SimpleNamespace(text=text, finish_reason=reason)]
+        out.finished = True
+        yield out
+
+    def shutdown(self):
+        pass
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_real_triton_runs_the_ensemble_with_a_stand_in_engine(tmp_path: Path) -> None:
+def test_real_triton_runs_the_llmapi_model_with_a_stand_in_llm(llmapi_repo: Path, tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
-    from tokenizers import Tokenizer
 
     from serving.triton_local import TritonServer, TritonServerConfig
 
-    spec = GenerationSpec()
-    job = render_engine_build_job(spec, _build())
-    repo = write_tensorrt_llm_repository(tmp_path / "repo", _artefacts(tmp_path / "art"), spec, _build(), job)
-    # the real tensorrtllm backend needs a GPU: same config, python backend, echoing stand-in
-    stand_in = dataclasses.replace(tensorrt_llm_config(spec, _build()), backend="python")
-    (repo / "tensorrt_llm" / "config.pbtxt").write_text(render_model_config(stand_in))
-    (repo / "tensorrt_llm" / "1" / "model.py").write_text(FAKE_ENGINE)
-    tokenizer = Tokenizer.from_file(str(repo / "preprocessing" / "1" / "tokenizer.json"))
-    prompt = "hello world the end"
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    repo = tmp_path / "repo"
+    shutil.copytree(llmapi_repo, repo)
+    fake = repo / "llm" / "1" / "tensorrt_llm"  # the python backend puts the version folder on sys.path
+    fake.mkdir()
+    (fake / "__init__.py").write_text(FAKE_TENSORRT_LLM)
+    record = tmp_path / "llm-arguments.json"
+    env = {"FAKE_LLM_RECORD": str(record), "TRITONFORM_TENSOR_PARALLEL_SIZE": "4"}
 
-    def run(client_url: str, stream: bool, end_id: int | None = None) -> list[Any]:
-        client = grpcclient.InferenceServerClient(client_url)
+    def run(url: str, prompt: str, stream: bool, **extra: Any) -> list[Any]:
+        client = grpcclient.InferenceServerClient(url)
         answers: queue.Queue[Any] = queue.Queue()
         client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        values: dict[str, tuple[Any, str]] = {
+            "text_input": (np.array([prompt.encode()], dtype=np.object_), "BYTES"),
+            "streaming": (np.array([stream]), "BOOL"),
+            "sampling_param_max_tokens": (np.array([3], dtype=np.int32), "INT32"),
+            **extra,
+        }
         inputs = []
-        for name, value, kind in (
-            ("text_input", np.array([[prompt.encode()]], dtype=np.object_), "BYTES"),
-            ("max_tokens", np.array([[3]], dtype=np.int32), "INT32"),
-            ("stream", np.array([[stream]], dtype=bool), "BOOL"),
-            ("stop_words", np.array([[b"zzz", b"end"]], dtype=np.object_), "BYTES"),
-            *([] if end_id is None else [("end_id", np.array([[end_id]], dtype=np.int32), "INT32")]),
-        ):
+        for name, (value, kind) in values.items():
             tensor = grpcclient.InferInput(name, list(value.shape), kind)
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
@@ -201,7 +172,9 @@ def test_real_triton_runs_the_ensemble_with_a_stand_in_engine(tmp_path: Path) ->
         results = []
         while True:
             result, error = answers.get(timeout=30)
-            assert error is None, error
+            if error is not None:
+                results.append(error)
+                break
             response = result.get_response()
             if response.outputs:
                 results.append(result)
@@ -211,18 +184,20 @@ def test_real_triton_runs_the_ensemble_with_a_stand_in_engine(tmp_path: Path) ->
         client.close()
         return results
 
-    with TritonServer(TritonServerConfig(repo, startup_timeout_s=90)) as server:
-        assert {m["name"]: m["state"] for m in server.model_states()} == dict.fromkeys(
-            ["llm", "postprocessing", "preprocessing", "tensorrt_llm"], "READY"
-        )
-        (whole,) = run(server.grpc_url, stream=False)
-        assert whole.as_numpy("text_output").reshape(-1)[0].decode() == tokenizer.decode(ids[:3])
-        assert int(whole.as_numpy("completion_tokens").reshape(-1)[0]) == 3
-        parts = run(server.grpc_url, stream=True)
-        assert [tokenizer.decode([i]) for i in ids[:3]] == [
-            p.as_numpy("text_output").reshape(-1)[0].decode() for p in parts
-        ]
-        assert [int(p.as_numpy("completion_tokens").reshape(-1)[0]) for p in parts] == [1, 1, 1]
-        # a client's end_id reaches the engine in place of the model's eos
-        (cut,) = run(server.grpc_url, stream=False, end_id=ids[1])
-        assert cut.as_numpy("text_output").reshape(-1)[0].decode() == tokenizer.decode(ids[:1])
+    def text(result: Any, name: str = "text_output") -> str:
+        return str(result.as_numpy(name).reshape(-1)[0].decode())
+
+    with TritonServer(TritonServerConfig(repo, startup_timeout_s=90, extra_env=env)) as server:
+        arguments = json.loads(record.read_text())
+        assert arguments["backend"] == "pytorch" and arguments["tensor_parallel_size"] == 4  # the stack's
+        assert arguments["model"] == str(repo / "llm" / "1" / "checkpoint")
+        (whole,) = run(server.grpc_url, "one two three four", stream=False)
+        assert text(whole) == "one two three" and text(whole, "finish_reason") == "length"
+        parts = run(server.grpc_url, "one two three four", stream=True)
+        assert [text(p) for p in parts] == ["one", " two", " three"]
+        assert [text(p, "finish_reason") for p in parts] == ["", "", "length"]
+        stop = {"sampling_param_stop": (np.array([b"two"], dtype=np.object_), "BYTES")}
+        (cut,) = run(server.grpc_url, "one two three", stream=False, **stop)
+        assert text(cut) == "one" and text(cut, "finish_reason") == "stop"
+        (failed,) = run(server.grpc_url, "fail", stream=False)
+        assert "the engine refused this prompt" in str(failed)

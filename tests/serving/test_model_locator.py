@@ -234,3 +234,43 @@ def test_the_gateway_and_the_layout_agree_on_the_manifest_name(tmp_path: Path) -
     repo = write_repository(tmp_path / "repo", art, GenerationSpec(engine_subdir="weights"))
     settings = GatewaySettings(model_repository=repo)
     assert settings.resolved_tokenizer_dir() == repo / "llm" / "1" / "weights"
+
+
+def test_sync_copies_the_whole_version_to_local_storage_checked(
+    s3_endpoint: str,  # noqa: F811
+    small_repo: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`sync` (Triton's pod for the TensorRT-LLM backend) copies every file of the version it is given to
+    node-local storage, checked against the manifest, and writes the folder for --model-repository; a
+    file that differs from its manifest is refused and nothing is left as the version's folder."""
+    from serving.model_locator import sync_version
+
+    prefix, result, store = _uploaded(s3_endpoint, small_repo, "sync")
+    out = tmp_path / "run" / "repository"
+    dest = tmp_path / "models"
+    command = [
+        "sync",
+        "--prefix",
+        prefix,
+        "--version",
+        result.version,
+        "--dest",
+        str(dest),
+        "--out",
+        str(out),
+    ]
+    assert main(command) == 0
+    folder = Path(out.read_text())
+    assert folder == dest / result.version
+    local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert local == sorted(p.relative_to(small_repo).as_posix() for p in small_repo.rglob("*") if p.is_file())
+    assert (folder / "llm/1/engine/tokenizer.json").read_bytes() == (
+        small_repo / "llm/1/engine/tokenizer.json"
+    ).read_bytes()
+    key = f"sync/versions/{result.version}/llm/1/engine/tokenizer.json"
+    store.client.put_object(Bucket="models", Key=key, Body=b"[]")
+    shutil.rmtree(dest)
+    with pytest.raises(LocatorError, match="differs from its manifest"):
+        sync_version(prefix, result.version, dest)
+    assert not (dest / result.version).exists()

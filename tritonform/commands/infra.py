@@ -139,15 +139,21 @@ def plan(
 
     Runs the real Pulumi program (infra/__main__.py) under Pulumi's mocks, prints every resource with
     its inputs as the program passes them (secrets print as \\[secret]), then checks the policy pack's
-    rules offline, and whether the stack is ready for `pulumi up` (no example values such as documentation
-    address ranges or placeholder ids left, a Kubernetes version its cloud still creates). Exits 1 when a
-    mandatory policy is violated, 2 on a bad stack or settings or a stack that is not ready yet.
+    rules offline, the model's fit on its GPUs and the stack's estimated cost (USD per hour at the GPU
+    pool's min, desired and max nodes from list prices, and USD per million output tokens at full load
+    from a memory-bandwidth throughput model), and whether the stack is ready for `pulumi up` (no example
+    values such as documentation address ranges or placeholder ids left, a Kubernetes version its cloud
+    still creates). Exits 1 when a mandatory policy is violated, 2 on a bad stack or settings (a model
+    that does not fit its GPUs among them) or a stack that is not ready yet.
     """
+    from infra.cost import stack_cost
     from infra.policies.offline import evaluate, mandatory_violations
     from infra.settings.readiness import check_readiness
+    from tritonform.commands.cost_view import cost_lines, cost_table
 
     path = resolve_stack(stack, stack_path)
     result = run_plan(path)
+    cost = stack_cost(result.settings)
     policies = evaluate(result)
     readiness = check_readiness(result.settings, today())
     if as_json:
@@ -159,10 +165,14 @@ def plan(
                 "blockers": list(readiness.blockers),
                 "warnings": list(readiness.warnings),
             },
+            "cost": cost.as_dict(),
         }
         typer.echo(json.dumps(doc, indent=2, sort_keys=False))
     else:
         console.print(render_tree(result))
+        console.print(cost_table(cost))
+        for line in cost_lines(cost):
+            console.print(line, soft_wrap=True, highlight=False)
         for p in policies:
             colour = "red" if p.level == "mandatory" else "yellow"
             console.print(f"[{colour}]{p.level}[/] {p.rule} {escape(p.resource)}: {escape(p.message)}")

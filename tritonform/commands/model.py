@@ -6,17 +6,12 @@ Bad input prints one clear line and exits 2; a failed quality gate or export exi
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from tritonform.commands.upload import register_upload
-
-if TYPE_CHECKING:
-    from model_repo.spec import GenerationSpec
-    from model_repo.tensorrt_llm import EngineBuild
 
 model_app = typer.Typer(
     name="model",
@@ -96,16 +91,23 @@ def build_command(
     max_batch_size: Annotated[
         int, typer.Option("--max-batch-size", help="Sequences decoded together by one model instance.")
     ] = 8,
-    gpu_type: Annotated[
-        str, typer.Option("--gpu-type", help="tensorrt-llm only: the GPU the engine is built for.")
-    ] = "nvidia-l4",
-    bucket_uri: Annotated[
-        str, typer.Option("--bucket-uri", help="tensorrt-llm only: bucket holding checkpoints and engines.")
-    ] = "s3://tritonform-models",
+    tensor_parallel: Annotated[
+        int,
+        typer.Option(
+            "--tensor-parallel",
+            help="tensorrt-llm only: GPUs one replica spreads the model over (the stack's "
+            "triton.gpusPerReplica sets it again at deploy time).",
+        ),
+    ] = 1,
+    max_seq_len: Annotated[
+        int, typer.Option("--max-seq-len", help="tensorrt-llm only: longest prompt + answer, in tokens.")
+    ] = 4096,
 ) -> None:
-    """Build a Triton model repository from a checkpoint: ONNX export with KV cache, graph optimisation,
-    optional quantisation, parity and quality gates, build_report.json. The previous repository at --out
-    stays in place unless the whole build succeeds."""
+    """Build a Triton model repository from a checkpoint. --backend onnx (default): ONNX export with KV
+    cache, graph optimisation, optional quantisation, parity and quality gates. --backend tensorrt-llm:
+    the checkpoint with a model.yaml for TensorRT-LLM's LLM API (PyTorch backend; Llama, Mistral, Qwen2),
+    served by the `tritonserver:<yy.mm>-trtllm-python-py3` image, no engine build. Both write
+    build_report.json; the previous repository at --out stays in place unless the whole build succeeds."""
     from model_repo.build import BACKENDS, BuildOptions
     from model_repo.quantize import METHODS
 
@@ -135,8 +137,8 @@ def build_command(
         max_ppl_increase=max_ppl_increase,
         model_name=model_name,
         max_batch_size=max_batch_size,
-        gpu_type=gpu_type,
-        bucket_uri=bucket_uri,
+        tensor_parallel=tensor_parallel,
+        max_seq_len=max_seq_len,
     )
     _run_build(options)
 
@@ -175,7 +177,7 @@ def _run_build(options: object) -> None:
             def on_note(msg: str) -> None:
                 bar.update(task, description=f"build: {msg}")
 
-            report = build(options, on_step=on_step, on_note=on_note, engine_job=render_engine_build_job)
+            report = build(options, on_step=on_step, on_note=on_note)
             bar.update(task, completed=len(names), description="build: done")
     except KeyboardInterrupt:
         raise _fail("interrupted; the previous repository (if any) is unchanged", 130) from None
@@ -184,18 +186,6 @@ def _run_build(options: object) -> None:
     except (GateError, ExportError, QuantizeError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     _summary(console, options, report)
-
-
-def render_engine_build_job(spec: GenerationSpec, build: EngineBuild) -> dict[str, Any]:
-    """The Kubernetes Job that builds a TensorRT-LLM repository's engine on the GPU pool (the workload
-    renders it; the build writes it as `engine-build-job.yaml`). It tolerates the GPU pool's taint as
-    Triton's pods do (`GpuScheduling.standard()`); like every build before, it selects no node label:
-    its GPU request alone places it on a GPU node."""
-    from infra.platform.base import GpuScheduling
-    from infra.workload.engine_build import engine_build_job
-
-    scheduling = dataclasses.replace(GpuScheduling.standard(), node_selector={})
-    return engine_build_job(spec, build, scheduling)
 
 
 def _summary(console: object, options: object, report: dict[str, object]) -> None:
