@@ -254,7 +254,7 @@ def test_langchain_bind_tools_and_with_structured_output(stack: RunningGateway) 
         api_key=API_KEY,
         max_retries=0,
         timeout=120,
-        max_tokens=64,
+        max_tokens=CALL_BUDGET,
         temperature=0,
     )  # type: ignore[call-arg]
 
