@@ -23,7 +23,7 @@ from typing import Any, Literal
 import jsonschema
 import openai
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.triton_local import TritonServer, TritonServerConfig
 from tests.serving.conftest import API_KEY, RunningGateway, gateway_settings, start_gateway
@@ -127,6 +127,8 @@ def test_streamed_tool_calls_assemble_into_valid_arguments(client: openai.OpenAI
 
 
 class Forecast(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # additionalProperties: false (else a random model adds keys)
+
     city: Literal["Paris", "Tokyo", "Nairobi"]
     days: int = Field(ge=1, le=7)
     rain: bool
@@ -258,16 +260,18 @@ def test_langchain_bind_tools_and_with_structured_output(stack: RunningGateway) 
         temperature=0,
     )  # type: ignore[call-arg]
 
-    def get_forecast(city: Literal["Paris", "Tokyo", "Nairobi"], days: int) -> str:
+    class GetForecast(BaseModel):
         """A city's forecast for some days."""
-        return "sunny"
 
-    message = llm.bind_tools([get_forecast], tool_choice="get_forecast").invoke(
+        model_config = ConfigDict(extra="forbid")
+        city: Literal["Paris", "Tokyo", "Nairobi"]
+        days: int = Field(ge=1, le=7)
+
+    message = llm.bind_tools([GetForecast], tool_choice="GetForecast").invoke(
         [HumanMessage("forecast for Nairobi")]
     )
-    assert message.tool_calls and message.tool_calls[0]["name"] == "get_forecast"
-    args = message.tool_calls[0]["args"]
-    assert args["city"] in ("Paris", "Tokyo", "Nairobi") and isinstance(args["days"], int)
+    assert message.tool_calls and message.tool_calls[0]["name"] == "GetForecast", message
+    GetForecast.model_validate(message.tool_calls[0]["args"])
 
     for method in ("json_schema", "function_calling"):
         forecast = llm.with_structured_output(Forecast, method=method).invoke("a forecast please")  # type: ignore[arg-type]
