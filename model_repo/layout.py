@@ -10,7 +10,7 @@
   generation.json, anything else the build put there); copied as is.
 - `spec`: `model_repo.spec.GenerationSpec`.
 
-Result (self-contained: the NGC container needs only onnxruntime(-gpu), tokenizers and numpy):
+Result (self-contained: the NGC container needs only onnxruntime(-gpu), tokenizers, numpy and llguidance):
 
     out_dir/
       REPOSITORY.json                 manifest: spec, every file's size and sha256 (model_repo.manifest)

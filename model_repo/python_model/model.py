@@ -78,6 +78,9 @@ def _text(value: Any, name: str) -> str:
     return str(value)
 
 
+GUIDE_TYPES = ("json", "json_schema", "regex", "lark")  # guided_decoding_guide_type (runtime/guide.py)
+
+
 def _float(tensors: dict[str, np.ndarray | None], name: str, default: float) -> float:
     value = _scalar(tensors.get(name), name)
     result = default if value is None else float(value)
@@ -197,7 +200,6 @@ def parse_request(
     return request
 
 
-GUIDE_TYPES = ("json", "json_schema", "regex", "lark")
 _INPUT_NAMES = (
     "text_input",
     "max_tokens",

@@ -8,6 +8,7 @@ attention (`GenerationMetadata.kv_layout`): `LeftPaddedBatch` or `RightPaddedBat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,6 +100,13 @@ class DecodeBatch:
     def __init__(self, engine: BatchRunner) -> None:
         self.engine = engine
         self.seqs: list[_SeqState] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _mask_pool(self) -> ThreadPoolExecutor:
+        """One worker thread that computes grammar masks beside the model call (made on first use)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tritonform-masks")
+        return self._pool
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -187,11 +195,16 @@ class DecodeBatch:
             guide=guide,
         )
 
-    def _choose(self, s: _SeqState, row: np.ndarray) -> StepOutput:
+    def _choose(
+        self, s: _SeqState, row: np.ndarray, mask: np.ndarray | Exception | None = None
+    ) -> StepOutput:
         """Sample `s`'s next token from its processed logits row and advance its state; a failure
-        (non-finite logits, a grammar that allows nothing) is this sequence's 'error' output."""
+        (non-finite logits, a grammar that allows nothing) is this sequence's 'error' output. `mask`:
+        the grammar's mask when already computed (or the error computing it raised)."""
         try:
-            allowed = s.guide.allowed() if s.guide is not None else None
+            if isinstance(mask, Exception):
+                raise ValueError(f"the grammar's mask failed: {mask}")
+            allowed = mask if mask is not None else s.guide.allowed() if s.guide is not None else None
             tok = s.sampler(row, allowed)
             if s.guide is not None:
                 s.guide.consume(tok)
@@ -233,12 +246,20 @@ class DecodeBatch:
         rows = len(self.seqs)
         input_ids = np.fromiter((s.last_token for s in self.seqs), dtype=np.int64, count=rows)[:, None]
         lengths = np.fromiter((s.length for s in self.seqs), dtype=np.int64, count=rows)
-        logits = self._advance(input_ids, lengths, runner or self.engine)[:, -1]
+        # the grammar masks depend only on tokens already chosen: they are computed while the model runs
+        # (llguidance releases the GIL), so constrained decoding costs little more than free decoding
+        guided = [s.guide for s in self.seqs if s.guide is not None]
+        masks = self._mask_pool().submit(_masks, guided) if guided else None
+        try:
+            logits = self._advance(input_ids, lengths, runner or self.engine)[:, -1]
+        finally:
+            done = masks.result() if masks is not None else []
+        by_guide = dict(zip(map(id, guided), done, strict=True))
         processed = apply_processors(logits, [s.settings for s in self.seqs])
         outs: list[StepOutput] = []
         for i, s in enumerate(self.seqs):
             s.length += 1
-            outs.append(self._choose(s, processed[i]))
+            outs.append(self._choose(s, processed[i], by_guide.get(id(s.guide))))
         if any(o.finished for o in outs):  # all that finished leave at once: one cache re-stack
             self._keep([i for i, o in enumerate(outs) if not o.finished])
         return outs
@@ -356,6 +377,17 @@ class RightPaddedBatch(DecodeBatch):
         if bound is None or bound[0] is not runner or bound[1] is not self.cache:
             bound = self._bound = (runner, self.cache, runner.bind_cache(self.cache))
         return runner.forward_in_place(input_ids, mask, lengths[:, None], self.cache, bound[2])
+
+
+def _masks(guides: list[Guide]) -> list[np.ndarray | Exception]:
+    """Each guide's next-token mask, or the error computing it raised (that sequence alone fails)."""
+    out: list[np.ndarray | Exception] = []
+    for guide in guides:
+        try:
+            out.append(guide.allowed())
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 def _resized(cache: np.ndarray, rows: int, capacity: int) -> np.ndarray:

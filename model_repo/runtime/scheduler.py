@@ -274,9 +274,9 @@ class Lane:
             except Exception as exc:  # the batched step itself broke: fail what ran, start a fresh batch
                 message = JobError(f"generation failed: {exc}", "INTERNAL")
                 traceback.print_exc()
+                self.batch = self.engine.new_batch()  # first: failing a job leaves this (empty) batch alone
                 for job in list(self.jobs.values()):
                     self.fail(job, message)
-                self.batch = self.engine.new_batch()
 
     def _admit(self, block: bool) -> None:
         sched = self.scheduler
@@ -365,9 +365,10 @@ class Lane:
         """End `job` with an error response, after whatever it was already sent; its sequences leave
         the batch."""
         self.jobs.pop(job.request_id, None)
+        on_lane = threading.current_thread() is self.thread  # stop() fails jobs after the lane ended
         for index in range(len(job.sequences)):
             seq_id = job.sequence_id(index)
-            if self.owners.pop(seq_id, None) is not None:
+            if self.owners.pop(seq_id, None) is not None and on_lane:
                 self.batch.remove(seq_id)
         self.scheduler.count("failed")
         error = message if isinstance(message, JobError) else JobError(message)

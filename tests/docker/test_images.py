@@ -89,7 +89,8 @@ def test_the_check_notices_a_removed_copy_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_built_repository_holds_everything_its_model_py_imports(tiny_repository: Path) -> None:
     """Triton loads `<model>/1/model.py` by path; it and the runtime package beside it must import
-    without the project installed (the Triton image has numpy, onnxruntime and tokenizers only)."""
+    without the project installed (the Triton image has numpy, onnxruntime, tokenizers and llguidance
+    only), and the runtime's grammar compiler works there."""
     version_dir = tiny_repository / "llm" / "1"
     runtime = sorted(
         p.stem for p in (version_dir / "tritonform_runtime").glob("*.py") if p.stem != "__init__"
@@ -102,6 +103,14 @@ def test_a_built_repository_holds_everything_its_model_py_imports(tiny_repositor
         spec.loader.exec_module(model)
         for name in {runtime!r}:
             model.runtime_module(name)
+        # guided decoding: llguidance must be importable where the runtime runs (docker/triton pins it)
+        import json
+        from tokenizers import Tokenizer
+        meta = json.load(open("engine/generation.json"))
+        tokenizer = Tokenizer.from_file("engine/tokenizer.json")
+        compiler = model.runtime_module("guide").GuideCompiler
+        guides = compiler(tokenizer, meta["vocab_size"], meta["eos_token_ids"])
+        assert guides.grammar("json", "")
         leaked = sorted(n for n in sys.modules if n.split(".")[0] in {OURS!r})
         assert not leaked, leaked
         print(model.runtime_module("engine").__file__)

@@ -187,3 +187,24 @@ def test_a_stop_string_spanning_tokens_ends_the_text_before_it(tiny_engine: Engi
         (record,), _ = run(tiny_engine, [request])
         assert "".join(r.text for r in record.responses) == expected
         assert record.responses[-1].finish_reason == "stop"
+
+
+def test_a_cancelled_request_of_n_sequences_leaves_the_batch_whole(tiny_engine: Engine) -> None:
+    """Cancelling a request removes every one of its sequences; the scheduler counts one cancellation."""
+    scheduler = ContinuousBatchScheduler(tiny_engine, max_active=4)
+    record, gone = Recorder(), threading.Event()
+    request = GenerationRequest(prompt=PROMPT, max_tokens=2000, end_id=-1, stream=True, n=3)
+
+    def emit(response: Response) -> None:
+        record.emit(response)
+        gone.set()  # the client leaves after its first response
+
+    scheduler.submit(Job("n3", request, emit, record.fail, is_cancelled=gone.is_set))
+    scheduler.start()
+    try:
+        assert record.done.wait(60)
+    finally:
+        scheduler.stop()
+    assert record.errors == ["request cancelled"] and scheduler.counts.cancelled_running == 1
+    lane = scheduler.lanes[0]
+    assert len(lane.batch) == 0 and lane.owners == {} and lane.jobs == {}
