@@ -8,6 +8,7 @@ key ever appears in a manifest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -253,7 +254,7 @@ class TritonServer(pulumi.ComponentResource):
             ],
         )
         if llmapi:
-            locator.volume_mounts = [*(locator.volume_mounts or []), models_mount]
+            locator.volume_mounts = [*cast(list[Any], locator.volume_mounts or []), models_mount]
             # `sync` holds one file at a time in memory: Hugging Face shards weights at <= 5 GB.
             locator.resources = k8s.core.v1.ResourceRequirementsArgs(
                 requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "2", "memory": "6Gi"}

@@ -157,7 +157,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         """SFTTrainer whose loss is the teacher's softened logits mixed with the labels."""
 
         def compute_loss(
-            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **_: Any
+            self, model: Any, inputs: Any, return_outputs: Any = False, num_items_in_batch: Any = None
         ) -> Any:
             fields = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
             outputs = model(**fields)

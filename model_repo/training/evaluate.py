@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from model_repo.training.data import ChatExample, DataError, parse_example
 
@@ -171,7 +171,10 @@ def generate_endpoint(
     with bar:
         for example in examples:
             reply = client.chat.completions.create(
-                model=model_name, messages=list(example.prompt), temperature=0, max_tokens=max_new_tokens
+                model=model_name,
+                messages=cast(Any, list(example.prompt)),
+                temperature=0,
+                max_tokens=max_new_tokens,
             )
             answers.append((reply.choices[0].message.content or "").strip())
             bar.advance(task)

@@ -3,6 +3,7 @@ account may act as, reading the model bucket, narrowed by an IAM condition to th
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pulumi
@@ -109,6 +110,11 @@ def build_reader(
     return component
 
 
+def _condition_for(prefix: str, bucket_name: str) -> str:
+    """`prefix_condition` with the prefix first, for `Output.apply` over the bucket's name."""
+    return prefix_condition(bucket_name, prefix)
+
+
 def prefix_condition(bucket_name: str, prefix: str) -> str:
     """The IAM condition (CEL) admitting only objects whose name starts with `prefix`."""
     return f"resource.name.startsWith({json.dumps(f'projects/_/buckets/{bucket_name}/objects/{prefix}')})"
@@ -152,7 +158,7 @@ def build_trainer(
             condition=gcp.storage.BucketIAMMemberConditionArgs(
                 title=f"{TRAINER}-{key}",
                 description=f"Objects under {prefix}",
-                expression=bucket.bucket.name.apply(lambda name, p=prefix: prefix_condition(name, p)),
+                expression=bucket.bucket.name.apply(functools.partial(_condition_for, prefix)),
             ),
             opts=child,
         )
