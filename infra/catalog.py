@@ -8,7 +8,7 @@ only used for the estimates that `tritonform plan` prints; they are labelled as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
@@ -381,6 +381,9 @@ class FixedPrices:
     nat_per_vm_cap: float
     load_balancer: float
     api_gateway: dict[str, float]
+    # One tier of `api_gateway` by environment (the rest of the dict are alternatives); empty: every part
+    # of `api_gateway` is always on and they add up.
+    api_gateway_tier_by_environment: dict[str, str] = field(default_factory=dict)
 
 
 FIXED_PRICES: dict[CloudName, FixedPrices] = {
@@ -392,5 +395,14 @@ FIXED_PRICES: dict[CloudName, FixedPrices] = {
     "gcp": FixedPrices(0.10, 0.10, 0.0, 0.0014, 0.044, 0.025, {"cloud-armor": 0.0068}),
     # AKS Free tier (dev) / Standard tier $0.10/h (prod); outbound through the Standard LB (no NAT gateway);
     # Standard LB first 5 rules $0.025/h; APIM one unit: Developer ~$48/month, Premium ~$2,795/month.
-    "azure": FixedPrices(0.0, 0.10, 0.0, 0.0, 0.0, 0.025, {"Developer": 0.0658, "Premium": 3.829}),
+    "azure": FixedPrices(
+        0.0,
+        0.10,
+        0.0,
+        0.0,
+        0.0,
+        0.025,
+        {"Developer": 0.0658, "Premium": 3.829},
+        {"dev": "Developer", "prod": "Premium"},
+    ),
 }

@@ -87,19 +87,22 @@ def _fixed_parts(settings: StackSettings, nodes: int) -> dict[str, float]:
         else prices.control_plane_dev,
         "load_balancer": prices.load_balancer,
     }
-    if settings.cloud == "aws":
-        gateways = settings.network.zone_count if settings.environment == "prod" else 1
-        parts["nat"] = gateways * prices.nat_gateway
-        parts["api_gateway"] = sum(prices.api_gateway.values())
-    elif settings.cloud == "gcp":
-        parts["nat"] = min(nodes * prices.nat_per_vm, prices.nat_per_vm_cap)
-        parts["api_gateway"] = sum(prices.api_gateway.values())
+    # The clouds differ only in data (infra/catalog.py): NAT priced per gateway (one per zone in prod, as
+    # the network creates them) and/or per VM up to a cap; the API entry either sums its always-on parts or
+    # is one tier chosen by environment (or the stack's own tier setting).
+    gateways = settings.network.zone_count if settings.environment == "prod" else 1
+    parts["nat"] = gateways * prices.nat_gateway + min(nodes * prices.nat_per_vm, prices.nat_per_vm_cap)
+    if prices.api_gateway_tier_by_environment:
+        tier = _api_tier_setting(settings) or prices.api_gateway_tier_by_environment[settings.environment]
+        parts["api_gateway"] = prices.api_gateway[tier]
     else:
-        sku = (settings.azure.apim_sku if settings.azure else None) or (
-            "Premium" if settings.environment == "prod" else "Developer"
-        )
-        parts["api_gateway"] = prices.api_gateway[sku]
+        parts["api_gateway"] = sum(prices.api_gateway.values())
     return parts
+
+
+def _api_tier_setting(settings: StackSettings) -> str | None:
+    """The API entry's tier the stack sets itself (Azure's `azure.apimSku`), if any."""
+    return getattr(settings.azure, "apim_sku", None) if settings.azure else None
 
 
 def stack_cost(settings: StackSettings) -> StackCost:

@@ -228,7 +228,7 @@ def test_end_id_replaces_eos_and_minus_one_runs_to_max_tokens(tiny_triton: Any, 
     # -1: no end token, every answer is exactly max_tokens long (how benchmarks ask for 64 tokens)
     whole = generate(tiny_triton.grpc_url, request_inputs(PROMPT, 12, end_id=-1))
     assert whole[-1].completion_tokens == 12
-    assert whole[-1].text == engine.decode(free)
+    assert whole[-1].text == engine.decode(free).rstrip("\ufffd")  # a character cut by the budget is dropped
     # a token id: the answer ends at its first occurrence (the end token itself is not text)
     k = 5
     end = free[k]

@@ -63,7 +63,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         400,
         "messages",
     ),
-    ("n-not-1", "/v1/completions", {"json": {**GOOD, "n": 2}, "headers": AUTH}, 400, "n"),
+    ("n-zero", "/v1/completions", {"json": {**GOOD, "n": 0}, "headers": AUTH}, 400, "n"),
     (
         "unknown-model",
         "/v1/completions",
