@@ -13,27 +13,14 @@ import pytest
 from model_repo.runtime.engine import Engine
 from model_repo.runtime.logits import log_softmax
 from model_repo.runtime.scheduler import ContinuousBatchScheduler, GenerationRequest, Job, Response
+from tests.model_repo.runtime.recorder import Recorder as SharedRecorder
 
 PROMPT = "the quick brown fox"
 OTHER = "model servers stream"
 
 
-class Recorder:
-    """A job's responses and errors."""
-
-    def __init__(self) -> None:
-        self.responses: list[Response] = []
-        self.errors: list[Any] = []
-        self.done = threading.Event()
-
-    def emit(self, response: Response) -> None:
-        self.responses.append(response)
-        if response.final:
-            self.done.set()
-
-    def fail(self, message: str) -> None:
-        self.errors.append(message)
-        self.done.set()
+class Recorder(SharedRecorder):
+    """A job's responses and errors, read per sequence."""
 
     def ids(self, index: int = 0) -> list[int]:
         """Sequence `index`'s token ids over all its responses."""

@@ -20,6 +20,7 @@ from model_repo.runtime.scheduler import (
     Response,
     lane_count,
 )
+from tests.model_repo.runtime.recorder import Recorder
 
 PROMPTS = ["hello world", "the quick brown fox", "a", "model servers stream", "one two three", "lazy dog"]
 
@@ -194,24 +195,6 @@ def test_with_lanes_gives_each_lane_its_own_session_with_a_share_of_the_threads(
     assert len(two.lanes) == 2 and all(lane.engine is not tiny_engine for lane in two.lanes)
     assert [lane.engine.num_threads for lane in two.lanes] == [1, 1]
     assert two.lanes[0].engine.session is not two.lanes[1].engine.session
-
-
-class Recorder:
-    """A job's answers: what `emit` and `fail` were called with, and when it ended."""
-
-    def __init__(self) -> None:
-        self.responses: list[Response] = []
-        self.errors: list[Any] = []
-        self.done = threading.Event()
-
-    def emit(self, response: Response) -> None:
-        self.responses.append(response)
-        if response.final:
-            self.done.set()
-
-    def fail(self, message: str) -> None:
-        self.errors.append(message)
-        self.done.set()
 
 
 def _job(name: str, request: GenerationRequest, record: Recorder, **kwargs: Any) -> Job:
