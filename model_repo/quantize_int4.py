@@ -19,6 +19,7 @@ reproduces them exactly; for others it is min/max round-to-nearest with an unrou
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -113,9 +114,27 @@ def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, offsets: np.ndarra
     return w.reshape(n, blocks * BLOCK)[:, :k].T
 
 
-def quantize_int4_with_offsets(model: Any, accuracy_level: int) -> int:
+def split_blocks(packed: np.ndarray, scales: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same 4-bit weights as `parts` kernel blocks per offset block: each block's bytes cut in
+    `parts`, its scale repeated. The weights are unchanged (still exact on a Q4_1 grid); the kernel
+    then quantises its int8 activations per BLOCK // parts values, which keeps outliers local."""
+    n, blocks, half = packed.shape
+    if half % parts:
+        raise ValueError(f"a block of {BLOCK} does not split into {parts} kernel blocks")
+    return (
+        np.ascontiguousarray(packed.reshape(n, blocks * parts, half // parts)),
+        np.repeat(scales.reshape(n, blocks), parts, axis=1).reshape(-1),
+    )
+
+
+def quantize_int4_with_offsets(
+    model: Any, accuracy_level: int, kernel_blocks: Mapping[str, int] | None = None
+) -> int:
     """Replace every MatMul with a constant 2-D fp32 weight by the 4-bit form above. Returns how many
-    were replaced. Works in place on an `onnx.ModelProto`."""
+    were replaced. Works in place on an `onnx.ModelProto`.
+
+    `kernel_blocks` maps a MatMul's name to the MatMulNBits block size its weights run with (BLOCK
+    by default; 16 splits each block in two, see `split_blocks`); offsets stay per BLOCK."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -131,10 +150,13 @@ def quantize_int4_with_offsets(model: Any, accuracy_level: int) -> int:
             continue
         k, n = weight.shape
         packed, scales, offsets = quantize_blocks(weight)
+        kernel_block = (kernel_blocks or {}).get(node.name, BLOCK)
+        if kernel_block != BLOCK:
+            packed, scales = split_blocks(packed, scales, BLOCK // kernel_block)
         base = node.name or node.output[0]
         source = node.input[0]
         if source not in block_sums:
-            ones = np.zeros((k, packed.shape[1]), dtype=np.float32)
+            ones = np.zeros((k, offsets.shape[0]), dtype=np.float32)
             ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
             graph.initializer.append(numpy_helper.from_array(ones, base + "_block_sum"))
             new_nodes.append(helper.make_node("MatMul", [source, base + "_block_sum"], [base + "_sums"]))
@@ -156,7 +178,7 @@ def quantize_int4_with_offsets(model: Any, accuracy_level: int) -> int:
                 K=k,
                 N=n,
                 bits=BITS,
-                block_size=BLOCK,
+                block_size=kernel_block,
                 accuracy_level=accuracy_level,
             ),
             helper.make_node("MatMul", [block_sums[source], base + "_offsets"], [base + "_correction"]),
