@@ -260,6 +260,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="llama-server -t (default: the cores the kit uses)")
     parser.add_argument("--parallel", type=int, default=8, help="llama-server -np, its parallel slots (8)")
     parser.add_argument(
+        "--peer-poll",
+        type=int,
+        choices=range(0, 101),
+        metavar="0-100",
+        help="llama-server --poll: how much its threads busy-wait for work (its default 50; 0 = sleep, "
+        "as tritonform's engine threads do: fairer on a machine other work keeps busy)",
+    )
+    parser.add_argument(
         "--llama-cpp-version", default=PEER_VERSION, help=f"llama-cpp-python sdist ({PEER_VERSION})"
     )
     parser.add_argument(
@@ -320,9 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     peer_port, our_port, key = free_port(), free_port(), "bench-peer-" + "k" * 20
     peer_cmd = [str(binary), "-m", str(gguf_path), "-t", str(threads), "-np", str(args.parallel)]
     peer_cmd += ["-c", str(args.parallel * 1024), "--host", "127.0.0.1", "--port", str(peer_port)]
+    if args.peer_poll is not None:
+        peer_cmd += ["--poll", str(args.peer_poll)]
     ours_cmd = [sys.executable, "-c", "from tritonform.cli import main; main()", "serve"]
     ours_cmd += ["--model-repo", str(repo), "--port", str(our_port), "--api-key", key]
-    say(f"starting llama-server (-t {threads} -np {args.parallel}) and tritonform serve")
+    poll = "" if args.peer_poll is None else f" --poll {args.peer_poll}"
+    say(f"starting llama-server (-t {threads} -np {args.parallel}{poll}) and tritonform serve")
     with (
         server_process(
             peer_cmd, f"http://127.0.0.1:{peer_port}/health", logs / "llama-server.log", "llama-server", 120
