@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -56,7 +57,7 @@ AGREEMENT_PROMPTS = (
     "Why is the sky blue?",
 )
 LOAD_PROMPT = "Write a short story about a robot who learns to paint landscapes at sunset."
-SERVERS = ("tritonform", "llama-server")
+PEER = "llama-server"
 
 
 # --- pure parts (tested in tests/benchmarks/test_bench_peer.py) -----------------------------------
@@ -192,7 +193,23 @@ async def measure(
             say(f"{level} stream(s), round {r + 1}/{rounds} done")
         for e in endpoints:
             figures[e.name][level] = median_figures(per_round[e.name])
+        say(level_summary(level, figures, os.getloadavg()[0]))  # kept if a later level is cut short
     return figures, answers
+
+
+def level_summary(level: int, figures: dict[str, dict[int, dict[str, float]]], load: float) -> str:
+    """One line per finished level: each server's medians and the ratios, with the machine's load."""
+    parts = [
+        f"{name} {f[level]['tok_s']:.1f} tok/s, TTFT p50 {f[level]['ttft_p50_ms']:.0f} ms"
+        for name, f in figures.items()
+    ]
+    line = f"{level} stream(s): " + "; ".join(parts)
+    peer = figures.get(PEER)
+    if peer is not None:
+        for name in (n for n in figures if n != PEER):
+            r = ratios(figures[name][level], peer[level])
+            line += f"; {name} / {PEER}: {r['tok_s']:.2f}x tok/s, TTFT {r['ttft_p50']:.2f}x"
+    return line + f" (load {load:.1f})"
 
 
 # --- the physical limit -------------------------------------------------------------------------
@@ -277,6 +294,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-repo", type=Path, help="repository for tritonform serve (default: the default)"
     )
     parser.add_argument(
+        "--also-repo",
+        type=Path,
+        help="a second repository served beside the first (e.g. before/after a build change), same load",
+    )
+    parser.add_argument(
         "--build-only", action="store_true", help="build (or find) llama-server, print its path"
     )
     args = parser.parse_args(argv)
@@ -298,7 +320,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import openai
     from rich.console import Console
-    from rich.table import Table
 
     from model_repo.runtime.cpus import usable_cpus
     from serving.triton_local import free_port
@@ -325,39 +346,69 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     logs = peer_cache() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    peer_port, our_port, key = free_port(), free_port(), "bench-peer-" + "k" * 20
+    repos = {"tritonform": repo}
+    if args.also_repo is not None:
+        repos[f"tritonform ({args.also_repo.name})"] = args.also_repo
+    names = [*repos, "llama-server"]
+    peer_port, key = free_port(), "bench-peer-" + "k" * 20
     peer_cmd = [str(binary), "-m", str(gguf_path), "-t", str(threads), "-np", str(args.parallel)]
     peer_cmd += ["-c", str(args.parallel * 1024), "--host", "127.0.0.1", "--port", str(peer_port)]
     if args.peer_poll is not None:
         peer_cmd += ["--poll", str(args.peer_poll)]
-    ours_cmd = [sys.executable, "-c", "from tritonform.cli import main; main()", "serve"]
-    ours_cmd += ["--model-repo", str(repo), "--port", str(our_port), "--api-key", key]
     poll = "" if args.peer_poll is None else f" --poll {args.peer_poll}"
-    say(f"starting llama-server (-t {threads} -np {args.parallel}{poll}) and tritonform serve")
-    with (
-        server_process(
-            peer_cmd, f"http://127.0.0.1:{peer_port}/health", logs / "llama-server.log", "llama-server", 120
-        ),
-        server_process(
-            ours_cmd, f"http://127.0.0.1:{our_port}/readyz", logs / "tritonform.log", "tritonform", 300
-        ),
-    ):
+    say(f"starting llama-server (-t {threads} -np {args.parallel}{poll}) and {len(repos)} tritonform serve")
+    with contextlib.ExitStack() as servers:
         from serving.local_stack import find_model_name
 
-        ours = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{our_port}/v1", api_key=key, max_retries=0)
+        servers.enter_context(
+            server_process(
+                peer_cmd,
+                f"http://127.0.0.1:{peer_port}/health",
+                logs / "llama-server.log",
+                "llama-server",
+                120,
+            )
+        )
+        endpoints = []
+        for i, (name, path) in enumerate(repos.items()):
+            port = free_port()
+            cmd = [sys.executable, "-c", "from tritonform.cli import main; main()", "serve"]
+            cmd += ["--model-repo", str(path), "--port", str(port), "--api-key", key]
+            ready = f"http://127.0.0.1:{port}/readyz"
+            servers.enter_context(server_process(cmd, ready, logs / f"tritonform-{i}.log", name, 300))
+            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+            endpoints.append(Endpoint(name, client, find_model_name(path)))
         peer = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{peer_port}/v1", api_key="none", max_retries=0)
-        endpoints = [
-            Endpoint("tritonform", ours, find_model_name(repo)),
-            Endpoint("llama-server", peer, "peer"),
-        ]
+        endpoints.append(Endpoint("llama-server", peer, "peer"))
         figures, answers = asyncio.run(measure(endpoints, args.streams, args.rounds, args.max_tokens, say))
     load_after = os.getloadavg()
+    weights = {name: onnx_bytes_per_token(_engine_model(path)) for name, path in repos.items()}
+    weights["llama-server"] = gguf_bytes_per_token(gguf_path)
+    report(console, args, names, figures, answers, bandwidth, threads, weights)
+    print(
+        f"machine load (1-min average) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
+        f"on {os.cpu_count()} CPUs"
+    )
+
+
+def report(
+    console: Any,
+    args: argparse.Namespace,
+    names: list[str],
+    figures: dict[str, dict[int, dict[str, float]]],
+    answers: dict[str, list[str]],
+    bandwidth: float,
+    threads: int,
+    weights: dict[str, int],
+) -> None:
+    """The table, each tritonform server's ratios to llama-server, agreement and the ceilings."""
+    from rich.table import Table
 
     table = Table(title=f"same GGUF weights, {args.max_tokens} new tokens, medians of {args.rounds} rounds")
     for column in ("streams", "server", "tok/s", "TTFT p50 ms", "TTFT p95 ms"):
         table.add_column(column, justify="right" if column != "server" else "left")
     for level in args.streams:
-        for name in SERVERS:
+        for name in names:
             row = figures[name][level]
             table.add_row(
                 str(level),
@@ -367,39 +418,31 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['ttft_p95_ms']:.1f}",
             )
     console.print(table)
-    for level in args.streams:
-        r = ratios(figures["tritonform"][level], figures["llama-server"][level])
+    peer = answers["llama-server"]
+    for name in names[:-1]:
+        for level in args.streams:
+            r = ratios(figures[name][level], figures["llama-server"][level])
+            print(
+                f"{name} / llama-server at {level} stream(s): "
+                f"tok/s {r['tok_s']:.2f}x, TTFT p50 {r['ttft_p50']:.2f}x"
+            )
+        pairs = list(zip(answers[name], peer, strict=True))
+        prefix = statistics.mean(common_prefix_fraction(a, b) for a, b in pairs)
+        same = sum(a == b for a, b in pairs)
         print(
-            f"tritonform / llama-server at {level} stream(s): "
-            f"tok/s {r['tok_s']:.2f}x, TTFT p50 {r['ttft_p50']:.2f}x"
+            f"{name} and llama-server answers' agreement (temperature 0): {same}/{len(AGREEMENT_PROMPTS)} "
+            f"identical, common prefix {prefix:.0%}"
         )
-    same = sum(a == b for a, b in zip(answers["tritonform"], answers["llama-server"], strict=True))
-    prefix = statistics.mean(
-        common_prefix_fraction(a, b)
-        for a, b in zip(answers["tritonform"], answers["llama-server"], strict=True)
-    )
-    print(
-        f"answers' agreement (temperature 0): {same}/{len(AGREEMENT_PROMPTS)} identical, "
-        f"common prefix {prefix:.0%}"
-    )
-    for name in SERVERS:
+    for name in names:
         print(f"  {name}: {AGREEMENT_PROMPTS[0]!r} -> {answers[name][0][:70]!r}")
     print(f"memory bandwidth (read, {threads} threads): {bandwidth / 1e9:.1f} GB/s")
-    weights = {
-        "tritonform": onnx_bytes_per_token(_engine_model(repo)),
-        "llama-server": gguf_bytes_per_token(gguf_path),
-    }
-    for name in SERVERS:
+    for name in names:
         ceiling = ceiling_tok_s(bandwidth, weights[name])
         single = figures[name][min(args.streams)]["tok_s"]
         print(
             f"  {name}: {weights[name] / 1e6:.1f} MB of weights per token -> ceiling {ceiling:.0f} tok/s; "
             f"{min(args.streams)} stream(s) at {single:.1f} tok/s = {single / ceiling:.0%} of it"
         )
-    print(
-        f"machine load (1-min average) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
-        f"on {os.cpu_count()} CPUs"
-    )
 
 
 if __name__ == "__main__":

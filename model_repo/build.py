@@ -231,8 +231,8 @@ def _build_tensorrt_llm(
         write_tensorrt_llm_repository(options.out, info.path, art, spec, llmapi)
 
 
-# What `tritonform serve` builds when no repository is given: int4 weight-only (output and down
-# projections at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and runs ~1.15x faster.
+# What `tritonform serve` builds when no repository is given: int4 weight-only (the output projection
+# at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and reads 115 MB a token (int8: 170).
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
     *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),

@@ -8,12 +8,13 @@ a constant weight becomes a `MatMulNBits` (block-wise, weights only, activations
   kept 95.9% agreement on held-out text but only 91.7% while generating (the gate checks both); block 16
   keeps 96.2% / 96.9% at about 0.9x block 32's speed.
 - int4: 4-bit, block 32, accuracy_level 4, each block with its exact float offset (see
-  `model_repo.quantize_int4`: onnxruntime's integer zero points dropped SmolLM2's agreement to ~69%).
-  Two kinds of projection stay at 8 bits (int8's settings): the output projection (lm_head, the MatMul
-  producing `logits`), which decides the next token directly, and the MLP down projection (input wider
-  than the hidden size), whose activations have the largest outliers: with int8 activations in the
-  4-bit kernel it cost the decode-path agreement 3 points (94.8% vs 97.9% on SmolLM2), while at 8 bits
-  it runs as fast. SmolLM2, one run: 96.1% / 97.9% agreement, about 1.15-1.2x int8's tokens/s.
+  `model_repo.quantize_int4`: onnxruntime's integer zero points dropped SmolLM2's agreement to ~69%),
+  every projection but the output one (lm_head, the MatMul producing `logits`, which decides the next
+  token directly): it stays at 8 bits, symmetric, in blocks of 32 (the layout of the GGUF's Q8_0 token
+  embedding it is tied to). A 4-bit output projection failed the gate on SmolLM2 (82.0% / 85.9%,
+  perplexity +5.1%). SmolLM2, one run: 96.6% / 98.0% agreement, perplexity -0.05%; 115 MB of
+  weights read per decode token (an earlier layout with the down projections and the output
+  projection at 8 bits in blocks of 16: 132 MB).
   The merged q/k/v output goes to GroupQueryAttention packed, with the rotary embedding done inside
   it (`model_repo.gqa.pack_qkv_with_rotary`): 7 fewer nodes per layer and decode step.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 from model_repo.export import save_onnx
 from model_repo.gqa import pack_qkv_with_rotary
-from model_repo.quantize_int4 import merge_sibling_matmuls, quantize_int4_with_offsets, weight_matmuls
+from model_repo.quantize_int4 import merge_sibling_matmuls, quantize_int4_with_offsets
 from model_repo.runtime.contract import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
 
 METHODS = ("none", "int8", "int4")
@@ -57,6 +58,8 @@ SETTINGS: dict[str, QuantSettings] = {
     "int8": QuantSettings("int8", 8, 16, True, 4, 8),
     "int4": QuantSettings("int4", 4, 32, False, 4, 8),  # symmetric False: per-block float offsets
 }
+# The output projection of an int4 build: 8 bits, symmetric, blocks of 32 (see the module docs).
+INT4_HEAD = QuantSettings("int8", 8, 32, True, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -83,17 +86,6 @@ def _logits_matmul(model: Any) -> str | None:
             nxt.extend(node.input)
         frontier = nxt
     return None
-
-
-def _eight_bit_in_int4(model: Any, head: str | None) -> set[str]:
-    """The MatMuls an int4 build keeps at 8 bits: the output projection `head` and those whose input is
-    wider than the hidden size (the MLP's down projection: its input, act(gate) * up, has the largest
-    outliers). The hidden size is the output projection's input width."""
-    matmuls = weight_matmuls(model)
-    hidden = next((init.dims[0] for node, init in matmuls if node.name == head), None)
-    if hidden is None:
-        return set()
-    return {str(node.name) for node, init in matmuls if node.name == head or init.dims[0] > hidden}
 
 
 def _matmul_nbits(model: Any, bits: int, s: QuantSettings, only: set[str] | None = None) -> Any:
@@ -150,9 +142,9 @@ def quantize_model(
             packed = pack_qkv_with_rotary(model)
             if packed:
                 say(f"attention reads the merged q/k/v and rotates it itself ({packed} layers)")
-            eight = _eight_bit_in_int4(model, head)
-            say(f"quantising the output and down projections to 8 bits ({len(eight)} MatMuls)")
-            model = _matmul_nbits(model, 8, SETTINGS["int8"], only=eight)
+            if head is not None:
+                say("quantising the output projection to 8 bits (blocks of 32)")
+                model = _matmul_nbits(model, 8, INT4_HEAD, only={head})
             say(f"quantising the other weights to 4 bits (block {settings.block_size}, exact offsets)")
             quantize_int4_with_offsets(model, settings.accuracy_level or 4)
         else:

@@ -4,28 +4,33 @@ Why by hand: onnxruntime's 4-bit quantiser rounds each block's zero point to an 
 every weight of a block by up to half a step. On checkpoints that were themselves 4-bit with a float
 offset per block (SmolLM2-135M here comes from a Q4_1 GGUF: w = q*d + m) that shift is systematic and
 next-token agreement falls to ~69%. MatMulNBits also accepts float zero points, but onnxruntime's CPU
-kernel then takes a dequantising slow path (~7 tok/s instead of ~60 on SmolLM2).
+kernel then takes a dequantising slow path (~7 tok/s instead of ~60 on SmolLM2; onnxruntime 1.32, one
+call of SmolLM2's shapes: 25-32x slower than the symmetric kernel plus the correction below).
 
 So each block of `BLOCK` weights along K is stored as w = (q - 8) * scale + offset, with q in 0..15,
 scale = (max - min) / 15 and offset = min + 8 * scale:
     A @ W = MatMulNBits(A, q, scale)            # the fast symmetric 4-bit kernel
-          + (A @ E) @ offsets                   # E [K, K/BLOCK] sums A over each block
-The correction costs two small fp32 MatMuls and an Add per projection. To keep that overhead low,
-projections that read the same input (q/k/v, gate/up) are first merged into one MatMul and Split,
-which also halves the number of 4-bit kernel calls. For weights already on a Q4_1 grid this
-reproduces them exactly; for others it is min/max round-to-nearest with an unrounded offset.
+          + (A @ E) @ offsets                   # A @ E: A's sum over each block
+The correction costs a block sum (see `_block_sum_nodes`), a small fp32 MatMul and an Add per
+projection, and its float32 scale and offset per block make 6 bits a weight (Q4_1: 5, with fp16
+ones). To keep the overhead low, projections that read the same input (q/k/v, gate/up) are first
+merged into one MatMul and Split, which also halves the number of 4-bit kernel calls. For weights
+already on a Q4_1 grid this reproduces them exactly; for others it is min/max round-to-nearest with
+an unrounded offset.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 BLOCK = 32
 BITS = 4
+# Block sums by a 0/1 matrix up to this size (SmolLM2's hidden 576: 41 KB, read in microseconds, one
+# node), by Reshape + ReduceSum above it (its MLP width 1536: 295 KB per layer, 9 MB a token).
+BLOCK_SUM_MATRIX_BYTES = 64 * 1024
 
 
 def weight_matmuls(model: Any) -> list[tuple[Any, Any]]:
@@ -114,32 +119,21 @@ def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, offsets: np.ndarra
     return w.reshape(n, blocks * BLOCK)[:, :k].T
 
 
-def split_blocks(packed: np.ndarray, scales: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same 4-bit weights as `parts` kernel blocks per offset block: each block's bytes cut in
-    `parts`, its scale repeated. The weights are unchanged (still exact on a Q4_1 grid); the kernel
-    then quantises its int8 activations per BLOCK // parts values, which keeps outliers local."""
-    n, blocks, half = packed.shape
-    if half % parts:
-        raise ValueError(f"a block of {BLOCK} does not split into {parts} kernel blocks")
-    return (
-        np.ascontiguousarray(packed.reshape(n, blocks * parts, half // parts)),
-        np.repeat(scales.reshape(n, blocks), parts, axis=1).reshape(-1),
-    )
-
-
-def quantize_int4_with_offsets(
-    model: Any, accuracy_level: int, kernel_blocks: Mapping[str, int] | None = None
-) -> int:
+def quantize_int4_with_offsets(model: Any, accuracy_level: int) -> int:
     """Replace every MatMul with a constant 2-D fp32 weight by the 4-bit form above. Returns how many
-    were replaced. Works in place on an `onnx.ModelProto`.
-
-    `kernel_blocks` maps a MatMul's name to the MatMulNBits block size its weights run with (BLOCK
-    by default; 16 splits each block in two, see `split_blocks`); offsets stay per BLOCK."""
+    were replaced. Works in place on an `onnx.ModelProto`."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
     weights = {node.output[0]: init for node, init in weight_matmuls(model)}
     block_sums: dict[str, str] = {}
+    # ReduceSum takes its axes as an input from opset 13 on; before, block sums go through a MatMul
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*graph.value_info, *graph.input, *graph.output)
+        if v.type.tensor_type.HasField("shape") and opset >= 13
+    }
     new_nodes: list[Any] = []
     count = 0
     for node in graph.node:
@@ -150,16 +144,10 @@ def quantize_int4_with_offsets(
             continue
         k, n = weight.shape
         packed, scales, offsets = quantize_blocks(weight)
-        kernel_block = (kernel_blocks or {}).get(node.name, BLOCK)
-        if kernel_block != BLOCK:
-            packed, scales = split_blocks(packed, scales, BLOCK // kernel_block)
         base = node.name or node.output[0]
         source = node.input[0]
         if source not in block_sums:
-            ones = np.zeros((k, offsets.shape[0]), dtype=np.float32)
-            ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
-            graph.initializer.append(numpy_helper.from_array(ones, base + "_block_sum"))
-            new_nodes.append(helper.make_node("MatMul", [source, base + "_block_sum"], [base + "_sums"]))
+            new_nodes += _block_sum_nodes(graph, source, ranks.get(source), k, base)
             block_sums[source] = base + "_sums"
         graph.initializer.extend(
             [
@@ -178,7 +166,7 @@ def quantize_int4_with_offsets(
                 K=k,
                 N=n,
                 bits=BITS,
-                block_size=kernel_block,
+                block_size=BLOCK,
                 accuracy_level=accuracy_level,
             ),
             helper.make_node("MatMul", [block_sums[source], base + "_offsets"], [base + "_correction"]),
@@ -193,6 +181,35 @@ def quantize_int4_with_offsets(
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return count
+
+
+def _block_sum_nodes(graph: Any, source: str, rank: int | None, k: int, base: str) -> list[Any]:
+    """Nodes computing `source`'s sums over each block of BLOCK values along its last axis, as
+    `base`_sums: a MatMul with a [K, blocks] 0/1 matrix (one node; it reads K * blocks floats every
+    call), or, once that matrix passes BLOCK_SUM_MATRIX_BYTES and when the input's rank is known and
+    K a whole number of blocks, Reshape + ReduceSum (two nodes, no weight read)."""
+    from onnx import helper, numpy_helper
+
+    blocks = -(-k // BLOCK)
+    large = k * blocks * 4 > BLOCK_SUM_MATRIX_BYTES
+    if large and rank is not None and rank >= 2 and k % BLOCK == 0:
+        shape = np.asarray([0] * (rank - 1) + [blocks, BLOCK], dtype=np.int64)
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(shape, base + "_block_shape"),
+                numpy_helper.from_array(np.asarray([-1], dtype=np.int64), base + "_last_axis"),
+            ]
+        )
+        return [
+            helper.make_node("Reshape", [source, base + "_block_shape"], [base + "_blocks"]),
+            helper.make_node(
+                "ReduceSum", [base + "_blocks", base + "_last_axis"], [base + "_sums"], keepdims=0
+            ),
+        ]
+    ones = np.zeros((k, blocks), dtype=np.float32)
+    ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
+    graph.initializer.append(numpy_helper.from_array(ones, base + "_block_sum"))
+    return [helper.make_node("MatMul", [source, base + "_block_sum"], [base + "_sums"])]
 
 
 def _drop_unused_initializers(model: Any) -> None:

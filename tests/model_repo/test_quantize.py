@@ -29,13 +29,21 @@ def test_int8_turns_every_weight_matmul_into_8bit_matmulnbits(tiny_llama_int8: P
     assert GenerationMetadata.load(tiny_llama_int8).quantization == "int8"
 
 
-def test_int4_merges_shared_input_projections_and_keeps_output_and_down_projections_at_8_bits(
+def test_int4_merges_shared_input_projections_and_keeps_only_the_output_projection_at_8_bits(
     tiny_llama_export: Path, tmp_path: Path
 ) -> None:
+    """int4: every projection at 4 bits (q/k/v and gate/up merged) but the output one, at 8 bits in
+    blocks of 32 (the layout of a Q8_0 embedding it is tied to)."""
     result = quantize_model(tiny_llama_export, tmp_path / "int4", "int4")
     bits = sorted(_nbits(result.model_dir))
-    # 2 layers x (q/k/v merged, o, gate/up merged) at 4 bits; 2 down projections + the output one at 8.
-    assert bits == [4] * 6 + [8] * 3 and result.quantized_matmuls == 9
+    # 2 layers x (q/k/v merged, o, gate/up merged, down) at 4 bits; the output projection at 8.
+    assert bits == [4] * 8 + [8] and result.quantized_matmuls == 9
+    head = next(
+        n
+        for n in onnx.load(str(result.model_dir / "model.onnx")).graph.node
+        if n.op_type == "MatMulNBits" and next(a.i for a in n.attribute if a.name == "bits") == 8
+    )
+    assert next(a.i for a in head.attribute if a.name == "block_size") == 32
 
 
 def test_int4_model_follows_the_fp32_model(tiny_llama_export: Path, tmp_path: Path) -> None:

@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from model_repo import quantize_int4
 from model_repo.quantize_int4 import (
     BLOCK,
     dequantize_blocks,
     merge_sibling_matmuls,
     quantize_blocks,
     quantize_int4_with_offsets,
-    split_blocks,
 )
 
 
@@ -60,6 +61,7 @@ def test_quantised_graph_computes_with_the_dequantised_weights() -> None:
     assert quantize_int4_with_offsets(model, accuracy_level=0) == 1
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulNBits") == 1 and "Split" in ops
+    assert "ReduceSum" not in ops  # a 64 x 2 block-sum matrix is cheaper to read than two nodes
     x = np.random.default_rng(5).normal(size=(1, 3, k)).astype(np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = dict(zip(["q", "k", "v"], session.run(["q", "k", "v"], {"x": x}), strict=True))
@@ -67,27 +69,30 @@ def test_quantised_graph_computes_with_the_dequantised_weights() -> None:
         np.testing.assert_allclose(got[name], x @ w, rtol=1e-4, atol=1e-4)
 
 
-def test_split_blocks_keeps_the_weights_and_halves_the_kernel_block() -> None:
-    """Kernel blocks of 16 inside offset blocks of 32: the same dequantised weights, each scale twice."""
-    w = _q4_1_weight(64, 8, 6)
-    packed, scales, offsets = quantize_blocks(w)
-    packed16, scales16 = split_blocks(packed, scales, 2)
-    assert packed16.shape == (8, 4, 8) and scales16.shape == (8 * 4,)
-    q = np.empty((8, 4, 16), dtype=np.float32)
-    q[..., 0::2], q[..., 1::2] = packed16 & 0x0F, packed16 >> 4
-    w16 = (q - 8.0) * scales16.reshape(8, 4, 1) + np.repeat(offsets.T, 2, axis=1)[..., None]
-    np.testing.assert_allclose(w16.reshape(8, 64).T, w, rtol=0, atol=1e-6)
-
-
-def test_a_matmul_with_kernel_block_16_computes_with_the_dequantised_weights() -> None:
-    """`kernel_blocks` runs the chosen MatMul with MatMulNBits block 16; its offsets stay per 32 and
-    the product is still the dequantised weight's."""
-    k = 96
-    weights = {"down": _q4_1_weight(k, 24, 7)}
+def test_block_sums_fall_back_to_a_matmul_when_k_is_not_whole_blocks() -> None:
+    """K = 80 (two and a half blocks): the block sums come from a 0/1 matrix, and the product is
+    still the dequantised weight's."""
+    k = 80
+    weights = {"w": _q4_1_weight(k, 16, 9)}
     model = _model(weights, k)
-    assert quantize_int4_with_offsets(model, accuracy_level=0, kernel_blocks={"down": 16}) == 1
-    kernel = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
-    assert next(a.i for a in kernel.attribute if a.name == "block_size") == 16
-    x = np.random.default_rng(8).normal(size=(1, 3, k)).astype(np.float32)
+    assert quantize_int4_with_offsets(model, accuracy_level=0) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "ReduceSum" not in ops and ops.count("MatMul") == 2
+    x = np.random.default_rng(10).normal(size=(1, 3, k)).astype(np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(["down"], {"x": x})[0], x @ weights["down"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(session.run(["w"], {"x": x})[0], x @ weights["w"], rtol=1e-4, atol=1e-4)
+
+
+def test_wide_inputs_sum_their_blocks_without_a_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past BLOCK_SUM_MATRIX_BYTES the block sums come from Reshape + ReduceSum (no 0/1 matrix to read
+    each call), with the same product."""
+    monkeypatch.setattr(quantize_int4, "BLOCK_SUM_MATRIX_BYTES", 0)
+    k = 64
+    weights = {"w": _q4_1_weight(k, 16, 11)}
+    model = _model(weights, k)
+    assert quantize_int4_with_offsets(model, accuracy_level=0) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "ReduceSum" in ops and ops.count("MatMul") == 1
+    x = np.random.default_rng(12).normal(size=(1, 3, k)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["w"], {"x": x})[0], x @ weights["w"], rtol=1e-4, atol=1e-4)
