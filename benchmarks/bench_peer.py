@@ -306,6 +306,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rounds, --max-tokens, --parallel and --threads must be at least 1")
     if args.llama_server is not None and not args.llama_server.is_file():
         parser.error(f"--llama-server {args.llama_server}: no such file")
+    for option, repo in (("--model-repo", args.model_repo), ("--also-repo", args.also_repo)):
+        if repo is not None and not repo.is_dir():
+            parser.error(f"{option} {repo}: no such directory (give a tritonform build output)")
     return args
 
 

@@ -59,11 +59,18 @@ def test_command_line_defaults_and_errors(capsys: pytest.CaptureFixture[str], tm
     args = bench_peer.parse_args([])
     assert (args.streams, args.rounds, args.max_tokens, args.parallel) == ((1, 8, 32), 3, 64, 8)
     assert args.llama_cpp_version == llama_peer.PEER_VERSION and args.threads is None
-    for argv in (["--llama-server", str(tmp_path / "nope")], ["--rounds", "0"]):
+    bad = (
+        ["--llama-server", str(tmp_path / "nope")],
+        ["--rounds", "0"],
+        ["--also-repo", str(tmp_path / "gone")],
+        ["--peer-poll", "101"],
+    )
+    for argv in bad:
         with pytest.raises(SystemExit) as exit_info:
             bench_peer.parse_args(argv)
         assert exit_info.value.code == 2
-    assert "nope: no such file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nope: no such file" in err and "gone: no such directory" in err
 
 
 def test_round_figures_and_medians() -> None:
@@ -114,3 +121,18 @@ def test_onnx_weight_bytes_leave_out_row_lookups(tmp_path: Path) -> None:
     )
     onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
     assert bench_peer.onnx_bytes_per_token(tmp_path / "m.onnx") == 8 * 4 * 4
+
+
+def test_level_summary_gives_each_server_and_each_ratio_to_the_peer() -> None:
+    """A finished level's line names every server's figures and each tritonform server's ratios to
+    llama-server, so a run cut short later still leaves its figures in the log."""
+    figures = {
+        "tritonform": {8: {"tok_s": 150.0, "ttft_p50_ms": 40.0, "ttft_p95_ms": 60.0}},
+        "tritonform (new)": {8: {"tok_s": 200.0, "ttft_p50_ms": 20.0, "ttft_p95_ms": 30.0}},
+        "llama-server": {8: {"tok_s": 100.0, "ttft_p50_ms": 40.0, "ttft_p95_ms": 50.0}},
+    }
+    line = bench_peer.level_summary(8, figures, 3.25)
+    assert line.startswith("8 stream(s): tritonform 150.0 tok/s, TTFT p50 40 ms")
+    assert "tritonform / llama-server: 1.50x tok/s, TTFT 1.00x" in line
+    assert "tritonform (new) / llama-server: 2.00x tok/s, TTFT 0.50x" in line
+    assert line.endswith("(load 3.2)")
