@@ -12,7 +12,7 @@ a constant weight becomes a `MatMulNBits` (block-wise, weights only, activations
   every projection but the output one (lm_head, the MatMul producing `logits`, which decides the next
   token directly): it stays at 8 bits, symmetric, in blocks of 32 (the layout of the GGUF's Q8_0 token
   embedding it is tied to). A 4-bit output projection failed the gate on SmolLM2 (82.0% / 85.9%,
-  perplexity +5.1%). SmolLM2, one run: 96.6% / 98.0% agreement, perplexity -0.05%; 115 MB of
+  perplexity +5.1%). SmolLM2, one run: 96.3% / 97.1% agreement, perplexity +0.3%; 115 MB of
   weights read per decode token (an earlier layout with the down projections and the output
   projection at 8 bits in blocks of 16: 132 MB).
   The merged q/k/v output goes to GroupQueryAttention packed, with the rotary embedding done inside
