@@ -232,7 +232,7 @@ def _build_tensorrt_llm(
 
 
 # What `tritonform serve` builds when no repository is given: int4 weight-only (the output projection
-# at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and reads 115 MB a token (int8: 170).
+# at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and reads 115 MB of weights a token.
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
     *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),
