@@ -47,9 +47,9 @@ def _pulumi(args: list[str], stack: str, run: Callable[..., Any]) -> str:
     command = ["pulumi", "config", args[0], "--path", "--stack", stack, *args[1:]]
     if shutil.which("pulumi") is None and run is subprocess.run:
         raise RolloutError(f"the pulumi CLI is not installed; run it where it is: {shlex.join(command)}")
-    from tritonform.commands.upload import _pulumi_cwd
+    from tritonform.commands.infra import project_root  # where pulumi finds Pulumi.yaml and stacks/
 
-    done = run(command, capture_output=True, text=True, cwd=_pulumi_cwd())
+    done = run(command, capture_output=True, text=True, cwd=project_root())
     if done.returncode != 0:
         raise RolloutError(f"`{shlex.join(command)}` failed: {(done.stderr or '').strip()}")
     return str(done.stdout or "").strip()
