@@ -94,17 +94,16 @@ class Gateway:
         self.prompts = PromptFormatter.load(settings.resolved_tokenizer_dir())
         self.token_bytes = TokenBytes(self.prompts.tokenizer)  # ids -> OpenAI's token/bytes (logprobs)
         self.metrics = GatewayMetrics()
-        # Each version's prompt formatter and token bytes: a canary may bring its own tokenizer.
-        self.formats: dict[str, tuple[PromptFormatter, TokenBytes]] = {
-            STABLE: (self.prompts, self.token_bytes)
-        }
+        # A canary may bring its own tokenizer: its prompt formatter and token bytes (None: the stable's).
+        self.canary_format: tuple[PromptFormatter, TokenBytes] | None = None
         self.canary: Canary | None = None
         self.canary_triton: TritonGenerator | None = None  # set when the app starts, with a canary
         if settings.has_canary:
             self.canary = canary_from_settings(settings, self.metrics.registry)
             own = settings.canary_tokenizer_dir
-            prompts = PromptFormatter.load(own) if own is not None else self.prompts
-            self.formats[CANARY] = (prompts, TokenBytes(prompts.tokenizer) if own else self.token_bytes)
+            if own is not None:
+                prompts = PromptFormatter.load(own)
+                self.canary_format = (prompts, TokenBytes(prompts.tokenizer))
         local = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.limits: Any = LocalKeyLimits(local)
         if settings.rate_limit_redis_url:
@@ -131,7 +130,13 @@ class Gateway:
 
     def token_bytes_of(self, gen: Generation) -> TokenBytes:
         """The token bytes (logprobs) of the version serving `gen`."""
-        return self.formats[gen.role][1]
+        return self._format(gen.role)[1]
+
+    def _format(self, role: str) -> tuple[PromptFormatter, TokenBytes]:
+        """The prompt formatter and token bytes of `role`'s version."""
+        if role == CANARY and self.canary_format is not None:
+            return self.canary_format
+        return self.prompts, self.token_bytes
 
     def backend(self, role: str = STABLE) -> TritonGenerator:
         """The Triton client of `role`'s version; 503 while the gateway starts or stops."""
@@ -198,7 +203,7 @@ class Gateway:
             plan = chat_plan(body)
             param, chars = "messages", sum(len(m.text()) for m in body.messages)
         else:
-            plan = completion_plan(body, self.formats[role][0].fim_tokens)
+            plan = completion_plan(body, self._format(role)[0].fim_tokens)
             param, chars = "prompt", len(body.prompt_text()) + len(body.suffix or "")
         if chars > s.prompt_chars_limit:
             raise ApiError(
@@ -236,7 +241,7 @@ class Gateway:
         role: str,
     ) -> Generation:
         s = self.settings
-        prompts = self.formats[role][0]
+        prompts = self._format(role)[0]
         n = body.choices()
         wait = await self.limits.admit(key, max_tokens * n)
         if wait:
@@ -448,7 +453,7 @@ class Gateway:
     def _finish(self, gen: Generation, last: Delta) -> None:
         completion = gen.completion_tokens
         if completion is None:
-            prompts = self.formats[gen.role][0]
+            prompts = self._format(gen.role)[0]
             completion = sum(prompts.count_tokens("".join(c.text)) for c in gen.choices.values())
         gen.generated = completion
         prompt = last.prompt_tokens if last.prompt_tokens is not None else gen.prompt_tokens
