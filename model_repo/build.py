@@ -9,6 +9,7 @@ end. A failed gate, an error or Ctrl-C therefore leaves a previous repository at
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import platform
 import re
@@ -45,6 +46,8 @@ class BuildOptions:
     # tensorrt-llm only: GPUs one replica spreads the model over (the stack's triton.gpusPerReplica)
     tensor_parallel: int = 1
     max_seq_len: int = 4096
+    # onnx only: "float16" converts the fp32 export (weights, activations, KV cache; logits stay fp32)
+    dtype: str = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -64,6 +67,17 @@ class BuildOptions:
             raise BuildError(
                 f"--quantize {self.quantize} is for --backend onnx: TensorRT-LLM's LLM API serves the "
                 "checkpoint at its own precision (give it an already quantised checkpoint)"
+            )
+        from model_repo.precision import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise BuildError(
+                f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)} (see model_repo/precision.py)"
+            )
+        if self.dtype != "float32" and (self.backend != "onnx" or self.quantize != "none"):
+            raise BuildError(
+                f"--dtype {self.dtype} is for --backend onnx without --quantize: weight-only int8/int4 keeps "
+                "fp32 activations, and TensorRT-LLM serves the checkpoint at its own precision"
             )
         if not 1 <= self.tensor_parallel <= 8:
             raise BuildError(f"--tensor-parallel {self.tensor_parallel}: must be 1 to 8")
@@ -97,6 +111,8 @@ def step_names(options: BuildOptions) -> list[str]:
     names = ["checkpoint", "export", "parity"]
     if options.quantize != "none":
         names += ["quantize", "quality"]
+    if options.dtype != "float32":
+        names += ["half precision", "quality"]
     return [*names, "repository"]
 
 
@@ -162,11 +178,16 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
     reference = Engine.load(fp32_dir)
     with steps.step("parity"):
         parity = check_parity(reference, torch_model, n_tokens=options.parity_tokens)
-    del torch_model
+    del torch_model  # the largest object of the build: free it before the next step loads another model
+    gc.collect()
     report["parity"] = parity.as_dict()
     final = fp32_dir
     report["quantization"] = SETTINGS[options.quantize].as_dict()
-    if options.quantize != "none":
+    if options.quantize == "none" and options.dtype == "float32":
+        del reference  # no later gate compares against it
+    if options.dtype == "float16":
+        final = _half_precision(options, fp32_dir, work, reference, report, steps)
+    elif options.quantize != "none":
         q_dir = work / options.quantize
         with steps.step("quantize"):
             q = quantize_model(fp32_dir, q_dir, options.quantize, progress=steps.note)
@@ -193,12 +214,48 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
                 quality_failure_message(quality) + ". The previous repository (if any) is unchanged."
             )
         final = q_dir
-    del reference
+    reference = None
+    gc.collect()
     with steps.step("repository"):
         report["artefacts_size_bytes"] = _dir_size(final)
         _write_report(final, report, steps)
         spec = GenerationSpec(model_name=options.model_name, max_batch_size=options.max_batch_size)
         write_repository(options.out, final, spec)
+
+
+def _half_precision(
+    options: BuildOptions, fp32_dir: Path, work: Path, reference: Any, report: dict[str, Any], steps: _Steps
+) -> Path:
+    """The fp16 conversion and its gate against the fp32 export; returns the fp16 model directory."""
+    from model_repo.gates import GateError, check_quality, quality_failure_message
+    from model_repo.precision import FP16_MAX_PPL_INCREASE, FP16_MIN_AGREEMENT, convert_to_float16
+    from model_repo.runtime.engine import Engine
+
+    half_dir = work / "float16"
+    with steps.step("half precision"):
+        steps.note("converting weights, activations and the KV cache to fp16 (logits stay fp32)")
+        half = convert_to_float16(fp32_dir, half_dir)
+    with steps.step("quality"):
+        quality = check_quality(
+            Engine.load(half_dir),
+            reference,
+            min_agreement=FP16_MIN_AGREEMENT,
+            max_ppl_increase=FP16_MAX_PPL_INCREASE,
+            raise_on_fail=False,
+        )
+    report["precision"] = {
+        "dtype": "float16",
+        "size_bytes": _dir_size(half_dir),
+        "seconds": round(half.seconds, 2),
+        "gate": {"min_agreement": FP16_MIN_AGREEMENT, "max_ppl_increase": FP16_MAX_PPL_INCREASE},
+    }
+    report["quality"] = quality.as_dict()
+    if not quality.passed:
+        raise GateError(
+            quality_failure_message(quality).replace("quantised", "fp16", 1)
+            + ". The previous repository (if any) is unchanged."
+        )
+    return half_dir
 
 
 def _build_tensorrt_llm(
@@ -236,6 +293,7 @@ def _build_tensorrt_llm(
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
     *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),
+    *("precision.py", "kv_graphs.py"),
     *("quantize.py", "quantize_int4.py", "gates.py", "manifest.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )

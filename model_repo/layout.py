@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from model_repo.manifest import MANIFEST_FILE, MODEL_VERSION, write_manifest
-from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE
+from model_repo.runtime.contract import METADATA_FILE, TOKENIZER_FILE, GenerationMetadata
 from model_repo.spec import GenerationSpec, python_model_config, render_model_config
 
 REQUIRED_ARTEFACTS = (METADATA_FILE, TOKENIZER_FILE)
@@ -59,7 +59,9 @@ def write_repository(out_dir: Path | str, artefacts_dir: Path | str, spec: Gener
         shutil.copy2(_PACKAGE / "python_model" / "model.py", version_dir / "model.py")
         _copy_runtime(version_dir / RUNTIME_PACKAGE)
         shutil.copytree(artefacts_dir, version_dir / spec.engine_subdir)
-        write_manifest(staging, {"backend": "onnx", "spec": _spec_dict(spec)})
+        meta = GenerationMetadata.load(artefacts_dir)  # what was built: precision and quantisation
+        info = {"dtype": meta.dtype, "quantization": meta.quantization}
+        write_manifest(staging, {"backend": "onnx", "spec": _spec_dict(spec), **info})
     return out_dir
 
 
