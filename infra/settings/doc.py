@@ -65,6 +65,9 @@ DESCRIPTIONS: dict[str, str] = {
     "--stack` sets it); unset: neither runs yet, so the first `pulumi up` needs no model.",
     "triton.gpusPerReplica": "GPUs each Triton pod requests: its tensor parallel size, a divisor of "
     "`gpuPool.gpusPerNode`; 1 on the ONNX backend.",
+    "triton.executionProvider": "ONNX backend: onnxruntime's execution provider on the GPU node, `cuda` or "
+    "`tensorrt` (opt-in: engines built on first load, cached under /tmp in the pod); a model whose provider "
+    "does not load fails readiness instead of running on the CPU.",
     "triton.targetInflightRequests": "Generations in flight (plus requests held) per Triton replica that "
     "trigger a scale-out (KEDA ScaledObject).",
     "triton.scaleToZeroAfterSeconds": "With `minReplicas: 0`: seconds without generations in flight or held "

@@ -6,6 +6,7 @@ Part of the one settings layer: `StackSettings` in infra/settings/stack.py holds
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -63,6 +64,8 @@ class TritonSettings(_Replicas):
     # (KEDA's cooldownPeriod); the GPU pool's autoscaler then removes the idle node.
     scale_to_zero_after_seconds: int = Field(default=600, ge=60, le=86_400)
     gpus_per_replica: int = Field(default=1, ge=1, le=8)
+    # ONNX backend: onnxruntime's provider on the GPU node (the model fails readiness if it does not load)
+    execution_provider: Literal["cuda", "tensorrt"] = "cuda"
     cpu_request: str = "2"
     cpu_limit: str = "4"
     memory_request: str = "8Gi"
