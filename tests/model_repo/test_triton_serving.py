@@ -435,3 +435,31 @@ def test_the_decoding_feature_tensors_work_through_triton(tiny_triton: Any, engi
     )
     with pytest.raises(InferenceServerException, match=r"^\[INVALID_ARG\] guided decoding \(json_schema\)"):
         generate_raw(tiny_triton.grpc_url, bad)
+
+
+def test_a_provider_that_does_not_load_keeps_the_model_unready_with_the_reason(tiny_repository: Any) -> None:
+    """The pod asks for CUDA (TRITONFORM_EXECUTION_PROVIDER, as the stack sets it) where onnxruntime has
+    none: onnxruntime would serve on the CPU without a word; the model fails to load, and Triton's load
+    error says what was asked and what ran, so the pod never turns ready."""
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    from model_repo.runtime.providers import PROVIDER_ENV
+    from serving.triton_local import TritonServer, TritonServerConfig
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the fallback cannot be provoked here")
+    config = TritonServerConfig(
+        tiny_repository,
+        model_control_mode="explicit",
+        extra_env={PROVIDER_ENV: "cuda"},
+        startup_timeout_s=120,
+    )
+    with TritonServer(config) as server:
+        client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+        try:
+            with pytest.raises(InferenceServerException, match="asked for CUDAExecutionProvider but"):
+                client.load_model("llm")
+            assert not client.is_model_ready("llm")
+        finally:
+            client.close()
