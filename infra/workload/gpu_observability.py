@@ -3,7 +3,10 @@
 - `DcgmExporter`: the `dcgm-exporter` Helm chart (NVIDIA, version `addons.dcgmExporterVersion`) as a
   DaemonSet on the GPU nodes only (the pool's node selector and tolerations, as Triton's pods), its pods
   annotated for the Prometheus the stack runs (the chart's ServiceMonitor needs the Prometheus operator,
-  which this stack does not install, so it is off).
+  which this stack does not install, so it is off). Where the node keeps the driver outside any container
+  runtime (GKE's COS: `GpuScheduling.driver_host_path`), the exporter mounts it (`driver_values`). GKE's
+  managed DCGM metrics are not used: they go to Cloud Monitoring, not to the stack's Prometheus that the
+  alert rules and dashboards read, and they are not offered on the other clouds.
 - `alert_rules()`: the rule groups Prometheus loads (`serverFiles.alerting_rules.yml` of its chart): the
   gateway's error ratio and time to first token, requests queued in Triton, GPU memory nearly full.
   `check_rules` validates their structure (the Prometheus rule-file format) and that every metric they
@@ -143,6 +146,26 @@ def check_rules(document: dict[str, Any]) -> list[str]:
     return problems
 
 
+DRIVER_MOUNT = "/usr/local/nvidia"  # where GKE's device plugin puts the driver in GPU containers too
+
+
+def driver_values(host_path: str | None) -> dict[str, Any]:
+    """The exporter's chart values that reach a driver kept on the node (`GpuScheduling.driver_host_path`,
+    GKE's COS nodes): the folder mounted read-only where GKE's GPU containers see it, its libraries on
+    the loader's path (NVML, which DCGM reads through), and the device files opened as GKE's own DCGM
+    DaemonSet does (privileged: no container runtime hands them to a pod that requests no GPU)."""
+    if host_path is None:
+        return {}
+    return {
+        "extraHostVolumes": [{"name": "nvidia-driver", "hostPath": host_path}],
+        "extraVolumeMounts": [{"name": "nvidia-driver", "mountPath": DRIVER_MOUNT, "readOnly": True}],
+        "extraEnv": [
+            {"name": "LD_LIBRARY_PATH", "value": f"{DRIVER_MOUNT}/lib64"},
+        ],
+        "securityContext": {"privileged": True, "runAsNonRoot": False, "runAsUser": 0},
+    }
+
+
 class DcgmExporter(pulumi.ComponentResource):
     """NVIDIA's DCGM exporter on every GPU node, scraped by the stack's Prometheus."""
 
@@ -171,6 +194,7 @@ class DcgmExporter(pulumi.ComponentResource):
                 },
                 "nodeSelector": dict(scheduling.node_selector),
                 "tolerations": [dict(t) for t in scheduling.tolerations],
+                **driver_values(scheduling.driver_host_path),
             },
             opts=pulumi.ResourceOptions(parent=self),
         )
