@@ -135,6 +135,7 @@ class AddonSettings(Settings):
     prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
     keda_version: str = "2.17.2"  # kedacore/keda chart: Triton's ScaledObject (load-based, down to zero)
     dcgm_exporter_version: str = "4.8.2"  # NVIDIA dcgm-exporter chart (GPU metrics on the GPU pool)
+    grafana_version: str = "12.10.1"  # grafana/grafana chart: the dashboards (infra/workload/dashboards.py)
 
 
 class EdgeSettings(Settings):

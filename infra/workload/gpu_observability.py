@@ -23,23 +23,13 @@ import pulumi_kubernetes as k8s
 
 from infra.platform.base import GpuScheduling
 from infra.settings import StackSettings
+from infra.workload.dashboards import EXPORTED_METRICS
 
 DCGM_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
 DCGM_PORT = 9400
 
-# Metrics the rules may read: the gateway's (serving/gateway/observability.py), Triton's and DCGM's
-# default counters (dcgm-exporter etc/default-counters.csv).
-KNOWN_METRICS = frozenset(
-    {
-        "tritonform_gateway_requests_total",
-        "tritonform_gateway_time_to_first_token_seconds_bucket",
-        "tritonform_gateway_generations_in_flight",
-        "nv_inference_pending_request_count",
-        "DCGM_FI_DEV_FB_USED",
-        "DCGM_FI_DEV_FB_FREE",
-        "DCGM_FI_DEV_GPU_UTIL",
-    }
-)
+# Metrics the rules may read: what the gateway, Triton and DCGM export (one inventory with the dashboards).
+KNOWN_METRICS = frozenset().union(*EXPORTED_METRICS.values())
 _SEVERITIES = frozenset({"warning", "critical"})
 _DURATION = re.compile(r"^[0-9]+[smh]$")
 _METRIC = re.compile(r"\b(tritonform_[a-z_]+|nv_[a-z_]+|DCGM_FI_[A-Z_]+)\b")

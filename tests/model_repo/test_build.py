@@ -91,7 +91,10 @@ def test_interrupted_build_keeps_the_previous_repository(
         ({"min_agreement": 1.5}, "--min-agreement"),
         ({"max_ppl_increase": -0.1}, "--max-ppl-increase"),
         ({"dtype": "bfloat16"}, r"--dtype 'bfloat16': choose one of float32, float16"),
-        ({"dtype": "float16", "quantize": "int4"}, "--dtype float16 is for --backend onnx without --quantize"),
+        (
+            {"dtype": "float16", "quantize": "int4"},
+            "--dtype float16 is for --backend onnx without --quantize",
+        ),
         ({"dtype": "float16", "backend": "tensorrt-llm"}, "serves the checkpoint at its own precision"),
     ],
 )

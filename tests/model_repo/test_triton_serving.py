@@ -463,3 +463,16 @@ def test_a_provider_that_does_not_load_keeps_the_model_unready_with_the_reason(t
             assert not client.is_model_ready("llm")
         finally:
             client.close()
+
+
+def test_triton_exports_every_series_the_dashboards_and_alerts_read(tiny_triton: Any) -> None:
+    """A real Triton, after one generation, publishes every Triton series in the dashboards' inventory
+    (infra/workload/dashboards.py EXPORTED_METRICS), each labelled with the model."""
+    from infra.workload.dashboards import EXPORTED_METRICS
+
+    assert generate(tiny_triton.grpc_url, request_inputs("hello", 2))[-1].final
+    with urllib.request.urlopen(tiny_triton.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    exported = {line.split("{")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert EXPORTED_METRICS["triton"] <= exported, sorted(EXPORTED_METRICS["triton"] - exported)
+    assert 'nv_inference_request_success{model="llm"' in text

@@ -9,8 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from infra.offline import Plan
-from infra.workload.gpu_observability import KNOWN_METRICS, alert_rules, check_rules
-from serving.gateway.observability import GatewayMetrics
+from infra.workload.gpu_observability import alert_rules, check_rules
 
 PlanOf = Callable[[str], Plan]
 
@@ -47,18 +46,6 @@ def test_rule_checks_name_what_is_wrong() -> None:
     assert "unique names" in problems and "`for` must be a duration" in problems
     assert "labels.severity" in problems and "summary is missing" in problems
     assert "unbalanced brackets" in problems and "g/B: needs alert and expr" in problems
-
-
-def test_the_gateway_metrics_the_rules_read_exist() -> None:
-    """The gateway's own registry exports the series the rules name (counters gain `_total`)."""
-    from prometheus_client import generate_latest
-
-    metrics = GatewayMetrics()
-    metrics.requests.labels("chat", "200").inc()
-    metrics.ttft.labels("chat").observe(0.1)
-    exported = generate_latest(metrics.registry).decode()
-    for name in (m for m in KNOWN_METRICS if m.startswith("tritonform_")):
-        assert f"\n{name}" in exported or exported.startswith(name), name
 
 
 @pytest.mark.parametrize("stack", ["gcp-prod", "aws-dev", "azure-dev"])
