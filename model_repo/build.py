@@ -175,17 +175,21 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
         torch_model, tokenizer = load_torch_model(info.path)  # once, for the export and the parity gate
         exp = export_onnx(info.path, fp32_dir, progress=steps.note, model=torch_model, tokenizer=tokenizer)
     report["export"] = {**exp.facts(), "size_bytes": _dir_size(fp32_dir)}
-    reference = Engine.load(fp32_dir)
+    fp32_engine = Engine.load(fp32_dir)
     with steps.step("parity"):
-        parity = check_parity(reference, torch_model, n_tokens=options.parity_tokens)
+        parity = check_parity(fp32_engine, torch_model, n_tokens=options.parity_tokens)
+    reference: Engine | None = fp32_engine
+    del fp32_engine
     del torch_model  # the largest object of the build: free it before the next step loads another model
     gc.collect()
     report["parity"] = parity.as_dict()
     final = fp32_dir
     report["quantization"] = SETTINGS[options.quantize].as_dict()
     if options.quantize == "none" and options.dtype == "float32":
-        del reference  # no later gate compares against it
+        reference = None  # no later gate compares against it: free its session now
+        gc.collect()
     if options.dtype == "float16":
+        assert reference is not None
         final = _half_precision(options, fp32_dir, work, reference, report, steps)
     elif options.quantize != "none":
         q_dir = work / options.quantize
@@ -198,6 +202,7 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
                 "seconds": round(q.seconds, 2),
             }
         )
+        assert reference is not None
         with steps.step("quality"):
             quality = check_quality(
                 Engine.load(q_dir),

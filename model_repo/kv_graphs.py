@@ -17,7 +17,9 @@ Two graphs per cache dtype, over one cache tensor [rows, kv_heads, columns, head
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 OPSET = 18  # Pad takes its pads as an input from opset 11, Slice its axes from opset 10
 IR_VERSION = 9  # readable by onnxruntime >= 1.15
@@ -33,10 +35,10 @@ def _graphs(dtype: str) -> dict[str, bytes]:
     ]
     cache = ["rows", "heads", "columns", "head_dim"]
 
-    def tensor(name: str, shape: list[str | int]) -> object:
+    def tensor(name: str, shape: Sequence[str | int]) -> Any:
         return helper.make_tensor_value_info(name, elem, shape)
 
-    def ints(name: str, size: int | str) -> object:
+    def ints(name: str, size: int | str) -> Any:
         return helper.make_tensor_value_info(name, TensorProto.INT64, [size])
 
     stack = helper.make_graph(

@@ -183,7 +183,7 @@ class TritonServer(pulumi.ComponentResource):
         llmapi = args.settings.model.backend == "tensorrt-llm"
         storage = f"{checkpoint_storage_gib(args.settings.model)}Gi"
         models_mount = k8s.core.v1.VolumeMountArgs(name="models", mount_path=MODELS_MOUNT)
-        extra_env = {TP_ENV: gpu} if llmapi else {PROVIDER_ENV: t.execution_provider}
+        extra_env: dict[str, str] = {TP_ENV: gpu} if llmapi else {PROVIDER_ENV: t.execution_provider}
         if not llmapi and t.execution_provider == "tensorrt":
             extra_env[TRT_CACHE_ENV] = TRT_CACHE_DIR
         health = "/v2/health/ready"
