@@ -268,7 +268,7 @@ def _build_tensorrt_llm(
 ) -> None:
     """The llmapi layout: the checkpoint itself, with tokenizer.json and generation.json beside it; the
     LLM API loads it on the GPU at serve time (no engine build)."""
-    from model_repo.export import generation_metadata, load_torch_model
+    from model_repo.export import generation_metadata
     from model_repo.spec import GenerationSpec
     from model_repo.tensorrt_llm import LlmApiOptions, write_tensorrt_llm_repository
 
@@ -281,9 +281,10 @@ def _build_tensorrt_llm(
     art = work / "artefacts"
     art.mkdir()
     with steps.step("metadata"):
-        model, tok = load_torch_model(info.path)
+        # only the config, generation settings and tokenizer: no weights in memory (an 8B checkpoint
+        # would take 32 GB in fp32), the GPU loads the checkpoint itself
+        model, tok = load_model_settings(info.path)
         meta = generation_metadata(model, tok, quantization=options.quantize)
-        del model  # only its generation settings are needed; the GPU loads the checkpoint itself
         tok.backend_tokenizer.save(str(art / "tokenizer.json"))
         meta.save(art)
     report["tensorrt_llm"] = {"protocol": "llmapi", **dataclasses.asdict(llmapi)}
@@ -291,6 +292,25 @@ def _build_tensorrt_llm(
         _write_report(art, report, steps)
         spec = GenerationSpec(model_name=options.model_name, max_batch_size=options.max_batch_size)
         write_tensorrt_llm_repository(options.out, info.path, art, spec, llmapi)
+
+
+def load_model_settings(checkpoint: Path) -> tuple[Any, Any]:
+    """(an object with the checkpoint's `config` and `generation_config`, its tokenizer), read without
+    loading any weight: what `generation_metadata` needs."""
+    import os
+    from types import SimpleNamespace
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(checkpoint))
+    try:
+        generation = GenerationConfig.from_pretrained(str(checkpoint))
+    except OSError:  # no generation_config.json: the model config's tokens are used
+        generation = None
+    return SimpleNamespace(config=config, generation_config=generation), AutoTokenizer.from_pretrained(
+        str(checkpoint)
+    )
 
 
 # What `tritonform serve` builds when no repository is given: int4 weight-only (output and down
