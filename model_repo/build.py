@@ -9,6 +9,7 @@ end. A failed gate, an error or Ctrl-C therefore leaves a previous repository at
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import platform
 import re
@@ -45,6 +46,8 @@ class BuildOptions:
     # tensorrt-llm only: GPUs one replica spreads the model over (the stack's triton.gpusPerReplica)
     tensor_parallel: int = 1
     max_seq_len: int = 4096
+    # onnx only: "float16" converts the fp32 export (weights, activations, KV cache; logits stay fp32)
+    dtype: str = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -64,6 +67,17 @@ class BuildOptions:
             raise BuildError(
                 f"--quantize {self.quantize} is for --backend onnx: TensorRT-LLM's LLM API serves the "
                 "checkpoint at its own precision (give it an already quantised checkpoint)"
+            )
+        from model_repo.precision import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise BuildError(
+                f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)} (see model_repo/precision.py)"
+            )
+        if self.dtype != "float32" and (self.backend != "onnx" or self.quantize != "none"):
+            raise BuildError(
+                f"--dtype {self.dtype} is for --backend onnx without --quantize: weight-only int8/int4 keeps "
+                "fp32 activations, and TensorRT-LLM serves the checkpoint at its own precision"
             )
         if not 1 <= self.tensor_parallel <= 8:
             raise BuildError(f"--tensor-parallel {self.tensor_parallel}: must be 1 to 8")
@@ -97,6 +111,8 @@ def step_names(options: BuildOptions) -> list[str]:
     names = ["checkpoint", "export", "parity"]
     if options.quantize != "none":
         names += ["quantize", "quality"]
+    if options.dtype != "float32":
+        names += ["half precision", "quality"]
     return [*names, "repository"]
 
 
@@ -159,14 +175,23 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
         torch_model, tokenizer = load_torch_model(info.path)  # once, for the export and the parity gate
         exp = export_onnx(info.path, fp32_dir, progress=steps.note, model=torch_model, tokenizer=tokenizer)
     report["export"] = {**exp.facts(), "size_bytes": _dir_size(fp32_dir)}
-    reference = Engine.load(fp32_dir)
+    fp32_engine = Engine.load(fp32_dir)
     with steps.step("parity"):
-        parity = check_parity(reference, torch_model, n_tokens=options.parity_tokens)
-    del torch_model
+        parity = check_parity(fp32_engine, torch_model, n_tokens=options.parity_tokens)
+    reference: Engine | None = fp32_engine
+    del fp32_engine
+    del torch_model  # the largest object of the build: free it before the next step loads another model
+    gc.collect()
     report["parity"] = parity.as_dict()
     final = fp32_dir
     report["quantization"] = SETTINGS[options.quantize].as_dict()
-    if options.quantize != "none":
+    if options.quantize == "none" and options.dtype == "float32":
+        reference = None  # no later gate compares against it: free its session now
+        gc.collect()
+    if options.dtype == "float16":
+        assert reference is not None
+        final = _half_precision(options, fp32_dir, work, reference, report, steps)
+    elif options.quantize != "none":
         q_dir = work / options.quantize
         with steps.step("quantize"):
             q = quantize_model(fp32_dir, q_dir, options.quantize, progress=steps.note)
@@ -177,6 +202,7 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
                 "seconds": round(q.seconds, 2),
             }
         )
+        assert reference is not None
         with steps.step("quality"):
             quality = check_quality(
                 Engine.load(q_dir),
@@ -193,7 +219,8 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
                 quality_failure_message(quality) + ". The previous repository (if any) is unchanged."
             )
         final = q_dir
-    del reference
+    reference = None
+    gc.collect()
     with steps.step("repository"):
         report["artefacts_size_bytes"] = _dir_size(final)
         _write_report(final, report, steps)
@@ -201,12 +228,47 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
         write_repository(options.out, final, spec)
 
 
+def _half_precision(
+    options: BuildOptions, fp32_dir: Path, work: Path, reference: Any, report: dict[str, Any], steps: _Steps
+) -> Path:
+    """The fp16 conversion and its gate against the fp32 export; returns the fp16 model directory."""
+    from model_repo.gates import GateError, check_quality, quality_failure_message
+    from model_repo.precision import FP16_MAX_PPL_INCREASE, FP16_MIN_AGREEMENT, convert_to_float16
+    from model_repo.runtime.engine import Engine
+
+    half_dir = work / "float16"
+    with steps.step("half precision"):
+        steps.note("converting weights, activations and the KV cache to fp16 (logits stay fp32)")
+        half = convert_to_float16(fp32_dir, half_dir)
+    with steps.step("quality"):
+        quality = check_quality(
+            Engine.load(half_dir),
+            reference,
+            min_agreement=FP16_MIN_AGREEMENT,
+            max_ppl_increase=FP16_MAX_PPL_INCREASE,
+            raise_on_fail=False,
+        )
+    report["precision"] = {
+        "dtype": "float16",
+        "size_bytes": _dir_size(half_dir),
+        "seconds": round(half.seconds, 2),
+        "gate": {"min_agreement": FP16_MIN_AGREEMENT, "max_ppl_increase": FP16_MAX_PPL_INCREASE},
+    }
+    report["quality"] = quality.as_dict()
+    if not quality.passed:
+        raise GateError(
+            quality_failure_message(quality).replace("quantised", "fp16", 1)
+            + ". The previous repository (if any) is unchanged."
+        )
+    return half_dir
+
+
 def _build_tensorrt_llm(
     options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps
 ) -> None:
     """The llmapi layout: the checkpoint itself, with tokenizer.json and generation.json beside it; the
     LLM API loads it on the GPU at serve time (no engine build)."""
-    from model_repo.export import generation_metadata, load_torch_model
+    from model_repo.export import generation_metadata
     from model_repo.spec import GenerationSpec
     from model_repo.tensorrt_llm import LlmApiOptions, write_tensorrt_llm_repository
 
@@ -219,9 +281,10 @@ def _build_tensorrt_llm(
     art = work / "artefacts"
     art.mkdir()
     with steps.step("metadata"):
-        model, tok = load_torch_model(info.path)
+        # only the config, generation settings and tokenizer: no weights in memory (an 8B checkpoint
+        # would take 32 GB in fp32), the GPU loads the checkpoint itself
+        model, tok = load_model_settings(info.path)
         meta = generation_metadata(model, tok, quantization=options.quantize)
-        del model  # only its generation settings are needed; the GPU loads the checkpoint itself
         tok.backend_tokenizer.save(str(art / "tokenizer.json"))
         meta.save(art)
     report["tensorrt_llm"] = {"protocol": "llmapi", **dataclasses.asdict(llmapi)}
@@ -231,11 +294,31 @@ def _build_tensorrt_llm(
         write_tensorrt_llm_repository(options.out, info.path, art, spec, llmapi)
 
 
+def load_model_settings(checkpoint: Path) -> tuple[Any, Any]:
+    """(an object with the checkpoint's `config` and `generation_config`, its tokenizer), read without
+    loading any weight: what `generation_metadata` needs."""
+    import os
+    from types import SimpleNamespace
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(checkpoint))
+    try:
+        generation = GenerationConfig.from_pretrained(str(checkpoint))
+    except OSError:  # no generation_config.json: the model config's tokens are used
+        generation = None
+    return SimpleNamespace(config=config, generation_config=generation), AutoTokenizer.from_pretrained(
+        str(checkpoint)
+    )
+
+
 # What `tritonform serve` builds when no repository is given: int4 weight-only (the output projection
 # at 8 bits), gates on. On SmolLM2 it passes the same gates as int8 and reads 115 MB of weights a token.
 DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
     *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),
+    *("precision.py", "kv_graphs.py"),
     *("quantize.py", "quantize_int4.py", "gates.py", "manifest.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )

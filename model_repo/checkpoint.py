@@ -317,11 +317,52 @@ def train_tiny_tokenizer(vocab_size: int = 384) -> object:
     return tok
 
 
+TINY_FAMILIES = ("llama", "gpt2", "qwen2", "mistral", "llama3")
+
+
+def _tiny_config(family: str, common: dict[str, Any]) -> Any:
+    """A few layers and a small hidden size, with each architecture's own traits: grouped KV heads
+    (all but GPT-2), Qwen2's q/k/v biases, Mistral's config (no sliding window, as Mistral 7B v0.3),
+    Llama 3's rope scaling (rope_type llama3, theta 500000)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    if family == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
+    if family not in TINY_FAMILIES:
+        raise CheckpointError(f"unknown tiny model family {family!r}; use one of {', '.join(TINY_FAMILIES)}")
+    shape: dict[str, Any] = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        # long enough for a request that outlasts the model's cancellation check (a few a second)
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+        **common,
+    }
+    if family == "qwen2":
+        return Qwen2Config(**shape)
+    if family == "mistral":
+        return MistralConfig(sliding_window=None, **{**shape, "tie_word_embeddings": False})
+    if family == "llama3":
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 512,
+        }
+        return LlamaConfig(rope_parameters=rope, **shape)
+    return LlamaConfig(**shape)
+
+
 def make_tiny_checkpoint(out: str | Path, family: str = "llama", seed: int = 0) -> Path:
-    """Write a seeded random tiny causal LM (`llama` or `gpt2`, <1M parameters) to `out`."""
+    """Write a seeded random tiny causal LM (one of TINY_FAMILIES, <1M parameters) to `out`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     out = Path(out)
     backend = train_tiny_tokenizer()
@@ -344,23 +385,7 @@ def make_tiny_checkpoint(out: str | Path, family: str = "llama", seed: int = 0) 
         # A wide init gives peaked logits, so greedy parity is not decided by float rounding.
         "initializer_range": 0.2,
     }
-    config: LlamaConfig | GPT2Config
-    if family == "llama":
-        config = LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            # long enough for a request that outlasts the model's cancellation check (a few a second)
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-            **common,
-        )
-    elif family == "gpt2":
-        config = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
-    else:
-        raise CheckpointError(f"unknown tiny model family {family!r}; use 'llama' or 'gpt2'")
+    config = _tiny_config(family, common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     out.mkdir(parents=True, exist_ok=True)

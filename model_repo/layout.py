@@ -59,8 +59,17 @@ def write_repository(out_dir: Path | str, artefacts_dir: Path | str, spec: Gener
         shutil.copy2(_PACKAGE / "python_model" / "model.py", version_dir / "model.py")
         _copy_runtime(version_dir / RUNTIME_PACKAGE)
         shutil.copytree(artefacts_dir, version_dir / spec.engine_subdir)
-        write_manifest(staging, {"backend": "onnx", "spec": _spec_dict(spec)})
+        info = _built_as(artefacts_dir)
+        write_manifest(staging, {"backend": "onnx", "spec": _spec_dict(spec), **info})
     return out_dir
+
+
+def _built_as(artefacts_dir: Path) -> dict[str, str]:
+    """What the manifest records of how the engine was built: its float type and quantisation (read
+    from generation.json; defaults for files written before these fields existed)."""
+    data = json.loads((artefacts_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    data = data if isinstance(data, dict) else {}
+    return {"dtype": str(data.get("dtype", "float32")), "quantization": str(data.get("quantization", "none"))}
 
 
 def _copy_runtime(target: Path) -> None:

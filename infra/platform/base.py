@@ -48,6 +48,10 @@ class GpuScheduling:
     node_selector: dict[str, str]
     tolerations: list[dict[str, str]]
     gpu_resource: str = "nvidia.com/gpu"
+    # Where the node keeps the NVIDIA driver's libraries and tools when no NVIDIA container runtime puts
+    # them into containers that request no GPU (GKE's COS nodes); None: the runtime does (EKS, AKS).
+    # Node agents such as the DCGM exporter mount it.
+    driver_host_path: str | None = None
 
     @staticmethod
     def standard() -> GpuScheduling:

@@ -65,6 +65,9 @@ DESCRIPTIONS: dict[str, str] = {
     "--stack` sets it); unset: neither runs yet, so the first `pulumi up` needs no model.",
     "triton.gpusPerReplica": "GPUs each Triton pod requests: its tensor parallel size, a divisor of "
     "`gpuPool.gpusPerNode`; 1 on the ONNX backend.",
+    "triton.executionProvider": "ONNX backend: onnxruntime's execution provider on the GPU node, `cuda` or "
+    "`tensorrt` (opt-in: engines built on first load, cached under /tmp in the pod); a model whose provider "
+    "does not load fails readiness instead of running on the CPU.",
     "triton.targetInflightRequests": "Generations in flight (plus requests held) per Triton replica that "
     "trigger a scale-out (KEDA ScaledObject).",
     "triton.scaleToZeroAfterSeconds": "With `minReplicas: 0`: seconds without generations in flight or held "
@@ -107,6 +110,8 @@ DESCRIPTIONS: dict[str, str] = {
     "flight plus held requests, down to zero when `triton.minReplicas` is 0.",
     "addons.dcgmExporterVersion": "NVIDIA dcgm-exporter Helm chart: GPU metrics (memory, utilisation) "
     "from every GPU node, scraped by the stack's Prometheus.",
+    "addons.grafanaVersion": "grafana/grafana Helm chart: Grafana in the monitoring namespace with the "
+    "gateway, Triton and GPU dashboards (`kubectl -n monitoring port-forward svc/grafana 3000:80`).",
     "model.name": "Name of the served model, as `plan` prints it.",
     "model.configJson": "A checkpoint's config.json (path from the project root); its numbers replace the "
     "shape keys below.",

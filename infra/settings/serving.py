@@ -6,6 +6,7 @@ Part of the one settings layer: `StackSettings` in infra/settings/stack.py holds
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -71,6 +72,8 @@ class TritonSettings(_Replicas):
     # (KEDA's cooldownPeriod); the GPU pool's autoscaler then removes the idle node.
     scale_to_zero_after_seconds: int = Field(default=600, ge=60, le=86_400)
     gpus_per_replica: int = Field(default=1, ge=1, le=8)
+    # ONNX backend: onnxruntime's provider on the GPU node (the model fails readiness if it does not load)
+    execution_provider: Literal["cuda", "tensorrt"] = "cuda"
     cpu_request: str = "2"
     cpu_limit: str = "4"
     memory_request: str = "8Gi"
@@ -153,6 +156,7 @@ class AddonSettings(Settings):
     prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
     keda_version: str = "2.17.2"  # kedacore/keda chart: Triton's ScaledObject (load-based, down to zero)
     dcgm_exporter_version: str = "4.8.2"  # NVIDIA dcgm-exporter chart (GPU metrics on the GPU pool)
+    grafana_version: str = "12.10.1"  # grafana/grafana chart: the dashboards (infra/workload/dashboards.py)
 
 
 class EdgeSettings(Settings):

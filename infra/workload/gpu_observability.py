@@ -3,7 +3,10 @@
 - `DcgmExporter`: the `dcgm-exporter` Helm chart (NVIDIA, version `addons.dcgmExporterVersion`) as a
   DaemonSet on the GPU nodes only (the pool's node selector and tolerations, as Triton's pods), its pods
   annotated for the Prometheus the stack runs (the chart's ServiceMonitor needs the Prometheus operator,
-  which this stack does not install, so it is off).
+  which this stack does not install, so it is off). Where the node keeps the driver outside any container
+  runtime (GKE's COS: `GpuScheduling.driver_host_path`), the exporter mounts it (`driver_values`). GKE's
+  managed DCGM metrics are not used: they go to Cloud Monitoring, not to the stack's Prometheus that the
+  alert rules and dashboards read, and they are not offered on the other clouds.
 - `alert_rules()`: the rule groups Prometheus loads (`serverFiles.alerting_rules.yml` of its chart): the
   gateway's error ratio and time to first token, requests queued in Triton, GPU memory nearly full.
   `check_rules` validates their structure (the Prometheus rule-file format) and that every metric they
@@ -20,23 +23,13 @@ import pulumi_kubernetes as k8s
 
 from infra.platform.base import GpuScheduling
 from infra.settings import StackSettings
+from infra.workload.dashboards import EXPORTED_METRICS
 
 DCGM_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
 DCGM_PORT = 9400
 
-# Metrics the rules may read: the gateway's (serving/gateway/observability.py), Triton's and DCGM's
-# default counters (dcgm-exporter etc/default-counters.csv).
-KNOWN_METRICS = frozenset(
-    {
-        "tritonform_gateway_requests_total",
-        "tritonform_gateway_time_to_first_token_seconds_bucket",
-        "tritonform_gateway_generations_in_flight",
-        "nv_inference_pending_request_count",
-        "DCGM_FI_DEV_FB_USED",
-        "DCGM_FI_DEV_FB_FREE",
-        "DCGM_FI_DEV_GPU_UTIL",
-    }
-)
+# Metrics the rules may read: what the gateway, Triton and DCGM export (one inventory with the dashboards).
+KNOWN_METRICS = frozenset().union(*EXPORTED_METRICS.values())
 _SEVERITIES = frozenset({"warning", "critical"})
 _DURATION = re.compile(r"^[0-9]+[smh]$")
 _METRIC = re.compile(r"\b(tritonform_[a-z_]+|nv_[a-z_]+|DCGM_FI_[A-Z_]+)\b")
@@ -143,6 +136,26 @@ def check_rules(document: dict[str, Any]) -> list[str]:
     return problems
 
 
+DRIVER_MOUNT = "/usr/local/nvidia"  # where GKE's device plugin puts the driver in GPU containers too
+
+
+def driver_values(host_path: str | None) -> dict[str, Any]:
+    """The exporter's chart values that reach a driver kept on the node (`GpuScheduling.driver_host_path`,
+    GKE's COS nodes): the folder mounted read-only where GKE's GPU containers see it, its libraries on
+    the loader's path (NVML, which DCGM reads through), and the device files opened as GKE's own DCGM
+    DaemonSet does (privileged: no container runtime hands them to a pod that requests no GPU)."""
+    if host_path is None:
+        return {}
+    return {
+        "extraHostVolumes": [{"name": "nvidia-driver", "hostPath": host_path}],
+        "extraVolumeMounts": [{"name": "nvidia-driver", "mountPath": DRIVER_MOUNT, "readOnly": True}],
+        "extraEnv": [
+            {"name": "LD_LIBRARY_PATH", "value": f"{DRIVER_MOUNT}/lib64"},
+        ],
+        "securityContext": {"privileged": True, "runAsNonRoot": False, "runAsUser": 0},
+    }
+
+
 class DcgmExporter(pulumi.ComponentResource):
     """NVIDIA's DCGM exporter on every GPU node, scraped by the stack's Prometheus."""
 
@@ -171,6 +184,7 @@ class DcgmExporter(pulumi.ComponentResource):
                 },
                 "nodeSelector": dict(scheduling.node_selector),
                 "tolerations": [dict(t) for t in scheduling.tolerations],
+                **driver_values(scheduling.driver_host_path),
             },
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -76,6 +76,10 @@ def restricted_security_context(user: int, read_only_root: bool = False) -> k8s.
 LOCATOR_MOUNT = "/var/run/tritonform"
 MODELS_MOUNT = "/models"  # node-local copy of a TensorRT-LLM (llmapi) repository
 TP_ENV = "TRITONFORM_TENSOR_PARALLEL_SIZE"  # read by model_repo/templates/tensorrt_llm/llmapi_model.py
+# read by model_repo/runtime/providers.py (the ONNX backend's model): the provider, TensorRT's engine cache
+PROVIDER_ENV = "TRITONFORM_EXECUTION_PROVIDER"
+TRT_CACHE_ENV = "TRITONFORM_TRT_ENGINE_CACHE"
+TRT_CACHE_DIR = "/tmp/tritonform-trt-cache"  # on the pod's scratch volume: kept across container restarts
 
 
 def reader_env(
@@ -204,7 +208,9 @@ class TritonServer(pulumi.ComponentResource):
         llmapi = args.settings.model.backend == "tensorrt-llm"
         storage = f"{checkpoint_storage_gib(args.settings.model)}Gi"
         models_mount = k8s.core.v1.VolumeMountArgs(name="models", mount_path=MODELS_MOUNT)
-        extra_env = {TP_ENV: gpu} if llmapi else {}
+        extra_env: dict[str, str] = {TP_ENV: gpu} if llmapi else {PROVIDER_ENV: t.execution_provider}
+        if not llmapi and t.execution_provider == "tensorrt":
+            extra_env[TRT_CACHE_ENV] = TRT_CACHE_DIR
         health = "/v2/health/ready"
         container = k8s.core.v1.ContainerArgs(
             name=TRITON,  # the container keeps its name: `kubectl logs deploy/NAME -c triton` for both

@@ -226,21 +226,6 @@ _INPUT_NAMES = (
 )
 
 
-def _providers(choice: str, engine_module: ModuleType, device_id: int) -> list[Any]:
-    if choice == "cpu":
-        return ["CPUExecutionProvider"]
-    if choice == "cuda":
-        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    if choice == "tensorrt":
-        return [
-            ("TensorrtExecutionProvider", {"device_id": device_id}),
-            ("CUDAExecutionProvider", {"device_id": device_id}),
-            "CPUExecutionProvider",
-        ]
-    options = {"device_id": device_id}
-    return [(p, options) if p != "CPUExecutionProvider" else p for p in engine_module.available_providers()]
-
-
 def _never() -> bool:
     return False
 
@@ -288,13 +273,21 @@ class TritonPythonModel:
         model_dir = Path(__file__).resolve().parent / params.get("engine_subdir", "engine")
         device_id = int(args.get("model_instance_device_id", "0") or 0)
         threads = int(params.get("intra_op_threads", "0")) or None
-        self.engine = engine_module.Engine.load(
-            model_dir,
-            providers=_providers(params.get("execution_provider", "auto"), engine_module, device_id),
-            num_threads=threads,
-            allow_spinning=params.get("allow_spinning", "false") == "true",
-        )
         max_active = int(params.get("max_active_sequences", "8"))
+        providers_module, contract = runtime_module("providers"), runtime_module("contract")
+        try:  # the pod's $TRITONFORM_EXECUTION_PROVIDER (the stack's choice) over the config's
+            choice = providers_module.chosen_provider(params.get("execution_provider", "auto"))
+            providers = providers_module.provider_list(
+                choice, contract.GenerationMetadata.load(model_dir), device_id, max_active
+            )
+            self.engine = engine_module.Engine.load(
+                model_dir,
+                providers=providers,
+                num_threads=threads,
+                allow_spinning=params.get("allow_spinning", "false") == "true",
+            )
+        except contract.EngineError as exc:  # not ready, with the reason in Triton's log and model status
+            raise pb_utils.TritonModelException(f"tritonform generation model not ready: {exc}") from None
         self.max_sequences = max_active
         self.job_class = scheduler_module.Job
         self.scheduler = scheduler_module.ContinuousBatchScheduler.with_lanes(

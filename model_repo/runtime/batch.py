@@ -16,6 +16,7 @@ import numpy as np
 
 from .contract import EngineError, GenerationMetadata
 from .guide import Guide, GuideCompiler
+from .kv_store import KVStore
 from .logits import RowSettings, apply_processors, token_logprobs
 from .sampling import Sampler, SamplingParams
 
@@ -25,6 +26,7 @@ class BatchRunner(Protocol):
 
     metadata: GenerationMetadata
     guides: GuideCompiler
+    kv: KVStore  # where the cache lives (numpy on the host, or OrtValues on the session's device)
 
     def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]: ...
 
@@ -289,21 +291,14 @@ class LeftPaddedBatch(DecodeBatch):
         self.past: list[Any] = []  # 2*num_layers arrays/OrtValues [B, H, L, D]
         self.width = 0  # L
 
-    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
+    def _join_cache(self, present: list[Any], length: int) -> None:
         if not self.seqs:
             self.past, self.width = list(present), length
             return
-        old = [to_numpy(p) for p in self.past]
         width = max(self.width, length)
-        rows = len(self.seqs)
-        merged = []
-        for o, p in zip(old, present, strict=True):
-            heads, head_dim = o.shape[1], o.shape[3]
-            buf = np.zeros((rows + 1, heads, width, head_dim), dtype=o.dtype)
-            buf[:rows, :, width - self.width :, :] = o
-            buf[rows, :, width - length :, :] = p[0]
-            merged.append(buf)
-        self.past, self.width = merged, width
+        kv = self.engine.kv
+        self.past = [kv.stack(o, p, width, left=True) for o, p in zip(self.past, present, strict=True)]
+        self.width = width
 
     def _keep_cache(self, keep: list[int]) -> None:
         if not self.seqs:
@@ -311,7 +306,7 @@ class LeftPaddedBatch(DecodeBatch):
             return
         width = max(s.length for s in self.seqs)
         cut = self.width - width  # columns that only the removed sequences used
-        self.past = [np.ascontiguousarray(to_numpy(p)[keep, :, cut:, :]) for p in self.past]
+        self.past = [self.engine.kv.select(p, keep, cut, width) for p in self.past]
         self.width = width
 
     def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: BatchRunner) -> np.ndarray:
@@ -336,41 +331,44 @@ class RightPaddedBatch(DecodeBatch):
 
     def __init__(self, engine: BatchRunner) -> None:
         super().__init__(engine)
-        self.cache: list[np.ndarray] = []  # 2*num_layers arrays [B, H, capacity, D]
+        # 2*num_layers buffers [B, H, capacity, D]: numpy arrays, or OrtValues on the engine's device
+        self.cache: list[Any] = []
         # (session, cache list, its IO binding): reused while both stay; every cache change makes a new list
-        self._bound: tuple[BatchRunner, list[np.ndarray], Any] | None = None
+        self._bound: tuple[BatchRunner, list[Any], Any] | None = None
+        self._capacity = 0
 
     @property
     def capacity(self) -> int:
         """Columns of the cache buffers (0 while the batch is empty)."""
-        return self.cache[0].shape[2] if self.cache else 0
+        return self._capacity if self.cache else 0
 
     def _capacity_for(self, columns: int) -> int:
         step = self.CAPACITY_STEP
         return min(-(-columns // step) * step, self.engine.metadata.max_context)
 
-    def _join_cache(self, present: list[np.ndarray], length: int) -> None:
-        rows = len(self.seqs)
+    def _join_cache(self, present: list[Any], length: int) -> None:
         cap = max(self.capacity, self._capacity_for(max([length, *(s.length for s in self.seqs)]) + 1))
-        merged = []
-        for i, p in enumerate(present):
-            new = to_numpy(p)
-            buf = _resized(self.cache[i] if self.cache else new[:0], rows + 1, cap)
-            buf[rows, :, :length] = new[0]
-            merged.append(buf)
-        self.cache = merged
+        kv = self.engine.kv
+        if self.cache:
+            self.cache = [kv.stack(c, p, cap, left=False) for c, p in zip(self.cache, present, strict=True)]
+        else:
+            self.cache = [kv.select(p, [0], 0, cap) for p in present]
+        self._capacity = cap
 
     def _keep_cache(self, keep: list[int]) -> None:
         # the buffer shrinks to what the remaining rows need: a long answer that ends frees its memory
         cap = self._capacity_for(max((s.length for s in self.seqs), default=0) + 1)
-        self.cache = [np.ascontiguousarray(c[keep, :, :cap]) for c in self.cache] if keep else []
+        self.cache = [self.engine.kv.select(c, keep, 0, cap) for c in self.cache] if keep else []
+        self._capacity = cap
         self._bound = None  # the old binding held the old buffers
 
     def _advance(self, input_ids: np.ndarray, lengths: np.ndarray, runner: BatchRunner) -> np.ndarray:
         need = int(lengths.max()) + 1
         if need > self.capacity:
             cap = self._capacity_for(need)
-            self.cache = [_resized(c, c.shape[0], cap) for c in self.cache]
+            rows = list(range(len(lengths)))
+            self.cache = [self.engine.kv.select(c, rows, 0, cap) for c in self.cache]
+            self._capacity = cap
         # ones over 0..length_b (the new token included): the graph derives each row's length from it
         mask = (np.arange(self.capacity)[None, :] <= lengths[:, None]).astype(np.int64)
         bound = self._bound
@@ -388,13 +386,6 @@ def _masks(guides: list[Guide]) -> list[np.ndarray | Exception]:
         except Exception as exc:
             out.append(exc)
     return out
-
-
-def _resized(cache: np.ndarray, rows: int, capacity: int) -> np.ndarray:
-    """A zeroed [rows, H, capacity, D] buffer holding `cache` ([<=rows, H, <=capacity, D]) at its start."""
-    buf = np.zeros((rows, cache.shape[1], capacity, cache.shape[3]), dtype=cache.dtype)
-    buf[: cache.shape[0], :, : cache.shape[2]] = cache
-    return buf
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ A model directory (written by `model_repo.build`, shipped as `<model>/1/<engine_
                                              logits_to_keep[K] int64 (positions within S whose
                                                logits to compute; optional, older builds lack it),
                                              past_key_values.{i}.key / .value [B,kv_heads,P,hd] f32
+                                               (f16 when generation.json's dtype is "float16")
                                      outputs logits[B,K,V] f32, present.{i}.key / .value [B,kv_heads,P+S,hd]
                                      generation.json's kv_layout says how a batch pads its cache:
                                        "left"  rows end at the last column, attention_mask zeros padding
@@ -69,6 +70,7 @@ class GenerationMetadata:
     onnx_file: str = ONNX_FILE
     quantization: str = "none"
     kv_layout: str = "left"  # KV_LAYOUT_LEFT or KV_LAYOUT_RIGHT: how DecodeBatch stacks the cache
+    dtype: str = "float32"  # the weights' and KV cache's float type ("float32" or "float16"); logits are fp32
     format_version: int = METADATA_FORMAT
 
     def save(self, model_dir: Path) -> Path:

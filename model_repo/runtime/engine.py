@@ -6,6 +6,7 @@ it opens is described in `contract.py`.
 
 API in brief:
     engine = Engine.load(model_dir, num_threads=2)          # providers chosen by availability
+    engine = Engine.load(model_dir, providers=provider_list("cuda", meta))   # fails unless CUDA runs it
     for tok in engine.generate("Hello", SamplingParams(max_tokens=32)): ...   # GeneratedToken
     text = engine.generate_text(prompt, params)
     batch = engine.new_batch()                               # continuous batching of independent sequences
@@ -37,7 +38,9 @@ from .contract import (
 )
 from .cpus import usable_cpus
 from .guide import GuideCompiler
+from .kv_store import ORT_CACHE_TYPES, DeviceKV, HostKV, KVStore
 from .prefix_cache import PrefixCache, cache_bytes_from_env
+from .providers import available_providers, check_providers, provider_name
 from .sampling import SamplingParams
 from .text import TextStream
 
@@ -63,13 +66,7 @@ class GeneratedToken:
     finish_reason: str | None
 
 
-def available_providers(prefer_gpu: bool = True) -> list[str]:
-    """Execution providers to use, best first: TensorRT, CUDA when present, CPU always last."""
-    import onnxruntime as ort
-
-    have = set(ort.get_available_providers())
-    chosen = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if prefer_gpu and p in have]
-    return [*chosen, "CPUExecutionProvider"]
+__all__ = ["Engine", "EngineError", "GeneratedToken", "available_providers"]
 
 
 class Engine:
@@ -85,11 +82,14 @@ class Engine:
         session_args: tuple[Path, list[Any], bool] | None = None,
         guides: GuideCompiler | None = None,
         prefix_cache: PrefixCache | None = None,
+        io_binding: bool | None = None,
     ) -> None:
         """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
         providers, allow_spinning): how to open another session of the model, for `sibling()`;
         `guides`: the grammar compiler to share (siblings share their parent's); `prefix_cache`: a
-        cache to share (siblings share their engine's), default a new one."""
+        cache to share (siblings share their engine's), default a new one; `io_binding`: keep the KV
+        cache in OrtValues on the session's device and run every call through IO binding (the GPU path);
+        None: when the session's first provider is not the CPU's."""
         self.model_dir = Path(model_dir)
         self.metadata = metadata
         self.session = session
@@ -102,9 +102,20 @@ class Engine:
         missing = {"input_ids", "attention_mask", "position_ids", self._past_names[0][0]} - inputs
         if missing:
             raise EngineError(f"{model_dir}: ONNX model lacks inputs {sorted(missing)}; rebuild it")
-        self._float = np.float32
+        cache_type = next(i.type for i in session.get_inputs() if i.name == self._past_names[0][0])
+        if cache_type not in ORT_CACHE_TYPES:
+            raise EngineError(f"{model_dir}: KV cache of type {cache_type} is not supported; rebuild it")
+        self._float, dtype_name = ORT_CACHE_TYPES[cache_type]
         self._positions_input = LOGITS_TO_KEEP in inputs
-        self._cpu_only = list(session.get_providers())[:1] == ["CPUExecutionProvider"]
+        running = list(session.get_providers())
+        self._cpu_only = running[:1] == ["CPUExecutionProvider"]
+        self.device_bound = (not self._cpu_only) if io_binding is None else io_binding
+        self.kv: KVStore = HostKV()
+        if self.device_bound:
+            device_type, device_id = _device_of(session)
+            provs = session_args[1] if session_args else running
+            self.kv = DeviceKV(dtype_name, provs, device_type, device_id)
+        self._device = _device_of(session) if self.device_bound else ("cpu", 0)
         self.prefix_cache = (
             prefix_cache
             if prefix_cache is not None
@@ -125,10 +136,13 @@ class Engine:
         num_threads: int | None = None,
         onnx_file: str | None = None,
         allow_spinning: bool = True,
+        io_binding: bool | None = None,
     ) -> Engine:
         """Open a model directory. `num_threads` defaults to $TRITONFORM_NUM_THREADS or `usable_cpus()`.
         `allow_spinning=False` stops idle ORT threads from busy-waiting (better when other processes,
-        e.g. Triton's server next to its python stub, need the same cores)."""
+        e.g. Triton's server next to its python stub, need the same cores). `providers` (see
+        runtime/providers.py): the first one must be the one the session runs, else `EngineError` says
+        why (onnxruntime would otherwise fall back to the CPU silently). `io_binding`: see `__init__`."""
         from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
@@ -143,8 +157,17 @@ class Engine:
         threads = num_threads or int(os.environ.get("TRITONFORM_NUM_THREADS", "0")) or usable_cpus()
         provs = list(providers) if providers else available_providers()
         session = _open_session(onnx_path, provs, threads, allow_spinning)
+        check_providers(provs, list(session.get_providers()))
         tokenizer = Tokenizer.from_file(str(tok_path))
-        return cls(model_dir, meta, session, tokenizer, threads, (onnx_path, provs, allow_spinning))
+        return cls(
+            model_dir,
+            meta,
+            session,
+            tokenizer,
+            threads,
+            (onnx_path, provs, allow_spinning),
+            io_binding=io_binding,
+        )
 
     def sibling(self, num_threads: int) -> Engine:
         """Another onnxruntime session over the same model, with `num_threads` threads, sharing this
@@ -165,6 +188,7 @@ class Engine:
             self._session_args,
             self.guides,
             self.prefix_cache,
+            io_binding=self.device_bound,
         )
 
     @property
@@ -208,20 +232,8 @@ class Engine:
         if self._positions_input:
             keep = [width - 1] if last_only else range(width)
             extra[LOGITS_TO_KEEP] = np.fromiter(keep, dtype=np.int64)
-        if not self._cpu_only:
-            # GPU providers: plain run() copies outputs to host numpy, which keeps this path correct
-            # (a device-resident KV cache through IO binding is future work).
-            np_feeds: dict[str, Any] = {
-                "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-                "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
-                "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
-                **extra,
-            }
-            for (kname, vname), i in zip(self._past_names, range(0, len(past), 2), strict=True):
-                np_feeds[kname] = to_numpy(past[i])
-                np_feeds[vname] = to_numpy(past[i + 1])
-            res = self.session.run(self._output_names, np_feeds)
-            return _last(res[0], last_only), list(res[1:])
+        if self.device_bound:
+            return self._forward_bound(input_ids, attention_mask, position_ids, extra, past, last_only)
         import onnxruntime as ort
 
         feeds: dict[str, Any] = {
@@ -241,6 +253,36 @@ class Engine:
         outs = self.session.run_with_ort_values(self._output_names, feeds)
         return _last(outs[0].numpy(), last_only), list(outs[1:])
 
+    def _forward_bound(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        extra: dict[str, np.ndarray],
+        past: Sequence[Any],
+        last_only: bool,
+    ) -> tuple[np.ndarray, list[Any]]:
+        """`forward` through IO binding: the small integer inputs and any numpy past are copied in, the
+        present tensors are written on the session's device and stay there, only the logits come back."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in extra.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in zip(self._flat_past_names, past, strict=True):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=self._float))
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits")  # host memory: sampling runs in numpy
+        device_type, device_id = self._device
+        for name in self._output_names[1:]:
+            binding.bind_output(name, device_type, device_id)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        return _last(outs[0].numpy(), last_only), list(outs[1:])
+
     def forward_in_place(
         self,
         input_ids: np.ndarray,
@@ -255,12 +297,6 @@ class Engine:
         across steps (binding ~60 tensors costs ~0.6 ms a step); None binds afresh.
         Returns logits [B, S, V].
         """
-        if not self._cpu_only:
-            # device providers: buffers live on the host here, so run plainly and copy the present back
-            logits, present = self.forward(input_ids, attention_mask, position_ids, cache)
-            for buf, new in zip(cache, present, strict=True):
-                buf[...] = to_numpy(new)
-            return logits
         if binding is None:
             binding = self.bind_cache(cache)
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
@@ -272,17 +308,16 @@ class Engine:
         self.session.run_with_iobinding(binding)
         return np.asarray(binding.get_outputs()[-1].numpy())  # logits were bound last
 
-    def bind_cache(self, cache: list[np.ndarray]) -> Any:
-        """An IO binding of this session with each `cache` array as past and present; None for device
-        providers, whose `forward_in_place` runs without one."""
-        if not self._cpu_only:
-            return None
+    def bind_cache(self, cache: list[Any]) -> Any:
+        """An IO binding of this session with each `cache` buffer (a numpy array, or an OrtValue on the
+        session's device when `device_bound`) as past and present."""
         import onnxruntime as ort
 
         binding = self.session.io_binding()
         presents = self._output_names[1:]
         for past_name, present_name, buf in zip(self._flat_past_names, presents, cache, strict=True):
-            value = ort.OrtValue.ortvalue_from_numpy(buf)  # shares the array's memory
+            # a numpy array is wrapped without a copy; an OrtValue is bound as it is
+            value = ort.OrtValue.ortvalue_from_numpy(buf) if isinstance(buf, np.ndarray) else buf
             binding.bind_ortvalue_input(past_name, value)
             binding.bind_ortvalue_output(present_name, value)
         return binding
@@ -305,9 +340,13 @@ class Engine:
             past,
             last_only=True,
         )
-        kv = [to_numpy(p) for p in present]
-        self.prefix_cache.store(ids, kv)
-        return logits[0, -1], kv
+        if not self.device_bound:
+            kv = [to_numpy(p) for p in present]
+            self.prefix_cache.store(ids, kv)
+            return logits[0, -1], kv
+        if self.prefix_cache.max_bytes > 0:  # the prefix cache keeps host copies; the batch the device's
+            self.prefix_cache.store(ids, [to_numpy(p) for p in present])
+        return logits[0, -1], present
 
     def prompt_logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), V] for every position of one sequence (teacher forcing, used by gates)."""
@@ -402,6 +441,16 @@ def _open_session(onnx_path: Path, providers: list[Any], threads: int, allow_spi
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+
+
+def _device_of(session: Any) -> tuple[str, int]:
+    """(device type, id) where the session's first provider keeps tensors: ("cuda", n) for CUDA and
+    TensorRT, ("cpu", 0) for the CPU."""
+    first = provider_name(session.get_providers()[0])
+    if first in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        options = session.get_provider_options().get(first, {})
+        return "cuda", int(options.get("device_id", 0) or 0)
+    return "cpu", 0
 
 
 def _last(logits: np.ndarray, last_only: bool) -> np.ndarray:

@@ -53,3 +53,13 @@ def tiny_engine(tiny_llama_export: Path) -> object:
     from model_repo.runtime.engine import Engine
 
     return Engine.load(tiny_llama_export, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_fp16(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama export converted to fp16 (weights, activations and KV cache; logits fp32)."""
+    from model_repo.precision import convert_to_float16
+
+    return convert_to_float16(
+        tiny_llama_export, tmp_path_factory.mktemp("build-tiny-fp16") / "fp16"
+    ).model_dir

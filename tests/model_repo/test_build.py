@@ -90,6 +90,12 @@ def test_interrupted_build_keeps_the_previous_repository(
         ({"backend": "vllm"}, "--backend"),
         ({"min_agreement": 1.5}, "--min-agreement"),
         ({"max_ppl_increase": -0.1}, "--max-ppl-increase"),
+        ({"dtype": "bfloat16"}, r"--dtype 'bfloat16': choose one of float32, float16"),
+        (
+            {"dtype": "float16", "quantize": "int4"},
+            "--dtype float16 is for --backend onnx without --quantize",
+        ),
+        ({"dtype": "float16", "backend": "tensorrt-llm"}, "serves the checkpoint at its own precision"),
     ],
 )
 def test_bad_options_are_rejected_before_work(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:

@@ -435,3 +435,44 @@ def test_the_decoding_feature_tensors_work_through_triton(tiny_triton: Any, engi
     )
     with pytest.raises(InferenceServerException, match=r"^\[INVALID_ARG\] guided decoding \(json_schema\)"):
         generate_raw(tiny_triton.grpc_url, bad)
+
+
+def test_a_provider_that_does_not_load_keeps_the_model_unready_with_the_reason(tiny_repository: Any) -> None:
+    """The pod asks for CUDA (TRITONFORM_EXECUTION_PROVIDER, as the stack sets it) where onnxruntime has
+    none: onnxruntime would serve on the CPU without a word; the model fails to load, and Triton's load
+    error says what was asked and what ran, so the pod never turns ready."""
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    from model_repo.runtime.providers import PROVIDER_ENV
+    from serving.triton_local import TritonServer, TritonServerConfig
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the fallback cannot be provoked here")
+    config = TritonServerConfig(
+        tiny_repository,
+        model_control_mode="explicit",
+        extra_env={PROVIDER_ENV: "cuda"},
+        startup_timeout_s=120,
+    )
+    with TritonServer(config) as server:
+        client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+        try:
+            with pytest.raises(InferenceServerException, match="asked for CUDAExecutionProvider but"):
+                client.load_model("llm")
+            assert not client.is_model_ready("llm")
+        finally:
+            client.close()
+
+
+def test_triton_exports_every_series_the_dashboards_and_alerts_read(tiny_triton: Any) -> None:
+    """A real Triton, after one generation, publishes every Triton series in the dashboards' inventory
+    (infra/workload/dashboards.py EXPORTED_METRICS), each labelled with the model."""
+    from infra.workload.dashboards import EXPORTED_METRICS
+
+    assert generate(tiny_triton.grpc_url, request_inputs("hello", 2))[-1].final
+    with urllib.request.urlopen(tiny_triton.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    exported = {line.split("{")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert EXPORTED_METRICS["triton"] <= exported, sorted(EXPORTED_METRICS["triton"] - exported)
+    assert 'nv_inference_request_success{model="llm"' in text

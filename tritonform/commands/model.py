@@ -104,6 +104,14 @@ def build_command(
     max_seq_len: Annotated[
         int, typer.Option("--max-seq-len", help="tensorrt-llm only: longest prompt + answer, in tokens.")
     ] = 4096,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="onnx only: float32 | float16. float16 halves the weights and the KV cache for GPUs "
+            "(logits stay fp32) and is gated against the fp32 export (>= 99% agreement, <= 1% perplexity).",
+        ),
+    ] = "float32",
 ) -> None:
     """Build a Triton model repository from a checkpoint. --backend onnx (default): ONNX export with KV
     cache, graph optimisation, optional quantisation, parity and quality gates. --backend tensorrt-llm:
@@ -141,6 +149,7 @@ def build_command(
         max_batch_size=max_batch_size,
         tensor_parallel=tensor_parallel,
         max_seq_len=max_seq_len,
+        dtype=dtype,
     )
     _run_build(options)
 
@@ -154,6 +163,7 @@ def _run_build(options: object) -> None:
     from model_repo.export import ExportError
     from model_repo.gates import GateError
     from model_repo.layout import LayoutError
+    from model_repo.precision import PrecisionError
     from model_repo.quantize import QuantizeError
     from model_repo.spec import SpecError
 
@@ -185,7 +195,7 @@ def _run_build(options: object) -> None:
         raise _fail("interrupted; the previous repository (if any) is unchanged", 130) from None
     except bad_input as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
-    except (GateError, ExportError, QuantizeError) as exc:
+    except (GateError, ExportError, QuantizeError, PrecisionError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     _summary(console, options, report)
 

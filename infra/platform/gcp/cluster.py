@@ -3,6 +3,7 @@ pool and the tainted GPU pool (GKE installs the driver and runs the device plugi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     )
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+GKE_DRIVER_HOST_PATH = "/home/kubernetes/bin/nvidia"  # COS: the driver GKE installs (lib64/, bin/)
 # The least-privilege roles a GKE node's own service account needs (GKE hardening guide).
 NODE_ROLES = {
     "log-writer": "roles/logging.logWriter",
@@ -169,7 +171,10 @@ def build_gpu_pool(context: GcpContext, cluster: GcpCluster) -> GpuNodePool:
         accelerators=[accelerator],
         spot=pool.capacity == "spot",
     )
-    component.finish(pool_name=node_pool.name, scheduling=GpuScheduling.standard())
+    # COS keeps the driver GKE installs under /home/kubernetes/bin/nvidia and runs no NVIDIA container
+    # runtime: only pods that request a GPU get it (the device plugin mounts it at /usr/local/nvidia)
+    scheduling = dataclasses.replace(GpuScheduling.standard(), driver_host_path=GKE_DRIVER_HOST_PATH)
+    component.finish(pool_name=node_pool.name, scheduling=scheduling)
     return component
 
 

@@ -9,8 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from infra.offline import Plan
-from infra.workload.gpu_observability import KNOWN_METRICS, alert_rules, check_rules
-from serving.gateway.observability import GatewayMetrics
+from infra.workload.gpu_observability import alert_rules, check_rules
 
 PlanOf = Callable[[str], Plan]
 
@@ -49,13 +48,25 @@ def test_rule_checks_name_what_is_wrong() -> None:
     assert "unbalanced brackets" in problems and "g/B: needs alert and expr" in problems
 
 
-def test_the_gateway_metrics_the_rules_read_exist() -> None:
-    """The gateway's own registry exports the series the rules name (counters gain `_total`)."""
-    from prometheus_client import generate_latest
-
-    metrics = GatewayMetrics()
-    metrics.requests.labels("chat", "200").inc()
-    metrics.ttft.labels("chat").observe(0.1)
-    exported = generate_latest(metrics.registry).decode()
-    for name in (m for m in KNOWN_METRICS if m.startswith("tritonform_")):
-        assert f"\n{name}" in exported or exported.startswith(name), name
+@pytest.mark.parametrize("stack", ["gcp-prod", "aws-dev", "azure-dev"])
+def test_the_exporter_reaches_the_driver_where_the_node_keeps_it(stack: str, serving_plan_of: PlanOf) -> None:
+    """GKE's COS nodes keep the driver under /home/kubernetes/bin/nvidia and no container runtime hands it
+    to a pod that requests no GPU: there the exporter mounts it where GKE's GPU containers see it, puts
+    its libraries (NVML) on the loader's path and opens the devices privileged. EKS and AKS nodes run
+    NVIDIA's container runtime, which does this itself: nothing extra there."""
+    plan = serving_plan_of(stack)
+    (dcgm,) = [
+        r.inputs for r in plan.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["name"] == "dcgm-exporter"
+    ]
+    values = dcgm["values"]
+    if not stack.startswith("gcp"):
+        assert not {"extraHostVolumes", "extraVolumeMounts", "extraEnv", "securityContext"} & set(values)
+        return
+    assert values["extraHostVolumes"] == [
+        {"name": "nvidia-driver", "hostPath": "/home/kubernetes/bin/nvidia"}
+    ]
+    assert values["extraVolumeMounts"] == [
+        {"name": "nvidia-driver", "mountPath": "/usr/local/nvidia", "readOnly": True}
+    ]
+    assert {"name": "LD_LIBRARY_PATH", "value": "/usr/local/nvidia/lib64"} in values["extraEnv"]
+    assert values["securityContext"]["privileged"] is True

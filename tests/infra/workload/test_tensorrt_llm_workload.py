@@ -6,11 +6,14 @@ keeps reading the bucket directly."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from infra.offline import Plan
+import yaml
+
+from infra.offline import Plan, plan_stack
 from infra.settings.fit import checkpoint_storage_gib
-from tests.infra.conftest import MODEL_VERSION
+from tests.infra.conftest import MODEL_VERSION, with_model_version
 
 PlanOf = Callable[[str], Plan]
 
@@ -50,3 +53,24 @@ def test_onnx_stack_reads_the_bucket_without_a_local_copy(serving_plan_of: PlanO
     assert locator["args"][0] == "resolve"
     assert "models" not in {v["name"] for v in pod["volumes"]}
     assert "trtllm" not in str(pod["containers"][0]["image"])
+
+
+def test_onnx_stack_runs_cuda_by_default_and_tensorrt_when_chosen(
+    serving_plan_of: PlanOf, tmp_path: Path
+) -> None:
+    """The ONNX backend's provider is the stack's choice (triton.executionProvider), handed to the model in
+    the pod's environment: CUDA by default; TensorRT opt-in with its engine cache on the scratch volume."""
+    env = {
+        e["name"]: e.get("value") for e in _triton_pod(serving_plan_of("aws-prod"))["containers"][0]["env"]
+    }
+    assert env["TRITONFORM_EXECUTION_PROVIDER"] == "cuda" and "TRITONFORM_TRT_ENGINE_CACHE" not in env
+
+    document = yaml.safe_load(with_model_version("aws-prod", tmp_path).read_text())
+    document["config"]["tritonform:triton"]["executionProvider"] = "tensorrt"
+    path = tmp_path / "Pulumi.aws-trt.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    (triton,) = _triton_pod(plan_stack(path))["containers"]
+    env = {e["name"]: e.get("value") for e in triton["env"]}
+    assert env["TRITONFORM_EXECUTION_PROVIDER"] == "tensorrt"
+    cache = env["TRITONFORM_TRT_ENGINE_CACHE"]
+    assert any(cache.startswith(m["mountPath"] + "/") for m in triton["volumeMounts"])
