@@ -110,8 +110,8 @@ DESCRIPTIONS: dict[str, str] = {
     "flight plus held requests, down to zero when `triton.minReplicas` is 0.",
     "addons.dcgmExporterVersion": "NVIDIA dcgm-exporter Helm chart: GPU metrics (memory, utilisation) "
     "from every GPU node, scraped by the stack's Prometheus.",
-    "addons.grafanaVersion": "grafana/grafana Helm chart: Grafana in the monitoring namespace with the "
-    "gateway, Triton and GPU dashboards (`kubectl -n monitoring port-forward svc/grafana 3000:80`).",
+    "addons.grafanaVersion": "grafana-community/grafana Helm chart: Grafana in the monitoring namespace "
+    "with the gateway, Triton and GPU dashboards (`kubectl -n monitoring port-forward svc/grafana 3000:80`).",
     "model.name": "Name of the served model, as `plan` prints it.",
     "model.configJson": "A checkpoint's config.json (path from the project root); its numbers replace the "
     "shape keys below.",

@@ -156,7 +156,8 @@ class AddonSettings(Settings):
     prometheus_version: str = "27.5.1"  # prometheus-community/prometheus chart
     keda_version: str = "2.17.2"  # kedacore/keda chart: Triton's ScaledObject (load-based, down to zero)
     dcgm_exporter_version: str = "4.8.2"  # NVIDIA dcgm-exporter chart (GPU metrics on the GPU pool)
-    grafana_version: str = "12.10.1"  # grafana/grafana chart: the dashboards (infra/workload/dashboards.py)
+    # grafana-community/grafana chart (Grafana 13.1): the dashboards (infra/workload/dashboards.py)
+    grafana_version: str = "12.7.2"
 
 
 class EdgeSettings(Settings):

@@ -17,7 +17,9 @@ MONITORING_NAMESPACE = "monitoring"
 CHARTS_REPO = "https://prometheus-community.github.io/helm-charts"
 KEDA_NAMESPACE = "keda"
 KEDA_CHARTS_REPO = "https://kedacore.github.io/charts"
-GRAFANA_CHARTS_REPO = "https://grafana.github.io/helm-charts"
+# The grafana chart moved to the community repository in 2026 (grafana/helm-charts#4087); the old
+# grafana.github.io repository is frozen at chart 10.5.15 and marked deprecated.
+GRAFANA_CHARTS_REPO = "https://grafana-community.github.io/helm-charts"
 # Where KEDA's Prometheus scaler queries (the prometheus chart's server Service, port 80).
 PROMETHEUS_URL = f"http://prometheus-server.{MONITORING_NAMESPACE}.svc"
 
