@@ -1,8 +1,7 @@
-"""Compression pays (issue 17): prune the default model (depth, and width at the same size), distil, build
-int4, all measured in one run.
+"""Compression pays (issue 17): depth- and width-prune the default model, distil, build int4; one run.
 
-    .venv/bin/python benchmarks/bench_compression.py [--drop-layers 8] [--prompts 192] [--steps 40]
-                                                     [--threads 2] [--tokens 64] [--json FILE]
+    .venv/bin/python benchmarks/bench_compression.py [--drop-layers 8] [--prompts 192] [--steps 24]
+                                                     [--stage prune|train|all] [--json FILE]
 
 The recipe of NVIDIA's Minitron (Compact Language Models via Pruning and Knowledge Distillation) at the
 scale of two shared CPU cores:
@@ -133,7 +132,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=192, help="teacher answers = the distillation text")
     ap.add_argument("--answer-tokens", type=int, default=96)
     ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
-    ap.add_argument("--steps", type=int, default=40, help="distillation steps per student")
+    ap.add_argument("--steps", type=int, default=24, help="distillation steps per student")
     ap.add_argument("--batch", type=int, default=8, help="conversations per distillation step")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -142,8 +141,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt in the speed run")
     ap.add_argument(
-        "--stage", choices=("train", "all"), default="all",
-        help="train: stop after distillation (variants may train in parallel processes; then 'all')",
+        "--stage", choices=("prune", "train", "all"), default="all",
+        help="prune: stop after pruning (prints the pruned models' perplexity); train: stop after "
+        "distillation (variants may train in parallel processes, then run 'all')",
     )  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -196,6 +196,11 @@ def main() -> None:
             lambda out, d=drop, k=keep: prune_checkpoint(teacher, out, d, calibration, k),
             timings,
         )
+        if args.stage == "prune":
+            value = text_perplexity(load_model(pruned), tok, HELDOUT_TEXT.read_text(encoding="utf-8"))
+            print(f"{variant} pruned: held-out perplexity {value:.2f}; {parameters(pruned) / 1e6:.1f} M "
+                  f"parameters; {load()}; {timings}", flush=True)  # fmt: skip
+            continue
         settings = (args.steps, args.batch, args.lr, args.temperature, args.alpha)
         dkey = key(pkey, text, TRAINING / "distill.py", TRAINING / "finetune.py", settings)
 
@@ -210,7 +215,7 @@ def main() -> None:
 
         distilled = cached(root / f"distilled-{variant}-{dkey}", "training.json", distil, timings)
         students[variant] = {"pruned": pruned, "distilled": distilled}
-    if args.stage == "train":
+    if args.stage != "all":
         print(f"trained {', '.join(variants)}: {load()}; {timings}")
         return
 

@@ -207,6 +207,8 @@ def prune_checkpoint(
 
     if drop <= 0 and mlp_keep is None:
         raise DataError("nothing to prune: give --drop-layers N and/or --mlp-keep FRACTION")
+    if mlp_keep is not None:
+        channels_to_keep(1, mlp_keep)  # a bad fraction fails before the model loads
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype="float32")
     passages = load_passages(calibration, tokenizer)

@@ -49,6 +49,26 @@ def test_bad_model_and_metric_are_clear_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "exactly one of --data" in result.output
 
 
+def test_prune_without_a_choice_or_with_a_bad_fraction_is_one_clear_line(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    base = [
+        "prune",
+        "--model",
+        str(tiny_llama_checkpoint),
+        "--out",
+        str(tmp_path / "p"),
+        "--calibration",
+        str(data),
+    ]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 2 and "nothing to prune" in result.output
+    result = runner.invoke(app, [*base, "--mlp-keep", "1.5"])
+    assert result.exit_code == 2 and "--mlp-keep must be a fraction" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "p").exists()
+
+
 def test_finetune_then_eval_locally_on_the_tiny_model(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
     data = write_facts(tmp_path / "facts.jsonl")
     out = tmp_path / "ft"
