@@ -3,6 +3,7 @@ account may federate with, reading the model container, narrowed by a condition 
 
 from __future__ import annotations
 
+import pulumi
 import pulumi_azure_native as azure
 
 from infra.platform.azure.cluster import AzureCluster
@@ -50,19 +51,7 @@ def build_reader(
     with a blob-path condition unless `scope` is the whole container."""
     component = ReaderIdentity(context.name(key), context.options)
     child = context.child(component)
-    identity = azure.managedidentity.UserAssignedIdentity(
-        context.name(key), resource_group_name=group.name, tags=context.tags, opts=child
-    )
-    # Only tokens AKS issues to this service account may be exchanged for this identity.
-    azure.managedidentity.FederatedIdentityCredential(
-        context.name(key),
-        resource_group_name=group.name,
-        resource_name_=identity.name,
-        issuer=cluster.component.oidc_issuer_url,
-        subject=service_account.subject,
-        audiences=[FEDERATED_AUDIENCE],
-        opts=child,
-    )
+    identity = _federated_identity(context, group, cluster, service_account, key, child)
     narrowed = bool(scope.prefix or scope.suffixes)
     # Read-only, and on the model container only (not the account, group or subscription).
     azure.authorization.RoleAssignment(
@@ -122,18 +111,7 @@ def build_trainer(
     container or account actions), assigned on the model container with a condition on the blob path."""
     component = TrainerIdentity(context.name(TRAINER), context.options)
     child = context.child(component)
-    identity = azure.managedidentity.UserAssignedIdentity(
-        context.name(TRAINER), resource_group_name=group.name, tags=context.tags, opts=child
-    )
-    azure.managedidentity.FederatedIdentityCredential(
-        context.name(TRAINER),
-        resource_group_name=group.name,
-        resource_name_=identity.name,
-        issuer=cluster.component.oidc_issuer_url,
-        subject=service_account.subject,
-        audiences=[FEDERATED_AUDIENCE],
-        opts=child,
-    )
+    identity = _federated_identity(context, group, cluster, service_account, TRAINER, child)
     role = azure.authorization.RoleDefinition(
         context.name(TRAINER),
         role_name=context.name("model-trainer"),
@@ -161,3 +139,27 @@ def build_trainer(
         env={"AZURE_STORAGE_ACCOUNT": storage.account.name},
     )
     return component
+
+
+def _federated_identity(
+    context: AzureContext,
+    group: azure.resources.ResourceGroup,
+    cluster: AzureCluster,
+    service_account: ServiceAccountRef,
+    key: str,
+    opts: pulumi.ResourceOptions,
+) -> azure.managedidentity.UserAssignedIdentity:
+    """A user-assigned identity that only tokens AKS issues to `service_account` may be exchanged for."""
+    identity = azure.managedidentity.UserAssignedIdentity(
+        context.name(key), resource_group_name=group.name, tags=context.tags, opts=opts
+    )
+    azure.managedidentity.FederatedIdentityCredential(
+        context.name(key),
+        resource_group_name=group.name,
+        resource_name_=identity.name,
+        issuer=cluster.component.oidc_issuer_url,
+        subject=service_account.subject,
+        audiences=[FEDERATED_AUDIENCE],
+        opts=opts,
+    )
+    return identity

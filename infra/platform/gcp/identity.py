@@ -62,23 +62,14 @@ def build_reader(
     """A service account, its Workload Identity binding and a read grant on the bucket limited to `scope`."""
     component = ReaderIdentity(context.name(f"model-{key}"), context.options)
     child = context.child(component)
-    account = gcp.serviceaccount.Account(
-        context.name(key),
-        account_id=context.name(key),
+    account = _workload_account(
+        context,
+        cluster,
+        component,
+        key,
+        service_account,
         display_name=f"Model reader for {service_account.name}",
         description=f"Read-only access to the model bucket for {service_account.subject}",
-        opts=child,
-    )
-    # Only this Kubernetes service account may act as this Google service account.
-    gcp.serviceaccount.IAMMember(
-        context.name(f"{key}-workload-identity"),
-        service_account_id=account.name,
-        role="roles/iam.workloadIdentityUser",
-        member=(
-            f"serviceAccount:{context.project}.svc.id.goog"
-            f"[{service_account.namespace}/{service_account.name}]"
-        ),
-        opts=pulumi.ResourceOptions(parent=component, depends_on=[cluster.gke]),
     )
     # Bucket-level, read-only (no project-wide storage role); IAM conditions need uniform bucket access,
     # which the model bucket has.
@@ -100,13 +91,7 @@ def build_reader(
         condition=condition,
         opts=child,
     )
-    component.finish(
-        identity_id=account.email,
-        service_account_annotations={"iam.gke.io/gcp-service-account": account.email},
-        # Google's clients fall back to the metadata server, which Workload Identity serves.
-        env={},
-        egress=METADATA_SERVER_EGRESS,
-    )
+    _finish(component, account)
     return component
 
 
@@ -127,22 +112,14 @@ def build_trainer(
     `checkpoints/`, each grant narrowed by an IAM condition on the object name; nothing else."""
     component = TrainerIdentity(context.name("model-trainer"), context.options)
     child = context.child(component)
-    account = gcp.serviceaccount.Account(
-        context.name(TRAINER),
-        account_id=context.name(TRAINER),
+    account = _workload_account(
+        context,
+        cluster,
+        component,
+        TRAINER,
+        service_account,
         display_name=f"Trainer for {service_account.name}",
         description=f"Reads datasets/, writes checkpoints/ of the model bucket for {service_account.subject}",
-        opts=child,
-    )
-    gcp.serviceaccount.IAMMember(
-        context.name(f"{TRAINER}-workload-identity"),
-        service_account_id=account.name,
-        role="roles/iam.workloadIdentityUser",
-        member=(
-            f"serviceAccount:{context.project}.svc.id.goog"
-            f"[{service_account.namespace}/{service_account.name}]"
-        ),
-        opts=pulumi.ResourceOptions(parent=component, depends_on=[cluster.gke]),
     )
     grants = (
         ("datasets", "roles/storage.objectViewer", TRAINER_READ_PREFIX),
@@ -162,10 +139,47 @@ def build_trainer(
             ),
             opts=child,
         )
+    _finish(component, account)
+    return component
+
+
+def _workload_account(
+    context: GcpContext,
+    cluster: GcpCluster,
+    component: pulumi.ComponentResource,
+    key: str,
+    service_account: ServiceAccountRef,
+    *,
+    display_name: str,
+    description: str,
+) -> gcp.serviceaccount.Account:
+    """A Google service account that only `service_account` (Kubernetes) may act as."""
+    account = gcp.serviceaccount.Account(
+        context.name(key),
+        account_id=context.name(key),
+        display_name=display_name,
+        description=description,
+        opts=context.child(component),
+    )
+    gcp.serviceaccount.IAMMember(
+        context.name(f"{key}-workload-identity"),
+        service_account_id=account.name,
+        role="roles/iam.workloadIdentityUser",
+        member=(
+            f"serviceAccount:{context.project}.svc.id.goog"
+            f"[{service_account.namespace}/{service_account.name}]"
+        ),
+        opts=pulumi.ResourceOptions(parent=component, depends_on=[cluster.gke]),
+    )
+    return account
+
+
+def _finish(component: ReaderIdentity, account: gcp.serviceaccount.Account) -> None:
+    """The pod side of Workload Identity: the annotation naming the Google account. Google's clients fall
+    back to the metadata server, which Workload Identity serves, so no environment is needed."""
     component.finish(
         identity_id=account.email,
         service_account_annotations={"iam.gke.io/gcp-service-account": account.email},
         env={},
         egress=METADATA_SERVER_EGRESS,
     )
-    return component
