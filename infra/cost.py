@@ -168,3 +168,59 @@ def stack_cost(settings: StackSettings) -> StackCost:
         model_inputs["tokens_per_second_per_replica"] = model_inputs.pop("tokens_per_second")
     fit = replica_estimate(model, machine, tp).as_dict() if machine else None
     return StackCost(tuple(levels), model_inputs, fit, tuple(notes))
+
+
+@dataclass(frozen=True)
+class IdleCost:
+    """What a stack costs per hour with no traffic: as configured, and with Triton at zero."""
+
+    gpu_nodes: int  # GPU nodes the idle Triton replicas keep up (at least gpuPool.minNodes)
+    today: dict[str, float]  # USD/h by part: the GPU nodes, the system pool at minNodes, always-on parts
+    at_zero: dict[str, float]  # with triton.minReplicas 0 and gpuPool.minNodes 0: system pool + always-on
+
+
+def idle_cost(settings: StackSettings) -> IdleCost:
+    """Idle cost per hour from the catalogue's list prices (infra/catalog.py), usage-priced parts left out."""
+    machine = settings.gpu_machine
+    replicas_per_node = max(1, settings.gpu_pool.gpus_per_node // settings.triton.gpus_per_replica)
+    needed = -(-settings.triton_min_replicas // replicas_per_node)  # ceil
+    gpu_nodes = max(settings.gpu_pool.min_nodes, needed)
+    system_nodes = settings.system_pool.min_nodes
+    system_price = SYSTEM_MACHINE_PRICES[settings.cloud].get(settings.system_instance_type, 0.0)
+    system = {"system_pool": system_nodes * system_price}
+    today = {
+        "gpu_pool": gpu_nodes * (machine.usd_per_hour if machine else 0.0),
+        **system,
+        **_fixed_parts(settings, gpu_nodes + system_nodes),
+    }
+    return IdleCost(gpu_nodes, today, {**system, **_fixed_parts(settings, system_nodes)})
+
+
+def idle_cost_table(stacks: dict[str, StackSettings]) -> str:
+    """The README's idle-cost table (markdown) for `stacks` (name -> settings)."""
+    rows = [
+        "| stack | GPU nodes idle today | today (GPU + system + edge) | Triton at zero (system + edge) |",
+        "|---|---|---|---|",
+    ]
+    for name, s in stacks.items():
+        cost = idle_cost(s)
+        machine = s.gpu_machine
+        gpu = f"{cost.gpu_nodes} x {s.gpu_pool.instance_type}"
+        gpu += f" (${cost.today['gpu_pool']:.3f})" if machine else " (price not in the catalogue)"
+        parts = ", ".join(f"{k} ${v:.4f}" for k, v in cost.at_zero.items() if v > 0)
+        today, at_zero = sum(cost.today.values()), sum(cost.at_zero.values())
+        rows.append(f"| {name} | {gpu} | ${today:.3f} | ${at_zero:.3f} ({parts}) |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m infra.cost: the idle-cost table of the shipped stacks
+    from pathlib import Path
+
+    from infra.settings import load_stack_file
+
+    stack_dir = Path(__file__).resolve().parents[1] / "stacks"
+    shipped = {
+        p.name.removeprefix("Pulumi.").removesuffix(".yaml"): load_stack_file(p)
+        for p in sorted(stack_dir.glob("Pulumi.*.yaml"))
+    }
+    print(idle_cost_table(shipped))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import tempfile
 import threading
 import time
 import urllib.error
@@ -22,11 +23,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import uvicorn
 from pydantic import SecretStr
 
+from model_repo.manifest import engine_dir
+from serving.canary_faults import write_failing_copy
 from serving.gateway import GatewaySettings, create_app
 from serving.gateway.generation import Gateway as GenerationFront
 from serving.triton_local import TritonServer, TritonServerConfig, TritonStartError
@@ -58,6 +61,14 @@ class LocalStackConfig:
     # Triton processes to run; with 2 or more the gateway routes by prompt prefix (routing.py).
     triton_replicas: int = 1
     routing: Literal["prefix", "round-robin"] = "prefix"  # round-robin: the benchmark's baseline
+    # A canary rollout (serving/gateway/canary.py): this repository's version runs in its own Triton
+    # process beside the stable one and takes `canary_weight` percent of conversations; a copy that
+    # fails every `canary_fail_every`-th request rehearses the automatic rollback (serving/canary_faults.py).
+    canary_repository: Path | None = None
+    canary_weight: float = 10.0
+    canary_fail_every: int | None = None
+    canary_window_s: float = 60.0
+    canary_min_requests: int = 10
 
 
 def find_model_name(repository: Path) -> str:
@@ -96,6 +107,8 @@ class LocalStack:
         self.triton: TritonServer | None = None
         self.on_demand: TritonOnDemand | None = None  # with idle_stop_s: owns Triton's (re)starts
         self.replicas: list[TritonServer] = []  # with triton_replicas > 1: every Triton process
+        self.canary: TritonServer | None = None  # with canary_repository: the canary's Triton
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None  # the broken canary copy
         self._server: uvicorn.Server | None = None
         self._gateway: GenerationFront | None = None  # the app's front (stop() ends its streams)
         self._thread: threading.Thread | None = None
@@ -121,6 +134,8 @@ class LocalStack:
             raise StackError(f"--triton-replicas must be at least 1, got {c.triton_replicas}")
         if c.triton_replicas > 1 and c.idle_stop_s is not None:
             raise StackError("--idle-stop works with one Triton; leave out --triton-replicas or --idle-stop")
+        if c.canary_repository is not None:
+            self._check_canary()
         check_port_free(c.host, c.port)
         deadline = time.monotonic() + c.startup_timeout_s
         try:
@@ -136,10 +151,12 @@ class LocalStack:
                         self.replicas[-1].start()
                     self.triton = self.replicas[0]
                     grpc_url = self.triton.grpc_url
+                canary = self._start_canary()
             except TritonStartError as exc:
                 first = str(exc).splitlines()[0]
                 raise StackError(f"Triton did not start: {first}") from exc
             settings = GatewaySettings(
+                **canary,
                 triton_grpc_url=grpc_url,
                 model_name=self.model_name,
                 model_repository=c.model_repository,
@@ -163,6 +180,48 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def _check_canary(self) -> None:
+        c = self.config
+        assert c.canary_repository is not None
+        if c.idle_stop_s is not None:
+            raise StackError("--idle-stop works without a canary; leave out --canary or --idle-stop")
+        if not 0 < c.canary_weight <= 100:
+            raise StackError(
+                f"--canary-weight must be above 0 and at most 100 percent, got {c.canary_weight}"
+            )
+        if c.canary_fail_every is not None and c.canary_fail_every < 1:
+            raise StackError(f"--canary-fail-every must be at least 1, got {c.canary_fail_every}")
+        name = find_model_name(c.canary_repository)
+        if name != self.model_name:
+            raise StackError(
+                f"the canary repository serves model {name!r}, the stable one {self.model_name!r}: "
+                "build the canary with the same --model-name"
+            )
+
+    def _start_canary(self) -> dict[str, Any]:
+        """Start the canary's Triton (a broken copy when asked); the gateway's canary settings."""
+        c = self.config
+        if c.canary_repository is None:
+            return {}
+        repository = c.canary_repository
+        if c.canary_fail_every is not None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="tritonform-canary-")
+            repository = write_failing_copy(
+                repository, Path(self._scratch.name) / "repo", c.canary_fail_every
+            )
+        self.canary = TritonServer(TritonServerConfig(repository, startup_timeout_s=c.startup_timeout_s))
+        self.canary.start()
+        stable, canary = c.model_repository.resolve().name, c.canary_repository.resolve().name
+        return {
+            "canary_triton_grpc_url": self.canary.grpc_url,
+            "canary_tokenizer_dir": engine_dir(repository, self.model_name),
+            "canary_weight": c.canary_weight,
+            "stable_version": stable,
+            "canary_version": canary if canary != stable else f"{canary}-canary",
+            "canary_window_s": c.canary_window_s,
+            "canary_min_requests": c.canary_min_requests,
+        }
 
     def _gateway_busy(self) -> bool:
         gateway = self._gateway
@@ -190,7 +249,8 @@ class LocalStack:
     def stop_timeout_s(self) -> float:
         """The longest `stop()` can take: ending the gateway's requests, its drain and forced exit, then
         Triton's stop."""
-        triton_s = self.triton.stop_timeout_s * max(1, len(self.replicas)) if self.triton is not None else 0.0
+        servers = max(1, len(self.replicas)) + (1 if self.canary is not None else 0)
+        triton_s = self.triton.stop_timeout_s * servers if self.triton is not None else 0.0
         if self.on_demand is not None:
             triton_s = self.on_demand.stop_timeout_s
         return GATEWAY_FORCE_S + GATEWAY_DRAIN_S + GATEWAY_FORCE_S + triton_s
@@ -215,6 +275,12 @@ class LocalStack:
         replicas, self.replicas = self.replicas, []
         for triton_server in replicas or ([triton] if triton is not None else []):
             triton_server.stop()
+        canary_server, self.canary = self.canary, None
+        if canary_server is not None:
+            canary_server.stop()
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.cleanup()
         on_demand, self.on_demand = self.on_demand, None
         if on_demand is not None:
             on_demand.close()

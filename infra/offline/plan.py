@@ -137,6 +137,11 @@ def plan_stack(stack_file: Path, *, preview: bool = False) -> Plan:
     settings = load_settings(raw, str(stack_file))  # fail fast, with the same messages as the program
     stack = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
 
+    # Pulumi's runtime asks for the thread's current event loop; a caller that ran asyncio.run() before
+    # (which leaves none set) would otherwise get "There is no current event loop".
+    from pulumi.runtime.sync_await import _ensure_event_loop
+
+    _ensure_event_loop()
     pulumi_settings.ROOT.set(None)
     monitor = _RecordingMonitor(CloudMocks(settings))
     pulumi_mocks.set_mocks(monitor.mocks, project=NAMESPACE, stack=stack, preview=preview, monitor=monitor)

@@ -10,7 +10,13 @@ Every default lives in exactly one of these modules.
 
 from infra.settings.base import Settings, check_cidr
 from infra.settings.clouds import AwsSettings, AzureSettings, GcpSettings
-from infra.settings.serving import AddonSettings, EdgeSettings, GatewaySettings, TritonSettings
+from infra.settings.serving import (
+    AddonSettings,
+    CanarySettings,
+    EdgeSettings,
+    GatewaySettings,
+    TritonSettings,
+)
 from infra.settings.stack import (
     NAMESPACE,
     SECRET_CONFIG_KEYS,
@@ -38,6 +44,7 @@ __all__ = [
     "AwsSettings",
     "AzureSettings",
     "BucketSettings",
+    "CanarySettings",
     "ClusterSettings",
     "EdgeSettings",
     "GatewaySettings",

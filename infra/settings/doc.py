@@ -69,6 +69,16 @@ DESCRIPTIONS: dict[str, str] = {
     "trigger a scale-out (KEDA ScaledObject).",
     "triton.scaleToZeroAfterSeconds": "With `minReplicas: 0`: seconds without generations in flight or held "
     "before Triton goes to zero (KEDA's cooldown); the GPU pool's autoscaler then removes the idle node.",
+    "canary.version": "A version tried beside `triton.modelVersion` in its own Triton Deployment "
+    "(`tritonform model upload --stack --canary PERCENT` sets it; `model promote|rollback` ends it).",
+    "canary.weight": "Percent of conversations the gateway sends to the canary (each stays on one version).",
+    "canary.replicas": "Triton replicas of the canary version (fixed; the stable one keeps its autoscaler).",
+    "canary.windowSeconds": "Sliding window over which the gateway compares the canary with the stable one.",
+    "canary.minRequests": "Canary generations in the window before it is judged at all.",
+    "canary.maxErrorRatioIncrease": "Roll back when the canary's 5xx ratio exceeds the stable one's by more "
+    "than this (0.02 = 2 points).",
+    "canary.maxTtftP95Ratio": "Roll back when the canary's time-to-first-token p95 exceeds this many times "
+    "the stable one's.",
     "gateway.minReplicas": "Gateway replicas at least (on the system nodes).",
     "gateway.maxReplicas": "Gateway replicas at most (CPU-based autoscaling).",
     "gateway.cpuRequest": "CPU requested by each gateway pod.",

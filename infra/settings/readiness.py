@@ -130,6 +130,12 @@ def check_readiness(settings: StackSettings, today: date) -> Readiness:
             f"{NAMESPACE}:azure.apimPublisherEmail is {settings.azure.apim_publisher_email}: API "
             "Management's service notifications would go nowhere; set your team's address"
         )
+    if settings.triton_min_replicas == 0 and settings.gpu_pool.min_nodes > 0:
+        warnings.append(
+            f"{NAMESPACE}:triton.minReplicas is 0 but gpuPool.minNodes is {settings.gpu_pool.min_nodes}: "
+            "Triton goes to zero when idle, yet the GPU node(s) stay up with nothing on them; set "
+            f"gpuPool.minNodes to 0 (pulumi config set --path '{NAMESPACE}:gpuPool.minNodes' 0)"
+        )
     blockers = [*version.errors, *_cidr_blockers(settings), *_id_blockers(settings)]
     if not version.errors:
         blockers += _autoscaler_blockers(settings)

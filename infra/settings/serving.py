@@ -24,6 +24,14 @@ def _check_quantity(value: str) -> str:
     return value
 
 
+def _check_model_version(value: str | None) -> str | None:
+    if value is not None and not _MODEL_VERSION.match(value):
+        raise ValueError(
+            "must be a version `tritonform model upload` printed, such as 20261201T101500Z-0123456789ab"
+        )
+    return value
+
+
 class _Replicas(Settings):
     min_replicas: int = Field(default=1, ge=1, le=100)
     max_replicas: int = Field(default=4, ge=1, le=100)
@@ -77,14 +85,27 @@ class TritonSettings(_Replicas):
             raise ValueError(f'must be an NGC release such as "{DEFAULT_TRITON_RELEASE}"')
         return value
 
-    @field_validator("model_version")
-    @classmethod
-    def _model_version(cls, value: str | None) -> str | None:
-        if value is not None and not _MODEL_VERSION.match(value):
-            raise ValueError(
-                "must be a version `tritonform model upload` printed, such as 20261201T101500Z-0123456789ab"
-            )
-        return value
+    _model_version = field_validator("model_version")(_check_model_version)
+
+
+class CanarySettings(Settings):
+    """A canary rollout: a second version beside `triton.modelVersion`, in its own Triton Deployment.
+
+    `tritonform model upload DIR --stack NAME --canary PERCENT` sets `version` and `weight`; the gateway
+    splits conversations by weight and rolls the canary back by itself when, over `windowSeconds`, its
+    error ratio or TTFT p95 exceeds the stable version's by the margins below (serving/gateway/canary.py);
+    `tritonform model promote|rollback --stack NAME` ends the rollout.
+    """
+
+    version: str | None = None
+    weight: int = Field(default=10, ge=1, le=99)
+    replicas: int = Field(default=1, ge=1, le=10)
+    window_seconds: int = Field(default=300, ge=30, le=3600)
+    min_requests: int = Field(default=20, ge=1, le=100_000)
+    max_error_ratio_increase: float = Field(default=0.02, ge=0, le=1)
+    max_ttft_p95_ratio: float = Field(default=1.5, ge=1, le=100)
+
+    _version = field_validator("version")(_check_model_version)
 
 
 def check_triton_release(cloud: CloudName, release: str) -> None:

@@ -34,6 +34,7 @@ from infra.settings.fit import check_disk, check_fit, check_parallelism
 from infra.settings.model import ModelSettings
 from infra.settings.serving import (
     AddonSettings,
+    CanarySettings,
     EdgeSettings,
     GatewaySettings,
     TritonSettings,
@@ -199,6 +200,7 @@ class StackSettings(_Settings):
     bucket: BucketSettings = BucketSettings()
     workload: WorkloadSettings = WorkloadSettings()
     triton: TritonSettings = TritonSettings()
+    canary: CanarySettings = CanarySettings()
     gateway: GatewaySettings = GatewaySettings()
     addons: AddonSettings = AddonSettings()
     edge: EdgeSettings = EdgeSettings()
@@ -247,6 +249,16 @@ class StackSettings(_Settings):
             if other != self.cloud and getattr(self, other) is not None:
                 raise ValueError(f"{other}: this block is only for cloud {other}, this stack is {self.cloud}")
         check_triton_release(self.cloud, self.triton.version)
+        if self.canary.version is not None and self.triton.model_version is None:
+            raise ValueError(
+                "canary.version: a canary runs beside a stable version, and triton.modelVersion is not set; "
+                "upload the first version without --canary"
+            )
+        if self.canary.version is not None and self.canary.version == self.triton.model_version:
+            raise ValueError(
+                f"canary.version: {self.canary.version} is already the stable triton.modelVersion; remove "
+                "canary.version (tritonform model rollback) or upload a new version as the canary"
+            )
         if self.gateway.cold_start_timeout_seconds >= self.edge.stream_timeout_seconds:
             raise ValueError(
                 f"gateway.coldStartTimeoutSeconds: {self.gateway.cold_start_timeout_seconds} s is not below "

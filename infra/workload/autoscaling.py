@@ -74,11 +74,12 @@ def triton_pods_service(
     grpc_port: int,
     labels: dict[str, str],
     opts: pulumi.ResourceOptions,
+    name: str = TRITON_PODS,
 ) -> k8s.core.v1.Service:
     """The headless Service the gateway's prefix-aware router discovers Triton's replicas through."""
     return k8s.core.v1.Service(
-        TRITON_PODS,
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON_PODS, namespace=namespace, labels=labels),
+        name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels),
         spec=k8s.core.v1.ServiceSpecArgs(
             type="ClusterIP",
             cluster_ip="None",

@@ -10,11 +10,19 @@ import pulumi_kubernetes as k8s
 from infra.platform.base import ReaderIdentity, ServiceExposure
 from infra.settings import StackSettings
 from infra.workload.autoscaling import TRITON_PODS
+from infra.workload.canary import (
+    CANARY_TOKENIZER,
+    api_token_mount,
+    api_token_volume,
+    canary_env,
+    decision_access,
+)
 from infra.workload.triton import (
     APP_LABEL,
     GATEWAY_UID,
     GRPC_PORT,
     LOCATOR_MOUNT,
+    TRITON_CANARY_PODS,
     disruption_budget,
     labels,
     locator_container,
@@ -135,6 +143,13 @@ class Gateway(pulumi.ComponentResource):
                 name="TRITONFORM_GATEWAY_API_KEYS_FILE", value=f"{KEYS_MOUNT}/{KEYS_FILE}"
             ),
         ]
+        canary = args.settings.canary.version
+        if canary is not None:
+            # The canary's Triton pods, tokenizer, and its rollback decision (infra/workload/canary.py).
+            discovery = pulumi.Output.concat(TRITON_CANARY_PODS, ".", args.namespace, ".svc:", str(GRPC_PORT))
+            tokenizer = f"{LOCATOR_MOUNT}/{CANARY_TOKENIZER}"
+            env += canary_env(args.settings, args.namespace, discovery, tokenizer)
+            decision_access(args.namespace, args.service_account, labels(GATEWAY), child)
         container = k8s.core.v1.ContainerArgs(
             name=GATEWAY,
             image=args.image,
@@ -162,6 +177,7 @@ class Gateway(pulumi.ComponentResource):
                 k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
                 k8s.core.v1.VolumeMountArgs(name="locator", mount_path=LOCATOR_MOUNT, read_only=True),
                 k8s.core.v1.VolumeMountArgs(name="api-keys", mount_path=KEYS_MOUNT, read_only=True),
+                *([api_token_mount()] if canary is not None else []),
             ],
         )
         locator = locator_container(
@@ -179,6 +195,25 @@ class Gateway(pulumi.ComponentResource):
                 f"{LOCATOR_MOUNT}/model",
             ],
         )
+        locators = [locator]
+        if canary is not None:
+            canary_locator = locator_container(
+                args.image,
+                args.reader,
+                [
+                    "tokenizer",
+                    "--prefix",
+                    args.model_prefix,
+                    "--version",
+                    canary,
+                    "--model",
+                    args.model_name,
+                    "--dest",
+                    f"{LOCATOR_MOUNT}/{CANARY_TOKENIZER}",
+                ],
+            )
+            canary_locator.name = "canary-model-locator"
+            locators.append(canary_locator)
         deployment = k8s.apps.v1.Deployment(
             GATEWAY,
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -204,7 +239,7 @@ class Gateway(pulumi.ComponentResource):
                         topology_spread_constraints=spread(GATEWAY),
                         # Long generations: give streams time to finish before the pod goes away.
                         termination_grace_period_seconds=120,
-                        init_containers=[locator],
+                        init_containers=locators,
                         containers=[container],
                         volumes=[
                             k8s.core.v1.VolumeArgs(
@@ -220,6 +255,7 @@ class Gateway(pulumi.ComponentResource):
                                     secret_name=secret.metadata.name, default_mode=0o400
                                 ),
                             ),
+                            *([api_token_volume()] if canary is not None else []),
                         ],
                     ),
                 ),

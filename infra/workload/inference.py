@@ -25,6 +25,7 @@ from infra.workload.triton import (
     HTTP_PORT,
     METRICS_PORT,
     TRITON,
+    TRITON_CANARY,
     TritonArgs,
     TritonServer,
 )
@@ -179,6 +180,7 @@ class InferenceWorkload(pulumi.ComponentResource):
                 ),
                 training=TRAINING_APP if args.trainer is not None else None,
                 extra_gateway_egress=((RATE_LIMITS, RATE_LIMITS_PORT),) if serving else (),
+                triton_canary=TRITON_CANARY if serving and s.canary.version is not None else None,
             ),
             child,
         )

@@ -38,6 +38,7 @@ class PolicyTargets:
     exposure: ServiceExposure
     identity_egress: tuple[EgressEndpoint, ...]  # the readers' identity endpoints beyond HTTPS
     extra_gateway_egress: tuple[tuple[str, int], ...] = ()  # (app, port) the gateway also calls, alone
+    triton_canary: str | None = None  # a canary rollout's Triton: reached and scraped as Triton is
     training: str | None = None  # training Jobs' pods: torchrun's rendezvous and NCCL among themselves
 
 
@@ -78,17 +79,19 @@ def network_policies(targets: PolicyTargets, opts: pulumi.ResourceOptions) -> No
     )
     # Every pod of the namespace: nothing in, nothing out, unless a policy below allows it.
     policy("default-deny", None, ingress=[], egress=[])
-    policy(
-        "triton-from-gateway",
-        targets.triton,
-        ingress=[
-            netpol.NetworkPolicyIngressRuleArgs(
-                from_=[netpol.NetworkPolicyPeerArgs(pod_selector=_app(targets, targets.gateway))],
-                ports=_ports(*targets.triton_ports),
-            ),
-            netpol.NetworkPolicyIngressRuleArgs(from_=[monitoring], ports=_ports(targets.metrics_port)),
-        ],
-    )
+    tritons = [targets.triton, *([targets.triton_canary] if targets.triton_canary else [])]
+    for triton in tritons:
+        policy(
+            f"{triton}-from-gateway",
+            triton,
+            ingress=[
+                netpol.NetworkPolicyIngressRuleArgs(
+                    from_=[netpol.NetworkPolicyPeerArgs(pod_selector=_app(targets, targets.gateway))],
+                    ports=_ports(*targets.triton_ports),
+                ),
+                netpol.NetworkPolicyIngressRuleArgs(from_=[monitoring], ports=_ports(targets.metrics_port)),
+            ],
+        )
     # The gateway takes traffic only from where the cloud's edge connects from.
     policy(
         "gateway-from-edge",
@@ -154,7 +157,7 @@ def network_policies(targets: PolicyTargets, opts: pulumi.ResourceOptions) -> No
             egress=[netpol.NetworkPolicyEgressRuleArgs(to=peers)],
         )
     calls = [
-        (targets.triton, targets.triton_ports),
+        *((triton, targets.triton_ports) for triton in tritons),
         *((app, (port,)) for app, port in targets.extra_gateway_egress),
     ]
     policy(

@@ -22,6 +22,10 @@ from infra.workload.monitoring import PROMETHEUS_URL
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 APP_LABEL = "app.kubernetes.io/name"
 TRITON = "triton"
+# A canary rollout's Triton (canary.version): its own Deployment and headless Service, pods labelled apart
+# so that neither the stable Service nor its discovery name lists them.
+TRITON_CANARY = "triton-canary"
+TRITON_CANARY_PODS = "triton-canary-pods"
 
 
 @dataclass(frozen=True)
@@ -167,11 +171,32 @@ class TritonServer(pulumi.ComponentResource):
         # GPU node starts; `tritonform model upload --stack` sets the version and the next `up` rolls out.
         if args.settings.triton.model_version is not None:
             self._server(args, args.settings.triton.model_version, child)
+        canary = args.settings.canary
+        if canary.version is not None and args.settings.triton.model_version is not None:
+            # The canary: pinned to its version, a fixed replica count, found by the gateway through its
+            # own headless Service (serving/gateway/canary.py splits the traffic).
+            triton_pods_service(
+                args.namespace,
+                {APP_LABEL: TRITON_CANARY},
+                GRPC_PORT,
+                labels(TRITON_CANARY),
+                child,
+                name=TRITON_CANARY_PODS,
+            )
+            self._server(args, canary.version, child, name=TRITON_CANARY, replicas=canary.replicas)
         self.service_name = service.metadata.name
         self.register_outputs({"service_name": self.service_name})
 
-    def _server(self, args: TritonArgs, version: str, child: pulumi.ResourceOptions) -> None:
-        """Deployment, disruption budget and load-based autoscaler of the servers of `version`."""
+    def _server(
+        self,
+        args: TritonArgs,
+        version: str,
+        child: pulumi.ResourceOptions,
+        name: str = TRITON,
+        replicas: int | None = None,
+    ) -> None:
+        """Deployment, disruption budget and load-based autoscaler of the servers of `version` (`replicas`:
+        a fixed count and no autoscaler, for a canary)."""
         t = args.settings.triton
         gpu = str(t.gpus_per_replica)
         # TensorRT-LLM's LLM API loads the checkpoint from local files: the init container syncs the
@@ -182,7 +207,7 @@ class TritonServer(pulumi.ComponentResource):
         extra_env = {TP_ENV: gpu} if llmapi else {}
         health = "/v2/health/ready"
         container = k8s.core.v1.ContainerArgs(
-            name=TRITON,
+            name=TRITON,  # the container keeps its name: `kubectl logs deploy/NAME -c triton` for both
             image=args.image,
             # The version's URI, checked and written by the init container.
             command=["/bin/sh", "-c"],
@@ -259,13 +284,13 @@ class TritonServer(pulumi.ComponentResource):
             locator.resources = k8s.core.v1.ResourceRequirementsArgs(
                 requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "2", "memory": "6Gi"}
             )
-        pod_labels = {**labels(TRITON), **args.reader.pod_labels}
+        pod_labels = {**labels(name), **args.reader.pod_labels}
         deployment = k8s.apps.v1.Deployment(
-            TRITON,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=TRITON, namespace=args.namespace, labels=labels(TRITON)),
+            name,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=args.namespace, labels=labels(name)),
             spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=args.settings.triton_min_replicas,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: TRITON}),
+                replicas=args.settings.triton_min_replicas if replicas is None else replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels={APP_LABEL: name}),
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(
                     type="RollingUpdate",
                     rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
@@ -293,7 +318,7 @@ class TritonServer(pulumi.ComponentResource):
                             )
                             for tol in args.scheduling.tolerations
                         ],
-                        topology_spread_constraints=spread(TRITON),
+                        topology_spread_constraints=spread(name),
                         termination_grace_period_seconds=60,
                         security_context=pod_security_context(TRITON_UID),
                         init_containers=[locator],
@@ -327,9 +352,13 @@ class TritonServer(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["spec.replicas"] if replicas is None else []
+            ),
         )
-        disruption_budget(TRITON, args.namespace, child)
+        disruption_budget(name, args.namespace, child)
+        if replicas is not None:
+            return
         # Scale on inference load, not CPU, down to zero when minReplicas is 0: KEDA (see autoscaling.py).
         triton_scaled_object(
             TRITON,

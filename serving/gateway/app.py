@@ -1,7 +1,8 @@
 """`create_app(settings)`: the OpenAI-compatible gateway in front of one Triton generation model.
 
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (Bearer key),
-`GET /healthz` (process), `GET /readyz` (Triton ready and model loaded), `GET /metrics` (Prometheus).
+`GET /healthz` (process), `GET /readyz` (Triton ready and model loaded), `GET /metrics` (Prometheus),
+`GET /canary` (a canary rollout's split, window figures and decision; serving/gateway/canary.py).
 Middleware, outermost first: request id + access log + metrics, API key check, body size cap.
 """
 
@@ -19,6 +20,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.gateway.answers import ChatAnswer, CompletionAnswer
+from serving.gateway.canary import canary_backend_settings
 from serving.gateway.errors import error_body, install_error_handlers
 from serving.gateway.generation import Gateway
 from serving.gateway.limits import ApiKeyAuth, BodySizeLimit
@@ -56,10 +58,12 @@ def create_app(
     settings: GatewaySettings,
     backend: TritonGenerator | None = None,
     on_cold: Callable[[], None] | None = None,
+    canary_backend: TritonGenerator | None = None,
 ) -> FastAPI:
     """Build the gateway; Triton's gRPC client is opened on startup and closed on shutdown (`backend`:
     another generator to use instead, for tests; `on_cold`: called when requests start waiting for
-    Triton, see serving/gateway/holding.py). `app.state.gateway.shutdown()` stops it early."""
+    Triton, see serving/gateway/holding.py; `canary_backend`: the canary's generator, for tests).
+    `app.state.gateway.shutdown()` stops it early."""
     configure_logging(settings.log_level)
     gateway = Gateway(settings, on_cold)
 
@@ -67,6 +71,8 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         gateway.loop = asyncio.get_running_loop()
         gateway.triton = backend or triton_backend(settings)
+        if settings.has_canary:
+            gateway.canary_triton = canary_backend or triton_backend(canary_backend_settings(settings))
         log.info("gateway started", extra={"triton": settings.triton_grpc_url, "model": settings.model_name})
         try:
             yield
@@ -109,6 +115,12 @@ def create_app(
         """Prometheus metrics."""
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/canary", tags=["ops"])
+    async def canary() -> dict[str, Any]:
+        """The canary rollout: versions, weights, both versions' window figures, the rollback decision
+        (`{"canary": null}` without one)."""
+        return gateway.canary.status() if gateway.canary is not None else {"canary": None}
+
     @app.get("/v1/models", dependencies=secured, responses=_ERRORS)
     async def list_models() -> ModelList:
         return ModelList(data=[ModelCard(id=settings.public_model_name, created=gateway.created)])
@@ -117,7 +129,8 @@ def create_app(
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """A text completion (OpenAI's Completions API; README lists each parameter's support)."""
         gen = await gateway.admit("/v1/completions", request, body)
-        answer = CompletionAnswer(gen, gateway.token_bytes, body.model, f"cmpl-{request.state.request_id}")
+        token_bytes, answer_id = gateway.token_bytes_of(gen), f"cmpl-{request.state.request_id}"
+        answer = CompletionAnswer(gen, token_bytes, body.model, answer_id)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             return await stream(gateway, request, gen, answer, include)
@@ -131,7 +144,8 @@ def create_app(
         """A chat completion (OpenAI's Chat Completions API: tools, structured output, logprobs, n;
         README lists each parameter's support)."""
         gen = await gateway.admit("/v1/chat/completions", request, body)
-        answer = ChatAnswer(gen, gateway.token_bytes, body.model, f"chatcmpl-{request.state.request_id}")
+        token_bytes, answer_id = gateway.token_bytes_of(gen), f"chatcmpl-{request.state.request_id}"
+        answer = ChatAnswer(gen, token_bytes, body.model, answer_id)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             return await stream(gateway, request, gen, answer, include)

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import Request
 
+from serving.gateway.canary import CANARY, STABLE, Canary, canary_from_settings, conversation_key
 from serving.gateway.compat import ChatPlan, CompletionPlan, chat_plan, completion_plan
 from serving.gateway.errors import ApiError
 from serving.gateway.holding import ColdStartHold
@@ -65,6 +66,7 @@ class Generation:
     completion_tokens: int | None = 0  # summed over the stream; None if Triton does not report it
     generated: int = 0  # completion tokens seen so far (for the refund, whatever Triton reports)
     released: bool = False
+    role: str = STABLE  # the version serving it: stable, or canary (serving/gateway/canary.py)
 
     def choice(self, index: int) -> Choice:
         if index not in self.choices:
@@ -92,6 +94,16 @@ class Gateway:
         self.prompts = PromptFormatter.load(settings.resolved_tokenizer_dir())
         self.token_bytes = TokenBytes(self.prompts.tokenizer)  # ids -> OpenAI's token/bytes (logprobs)
         self.metrics = GatewayMetrics()
+        # A canary may bring its own tokenizer: its prompt formatter and token bytes (None: the stable's).
+        self.canary_format: tuple[PromptFormatter, TokenBytes] | None = None
+        self.canary: Canary | None = None
+        self.canary_triton: TritonGenerator | None = None  # set when the app starts, with a canary
+        if settings.has_canary:
+            self.canary = canary_from_settings(settings, self.metrics.registry)
+            own = settings.canary_tokenizer_dir
+            if own is not None:
+                prompts = PromptFormatter.load(own)
+                self.canary_format = (prompts, TokenBytes(prompts.tokenizer))
         local = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.limits: Any = LocalKeyLimits(local)
         if settings.rate_limit_redis_url:
@@ -116,14 +128,26 @@ class Gateway:
         self.created = int(time.time())
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's, set when the app starts
 
-    def backend(self) -> TritonGenerator:
-        """The Triton client; 503 while the gateway starts or stops."""
+    def token_bytes_of(self, gen: Generation) -> TokenBytes:
+        """The token bytes (logprobs) of the version serving `gen`."""
+        return self._format(gen.role)[1]
+
+    def _format(self, role: str) -> tuple[PromptFormatter, TokenBytes]:
+        """The prompt formatter and token bytes of `role`'s version."""
+        if role == CANARY and self.canary_format is not None:
+            return self.canary_format
+        return self.prompts, self.token_bytes
+
+    def backend(self, role: str = STABLE) -> TritonGenerator:
+        """The Triton client of `role`'s version; 503 while the gateway starts or stops."""
         if self.draining:
             raise ApiError(
                 503, "the gateway is shutting down; try again shortly", headers={"Retry-After": "1"}
             )
         if self.triton is None:
             raise ApiError(503, "the gateway is starting; try again shortly", headers={"Retry-After": "1"})
+        if role == CANARY and self.canary_triton is not None:
+            return self.canary_triton
         return self.triton
 
     def shutdown_from_thread(self, timeout_s: float = 30.0) -> None:
@@ -143,6 +167,11 @@ class Gateway:
         triton, self.triton = self.triton, None
         if triton is not None:
             await triton.close()
+        canary, self.canary_triton = self.canary_triton, None
+        if canary is not None:
+            await canary.close()
+        if self.canary is not None:
+            await self.canary.close()
         await self.limits.close()
 
     # -- admission -------------------------------------------------------------------------------
@@ -168,12 +197,13 @@ class Gateway:
                 param="max_tokens",
                 code="max_tokens_too_large",
             )
+        role = self.canary.choose(conversation_key(body)) if self.canary is not None else STABLE
         plan: ChatPlan | CompletionPlan
         if isinstance(body, ChatCompletionRequest):
             plan = chat_plan(body)
             param, chars = "messages", sum(len(m.text()) for m in body.messages)
         else:
-            plan = completion_plan(body, self.prompts.fim_tokens)
+            plan = completion_plan(body, self._format(role)[0].fim_tokens)
             param, chars = "prompt", len(body.prompt_text()) + len(body.suffix or "")
         if chars > s.prompt_chars_limit:
             raise ApiError(
@@ -193,7 +223,7 @@ class Gateway:
         self.active += 1  # taken before any await: a burst cannot pass the check together
         try:
             return await self._admit_key(
-                route, str(request.state.key_id), body, plan, max_tokens, asked, param
+                route, str(request.state.key_id), body, plan, max_tokens, asked, param, role
             )
         except BaseException:
             self.active -= 1
@@ -208,8 +238,10 @@ class Gateway:
         max_tokens: int,
         asked: int | None,
         param: str,
+        role: str,
     ) -> Generation:
         s = self.settings
+        prompts = self._format(role)[0]
         n = body.choices()
         wait = await self.limits.admit(key, max_tokens * n)
         if wait:
@@ -221,9 +253,9 @@ class Gateway:
                 code="rate_limit_exceeded",
             )
         try:
-            prompt = await asyncio.to_thread(self._prompt, body, plan)
-            fitted = self._fit(len(prompt.ids), max_tokens, asked, param)
-            params = self._params(body, plan, prompt, fitted)
+            prompt = await asyncio.to_thread(self._prompt, body, plan, prompts)
+            fitted = self._fit(len(prompt.ids), max_tokens, asked, param, prompts.max_context)
+            params = self._params(body, plan, prompt, fitted, prompts.vocab_size)
         except BaseException:
             await self.limits.refund(key, max_tokens * n)
             raise
@@ -232,7 +264,7 @@ class Gateway:
         await self.limits.charge(key, len(prompt.ids))
         if s.log_prompts:
             log.info("prompt", extra={"prompt": prompt.text})
-        return Generation(route, key, params, len(prompt.ids), fitted * n, plan, prompt)
+        return Generation(route, key, params, len(prompt.ids), fitted * n, plan, prompt, role=role)
 
     def _params(
         self,
@@ -240,8 +272,8 @@ class Gateway:
         plan: ChatPlan | CompletionPlan,
         prompt: Prompt,
         max_tokens: int,
+        vocab: int,
     ) -> GenerationParams:
-        vocab = self.prompts.vocab_size
         bias = []
         for token, value in (body.logit_bias or {}).items():
             token_id = int(token) if token.strip().isascii() and token.strip().isdigit() else -1
@@ -281,30 +313,32 @@ class Gateway:
         )
 
     def _prompt(
-        self, body: CompletionRequest | ChatCompletionRequest, plan: ChatPlan | CompletionPlan
+        self,
+        body: CompletionRequest | ChatCompletionRequest,
+        plan: ChatPlan | CompletionPlan,
+        prompts: PromptFormatter,
     ) -> Prompt:
-        """Render and tokenise (runs in a worker thread)."""
+        """Render and tokenise with the serving version's formatter (runs in a worker thread)."""
         try:
             if isinstance(body, ChatCompletionRequest):
                 assert isinstance(plan, ChatPlan)
-                takes_tools = self.prompts.takes_tools
-                messages, tools = chat_messages(body.messages, plan.tools, takes_tools)
-                return self.prompts.chat(messages, tools)
+                messages, tools = chat_messages(body.messages, plan.tools, prompts.takes_tools)
+                return prompts.chat(messages, tools)
             ids = body.prompt_ids()
             if ids is not None:
-                return self.prompts.from_ids(ids)
+                return prompts.from_ids(ids)
             if body.suffix is not None:
-                return self.prompts.fill_in_the_middle(body.prompt_text(), body.suffix)
-            return self.prompts.completion(body.prompt_text())
+                return prompts.fill_in_the_middle(body.prompt_text(), body.suffix)
+            return prompts.completion(body.prompt_text())
         except PromptError as exc:
             param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
             raise ApiError(400, str(exc), param=param) from None
 
-    def _fit(self, prompt_tokens: int, max_tokens: int, asked: int | None, param: str) -> int:
+    def _fit(self, prompt_tokens: int, max_tokens: int, asked: int | None, param: str, context: int) -> int:
         """max_tokens once the prompt is counted: 400 `context_length_exceeded` if the prompt is over
         `max_prompt_tokens`, or prompt + max_tokens over the model's context (a default max_tokens
         shrinks to what fits instead)."""
-        s, context = self.settings, self.prompts.max_context
+        s = self.settings
         if prompt_tokens > s.max_prompt_tokens:
             raise ApiError(
                 400,
@@ -350,7 +384,9 @@ class Gateway:
             self.running += 1
             self.metrics.in_flight.inc()
             try:
-                stream = self.backend().generate(gen.params, request_id, self.settings.generation_timeout_s)
+                stream = self.backend(gen.role).generate(
+                    gen.params, request_id, self.settings.generation_timeout_s
+                )
                 try:
                     async for delta in stream:
                         answered = True
@@ -360,10 +396,14 @@ class Gateway:
                 finally:
                     await stream.aclose()
             except TritonError as exc:
-                wait = not answered and await self.hold.should_hold(exc, self._triton_not_ready)
+                # a canary that is down is the canary's failure (counted below), not a cold start
+                stable = gen.role == STABLE
+                wait = stable and not answered and await self.hold.should_hold(exc, self._triton_not_ready)
                 if wait:
                     continue  # out of the in-flight count first (finally), then into the hold
                 self.metrics.triton_errors.labels(str(exc.status)).inc()
+                if self.canary is not None and exc.status >= 500:
+                    self.canary.record(gen.role, False, None)
                 raise
             finally:
                 self.running -= 1
@@ -413,7 +453,8 @@ class Gateway:
     def _finish(self, gen: Generation, last: Delta) -> None:
         completion = gen.completion_tokens
         if completion is None:
-            completion = sum(self.prompts.count_tokens("".join(c.text)) for c in gen.choices.values())
+            prompts = self._format(gen.role)[0]
+            completion = sum(prompts.count_tokens("".join(c.text)) for c in gen.choices.values())
         gen.generated = completion
         prompt = last.prompt_tokens if last.prompt_tokens is not None else gen.prompt_tokens
         gen.usage = Usage(
@@ -427,3 +468,6 @@ class Gateway:
                 choice.finish_reason = "length" if tokens >= gen.params.max_tokens else "stop"
         self.metrics.completion_tokens.inc(completion)
         self.metrics.prompt_tokens.inc(prompt)
+        if self.canary is not None:
+            ttft = None if gen.first_token_at is None else gen.first_token_at - gen.started
+            self.canary.record(gen.role, True, ttft)

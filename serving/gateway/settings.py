@@ -98,6 +98,41 @@ class GatewaySettings(BaseModel):
     max_held_requests: int = Field(
         default=256, ge=1, description="requests held at once while Triton is cold; beyond, 503 at once"
     )
+    canary_triton_grpc_url: str | None = Field(
+        default=None,
+        description="the canary version's Triton gRPC address: a share canary_weight of conversations goes "
+        "there (serving/gateway/canary.py); unset with canary_triton_discovery: no canary",
+    )
+    canary_triton_discovery: str | None = Field(
+        default=None, description="host:port of a headless Service listing the canary's Triton pods"
+    )
+    canary_tokenizer_dir: Path | None = Field(
+        default=None, description="the canary version's tokenizer.json / generation.json folder"
+    )
+    canary_weight: float = Field(
+        default=10.0, ge=0, le=100, description="percent of conversations sent to the canary (sticky)"
+    )
+    stable_version: str = Field(default="stable", description="the stable version's name in metrics")
+    canary_version: str = Field(default="canary", description="the canary version's name in metrics")
+    canary_window_s: float = Field(default=300.0, gt=0, description="rollback window, seconds")
+    canary_min_requests: int = Field(
+        default=20, ge=1, description="canary generations in the window before it is judged"
+    )
+    canary_max_error_ratio_increase: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="roll back when the canary's error ratio exceeds stable's by more than this",
+    )
+    canary_max_ttft_p95_ratio: float = Field(
+        default=1.5, ge=1, description="roll back when the canary's TTFT p95 exceeds this x stable's"
+    )
+    canary_decision_configmap: str | None = Field(
+        default=None,
+        description="ConfigMap (in canary_decision_namespace) where a rollback is recorded and read by every "
+        "gateway replica; unset: this gateway's memory only (the local stack)",
+    )
+    canary_decision_namespace: str = Field(default="default", description="namespace of that ConfigMap")
     log_prompts: bool = False
     log_level: str = "INFO"
 
@@ -107,7 +142,13 @@ class GatewaySettings(BaseModel):
             raise ValueError(
                 f"default_max_tokens={self.default_max_tokens} exceeds max_tokens_cap={self.max_tokens_cap}"
             )
+        if self.canary_triton_grpc_url and self.canary_triton_discovery:
+            raise ValueError("set one of canary_triton_grpc_url and canary_triton_discovery, not both")
         return self
+
+    @property
+    def has_canary(self) -> bool:
+        return bool(self.canary_triton_grpc_url or self.canary_triton_discovery)
 
     @property
     def public_model_name(self) -> str:

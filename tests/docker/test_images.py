@@ -20,7 +20,12 @@ GATEWAY_DOCKERFILE = ROOT / "docker" / "gateway" / "Dockerfile"
 OURS = ("serving", "model_repo")
 # What the gateway image runs: the server (`python -m serving.gateway`), the model locator (its init
 # container), and the shared limits module the server imports when the stack gives it a store.
-GATEWAY_ENTRY_POINTS = ("serving.gateway.__main__", "serving.model_locator", "serving.gateway.shared_limits")
+GATEWAY_ENTRY_POINTS = (
+    "serving.gateway.__main__",
+    "serving.model_locator",
+    "serving.gateway.shared_limits",
+    "serving.gateway.canary_store",
+)
 
 
 def copy_image_files(dockerfile: Path, into: Path, drop_line: int | None = None) -> Path:

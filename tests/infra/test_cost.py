@@ -78,3 +78,28 @@ def test_plan_json_carries_cost(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(doc["cost"]) >= {"min", "desired", "max", "fit", "notes"}
     tree = CliRunner().invoke(app, ["plan", "--stack", "gcp-prod"])
     assert "USD per million" in tree.stdout and "throughput estimate:" in tree.stdout
+
+
+def test_idle_cost_keeps_the_gpu_nodes_the_idle_replicas_need_and_drops_them_at_zero() -> None:
+    """Today: the nodes Triton's idle replicas need (prod: 2) at the catalogue's GPU price, plus the system
+    pool at minNodes and the always-on parts; at zero: the system pool and always-on parts only."""
+    from infra.cost import idle_cost
+
+    settings = load_settings({**_aws(), "environment": "prod"})
+    cost = idle_cost(settings)
+    assert cost.gpu_nodes == 2
+    assert cost.today["gpu_pool"] == pytest.approx(2 * AWS_GPU_MACHINES["g5.xlarge"].usd_per_hour)
+    assert "gpu_pool" not in cost.at_zero
+    assert cost.at_zero["system_pool"] == cost.today["system_pool"]
+    assert sum(cost.at_zero.values()) < sum(cost.today.values())
+
+
+def test_the_readme_idle_cost_table_is_the_catalogue_s() -> None:
+    """README's idle-cost table is exactly what `python -m infra.cost` prints for the shipped stacks."""
+    from pathlib import Path
+
+    from infra.cost import idle_cost_table
+
+    stacks = {p.name.removeprefix("Pulumi.").removesuffix(".yaml"): load_stack_file(p) for p in STACK_FILES}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert idle_cost_table(stacks) in readme

@@ -49,10 +49,12 @@ class RunningGateway:
         self.thread.join(15)
 
 
-def start_gateway(settings: GatewaySettings, timeout: float = 20, backend: Any = None) -> RunningGateway:
+def start_gateway(
+    settings: GatewaySettings, timeout: float = 20, backend: Any = None, canary_backend: Any = None
+) -> RunningGateway:
     """`create_app(settings, backend)` served by uvicorn in a thread, on a free loopback port."""
     port = free_port()
-    app = create_app(settings, backend)
+    app = create_app(settings, backend, canary_backend=canary_backend)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

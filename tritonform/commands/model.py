@@ -11,11 +11,13 @@ from typing import Annotated
 
 import typer
 
+from tritonform.commands.rollout import register_rollout
 from tritonform.commands.upload import register_upload
 
 model_app = typer.Typer(
     name="model",
-    help="Work with model checkpoints and built repositories (fetch the default model, upload).",
+    help="Work with model checkpoints and built repositories (fetch the default model, upload) and canary "
+    "rollouts (upload --canary, promote, rollback, status).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -214,4 +216,5 @@ def register(app: typer.Typer) -> None:
     app.command("build")(build_command)
     if not any(c.name == "upload" for c in model_app.registered_commands):
         register_upload(model_app)
+        register_rollout(model_app)
     app.add_typer(model_app, name="model")

@@ -78,6 +78,32 @@ def serve(
             "likely to hold its prompt's prefix in cache (multi-turn chats return to the same one).",
         ),
     ] = 1,
+    canary: Annotated[
+        Path | None,
+        typer.Option(
+            "--canary",
+            metavar="DIR",
+            help="Try a second built repository (the new version) as a canary: it runs in its own Triton "
+            "beside the stable one, takes --canary-weight percent of conversations (each conversation stays "
+            "on one version) and is rolled back automatically when its errors or TTFT exceed the stable "
+            "version's; `tritonform model status --url URL` shows both versions' figures.",
+        ),
+    ] = None,
+    canary_weight: Annotated[
+        float,
+        typer.Option(
+            "--canary-weight", metavar="PERCENT", min=1, max=100, help="Conversations to the canary."
+        ),
+    ] = 10.0,
+    canary_fail_every: Annotated[
+        int | None,
+        typer.Option(
+            "--canary-fail-every",
+            metavar="N",
+            min=1,
+            help="Rehearsal: serve a copy of --canary that fails every N-th request, to watch the rollback.",
+        ),
+    ] = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -105,6 +131,10 @@ def serve(
             model_repo = _build_default(quiet)
         elif not model_repo.is_dir():
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
+        if canary is not None and not canary.is_dir():
+            raise _fail(f"--canary {canary} does not exist; build the new version with `tritonform build`")
+        if canary_fail_every is not None and canary is None:
+            raise _fail("--canary-fail-every needs --canary DIR (the version to break on purpose)")
         stack = LocalStack(
             LocalStackConfig(
                 model_repository=model_repo,
@@ -113,6 +143,9 @@ def serve(
                 api_key=api_key,
                 idle_stop_s=idle_stop,
                 triton_replicas=triton_replicas,
+                canary_repository=canary,
+                canary_weight=canary_weight,
+                canary_fail_every=canary_fail_every,
             )
         )
         if quiet:
@@ -140,6 +173,12 @@ def serve(
                 console.print(
                     f"Triton stops after {idle_stop:g} s idle and starts again on the next request "
                     "(held by the gateway meanwhile)."
+                )
+            if canary is not None:
+                console.print(
+                    f"Canary {canary} takes {canary_weight:g}% of conversations; its figures and the rollback"
+                    f" decision: tritonform model status --url {stack.url}",
+                    soft_wrap=True,
                 )
             console.print("Press Ctrl-C to stop.")
         threading.Event().wait()  # until Ctrl-C

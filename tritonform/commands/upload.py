@@ -95,8 +95,21 @@ def register_upload(model_app: Any, run: Callable[..., Any] = subprocess.run) ->
                 help="With --stack: pin the stack's serving version (triton.modelVersion) to the upload.",
             ),
         ] = True,
+        canary: Annotated[
+            int | None,
+            typer.Option(
+                "--canary",
+                metavar="PERCENT",
+                min=1,
+                max=99,
+                help="With --stack: try the upload as a canary beside the stable version (canary.version and "
+                "canary.weight) instead of pinning it; the gateways split conversations and roll it back "
+                "by themselves on bad figures; end it with `tritonform model promote|rollback`.",
+            ),
+        ] = None,
     ) -> None:
-        """Upload a built repository as a new version; with --stack, pin the stack to it."""
+        """Upload a built repository as a new version; with --stack, pin the stack to it (or, with --canary,
+        start it as a canary beside the stable version)."""
         from rich.console import Console
         from rich.markup import escape
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
@@ -107,6 +120,11 @@ def register_upload(model_app: Any, run: Callable[..., Any] = subprocess.run) ->
         console = Console(stderr=True)
         if (to is None) == (stack is None):
             console.print("[red]Give exactly one of --to URI or --stack NAME.[/red]")
+            raise typer.Exit(2)
+        if canary is not None and (stack is None or not set_version):
+            console.print(
+                "[red]--canary starts a canary on a stack: give --stack NAME (and not --no-set-version)."
+            )
             raise typer.Exit(2)
         try:
             destination = to if to is not None else resolve_stack_uri(str(stack), run=run)
@@ -134,7 +152,31 @@ def register_upload(model_app: Any, run: Callable[..., Any] = subprocess.run) ->
         else:
             console.print(f"Uploaded version {result.version}: {result.uploaded_files} files")
         typer.echo(result.repository_uri)
+        if canary is not None and stack is not None:
+            _start_canary(console, result.version, stack, canary, run)
+            return
         _pin_version(console, result.version, stack, set_version, run)
+
+
+def _start_canary(console: Any, version: str, stack: str, weight: int, run: Callable[..., Any]) -> None:
+    """Set the stack's canary to the uploaded version (the stable one stays as it is)."""
+    from rich.markup import escape
+
+    from tritonform.commands.rollout import RolloutError, set_canary
+
+    try:
+        set_canary(stack, version, weight, run)
+    except RolloutError as exc:
+        console.print(f"[red]Uploaded version {version}, but the stack's canary was not set:[/red]")
+        console.print(escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(
+        f"Stack {stack}: version {version} is the canary for {weight}% of conversations. `pulumi up "
+        f"--stack {stack}` starts it beside the stable version; `tritonform model status --stack {stack}` "
+        "shows both.",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _pin_version(

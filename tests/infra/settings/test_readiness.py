@@ -90,3 +90,16 @@ def test_an_eks_minor_without_a_cluster_autoscaler_release_blocks_naming_the_cho
     (blocker,) = check_readiness(load_stack_file(path), DAY).blockers  # EKS itself creates 1.37
     assert blocker.startswith("tritonform:cluster.kubernetesVersion is 1.37")
     assert "cluster-autoscaler" in blocker and "1.36 (v1.36.1)" in blocker
+
+
+def test_triton_at_zero_with_a_gpu_node_kept_up_is_a_warning() -> None:
+    """minReplicas 0 with gpuPool.minNodes > 0 would keep a GPU node up with nothing on it: warned, not
+    blocked; with minNodes 0 nothing is said."""
+    from infra.settings import load_settings
+
+    base = {"cloud": "aws", "region": "us-east-1", "triton": {"minReplicas": 0}}
+    kept = load_settings({**base, "gpuPool": {"instanceType": "g5.xlarge", "minNodes": 1, "desiredNodes": 1}})
+    warnings = check_readiness(kept, DAY).warnings
+    assert any("triton.minReplicas is 0 but gpuPool.minNodes is 1" in w for w in warnings)
+    freed = load_settings({**base, "gpuPool": {"instanceType": "g5.xlarge", "minNodes": 0}})
+    assert not any("minReplicas is 0" in w for w in check_readiness(freed, DAY).warnings)
