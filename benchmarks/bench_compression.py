@@ -1,21 +1,27 @@
-"""Compression pays (issue 17): prune a quarter of the default model's layers, distil, build int4; one run.
+"""Compression pays (issue 17): depth- and width-prune the default model, distil, build int4; one run.
 
-    .venv/bin/python benchmarks/bench_compression.py [--drop-layers 8] [--prompts 192] [--epochs 2]
-                                                     [--threads 2] [--tokens 64] [--json FILE]
+    .venv/bin/python benchmarks/bench_compression.py [--drop-layers 8] [--prompts 192] [--steps 24]
+                                                     [--stage prune|train|all] [--json FILE]
 
-The recipe of NVIDIA's Minitron at this scale:
-1. the teacher (SmolLM2-135M, 30 layers) answers `--prompts` made-up writing prompts (greedy): the
-   calibration and distillation text (no data set is needed);
-2. `prune`: drop the `--drop-layers` layers whose removal turns the hidden states least on that text;
-3. `distill`: KL to the teacher's logits (temperature 1, alpha 0.9) plus the label loss, on the same text;
-4. perplexity on held-out prose the teacher never wrote (model_repo/data/heldout.txt, the build gates'
-   text) for teacher, pruned and distilled: the share of the pruning loss that distillation recovered;
-5. `tritonform build --quantize int4` of the teacher and of the distilled student (each passes its quality
-   gates against its own fp32 export) and their engines' tokens/s side by side, batch 1, greedy.
+The recipe of NVIDIA's Minitron (Compact Language Models via Pruning and Knowledge Distillation) at the
+scale of two shared CPU cores:
+1. the teacher (SmolLM2-135M-Instruct, 30 layers) answers `--prompts` made-up writing prompts (greedy):
+   the calibration and distillation text, so no data set is needed;
+2. prune two ways to the same parameter count: depth (`--drop-layers`, the layers whose removal turns the
+   hidden states least) and width (`--mlp-keep`, computed so the MLPs lose as many weights as the dropped
+   layers hold; the channels with the largest activations stay);
+3. distil each (KL to the teacher's logits at `--temperature`, weight `--alpha`, plus the label loss on
+   the rest; `--steps` steps of `--batch` conversations);
+4. perplexity on held-out prose none of them trained on (model_repo/data/heldout.txt, the build gates'
+   text) for teacher, pruned and distilled: the share of the pruning loss distillation recovered;
+5. `tritonform build --quantize int4` of the teacher and of each distilled student (each with its quality
+   gates against its own fp32 export), and their engines' tokens/s side by side, batch 1, greedy, rounds
+   alternated.
 
-Artefacts are cached under ${TRITONFORM_CACHE:-~/.cache/tritonform}/bench/compression/<key>/ keyed by the
-settings and the training code, so a re-run only re-measures. The machine is shared (2 cores, other
-sessions): the load average is printed with the figures; compare ratios measured in the same run.
+Each expensive step is cached under ${TRITONFORM_CACHE:-~/.cache/tritonform}/bench/compression/, keyed by
+its inputs' content (the teacher, the text, the code of that step, its settings, the step before it), so a
+re-run only redoes what changed and re-measures. The machine is shared (2 cores, other sessions): the load
+average is printed with the figures; compare ratios measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SUBJECTS = (
@@ -43,6 +52,7 @@ FORMS = (
     "Explain to a child what is special about {}.", "Write a diary entry about {}.",
     "Give three observations about {}.", "Write a short news report about {}.", "Describe a morning with {}.",
 )  # fmt: skip
+TRAINING = ROOT / "model_repo" / "training"
 
 
 def prompts(count: int) -> list[list[dict[str, str]]]:
@@ -50,15 +60,61 @@ def prompts(count: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": text}] for text in items[:count]]
 
 
-def _key(args: argparse.Namespace) -> str:
-    code = b"".join(
-        p.read_bytes() for p in sorted((Path(__file__).parents[1] / "model_repo" / "training").glob("*.py"))
-    )
-    settings = f"{args.drop_layers}:{args.prompts}:{args.epochs}:{args.answer_tokens}".encode()
-    return hashlib.sha256(code + settings).hexdigest()[:16]
+def key(*parts: object) -> str:
+    """A content key: strings, numbers and files (their bytes) hashed together."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.read_bytes() if isinstance(part, Path) else repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
-def _tok_s(engine_dir: Path, threads: int, ids: list[list[int]], tokens: int) -> float:
+def cached(path: Path, marker: str, make: Callable[[Path], object], timings: dict[str, float]) -> Path:
+    """`path` if it holds `marker` (a finished step); else make it in a temporary sibling, then rename."""
+    if (path / marker).is_file():
+        return path
+    import shutil
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    make(tmp)
+    timings[path.name.rsplit("-", 1)[0]] = time.perf_counter() - t0
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} cores"
+
+
+def parameters(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in path.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                n = 1
+                for d in st.get_slice(name).get_shape():
+                    n *= int(d)
+                total += n
+    return total
+
+
+def mlp_keep_for_same_size(config: dict[str, Any], drop: int) -> float:
+    """The MLP share that removes as many weights as `drop` whole layers hold (attention included)."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    head = config.get("head_dim") or h // config["num_attention_heads"]
+    attn = h * head * (2 * config["num_attention_heads"] + 2 * config["num_key_value_heads"])
+    per_layer = attn + 3 * h * inter + 2 * h  # + the two norms
+    removed_channels = drop * per_layer / (layers * 3 * h)
+    return 1.0 - removed_channels / inter
+
+
+def tok_s(engine_dir: Path, threads: int, ids: list[list[int]], tokens: int) -> float:
     from model_repo.runtime.engine import Engine
 
     engine = Engine.load(engine_dir, num_threads=threads)
@@ -71,106 +127,170 @@ def _tok_s(engine_dir: Path, threads: int, ids: list[list[int]], tokens: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--drop-layers", type=int, default=8, help="a quarter of 30, rounded up")
-    ap.add_argument("--prompts", type=int, default=192)
+    ap.add_argument("--drop-layers", type=int, default=8, help="depth pruning: a quarter of 30, rounded up")
+    ap.add_argument("--mlp-keep", type=float, default=None, help="width pruning (default: the same size)")
+    ap.add_argument("--prompts", type=int, default=192, help="teacher answers = the distillation text")
     ap.add_argument("--answer-tokens", type=int, default=96)
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
+    ap.add_argument("--steps", type=int, default=24, help="distillation steps per student")
+    ap.add_argument("--batch", type=int, default=8, help="conversations per distillation step")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--alpha", type=float, default=1.0, help="KL weight (Minitron: logits only, 1.0)")
+    ap.add_argument("--variants", default="depth,width", help="which pruned students: depth, width")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt in the speed run")
+    ap.add_argument(
+        "--stage", choices=("prune", "train", "all"), default="all",
+        help="prune: stop after pruning (prints the pruned models' perplexity); train: stop after "
+        "distillation (variants may train in parallel processes, then run 'all')",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     import torch
 
-    from model_repo.build import BuildOptions, build
+    from model_repo.build import BuildOptions, build, build_code_digest
     from model_repo.checkpoint import cache_dir, fetch_default
     from model_repo.gates import HELDOUT_TEXT
     from model_repo.training.data import ChatExample, write_chat_jsonl
     from model_repo.training.distill import DistillConfig, run_distill, teacher_answers
     from model_repo.training.evaluate import text_perplexity
     from model_repo.training.finetune import load_model, load_tokenizer
-    from model_repo.training.prune import prune_checkpoint
+    from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
 
     torch.set_num_threads(args.threads)
+    print(f"start: {load()}", flush=True)
     teacher = fetch_default(print)
-    root = cache_dir() / "bench" / "compression" / _key(args)
+    root = cache_dir() / "bench" / "compression"
     root.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(teacher)
     timings: dict[str, float] = {}
+    config = json.loads((teacher / "config.json").read_text())
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    mlp_keep = args.mlp_keep or mlp_keep_for_same_size(config, args.drop_layers)
 
-    text_file = root / "teacher-answers.jsonl"
-    if not text_file.is_file():
-        t0 = time.perf_counter()
-        asked = [ChatExample(tuple(p), "-", i + 1) for i, p in enumerate(prompts(args.prompts))]
-        answers = teacher_answers(load_model(teacher), tok, asked, args.answer_tokens)
-        write_chat_jsonl(text_file, answers)
-        timings["teacher answers"] = time.perf_counter() - t0
-    pruned = root / "pruned"
-    if not (pruned / "pruning.json").is_file():
-        t0 = time.perf_counter()
-        prune_checkpoint(teacher, pruned, args.drop_layers, text_file)
-        timings["prune"] = time.perf_counter() - t0
-    distilled = root / "distilled"
-    if not (distilled / "training.json").is_file():
-        t0 = time.perf_counter()
-        run_distill(
-            DistillConfig(
-                teacher=str(teacher), student=str(pruned), out=str(distilled), data=str(text_file),
-                epochs=args.epochs, learning_rate=1e-4, batch_size=8, temperature=1.0, alpha=0.9,
-            )
-        )  # fmt: skip
-        timings["distill"] = time.perf_counter() - t0
+    asked = prompts(args.prompts)
+    answers_dir = root / f"answers-{key(teacher.name, asked, args.answer_tokens)}"
+
+    def answer(out: Path) -> None:
+        out.mkdir(parents=True)
+        examples = [ChatExample(tuple(p), "-", i + 1) for i, p in enumerate(asked)]
+        write_chat_jsonl(
+            out / "answers.jsonl", teacher_answers(load_model(teacher), tok, examples, args.answer_tokens)
+        )
+
+    text = cached(answers_dir, "answers.jsonl", answer, timings) / "answers.jsonl"
+    calibration = answers_dir / f"calibration-{args.calibration}.jsonl"
+    if not calibration.is_file():
+        lines = text.read_text(encoding="utf-8").splitlines(keepends=True)
+        calibration.write_text("".join(lines[: args.calibration]), encoding="utf-8")
+    prune_settings = {"depth": (args.drop_layers, None), "width": (0, mlp_keep)}
+    students: dict[str, dict[str, Path]] = {}
+    for variant in variants:
+        drop, keep = prune_settings[variant]
+        pkey = key(teacher.name, calibration, TRAINING / "prune.py", drop, keep)
+        pruned = cached(
+            root / f"pruned-{variant}-{pkey}",
+            PRUNING_FILE,
+            lambda out, d=drop, k=keep: prune_checkpoint(teacher, out, d, calibration, k),
+            timings,
+        )
+        if args.stage == "prune":
+            value = text_perplexity(load_model(pruned), tok, HELDOUT_TEXT.read_text(encoding="utf-8"))
+            print(f"{variant} pruned: held-out perplexity {value:.2f}; {parameters(pruned) / 1e6:.1f} M "
+                  f"parameters; {load()}; {timings}", flush=True)  # fmt: skip
+            continue
+        settings = (args.steps, args.batch, args.lr, args.temperature, args.alpha)
+        dkey = key(pkey, text, TRAINING / "distill.py", TRAINING / "finetune.py", settings)
+
+        def distil(out: Path, student: Path = pruned) -> None:
+            run_distill(
+                DistillConfig(
+                    teacher=str(teacher), student=str(student), out=str(out), data=str(text),
+                    max_steps=args.steps, learning_rate=args.lr, batch_size=args.batch,
+                    temperature=args.temperature, alpha=args.alpha,
+                )
+            )  # fmt: skip
+
+        distilled = cached(root / f"distilled-{variant}-{dkey}", "training.json", distil, timings)
+        students[variant] = {"pruned": pruned, "distilled": distilled}
+    if args.stage != "all":
+        print(f"trained {', '.join(variants)}: {load()}; {timings}")
+        return
 
     heldout = HELDOUT_TEXT.read_text(encoding="utf-8")
-    ppl = {name: text_perplexity(load_model(path), tok, heldout) for name, path in
-           (("teacher", teacher), ("pruned", pruned), ("distilled", distilled))}  # fmt: skip
-    lost = ppl["pruned"] - ppl["teacher"]
-    recovered = (ppl["pruned"] - ppl["distilled"]) / lost if lost > 0 else float("nan")
+    ppl: dict[str, float] = {"teacher": text_perplexity(load_model(teacher), tok, heldout)}
+    for variant, paths in students.items():
+        for stage, path in paths.items():
+            ppl[f"{variant} {stage}"] = text_perplexity(load_model(path), tok, heldout)
+    print(f"perplexity measured: {load()}", flush=True)
 
-    builds: dict[str, dict[str, object]] = {}
-    for name, path in (("teacher", teacher), ("distilled", distilled)):
-        repo = root / f"repo-{name}-int4"
-        report_file = repo / "llm" / "1" / "engine" / "build_report.json"
-        if not report_file.is_file():
-            t0 = time.perf_counter()
-            build(BuildOptions(model=str(path), out=repo, quantize="int4"), lambda *_: None, print)
-            timings[f"build {name} int4"] = time.perf_counter() - t0
-        builds[name] = json.loads(report_file.read_text())
+    engines = {}
+    for name, model in [("teacher", teacher), *((v, p["distilled"]) for v, p in students.items())]:
+        bkey = key(model.name, build_code_digest("bench-int4"))
+
+        def make(repo: Path, model: Path = model) -> None:
+            build(BuildOptions(model=str(model), out=repo, quantize="int4"), lambda *_: None, print)
+
+        repo = cached(root / f"repo-{name}-int4-{bkey}", "REPOSITORY.json", make, timings)
+        engines[name] = repo / "llm" / "1" / "engine"
+    reports = {n: json.loads((e / "build_report.json").read_text()) for n, e in engines.items()}
     prompt_ids = [
         tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)["input_ids"] for p in prompts(3)
     ]
-    speed = {}
+    speed: dict[str, float] = {}
     for _round in range(2):  # alternate, keep each one's best: the cores are shared
-        for name in ("teacher", "distilled"):
-            engine_dir = root / f"repo-{name}-int4" / "llm" / "1" / "engine"
-            speed[name] = max(speed.get(name, 0.0), _tok_s(engine_dir, args.threads, prompt_ids, args.tokens))
+        for name, engine_dir in engines.items():
+            speed[name] = max(speed.get(name, 0.0), tok_s(engine_dir, args.threads, prompt_ids, args.tokens))
+    print(f"speed measured: {load()}", flush=True)
 
-    layers = json.loads((pruned / "pruning.json").read_text())
     print(
-        f"\nteacher {teacher.name}: 30 layers; dropped {layers['dropped']} ({len(layers['dropped'])} layers)"
+        f"\nteacher {teacher.name}: {config['num_hidden_layers']} layers, "
+        f"{parameters(teacher) / 1e6:.1f} M parameters"
     )
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (shared machine)")
-    print(f"perplexity on held-out prose ({HELDOUT_TEXT.name}):")
-    for name, value in ppl.items():
-        print(f"  {name:<10}{value:>8.2f}  ({value / ppl['teacher'] - 1:+.1%} vs teacher)")
-    print(f"  distillation recovered {recovered:.0%} of what pruning lost")
-    for name, report in builds.items():
-        q = report.get("quality") or {}
-        print(
-            f"int4 {name:<10} quality gate vs own fp32: agreement {q.get('agreement', 0):.1%}, "
-            f"ppl {q.get('perplexity_increase', 0):+.2%} (passed: {q.get('passed', True)})"
+    for variant, paths in students.items():
+        record = json.loads((paths["pruned"] / PRUNING_FILE).read_text())
+        what = (
+            f"dropped layers {record['dropped']}"
+            if variant == "depth"
+            else f"MLP channels {record['mlp']['channels_before']} -> {record['mlp']['channels_kept']}"
         )
-    ratio = speed["distilled"] / speed["teacher"]
-    print(f"int4 engine tok/s, batch 1, {args.tokens} new tokens: teacher {speed['teacher']:.1f}, "
-          f"pruned+distilled {speed['distilled']:.1f} ({ratio:.2f}x)")  # fmt: skip
+        summary = json.loads((paths["distilled"] / "training.json").read_text())
+        losses = summary.get("losses") or [float("nan")]
+        print(
+            f"{variant:<6}{what}; {parameters(paths['distilled']) / 1e6:.1f} M parameters; distilled "
+            f"{summary['steps']} steps x {args.batch} conversations, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+        )
+    print(f"perplexity on held-out prose ({HELDOUT_TEXT.name}, never trained on):")
+    for name, value in ppl.items():
+        print(f"  {name:<18}{value:>9.2f}  ({value / ppl['teacher'] - 1:+.1%} vs teacher)")
+    recovered = {}
+    for variant in students:
+        lost = ppl[f"{variant} pruned"] - ppl["teacher"]
+        recovered[variant] = (
+            (ppl[f"{variant} pruned"] - ppl[f"{variant} distilled"]) / lost if lost > 0 else float("nan")
+        )
+        print(f"  {variant}: distillation recovered {recovered[variant]:.0%} of what pruning lost")
+    for name, report in reports.items():
+        q = report.get("quality") or {}
+        print(f"int4 {name:<8} quality gate vs own fp32: agreement {q.get('agreement', 0):.1%}, "
+              f"ppl {q.get('perplexity_increase', 0):+.2%} (passed: {q.get('passed')})")  # fmt: skip
+    ratios = {n: speed[n] / speed["teacher"] for n in students}
+    print(
+        f"int4 engine tok/s, batch 1, {args.tokens} new tokens, {args.threads} threads: "
+        + ", ".join(
+            f"{n} {v:.1f}" + (f" ({ratios[n]:.2f}x)" if n in ratios else "") for n, v in speed.items()
+        )
+    )
     for step, seconds in timings.items():
         print(f"  time: {step} {seconds:.0f} s")
+    print(f"end: {load()}")
     figures = {
-        "perplexity": ppl, "recovered": recovered, "tok_s": speed, "speedup": ratio,
-        "dropped": layers["dropped"], "timings_s": timings,
-        "quality": {n: r.get("quality") for n, r in builds.items()},
+        "perplexity": ppl, "recovered": recovered, "tok_s": speed, "speedup": ratios, "mlp_keep": mlp_keep,
+        "settings": vars(args) | {"json": None}, "timings_s": timings,
+        "quality": {n: r.get("quality") for n, r in reports.items()}, "load": os.getloadavg(),
     }  # fmt: skip
-    (root / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -335,8 +335,8 @@ class Edge(_Neutral):
         self._finish({"endpoint_url": pulumi.Output.from_input(endpoint_url)})
 
 
-TRITON_IMAGE, GATEWAY_IMAGE = "tritonform-triton", "tritonform-gateway"
-IMAGE_NAMES = (TRITON_IMAGE, GATEWAY_IMAGE)
+TRITON_IMAGE, GATEWAY_IMAGE, TRAINER_IMAGE = "tritonform-triton", "tritonform-gateway", "tritonform-trainer"
+IMAGE_NAMES = (TRITON_IMAGE, GATEWAY_IMAGE, TRAINER_IMAGE)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ DESCRIPTIONS: dict[str, str] = {
     "tokenizer files.",
     "workload.trainerServiceAccount": "Service account training Jobs run as; its identity reads datasets/ "
     "and writes checkpoints/ only.",
+    "workload.trainerImage": "A prebuilt image for training Jobs to run instead of building docker/trainer.",
 }
 
 

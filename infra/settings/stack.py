@@ -170,6 +170,9 @@ class WorkloadSettings(_Settings):
     gateway_service_account: str = "gateway"
     # Training Jobs (`tritonform finetune --stack`): bound to the trainer identity (datasets/, checkpoints/)
     trainer_service_account: str = "trainer"
+    # The image those Jobs run: None builds docker/trainer and pushes it to the stack's registry (like the
+    # gateway's image); or a prebuilt image with tritonform's training code and its dependencies.
+    trainer_image: str | None = None
 
     @field_validator(
         "namespace", "triton_service_account", "gateway_service_account", "trainer_service_account"

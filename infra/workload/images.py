@@ -1,6 +1,9 @@
-"""Container images: built from docker/triton and docker/gateway and pushed to the stack's registry.
+"""Container images: built from docker/triton, docker/gateway and docker/trainer and pushed to the stack's
+registry (the trainer image is what `tritonform finetune|distill --stack` Jobs run; nothing of the
+stack's own workload runs it).
 
-A stack may instead name prebuilt images (`triton.image`, `gateway.image`); then nothing is built.
+A stack may instead name prebuilt images (`triton.image`, `gateway.image`, `workload.trainerImage`); then
+that one is not built.
 The workload runs the digest-pinned reference the build returns.
 """
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pulumi
 
-from infra.platform.base import GATEWAY_IMAGE, TRITON_IMAGE, ContainerRegistry
+from infra.platform.base import GATEWAY_IMAGE, TRAINER_IMAGE, TRITON_IMAGE, ContainerRegistry
 from infra.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,12 +26,13 @@ DISTRIBUTION = "tritonform"  # the installed kit; its version tags the images it
 class Images:
     triton: pulumi.Input[str]
     gateway: pulumi.Input[str]
+    trainer: pulumi.Input[str]
 
 
 def build_images(
     settings: StackSettings, registry: ContainerRegistry, opts: pulumi.ResourceOptions
 ) -> Images:
-    """Build (or take from the settings) both images."""
+    """Build (or take from the settings) the three images."""
     kit_version = version(DISTRIBUTION)
     if settings.model.backend == "tensorrt-llm":
         # TensorRT-LLM's LLM API runs in NGC's own image of the same release (it carries tensorrt_llm):
@@ -48,7 +52,10 @@ def build_images(
     gateway = settings.gateway.image or _build(
         settings, registry, GATEWAY_IMAGE, "docker/gateway/Dockerfile", kit_version, {}, opts
     )
-    return Images(triton=triton, gateway=gateway)
+    trainer = settings.workload.trainer_image or _build(
+        settings, registry, TRAINER_IMAGE, "docker/trainer/Dockerfile", kit_version, {}, opts
+    )
+    return Images(triton=triton, gateway=gateway, trainer=trainer)
 
 
 def _build(

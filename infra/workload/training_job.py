@@ -27,6 +27,7 @@ from model_repo.storage import StorageUri
 TRAINING_APP = "tritonform-training"  # the app label the namespace's network policies know
 TRAINER_UID = 10003  # a high id no node account uses
 RENDEZVOUS_PORT = 29500
+IMAGE_DEFAULT_MODEL = "/opt/tritonform/default-model"  # where docker/trainer puts `--model default`
 DATASETS_PREFIX = TRAINER_READ_PREFIX.rstrip("/")
 CHECKPOINTS_PREFIX = TRAINER_WRITE_PREFIX.rstrip("/")
 

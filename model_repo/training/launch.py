@@ -69,7 +69,17 @@ def run(step: str, config: Any, nproc: int = 1) -> dict[str, Any]:
     return summary
 
 
+USAGE = (
+    "usage: python -m model_repo.training.launch {finetune|distill} CONFIG.json\n"
+    "Runs one training step in this process (one torchrun worker); CONFIG.json holds the step's settings\n"
+    "(FinetuneConfig or DistillConfig as JSON). Users run `tritonform finetune` or `tritonform distill`."
+)
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in STEPS:
+        print(USAGE, file=sys.stderr if argv[:1] not in (["--help"], ["-h"]) else sys.stdout)
+        return 0 if argv[:1] in (["--help"], ["-h"]) else 2
     step, config_file = argv
     config = json.loads(Path(config_file).read_text())
     if int(os.environ.get("RANK", "0")) != 0:

@@ -49,6 +49,26 @@ def test_bad_model_and_metric_are_clear_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "exactly one of --data" in result.output
 
 
+def test_prune_without_a_choice_or_with_a_bad_fraction_is_one_clear_line(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    base = [
+        "prune",
+        "--model",
+        str(tiny_llama_checkpoint),
+        "--out",
+        str(tmp_path / "p"),
+        "--calibration",
+        str(data),
+    ]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 2 and "nothing to prune" in result.output
+    result = runner.invoke(app, [*base, "--mlp-keep", "1.5"])
+    assert result.exit_code == 2 and "--mlp-keep must be a fraction" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "p").exists()
+
+
 def test_finetune_then_eval_locally_on_the_tiny_model(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
     data = write_facts(tmp_path / "facts.jsonl")
     out = tmp_path / "ft"
@@ -82,6 +102,12 @@ def test_finetune_render_for_aws_dev_writes_a_strictly_valid_job(tmp_path: Path)
     assert pod["serviceAccountName"] == "trainer" and docs[1]["spec"]["completions"] == 2
     assert "/datasets/" in pod["initContainers"][0]["command"][-1]
     assert "/checkpoints/" in pod["containers"][0]["command"][-1]
+    # without --image the Job runs the stack's own trainer image (docker/trainer, pushed by the stack)
+    train = pod["initContainers"][1]
+    assert (
+        train["name"] == "train" and "/tritonform-trainer:" in train["image"] and "@sha256:" in train["image"]
+    )
+    assert "/opt/tritonform/default-model" in train["command"][-1]  # `--model default` inside the image
     # a second render replaces the first; a folder holding something else is refused
     assert runner.invoke(app, ["finetune", "--stack", "aws-dev", "--render", str(out), "--data", str(data),
                                "--out", "x"]).exit_code == 0  # fmt: skip
@@ -146,16 +172,38 @@ def test_submit_uploads_the_data_then_creates_the_objects(tmp_path: Path) -> Non
 
 
 def test_submit_without_an_image_or_with_a_failing_api_is_one_clear_line(tmp_path: Path) -> None:
+    """A stack deployed before the trainer image existed exports none: one line says what to do; the
+    stack's exported image is what runs otherwise; an API refusal is one line too."""
+    import typer
+
     data = write_facts(tmp_path / "facts.jsonl")
-    result = runner.invoke(app, ["finetune", "--stack", "aws-dev", "--data", str(data), "--out", "o"])
-    assert result.exit_code == 2 and "--image is required" in result.output
+    outputs = json.dumps({"bucket_uri": "s3://b"})
+
+    def pulumi(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 0, outputs, "")
+
+    with pytest.raises(typer.Exit) as caught:
+        train_remote.submit_remote(
+            "finetune", "aws-dev", None, None, 1, 1, data, "default", Path("o"), {}, pulumi_run=pulumi,
+            submit=lambda _objects: None, store_factory=lambda _loc: _FakeStore(),
+        )  # fmt: skip
+    assert caught.value.exit_code == 2
+    submitted: list[list[dict[str, Any]]] = []
+    outputs = json.dumps(
+        {"bucket_uri": "s3://b", "trainer_image": "r.example/tritonform-trainer:1@sha256:ab"}
+    )
+    train_remote.submit_remote(
+        "distill", "aws-dev", None, None, 1, 1, data, "default", Path("o"), {"teacher": "default"},
+        pulumi_run=pulumi, submit=submitted.append, store_factory=lambda _loc: _FakeStore(),
+    )  # fmt: skip
+    train = submitted[0][1]["spec"]["template"]["spec"]["initContainers"][1]
+    assert train["image"] == "r.example/tritonform-trainer:1@sha256:ab"
+    config = json.loads(train["command"][-1].split("echo ", 1)[1].split(" > /work/config.json")[0].strip("'"))
+    assert config["teacher"] == config["student"] == "/opt/tritonform/default-model"
 
     def refuse(_objects: list[dict[str, Any]]) -> None:
         raise RuntimeError("Forbidden: jobs.batch is forbidden")
 
-    import typer
-
-    outputs = json.dumps({"bucket_uri": "s3://b"})
     with pytest.raises(typer.Exit) as caught:
         train_remote.submit_remote(
             "finetune", "aws-dev", None, "img", 1, 1, data, "default", Path("o"), {},

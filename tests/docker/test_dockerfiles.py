@@ -40,7 +40,7 @@ def test_copied_paths_exist_and_requirements_are_pinned(dockerfile: Path) -> Non
 
 
 def test_both_images_exist() -> None:
-    assert [p.parent.name for p in DOCKERFILES] == ["gateway", "triton", "triton-trtllm"]
+    assert [p.parent.name for p in DOCKERFILES] == ["gateway", "trainer", "triton", "triton-trtllm"]
 
 
 def _pins(path: Path) -> dict[str, str]:

@@ -46,7 +46,11 @@ RenderOpt = Annotated[
 ]
 ImageOpt = Annotated[
     str | None,
-    typer.Option("--image", help="With --stack: the training image (tritonform and its deps installed)."),
+    typer.Option(
+        "--image",
+        help="With --stack: a training image to run instead of the stack's own (docker/trainer, pushed by "
+        "`pulumi up`).",
+    ),
 ]
 NodesOpt = Annotated[int, typer.Option("--nodes", help="With --stack: GPU nodes to train on (one pod each).")]
 
@@ -169,25 +173,38 @@ def _done(out: Path, summary: dict[str, Any]) -> None:
 def prune_command(
     model: ModelOpt,
     out: OutOpt,
-    drop_layers: Annotated[int, typer.Option("--drop-layers", help="How many decoder layers to remove.")],
     calibration: Annotated[
         Path,
         typer.Option(
             "--calibration", help="Text the layers are scored on: chat .jsonl (rendered) or plain text."
         ),
     ],
+    drop_layers: Annotated[
+        int, typer.Option("--drop-layers", help="How many decoder layers to remove (depth pruning).")
+    ] = 0,
+    mlp_keep: Annotated[
+        float | None,
+        typer.Option(
+            "--mlp-keep",
+            help="Width pruning: the share of each MLP's channels to keep, e.g. 0.65 (rounded to 32s).",
+        ),
+    ] = None,
 ) -> None:
-    """Depth-prune a model: remove the N decoder layers whose removal changes the hidden states least on the
-    calibration text (1 - cosine between a layer's input and output, as in NVIDIA's Minitron). Writes the
-    shallower checkpoint and pruning.json (every layer's score); follow with `tritonform distill`."""
+    """Prune a model as in NVIDIA's Minitron. Depth: remove the N decoder layers whose removal changes the
+    hidden states least on the calibration text (1 - cosine between a layer's input and output). Width: keep
+    the MLP channels with the largest activations on that text. Writes the smaller checkpoint and
+    pruning.json (the scores and the choice); follow with `tritonform distill`."""
     from model_repo.training.prune import prune_checkpoint
 
     path = resolve_model(model)
-    result = run_guarded("pruning", lambda: prune_checkpoint(path, out, drop_layers, calibration))
+    result = run_guarded("pruning", lambda: prune_checkpoint(path, out, drop_layers, calibration, mlp_keep))
     from rich.console import Console
 
+    what = [f"dropped layers {result.dropped} of {len(result.importance)}"] if result.dropped else []
+    if result.mlp_channels is not None:
+        what.append(f"kept {result.mlp_channels} MLP channels per layer")
     Console(stderr=True, highlight=False).print(
-        f"dropped layers {result.dropped} of {len(result.importance)}; checkpoint in {out} "
+        f"{'; '.join(what)}; checkpoint in {out} "
         f"(next: tritonform distill --teacher {model} --student {out} ...)"
     )
     typer.echo(str(out))

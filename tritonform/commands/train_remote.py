@@ -154,8 +154,12 @@ def submit_remote(
         )
     if data is None:
         raise fail("--data (or --prompts) is required", EXIT_BAD_INPUT)
-    if model == "default":
-        model = "/opt/tritonform/default-model"  # the training image holds the default checkpoint there
+    from infra.workload.training_job import IMAGE_DEFAULT_MODEL
+
+    # the trainer image holds the default checkpoint (docker/trainer/Dockerfile)
+    model = IMAGE_DEFAULT_MODEL if model == "default" else model
+    if config.get("teacher") == "default":
+        config = {**config, "teacher": IMAGE_DEFAULT_MODEL}
     try:
         path = stack_file(stack)
     except ValueError as exc:
@@ -163,17 +167,20 @@ def submit_remote(
     with console.status(f"planning stack {stack} offline"):
         plan = run_plan(path)
     settings = plan.settings
-    if render is None and image is None:
-        raise fail(
-            "--image is required to submit: an image with tritonform and torch installed", EXIT_BAD_INPUT
-        )
     try:
         outputs = plan.outputs if render is not None else stack_outputs(stack, pulumi_run)
         bucket = str(outputs["bucket_uri"])
+        # the stack's own trainer image (docker/trainer, pushed by `pulumi up`; or workload.trainerImage)
+        image = image or outputs.get("trainer_image")
+        if not isinstance(image, str) or not image:
+            raise ValueError(
+                f"stack {stack} exports no trainer_image (run `pulumi up --stack {stack}` with this "
+                "version of tritonform, or pass --image IMAGE with tritonform's training code installed)"
+            )
         spec = TrainingJobSpec(
             run=run_name(step, data),
             step=step,
-            image=image or "REGISTRY/tritonform-trainer:TAG",
+            image=image,
             bucket_uri=bucket,
             dataset_key=dataset_key(data),
             model=model,

@@ -262,11 +262,14 @@ def test_pods_are_scraped_by_prometheus(plan: Plan) -> None:
 def test_images_are_built_from_our_dockerfiles_and_pinned_by_digest(plan: Plan) -> None:
     builds: list[PlannedResource] = plan.of_type("docker-build:index:Image")
     dockerfiles = sorted(b.inputs["dockerfile"]["location"].rsplit("/", 2)[-2] for b in builds)
-    assert dockerfiles == ["gateway", "triton"]
+    assert dockerfiles == ["gateway", "trainer", "triton"]
     assert all(b.inputs["push"] is True for b in builds)
     for name in ("triton", "gateway"):
         (container,) = _containers(_k8s(plan, "Deployment", name))
         assert "@sha256:" in container["image"]
+    # the trainer image is pushed to the same registry and exported for `tritonform finetune --stack`
+    trainer = plan.outputs["trainer_image"]
+    assert "/tritonform-trainer:" in trainer and "@sha256:" in trainer
 
 
 def test_endpoint_url_is_https(plan: Plan) -> None:

@@ -79,3 +79,79 @@ def test_prune_checkpoint_writes_a_buildable_shallower_checkpoint(
     assert record["dropped"] == result.dropped and len(record["importance"]) == 4
     reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "pruned"))
     assert len(reloaded.model.layers) == 2
+
+
+def test_channels_to_keep_rounds_to_the_int4_block_and_rejects_bad_fractions() -> None:
+    from model_repo.training.prune import channels_to_keep
+
+    assert channels_to_keep(1536, 0.645) == 992  # 990.7 -> the nearest multiple of 32
+    assert channels_to_keep(1536, 1.0) == 1536
+    assert channels_to_keep(128, 0.01) == 32  # never below one block
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(DataError, match="--mlp-keep must be a fraction"):
+            channels_to_keep(1536, bad)
+
+
+def test_width_pruning_keeps_the_channels_that_carry_the_activations(tiny_llama_checkpoint: Path) -> None:
+    """Channels whose down-projection column is zeroed contribute nothing; when half of a layer's channels
+    are silenced that way (their gate rows zeroed, so their activation is 0), they score 0 and pruning to
+    half keeps exactly the others, with unchanged outputs and shapes that match the new config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from model_repo.training.prune import channel_importance, prune_mlp_channels
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_checkpoint)).eval()
+    width = model.config.intermediate_size
+    silent = torch.arange(0, width, 2)  # every other channel
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate_proj.weight[silent] = 0.0  # silu(0) * up = 0: the channel's activation is 0
+    texts = ["the quick brown fox jumps over the lazy dog", "hello world, hello again"]
+    scores = channel_importance(model, tok, texts)
+    assert len(scores) == len(model.model.layers) and all(s.shape == (width,) for s in scores)
+    assert all(float(s[silent].abs().max()) == 0.0 and float(s[1::2].min()) > 0.0 for s in scores)
+    ids = tok("hello world", return_tensors="pt")
+    with torch.no_grad():
+        before = model(**ids).logits
+        prune_mlp_channels(model, scores, width // 2)
+        after = model(**ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    for layer in model.model.layers:
+        assert layer.mlp.gate_proj.weight.shape == (width // 2, model.config.hidden_size)
+        assert layer.mlp.up_proj.weight.shape == (width // 2, model.config.hidden_size)
+        assert layer.mlp.down_proj.weight.shape == (model.config.hidden_size, width // 2)
+    assert model.config.intermediate_size == width // 2
+
+
+def test_a_width_pruned_checkpoint_loads_in_transformers_and_builds(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`prune_checkpoint(..., mlp_keep=0.5)` writes a checkpoint transformers loads with the narrower MLPs,
+    pruning.json records the choice, and `tritonform build` turns it into an int4 repository (the
+    narrower MLP goes through the export's parity gate against the pruned model itself and through 4-bit
+    MatMulNBits; the random tiny model's int4 quality gate is loosened as in test_build.py, the real
+    model's gates run in benchmarks/bench_compression.py)."""
+    from transformers import AutoModelForCausalLM
+
+    from model_repo.build import BuildOptions, build
+
+    calibration = write_facts(tmp_path / "calibration.jsonl")
+    with pytest.raises(DataError, match="nothing to prune"):
+        prune_checkpoint(tiny_llama_checkpoint, tmp_path / "none", 0, calibration)
+    width = json.loads((tiny_llama_checkpoint / "config.json").read_text())["intermediate_size"]
+    result = prune_checkpoint(tiny_llama_checkpoint, tmp_path / "narrow", 0, calibration, mlp_keep=0.5)
+    assert result.mlp_channels == width // 2 and result.dropped == []
+    record = json.loads((tmp_path / "narrow" / PRUNING_FILE).read_text())
+    assert record["mlp"]["channels_kept"] == width // 2 and record["mlp"]["channels_before"] == width
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "narrow"))
+    assert reloaded.model.layers[0].mlp.down_proj.in_features == width // 2
+    assert inspect_checkpoint(tmp_path / "narrow").num_layers == len(reloaded.model.layers)
+    repo = tmp_path / "repo"
+    options = BuildOptions(
+        model=str(tmp_path / "narrow"), out=repo, quantize="int4", min_agreement=0.3, max_ppl_increase=0.5
+    )
+    build(options, lambda *_: None, print)
+    report = json.loads((repo / "llm" / "1" / "engine" / "build_report.json").read_text())
+    assert report["parity"]["passed"] and report["quantization"]["method"] == "int4"

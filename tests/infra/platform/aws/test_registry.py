@@ -9,6 +9,7 @@ def test_ecr_repositories_scan_and_encrypt(dev: Plan) -> None:
     repos = dev.of_type("aws:ecr/repository:Repository")
     assert sorted(r.inputs["name"] for r in repos) == [
         "tf-dev/tritonform-gateway",
+        "tf-dev/tritonform-trainer",
         "tf-dev/tritonform-triton",
     ]
     for repo in repos:
