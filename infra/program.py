@@ -86,7 +86,7 @@ def build_stack(settings: StackSettings) -> dict[str, pulumi.Input[Any]]:
             {
                 "trainer_identity": platform.trainer.identity_id,
                 "trainer_pod_labels": platform.trainer.pod_labels,
-                "trainer_image": images.trainer,
+                **({"trainer_image": images.trainer} if images.trainer is not None else {}),
             }
             if platform.trainer is not None
             else {}

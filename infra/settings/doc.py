@@ -140,6 +140,9 @@ DESCRIPTIONS: dict[str, str] = {
     "workload.trainerServiceAccount": "Service account training Jobs run as; its identity reads datasets/ "
     "and writes checkpoints/ only.",
     "workload.trainerImage": "A prebuilt image for training Jobs to run instead of building docker/trainer.",
+    "workload.buildTrainerImage": "Build docker/trainer (CUDA PyTorch, several GB) and push it to the "
+    "stack's registry on `pulumi up`, for `tritonform finetune|distill --stack` (on in the dev stacks, off "
+    "by default: a serving-only stack never runs it).",
 }
 
 

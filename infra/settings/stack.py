@@ -170,9 +170,11 @@ class WorkloadSettings(_Settings):
     gateway_service_account: str = "gateway"
     # Training Jobs (`tritonform finetune --stack`): bound to the trainer identity (datasets/, checkpoints/)
     trainer_service_account: str = "trainer"
-    # The image those Jobs run: None builds docker/trainer and pushes it to the stack's registry (like the
-    # gateway's image); or a prebuilt image with tritonform's training code and its dependencies.
+    # The image those Jobs run: a prebuilt image with tritonform's training code and its dependencies, or
+    # (build_trainer_image) docker/trainer built and pushed to the stack's registry like the gateway's.
+    # Off by default: a CUDA PyTorch image of several GB that a serving-only stack never runs.
     trainer_image: str | None = None
+    build_trainer_image: bool = False
 
     @field_validator(
         "namespace", "triton_service_account", "gateway_service_account", "trainer_service_account"

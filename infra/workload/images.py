@@ -1,6 +1,6 @@
 """Container images: built from docker/triton, docker/gateway and docker/trainer and pushed to the stack's
 registry (the trainer image is what `tritonform finetune|distill --stack` Jobs run; nothing of the
-stack's own workload runs it).
+stack's own workload runs it, so it is built only with `workload.buildTrainerImage`).
 
 A stack may instead name prebuilt images (`triton.image`, `gateway.image`, `workload.trainerImage`); then
 that one is not built.
@@ -26,13 +26,13 @@ DISTRIBUTION = "tritonform"  # the installed kit; its version tags the images it
 class Images:
     triton: pulumi.Input[str]
     gateway: pulumi.Input[str]
-    trainer: pulumi.Input[str]
+    trainer: pulumi.Input[str] | None  # None: the stack has no trainer image (training Jobs need --image)
 
 
 def build_images(
     settings: StackSettings, registry: ContainerRegistry, opts: pulumi.ResourceOptions
 ) -> Images:
-    """Build (or take from the settings) the three images."""
+    """Build (or take from the settings) the Triton and gateway images, and the trainer's when asked."""
     kit_version = version(DISTRIBUTION)
     if settings.model.backend == "tensorrt-llm":
         # TensorRT-LLM's LLM API runs in NGC's own image of the same release (it carries tensorrt_llm):
@@ -52,9 +52,10 @@ def build_images(
     gateway = settings.gateway.image or _build(
         settings, registry, GATEWAY_IMAGE, "docker/gateway/Dockerfile", kit_version, {}, opts
     )
-    trainer = settings.workload.trainer_image or _build(
-        settings, registry, TRAINER_IMAGE, "docker/trainer/Dockerfile", kit_version, {}, opts
-    )
+    trainer: pulumi.Input[str] | None = settings.workload.trainer_image
+    if trainer is None and settings.workload.build_trainer_image:
+        dockerfile = "docker/trainer/Dockerfile"
+        trainer = _build(settings, registry, TRAINER_IMAGE, dockerfile, kit_version, {}, opts)
     return Images(triton=triton, gateway=gateway, trainer=trainer)
 
 

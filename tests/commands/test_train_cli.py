@@ -87,6 +87,19 @@ def test_finetune_then_eval_locally_on_the_tiny_model(tiny_llama_checkpoint: Pat
     assert figures["examples"] == 12 and set(figures["metrics"]) == {"exact", "bleu", "perplexity"}
 
 
+def test_a_stack_without_a_trainer_image_says_how_to_get_one(tmp_path: Path) -> None:
+    """aws-prod builds no trainer image (serving only): the Job is refused with the setting that builds it
+    and the --image alternative, not rendered with an empty image."""
+    data = write_facts(tmp_path / "facts.jsonl")
+    result = runner.invoke(app, [
+        "finetune", "--stack", "aws-prod", "--render", str(tmp_path / "job"), "--data", str(data),
+        "--out", "ignored",
+    ])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "workload.buildTrainerImage" in result.output and "--image" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "job").exists()
+
+
 def test_finetune_render_for_aws_dev_writes_a_strictly_valid_job(tmp_path: Path) -> None:
     data = write_facts(tmp_path / "facts.jsonl")
     out = tmp_path / "job"

@@ -174,8 +174,9 @@ def submit_remote(
         image = image or outputs.get("trainer_image")
         if not isinstance(image, str) or not image:
             raise ValueError(
-                f"stack {stack} exports no trainer_image (run `pulumi up --stack {stack}` with this "
-                "version of tritonform, or pass --image IMAGE with tritonform's training code installed)"
+                f"stack {stack} exports no trainer_image: build it with `pulumi config set --path "
+                f"--stack {stack} workload.buildTrainerImage true` then `pulumi up --stack {stack}`, or set "
+                "workload.trainerImage, or pass --image IMAGE with tritonform's training code installed"
             )
         spec = TrainingJobSpec(
             run=run_name(step, data),

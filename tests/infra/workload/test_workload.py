@@ -267,9 +267,21 @@ def test_images_are_built_from_our_dockerfiles_and_pinned_by_digest(plan: Plan) 
     for name in ("triton", "gateway"):
         (container,) = _containers(_k8s(plan, "Deployment", name))
         assert "@sha256:" in container["image"]
-    # the trainer image is pushed to the same registry and exported for `tritonform finetune --stack`
+    # the dev stacks build the trainer image (workload.buildTrainerImage), pushed to the same registry and
+    # exported for `tritonform finetune --stack`
     trainer = plan.outputs["trainer_image"]
     assert "/tritonform-trainer:" in trainer and "@sha256:" in trainer
+
+
+@pytest.mark.parametrize("stack", ["aws-prod", "gcp-prod", "azure-prod"])
+def test_a_serving_only_stack_builds_no_trainer_image(serving_plan_of: PlanOf, stack: str) -> None:
+    """The trainer image (CUDA PyTorch, several GB) is built only when a stack asks for it, so a first
+    `pulumi up` of a serving stack does not build and push an image it never runs."""
+    plan = serving_plan_of(stack)
+    builds: list[PlannedResource] = plan.of_type("docker-build:index:Image")
+    dockerfiles = [b.inputs["dockerfile"]["location"].rsplit("/", 2)[-2] for b in builds]
+    assert len(dockerfiles) == 2 and "trainer" not in dockerfiles  # Triton's (ONNX or TRT-LLM), gateway's
+    assert "trainer_image" not in plan.outputs
 
 
 def test_endpoint_url_is_https(plan: Plan) -> None:
