@@ -66,6 +66,15 @@ def layer_importance(model: Any, tokenizer: Any, passages: list[str], max_length
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(before(i), with_kwargs=True))
         handles.append(layer.register_forward_hook(after(i), with_kwargs=True))
+    tokens = _calibrate(model, tokenizer, passages, max_length, handles)
+    return [float(v) for v in total / tokens]
+
+
+def _calibrate(model: Any, tokenizer: Any, passages: Any, max_length: int, handles: list[Any]) -> int:
+    """Run the calibration passages through `model` (its hooks recording), remove the hooks, and return
+    how many tokens were seen (a DataError if none)."""
+    import torch
+
     tokens = 0
     model.eval()
     try:
@@ -79,7 +88,7 @@ def layer_importance(model: Any, tokenizer: Any, passages: list[str], max_length
             handle.remove()
     if tokens == 0:
         raise DataError("the calibration text produced no tokens")
-    return [float(v) for v in total / tokens]
+    return tokens
 
 
 def decoder_layers(model: Any) -> Any:
@@ -133,7 +142,6 @@ def channel_importance(model: Any, tokenizer: Any, passages: list[str], max_leng
 
     mlps = _mlps(model)
     sums = [torch.zeros(m.down_proj.in_features, dtype=torch.float64) for m in mlps]
-    tokens = 0
 
     def record(index: int) -> Any:
         def hook(_module: Any, args: tuple[Any, ...]) -> None:
@@ -142,18 +150,7 @@ def channel_importance(model: Any, tokenizer: Any, passages: list[str], max_leng
         return hook
 
     handles = [m.down_proj.register_forward_pre_hook(record(i)) for i, m in enumerate(mlps)]
-    model.eval()
-    try:
-        with torch.no_grad():
-            for text in passages:
-                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
-                model(**ids)
-                tokens += int(ids["input_ids"].shape[1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    if tokens == 0:
-        raise DataError("the calibration text produced no tokens")
+    tokens = _calibrate(model, tokenizer, passages, max_length, handles)
     return [(s / tokens).sqrt() for s in sums]
 
 
