@@ -54,12 +54,7 @@ def build_reader(
         policy=bucket.bucket.arn.apply(lambda arn: bucket_read_policy(arn, scope, kms_key)),
         opts=context.child(component),
     )
-    region = context.settings.region
-    component.finish(
-        identity_id=role.arn,
-        service_account_annotations={"eks.amazonaws.com/role-arn": role.arn},
-        env={"AWS_DEFAULT_REGION": region, "AWS_REGION": region},
-    )
+    _finish(component, role, context.settings.region)
     return component
 
 
@@ -125,12 +120,7 @@ def build_trainer(
         policy=bucket.bucket.arn.apply(lambda arn: trainer_policy(arn, kms_key)),
         opts=context.child(component),
     )
-    region = context.settings.region
-    component.finish(
-        identity_id=role.arn,
-        service_account_annotations={"eks.amazonaws.com/role-arn": role.arn},
-        env={"AWS_DEFAULT_REGION": region, "AWS_REGION": region},
-    )
+    _finish(component, role, context.settings.region)
     return component
 
 
@@ -168,3 +158,13 @@ def trainer_policy(bucket_arn: str, kms_key: str | None) -> str:
             }
         )
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def _finish(component: ReaderIdentity, role: aws.iam.Role, region: str) -> None:
+    """The pod side of IRSA: the annotation naming the role (EKS's webhook injects the web identity token)
+    and the stack's region for the SDKs."""
+    component.finish(
+        identity_id=role.arn,
+        service_account_annotations={"eks.amazonaws.com/role-arn": role.arn},
+        env={"AWS_DEFAULT_REGION": region, "AWS_REGION": region},
+    )
