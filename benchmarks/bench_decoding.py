@@ -70,15 +70,12 @@ BOUNDED = json.loads(json.dumps(SCHEMA).replace('{"type": "string"}', '{"type": 
 
 
 def default_engine_dir() -> Path:
-    """The newest built repository's engine directory in the tritonform cache."""
-    from model_repo.checkpoint import cache_dir
+    """The default model's engine directory (built once and cached, as `tritonform serve` does); the
+    newest repository in the cache may be another model (a fine-tune the tests built)."""
+    from model_repo.build import build_default_repository
+    from model_repo.manifest import engine_dir
 
-    found = sorted(
-        (cache_dir() / "repositories").glob("*/*/1/engine/generation.json"), key=lambda p: p.stat().st_mtime
-    )
-    if not found:
-        raise SystemExit("no built repository found: run `tritonform serve` once, or pass --engine-dir")
-    return found[-1].parent
+    return engine_dir(build_default_repository(print), "llm")
 
 
 def baseline_runtime(ref: str, scratch: Path) -> ModuleType:
