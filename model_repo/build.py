@@ -46,7 +46,8 @@ class BuildOptions:
     # tensorrt-llm only: GPUs one replica spreads the model over (the stack's triton.gpusPerReplica)
     tensor_parallel: int = 1
     max_seq_len: int = 4096
-    # onnx only: "float16" converts the fp32 export (weights, activations, KV cache; logits stay fp32)
+    # onnx only: "float16" loads the checkpoint in fp16 and exports that (weights, activations, KV cache;
+    # logits stay fp32), gated against PyTorch computing in fp32 (model_repo/precision.py)
     dtype: str = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +71,12 @@ class BuildOptions:
             )
         from model_repo.precision import DTYPES
 
+        if self.dtype == "bfloat16":
+            raise BuildError(
+                "--dtype bfloat16: onnxruntime's CPU provider, which runs the build's gates, has no bf16 "
+                "kernel (not even MatMul or Add, onnxruntime 1.32); use --dtype float16 for ONNX on GPUs, "
+                "or --backend tensorrt-llm, which serves bf16 checkpoints as they are"
+            )
         if self.dtype not in DTYPES:
             raise BuildError(
                 f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)} (see model_repo/precision.py)"
@@ -108,11 +115,11 @@ class _Steps:
 def step_names(options: BuildOptions) -> list[str]:
     if options.backend == "tensorrt-llm":
         return ["checkpoint", "metadata", "repository"]
-    names = ["checkpoint", "export", "parity"]
+    if options.dtype != "float32":
+        return ["checkpoint", "reference", "export", "quality", "repository"]
+    names = ["checkpoint", "reference", "export", "parity"]
     if options.quantize != "none":
         names += ["quantize", "quality"]
-    if options.dtype != "float32":
-        names += ["half precision", "quality"]
     return [*names, "repository"]
 
 
@@ -163,64 +170,54 @@ def _write_report(artefacts: Path, report: dict[str, Any], steps: _Steps) -> Non
 
 
 def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, Any], steps: _Steps) -> None:
-    from model_repo.export import export_onnx, load_torch_model
-    from model_repo.gates import check_parity, check_quality
+    """Each large object lives only while a step needs it, one at a time where possible: the torch model
+    (reference, export), then the exported graph (fusions), then one ONNX session (gates). The gates'
+    reference sides are small records taken before the model they come from is freed."""
+    from model_repo.export import export_graph, finish_export, generation_metadata, load_torch_model
+    from model_repo.gates import GateReference, ParityReference, TextEncoder, check_parity
     from model_repo.layout import write_repository
-    from model_repo.quantize import SETTINGS, quantize_model
+    from model_repo.precision import FP16_MAX_PPL_INCREASE, FP16_MIN_AGREEMENT, REFERENCE, float32_compute
+    from model_repo.quantize import SETTINGS
     from model_repo.runtime.engine import Engine
     from model_repo.spec import GenerationSpec
 
-    fp32_dir = work / "fp32"
+    half = options.dtype != "float32"
+    export_dir = work / options.dtype
+    with steps.step("reference"):
+        torch_model, tokenizer = load_torch_model(info.path, options.dtype)
+        encoder = TextEncoder(generation_metadata(torch_model, tokenizer), tokenizer.backend_tokenizer)
+        if half:
+            steps.note(f"the fp16 gate's reference: {REFERENCE}")
+            with float32_compute(torch_model):
+                gate_reference = GateReference.from_torch(torch_model, encoder)
+        else:
+            steps.note(f"PyTorch's greedy answers for the parity gate ({options.parity_tokens} tokens)")
+            parity_reference = ParityReference.from_torch(torch_model, encoder, options.parity_tokens)
     with steps.step("export"):
-        torch_model, tokenizer = load_torch_model(info.path)  # once, for the export and the parity gate
-        exp = export_onnx(info.path, fp32_dir, progress=steps.note, model=torch_model, tokenizer=tokenizer)
-    report["export"] = {**exp.facts(), "size_bytes": _dir_size(fp32_dir)}
-    fp32_engine = Engine.load(fp32_dir)
-    with steps.step("parity"):
-        parity = check_parity(fp32_engine, torch_model, n_tokens=options.parity_tokens)
-    reference: Engine | None = fp32_engine
-    del fp32_engine
-    del torch_model  # the largest object of the build: free it before the next step loads another model
-    gc.collect()
-    report["parity"] = parity.as_dict()
-    final = fp32_dir
-    report["quantization"] = SETTINGS[options.quantize].as_dict()
-    if options.quantize == "none" and options.dtype == "float32":
-        reference = None  # no later gate compares against it: free its session now
+        raw = export_graph(info.path, export_dir, torch_model, tokenizer, progress=steps.note)
+        del torch_model, tokenizer, encoder  # the largest object of the build: gone before the fusions load
         gc.collect()
-    if options.dtype == "float16":
-        assert reference is not None
-        final = _half_precision(options, fp32_dir, work, reference, report, steps)
-    elif options.quantize != "none":
-        q_dir = work / options.quantize
-        with steps.step("quantize"):
-            q = quantize_model(fp32_dir, q_dir, options.quantize, progress=steps.note)
-        report["quantization"].update(
-            {
-                "quantized_matmuls": q.quantized_matmuls,
-                "size_bytes": _dir_size(q_dir),
-                "seconds": round(q.seconds, 2),
-            }
-        )
-        assert reference is not None
-        with steps.step("quality"):
-            quality = check_quality(
-                Engine.load(q_dir),
-                reference,
-                min_agreement=options.min_agreement,
-                max_ppl_increase=options.max_ppl_increase,
-                raise_on_fail=False,
-            )
-        report["quality"] = quality.as_dict()
-        if not quality.passed:
-            from model_repo.gates import GateError, quality_failure_message
-
-            raise GateError(
-                quality_failure_message(quality) + ". The previous repository (if any) is unchanged."
-            )
-        final = q_dir
-    reference = None
-    gc.collect()
+        exp = finish_export(raw, progress=steps.note)
+    report["export"] = {**exp.facts(), "size_bytes": _dir_size(export_dir)}
+    report["quantization"] = SETTINGS[options.quantize].as_dict()
+    final = export_dir
+    if half:
+        report["precision"] = {
+            "dtype": options.dtype,
+            "reference": REFERENCE,
+            "gate": {"min_agreement": FP16_MIN_AGREEMENT, "max_ppl_increase": FP16_MAX_PPL_INCREASE},
+        }
+        _gate(Engine.load(export_dir), gate_reference, report, steps, "fp16")
+    else:
+        engine = Engine.load(export_dir)
+        with steps.step("parity"):
+            report["parity"] = check_parity(engine, parity_reference).as_dict()
+            if options.quantize != "none":  # the quantised model's reference, then the fp32 session goes
+                gate_reference = GateReference.from_engine(engine)
+        del engine
+        gc.collect()
+        if options.quantize != "none":
+            final = _quantize(options, export_dir, work, gate_reference, report, steps)
     with steps.step("repository"):
         report["artefacts_size_bytes"] = _dir_size(final)
         _write_report(final, report, steps)
@@ -228,39 +225,51 @@ def _build_onnx(options: BuildOptions, info: Any, work: Path, report: dict[str, 
         write_repository(options.out, final, spec)
 
 
-def _half_precision(
+FP16_ADVICE = "build with --dtype float32: this model's activations do not survive fp16 on this path"
+
+
+def _quantize(
     options: BuildOptions, fp32_dir: Path, work: Path, reference: Any, report: dict[str, Any], steps: _Steps
 ) -> Path:
-    """The fp16 conversion and its gate against the fp32 export; returns the fp16 model directory."""
-    from model_repo.gates import GateError, check_quality, quality_failure_message
-    from model_repo.precision import FP16_MAX_PPL_INCREASE, FP16_MIN_AGREEMENT, convert_to_float16
+    """Weight-only quantisation of the fp32 export and its gate; returns the quantised model directory."""
+    from model_repo.quantize import quantize_model
     from model_repo.runtime.engine import Engine
 
-    half_dir = work / "float16"
-    with steps.step("half precision"):
-        steps.note("converting weights, activations and the KV cache to fp16 (logits stay fp32)")
-        half = convert_to_float16(fp32_dir, half_dir)
+    q_dir = work / options.quantize
+    with steps.step("quantize"):
+        q = quantize_model(fp32_dir, q_dir, options.quantize, progress=steps.note)
+    size = _dir_size(q_dir)
+    report["quantization"].update(
+        {"quantized_matmuls": q.quantized_matmuls, "size_bytes": size, "seconds": round(q.seconds, 2)}
+    )
+    _gate(Engine.load(q_dir), reference, report, steps, "quantised", options)
+    return q_dir
+
+
+def _gate(
+    engine: Any,
+    reference: Any,
+    report: dict[str, Any],
+    steps: _Steps,
+    what: str,
+    options: BuildOptions | None = None,
+) -> None:
+    """The quality gate of a quantised (`options`' thresholds) or fp16 (fixed thresholds) model."""
+    from model_repo.gates import GateError, check_quality, quality_failure_message
+    from model_repo.precision import FP16_MAX_PPL_INCREASE, FP16_MIN_AGREEMENT
+
     with steps.step("quality"):
         quality = check_quality(
-            Engine.load(half_dir),
+            engine,
             reference,
-            min_agreement=FP16_MIN_AGREEMENT,
-            max_ppl_increase=FP16_MAX_PPL_INCREASE,
+            min_agreement=options.min_agreement if options else FP16_MIN_AGREEMENT,
+            max_ppl_increase=options.max_ppl_increase if options else FP16_MAX_PPL_INCREASE,
             raise_on_fail=False,
         )
-    report["precision"] = {
-        "dtype": "float16",
-        "size_bytes": _dir_size(half_dir),
-        "seconds": round(half.seconds, 2),
-        "gate": {"min_agreement": FP16_MIN_AGREEMENT, "max_ppl_increase": FP16_MAX_PPL_INCREASE},
-    }
     report["quality"] = quality.as_dict()
     if not quality.passed:
-        raise GateError(
-            quality_failure_message(quality).replace("quantised", "fp16", 1)
-            + ". The previous repository (if any) is unchanged."
-        )
-    return half_dir
+        message = quality_failure_message(quality, what, **({} if options else {"advice": FP16_ADVICE}))
+        raise GateError(message + ". The previous repository (if any) is unchanged.")
 
 
 def _build_tensorrt_llm(

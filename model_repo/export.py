@@ -1,4 +1,5 @@
-"""ONNX export with a KV cache, then onnxruntime graph optimisation (fp32 output).
+"""ONNX export with a KV cache, then onnxruntime graph optimisation; fp32, or fp16 from a model loaded in
+float16 (`model_repo.precision`).
 
 Why `torch.onnx.export(dynamo=True)` and not optimum-onnx: optimum-onnx 0.1 needs transformers<4.58, while
 the kit runs transformers 5.x (pinned in pyproject, also needed for GGUF loading of current models).
@@ -34,6 +35,9 @@ from model_repo.runtime.contract import (
 OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
 GRAPH_OPTIMISATION = "onnxscript ort_fusions + onnxruntime ORT_ENABLE_EXTENDED"
+# An fp16 graph skips onnxruntime's offline pass: run on the CPU provider, which has no fp16 MatMul, it
+# would write its CPU-only fp32 islands (Cast around every MatMul) into the saved model that GPUs serve.
+GRAPH_OPTIMISATION_HALF = "onnxscript ort_fusions"
 
 
 class ExportError(RuntimeError):
@@ -69,14 +73,20 @@ class ExportResult:
         }
 
 
-def load_torch_model(checkpoint: Path) -> tuple[Any, Any]:
-    """(model in fp32 eval mode, transformers tokenizer) from a local checkpoint, offline."""
+def load_torch_model(checkpoint: Path, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model in eval mode, transformers tokenizer) from a local checkpoint, offline. `dtype` "float16"
+    loads the weights in float16 (converted tensor by tensor: no fp32 copy of the model is made) and
+    stops with a PrecisionError when one does not fit float16's range."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(checkpoint), dtype="float32", attn_implementation="eager"
+        str(checkpoint), dtype=dtype, attn_implementation="eager"
     ).eval()
+    if dtype != "float32":
+        from model_repo.precision import check_half_weights
+
+        check_half_weights(model, checkpoint)
     tok = AutoTokenizer.from_pretrained(str(checkpoint))
     return model, tok
 
@@ -158,9 +168,20 @@ def _wrapper(model: Any, num_layers: int) -> Any:
             flat = []
             for layer in output_cache(out).layers:
                 flat.extend([layer.keys, layer.values])
-            return (out.logits, *flat)
+            return (out.logits.float(), *flat)  # fp32 logits whatever the model's type (a Cast if fp16)
 
     return KVCacheLM().eval()
+
+
+@dataclass(frozen=True)
+class RawExport:
+    """The exporter's graph before fusions (`export_graph`), with what `finish_export` needs."""
+
+    out: Path
+    raw: Path
+    metadata: GenerationMetadata
+    export_seconds: float
+    model_type: str
 
 
 def export_onnx(
@@ -171,23 +192,38 @@ def export_onnx(
     progress: Callable[[str], None] | None = None,
     model: Any = None,
     tokenizer: Any = None,
+    dtype: str = "float32",
 ) -> ExportResult:
     """Export `checkpoint` to `out_dir/model.onnx` (+ external data), write tokenizer.json and
-    generation.json, and optimise the graph with onnxruntime. fp32 throughout.
+    generation.json, and optimise the graph: `export_graph` then `finish_export`.
 
-    `model`, `tokenizer`: the checkpoint already loaded with `load_torch_model` (a build loads it once
-    for the export and the parity gate); the export unties the model's output projection in place
-    (same values). Default: loaded here."""
+    `model`, `tokenizer`: the checkpoint already loaded with `load_torch_model` (its dtype then decides
+    the export's); the export unties the model's output projection in place (same values). Default:
+    loaded here at `dtype`. A build calls the two steps itself, to free the torch model between them."""
+    if model is None or tokenizer is None:
+        model, tokenizer = load_torch_model(inspect_checkpoint(checkpoint).path, dtype)
+    raw = export_graph(checkpoint, out_dir, model, tokenizer, progress)
+    return finish_export(raw, optimize=optimize, progress=progress)
+
+
+def export_graph(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    model: Any,
+    tokenizer: Any,
+    progress: Callable[[str], None] | None = None,
+) -> RawExport:
+    """torch.onnx.export of `model` (fp32 or fp16, as loaded) to `out_dir/raw/`, and tokenizer.json to
+    `out_dir`. Nothing of the model is held afterwards: the caller may free it before `finish_export`."""
     import torch
 
     say = progress or (lambda _m: None)
     info = inspect_checkpoint(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if model is None or tokenizer is None:
-        model, tokenizer = load_torch_model(info.path)
     _untie_output_projection(model)
-    meta = generation_metadata(model, tokenizer)
+    dtype = next(model.parameters()).dtype
+    meta = dataclasses.replace(generation_metadata(model, tokenizer), dtype=str(dtype).removeprefix("torch."))
     n = meta.num_layers
     wrapper = _wrapper(model, n)
 
@@ -199,7 +235,7 @@ def export_onnx(
         torch.ones((b, p + s), dtype=torch.int64),
         torch.arange(p, p + s).repeat(b, 1),
         torch.tensor([1, 2]),
-        *[torch.randn(kv) for _ in range(2 * n)],
+        *[torch.randn(kv, dtype=dtype) for _ in range(2 * n)],
     )
     past_inputs = [name for pair in past_names(n) for name in pair]
     present_outputs = [name for pair in present_names(n) for name in pair]
@@ -214,7 +250,7 @@ def export_onnx(
     )
     raw = out / "raw"
     raw.mkdir(exist_ok=True)
-    say(f"exporting {info.model_type} ({n} layers) to ONNX")
+    say(f"exporting {info.model_type} ({n} layers, {meta.dtype}) to ONNX")
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
@@ -236,36 +272,59 @@ def export_onnx(
         raise
     except Exception as exc:  # the exporter raises many types; name the step
         raise ExportError(f"ONNX export of {info.path} failed: {type(exc).__name__}: {exc}") from exc
-    export_s = time.perf_counter() - t0
+    tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+    return RawExport(out, raw, meta, time.perf_counter() - t0, info.model_type)
 
+
+def finish_export(
+    raw: RawExport, *, optimize: bool = True, progress: Callable[[str], None] | None = None
+) -> ExportResult:
+    """Fuse and optimise `raw`'s graph into `raw.out/model.onnx`, write generation.json, remove raw/."""
+    say = progress or (lambda _m: None)
+    meta, out, folder = raw.metadata, raw.out, raw.raw
+    half = meta.dtype != "float32"
     t1 = time.perf_counter()
     fusions: dict[str, int] = {}
     if optimize:
         say("fusing transformer patterns (RMSNorm, attention) for onnxruntime")
-        fused = raw / "fused.onnx"
+        fused = folder / "fused.onnx"
         try:
-            fusions = fuse_for_onnxruntime(raw / ONNX_FILE, fused, meta.max_context)
-            grouped = raw / "grouped.onnx"
+            fusions = fuse_for_onnxruntime(folder / ONNX_FILE, fused, meta.max_context)
+            grouped = folder / "grouped.onnx"
             layers = use_group_query_attention(fused, grouped, meta.num_kv_heads)
             if layers:
                 say(f"attention over a cache updated in place: GroupQueryAttention in {layers} layers")
                 fusions["group_query_attention"] = layers
                 meta = dataclasses.replace(meta, kv_layout=KV_LAYOUT_RIGHT)
-            say("optimising the ONNX graph with onnxruntime")
-            optimize_graph(grouped if layers else fused, out / ONNX_FILE)
+            best = grouped if layers else fused
+            if half:
+                _move_model(best, out / ONNX_FILE)
+            else:
+                say("optimising the ONNX graph with onnxruntime")
+                optimize_graph(best, out / ONNX_FILE)
         except Exception as exc:  # a fusion pattern that does not fit this model: keep the plain graph
             say(f"transformer fusions skipped ({type(exc).__name__}); optimising the plain graph")
             fusions, meta = {}, dataclasses.replace(meta, kv_layout=KV_LAYOUT_LEFT)
-            optimize_graph(raw / ONNX_FILE, out / ONNX_FILE)
+            if half:
+                _move_model(folder / ONNX_FILE, out / ONNX_FILE)
+            else:
+                optimize_graph(folder / ONNX_FILE, out / ONNX_FILE)
     else:
-        _move_model(raw / ONNX_FILE, out / ONNX_FILE)
-    shutil.rmtree(raw, ignore_errors=True)
+        _move_model(folder / ONNX_FILE, out / ONNX_FILE)
+    shutil.rmtree(folder, ignore_errors=True)
     optimize_s = time.perf_counter() - t1
 
-    tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     meta.save(out)
-    graph_optimisation = GRAPH_OPTIMISATION if optimize else "none"
-    return ExportResult(out, meta, export_s, optimize_s, fusions, graph_optimisation=graph_optimisation)
+    graph_optimisation = (GRAPH_OPTIMISATION_HALF if half else GRAPH_OPTIMISATION) if optimize else "none"
+    return ExportResult(
+        out,
+        meta,
+        raw.export_seconds,
+        optimize_s,
+        fusions,
+        dtype=meta.dtype,
+        graph_optimisation=graph_optimisation,
+    )
 
 
 def _untie_output_projection(model: Any) -> None:
@@ -306,10 +365,13 @@ def fuse_for_onnxruntime(src: Path, dst: Path, max_positions: int) -> dict[str, 
     model = ir.load(str(src))
     optimize(model)
     counts = {"rotary_embedding": int(fuse_rotary_embedding(model))}
-    rule = MulFreqsCosSinCache.rule(
-        "CosSinCache_mul", cast=False, const_freqs=False, max_pos_id=max_positions - 1
-    )
-    counts["cos_sin_cache_mul"] = int(_fusion_utils.apply_fusion_rules(pattern.RewriteRuleSet([rule]))(model))
+    rules = [
+        MulFreqsCosSinCache.rule(
+            f"CosSinCache_mul{'_cast' * cast}", cast=cast, const_freqs=False, max_pos_id=max_positions - 1
+        )
+        for cast in (False, True)  # fp32 export; fp16 export (cos/sin cast to the activations' type)
+    ]
+    counts["cos_sin_cache_mul"] = int(_fusion_utils.apply_fusion_rules(pattern.RewriteRuleSet(rules))(model))
     with mock.patch.object(_core, "fuse_gqa", lambda *_a, **_k: 0):
         model, more = optimize_for_ort(model)
     counts.update({k: int(v) for k, v in more.items() if v})

@@ -2,20 +2,27 @@
 
 - fp32 parity: greedy tokens from the ONNX engine equal PyTorch's for `n_tokens` (>= 64) on fixed prompts
   (eos treated as an ordinary token, so both sides run the full length).
-- quantised quality: teacher-forced next-token agreement with the fp32 ONNX model, and perplexity of both
+- quantised (or fp16) quality: teacher-forced next-token agreement with a reference, and perplexity of both
   on a held-out English text shipped in `model_repo/data/heldout.txt`. The gate fails when agreement is
   below `min_agreement` (default 0.95) or perplexity rises by more than `max_ppl_increase` (default 0.05).
+
+Each gate's reference side is a small record (`ParityReference`: PyTorch's greedy tokens;
+`GateReference`: the reference's argmax and per-token loss on the held-out text and its greedy answers to
+the decode prompts), so a build computes it first and frees the model it came from (the torch model, the
+fp32 session) before the next large object is loaded. The reference is the fp32 ONNX export for quantised
+builds and PyTorch computing in fp32 for fp16 builds (`model_repo.precision.float32_compute`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from model_repo.chat_template import apply_chat_template
+from model_repo.runtime.contract import GenerationMetadata
 from model_repo.runtime.engine import Engine
 
 HELDOUT_TEXT = Path(__file__).parent / "data" / "heldout.txt"
@@ -44,6 +51,27 @@ WINDOW = 256
 
 class GateError(RuntimeError):
     """A quality gate failed; the message gives the figures and the threshold."""
+
+
+class Encoder(Protocol):
+    """What turns the gates' texts into token ids: an `Engine`, or a `TextEncoder` before any exists."""
+
+    @property
+    def metadata(self) -> GenerationMetadata: ...
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """The engine's encoding without an engine: the metadata the export writes and the `tokenizers`
+    tokenizer it saves as tokenizer.json (a transformers tokenizer's `backend_tokenizer`), so PyTorch's
+    side of a gate runs on exactly the token ids the ONNX side will see."""
+
+    metadata: GenerationMetadata
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 @dataclass(frozen=True)
@@ -76,7 +104,7 @@ class QualityResult:
         return asdict(self)
 
 
-def parity_prompts(engine: Engine, texts: tuple[str, ...] = PARITY_PROMPTS) -> list[list[int]]:
+def parity_prompts(engine: Encoder, texts: tuple[str, ...] = PARITY_PROMPTS) -> list[list[int]]:
     """The fixed prompts as token ids; chat-formatted when the model has a chat template."""
     out = []
     for text in texts:
@@ -103,12 +131,62 @@ def torch_greedy(model: Any, ids: list[int], n_tokens: int) -> list[int]:
     return out
 
 
-def check_parity(engine: Engine, model: Any, n_tokens: int = 64, raise_on_fail: bool = True) -> ParityResult:
-    """Greedy tokens of `engine` (fp32) vs PyTorch for `n_tokens` on each fixed prompt; `model` is the
-    checkpoint's torch model (`model_repo.export.load_torch_model`), loaded once by the caller."""
+def torch_greedy_batch(model: Any, prompts: list[list[int]], n_tokens: int) -> list[list[int]]:
+    """`torch_greedy` for several prompts at once (left-padded, one forward per token for all of them):
+    what a reference that costs a pass over the weights per forward can afford."""
+    import torch
+
+    from model_repo.export import cache_argument, output_cache
+
+    kw = cache_argument(model)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out: list[list[int]] = [[] for _ in prompts]
+    with torch.no_grad():
+        res = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        for step in range(n_tokens):
+            nxt = res.logits[:, -1].argmax(-1)
+            for row, tok in zip(out, nxt.tolist(), strict=True):
+                row.append(int(tok))
+            if step == n_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype)], dim=1)
+            res = model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=mask.sum(-1, keepdim=True) - 1,
+                use_cache=True,
+                **{kw: output_cache(res)},
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class ParityReference:
+    """PyTorch's greedy tokens on the parity prompts: the reference side of the parity gate, computed
+    before the export so the build frees the torch model before it loads the ONNX session."""
+
+    prompts: list[list[int]]
+    tokens: list[list[int]]
+
+    @classmethod
+    def from_torch(cls, model: Any, encoder: Encoder, n_tokens: int) -> ParityReference:
+        prompts = parity_prompts(encoder)
+        return cls(prompts, [torch_greedy(model, ids, n_tokens) for ids in prompts])
+
+
+def check_parity(
+    engine: Engine, reference: Any, n_tokens: int = 64, raise_on_fail: bool = True
+) -> ParityResult:
+    """Greedy tokens of `engine` (fp32) vs PyTorch on each fixed prompt. `reference`: a
+    `ParityReference` (its length decides `n_tokens`), or the checkpoint's torch model
+    (`model_repo.export.load_torch_model`), run here for `n_tokens`."""
+    if not isinstance(reference, ParityReference):
+        reference = ParityReference.from_torch(reference, engine, n_tokens)
     matched = []
-    for ids in parity_prompts(engine):
-        ref = torch_greedy(model, ids, n_tokens)
+    for ids, ref in zip(reference.prompts, reference.tokens, strict=True):
+        n_tokens = len(ref)
         got = engine.greedy_ids(ids, n_tokens)
         same = next((i for i, (a, b) in enumerate(zip(ref, got, strict=True)) if a != b), n_tokens)
         matched.append(same)
@@ -121,7 +199,7 @@ def check_parity(engine: Engine, model: Any, n_tokens: int = 64, raise_on_fail: 
     return result
 
 
-def heldout_windows(engine: Engine, text: str | None = None, window: int = WINDOW) -> list[list[int]]:
+def heldout_windows(engine: Encoder, text: str | None = None, window: int = WINDOW) -> list[list[int]]:
     ids = engine.encode(text if text is not None else HELDOUT_TEXT.read_text(encoding="utf-8"))
     window = min(window, engine.metadata.max_context)
     return [ids[i : i + window] for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1]
@@ -134,30 +212,72 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.asarray(lse - x[np.arange(len(targets)), targets])
 
 
+@dataclass(frozen=True)
+class GateReference:
+    """The reference side of the quality gate: per held-out window its token ids, the reference's argmax
+    and loss at each position; per decode prompt its ids and the reference's greedy answer. A few KB
+    whatever the model's size, so the model it came from can be freed before the gated one loads."""
+
+    windows: list[list[int]]
+    argmax: list[np.ndarray]
+    nll: list[np.ndarray]
+    prompts: list[list[int]]
+    answers: list[list[int]]
+
+    @classmethod
+    def from_engine(cls, engine: Engine, text: str | None = None) -> GateReference:
+        """From an ONNX engine (the fp32 export, for quantised builds)."""
+        windows = heldout_windows(engine, text)
+        logits = [engine.prompt_logits(ids)[:-1] for ids in windows]
+        prompts = parity_prompts(engine, DECODE_PROMPTS)
+        return cls(
+            windows,
+            [a.argmax(-1) for a in logits],
+            [_nll(a, np.asarray(ids[1:])) for a, ids in zip(logits, windows, strict=True)],
+            prompts,
+            [engine.greedy_ids(p, DECODE_TOKENS) for p in prompts],
+        )
+
+    @classmethod
+    def from_torch(cls, model: Any, encoder: Encoder, text: str | None = None) -> GateReference:
+        """From a torch model computing as it is set up (fp16 builds: inside `float32_compute`)."""
+        import torch
+
+        windows = heldout_windows(encoder, text)
+        argmax, nll = [], []
+        with torch.no_grad():
+            for ids in windows:
+                a = model(input_ids=torch.tensor([ids])).logits[0, :-1].float().numpy()
+                argmax.append(a.argmax(-1))
+                nll.append(_nll(a, np.asarray(ids[1:])))
+        prompts = parity_prompts(encoder, DECODE_PROMPTS)
+        return cls(windows, argmax, nll, prompts, torch_greedy_batch(model, prompts, DECODE_TOKENS))
+
+
 def check_quality(
     engine: Engine,
-    reference: Engine,
+    reference: Engine | GateReference,
     *,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE,
     text: str | None = None,
     raise_on_fail: bool = True,
 ) -> QualityResult:
-    """Teacher-forced next-token agreement and perplexity of `engine` against the fp32 `reference`."""
+    """Teacher-forced next-token agreement and perplexity of `engine` against `reference`: the fp32
+    export's engine, or a `GateReference` recorded earlier (`text` is then the one it was recorded on)."""
+    if not isinstance(reference, GateReference):
+        reference = GateReference.from_engine(reference, text)
     agree = total = 0
-    nll_ref: list[np.ndarray] = []
     nll_q: list[np.ndarray] = []
-    for ids in heldout_windows(reference, text):
-        a = reference.prompt_logits(ids)[:-1]
+    for ids, ref_argmax in zip(reference.windows, reference.argmax, strict=True):
         b = engine.prompt_logits(ids)[:-1]
         targets = np.asarray(ids[1:])
-        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        agree += int((ref_argmax == b.argmax(-1)).sum())
         total += len(targets)
-        nll_ref.append(_nll(a, targets))
         nll_q.append(_nll(b, targets))
     if total == 0:
         raise GateError("the held-out text is empty; cannot measure quality")
-    ppl_ref = float(np.exp(np.concatenate(nll_ref).mean()))
+    ppl_ref = float(np.exp(np.concatenate(reference.nll).mean()))
     ppl = float(np.exp(np.concatenate(nll_q).mean()))
     rise = ppl / ppl_ref - 1.0
     agreement = agree / total
@@ -181,23 +301,25 @@ def check_quality(
     return result
 
 
-def _decode_agreement(engine: Engine, reference: Engine, n_tokens: int = DECODE_TOKENS) -> tuple[int, int]:
+def _decode_agreement(engine: Engine, reference: GateReference) -> tuple[int, int]:
     """Teacher-forced agreement on the decode path over the reference's greedy chat answers."""
     agree = total = 0
-    for prompt in parity_prompts(reference, DECODE_PROMPTS):
-        answer = reference.greedy_ids(prompt, n_tokens)
+    for prompt, answer in zip(reference.prompts, reference.answers, strict=True):
         logits = engine.decode_logits([*prompt, *answer], len(prompt))
         agree += int((logits.argmax(-1) == np.asarray(answer)).sum())
         total += len(answer)
     return agree, total
 
 
-def quality_failure_message(result: QualityResult) -> str:
+def quality_failure_message(
+    result: QualityResult,
+    what: str = "quantised",
+    advice: str = "use a milder --quantize, or lower --min-agreement / raise --max-ppl-increase",
+) -> str:
     return (
-        f"quantised model failed its quality gate: next-token agreement {result.agreement:.1%} "
+        f"{what} model failed its quality gate: next-token agreement {result.agreement:.1%} "
         f"on held-out text and {result.decode_agreement:.1%} while generating "
         f"(minimum {result.min_agreement:.1%} each), perplexity {result.perplexity_reference:.2f} -> "
         f"{result.perplexity:.2f} ({result.perplexity_increase:+.1%}, "
-        f"maximum +{result.max_ppl_increase:.1%}); "
-        "use a milder --quantize, or lower --min-agreement / raise --max-ppl-increase"
+        f"maximum +{result.max_ppl_increase:.1%}); {advice}"
     )

@@ -1,65 +1,112 @@
-"""Half-precision builds (`tritonform build --dtype float16`): the fp32 export converted to fp16 weights
-and an fp16 KV cache, for GPUs, where it halves the memory every decode step reads.
+"""Number formats: the one table of precisions (bytes a weight takes, the float type behind each), and
+half-precision builds (`tritonform build --dtype float16`).
 
-The conversion is onnxruntime's own (`onnxruntime.transformers.float16`): every float initializer and
-activation becomes fp16 except the logits, which stay fp32 (sampling, log-probabilities and the gates read
-them in numpy) and the ops onnxruntime keeps in fp32 by default for accuracy. The gate compares the fp16
-model against the fp32 export it came from, on the same held-out text and decode prompts as quantised
-builds, with tighter bounds (FP16_MIN_AGREEMENT, FP16_MAX_PPL_INCREASE): rounding to fp16 should flip
-only near-ties.
+The table is the source for the build's `--dtype` choices and for `infra/sizing.py`'s memory and bandwidth
+arithmetic (`tritonform plan`). This module imports only the standard library at import time, so the
+sizing model stays importable on a GPU machine with nothing but PyTorch (`scripts/gpu-check`).
 
-bfloat16 is not offered for the ONNX backend: onnxruntime's CPU provider, which runs the gates on the
-build machine, has no bf16 kernels for MatMul or the fused attention, and its CUDA provider lacks some of
-the fused ops in bf16; TensorRT-LLM (`--backend tensorrt-llm`) serves bf16 checkpoints as they are.
+An fp16 build loads the checkpoint in float16 (transformers converts each tensor as it reads it; an fp32
+copy of the whole model never exists) and exports that model: weights, activations and the KV cache are
+fp16, the logits fp32 (sampling, log-probabilities and the gates read them in numpy). Its quality gate
+compares the fp16 ONNX model against PyTorch computing in fp32 over the same weights, one module at a time
+(`float32_compute`): the reference needs one module's fp32 copy at a time, not the whole model's, and is
+recorded before the export so the torch model is freed before the ONNX session loads. What the gate
+measures is then what fp16 computation costs (activation and KV rounding, the fused kernels); the weights'
+own rounding to fp16 is checked apart: a weight beyond fp16's range stops the build (`check_half_weights`),
+and within it rounding changes a weight by at most 2^-11 of itself (a bf16 checkpoint's weights, whose
+mantissa is shorter, convert exactly unless they are below fp16's normal range).
+
+bfloat16 is not offered for the ONNX backend: onnxruntime's CPU provider (1.32), which runs the gates on the
+build machine, has no bf16 kernel even for MatMul or Add; TensorRT-LLM (`--backend tensorrt-llm`) serves
+bf16 checkpoints as they are.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Literal
 
-from model_repo.export import save_onnx
-from model_repo.runtime.contract import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
-
-DTYPES = ("float32", "float16")
-# fp16 keeps ~3 significant digits: next-token choices may flip only where the top two logits nearly tie
-FP16_MIN_AGREEMENT = 0.99
-FP16_MAX_PPL_INCREASE = 0.01
-
-
-class PrecisionError(RuntimeError):
-    """The conversion failed; the message says which step."""
+PrecisionName = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 
 
 @dataclass(frozen=True)
-class PrecisionResult:
-    model_dir: Path
-    dtype: str
-    seconds: float
+class Precision:
+    """How a served model stores its numbers: the stack's `model.precision` name, bytes per weight
+    (block-wise weight-only quantisation adds a 16-bit scale per 128 weights), bytes per activation and
+    KV-cache element on a GPU (16 bits below fp32), and the float type name (None for integer formats)."""
+
+    name: PrecisionName
+    weight_bytes: float
+    activation_bytes: float
+    float_type: str | None
 
 
-def convert_to_float16(src_dir: str | Path, dst_dir: str | Path) -> PrecisionResult:
-    """Write an fp16 copy of the fp32 model directory `src_dir` (from `export_onnx`) to `dst_dir`."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", 4.0, 4.0, "float32"),
+        Precision("fp16", 2.0, 2.0, "float16"),
+        Precision("bf16", 2.0, 2.0, "bfloat16"),
+        Precision("int8", 1.0 + 2 / 128, 2.0, None),
+        Precision("int4", 0.5 + 2 / 128, 2.0, None),
+    )
+}
+# The ONNX build's --dtype choices (float types its gates can run on the build machine's CPU).
+DTYPES = tuple(PRECISIONS[name].float_type or "" for name in ("fp32", "fp16"))
+# fp16 keeps ~3 significant digits: next-token choices may flip only where the top two logits nearly tie
+FP16_MIN_AGREEMENT = 0.99
+FP16_MAX_PPL_INCREASE = 0.01
+FP16_MAX = 65504.0
+REFERENCE = "PyTorch, fp32 compute over the fp16 weights (one module at a time)"
 
-    src, dst = Path(src_dir), Path(dst_dir)
-    meta = GenerationMetadata.load(src)
-    if meta.dtype != "float32" or meta.quantization != "none":
-        raise PrecisionError(f"{src}: fp16 conversion starts from the fp32 export, not a {meta.dtype} one")
-    dst.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+
+class PrecisionError(RuntimeError):
+    """The model cannot be built at the precision asked for; the message says why and what to use."""
+
+
+def check_half_weights(model: Any, checkpoint: object) -> None:
+    """Stop when a weight became infinite in the float16 load (beyond +-65504 in the checkpoint)."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise PrecisionError(
+            f"{checkpoint}: {len(bad)} weight tensors (first: {bad[0]}) hold values beyond float16's range "
+            f"(+-{FP16_MAX:g}); build with --dtype float32, or serve the checkpoint in bf16 with "
+            "--backend tensorrt-llm"
+        )
+
+
+@contextmanager
+def float32_compute(model: Any) -> Iterator[None]:
+    """Run a half-precision torch model in fp32, one module at a time: before each module runs, its own
+    parameters are replaced by fp32 copies, and after it the half-precision ones are put back. The
+    activations that leave the embedding are then fp32 and stay so, every matmul and norm computes in
+    fp32, and at most one module's fp32 copy (the largest: the output projection) exists at once."""
+    import torch
+
+    handles = []
+
+    def before(module: Any, _args: Any) -> None:
+        saved = {}
+        for name, param in module.named_parameters(recurse=False):
+            if param.dtype in (torch.float16, torch.bfloat16):
+                saved[name] = param.data
+                param.data = param.data.float()
+        module._half_params = saved
+
+    def after(module: Any, _args: Any, _out: Any) -> None:
+        for name, data in module.__dict__.pop("_half_params", {}).items():
+            getattr(module, name).data = data
+
+    for module in model.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
     try:
-        model = onnx.load(str(src / ONNX_FILE))
-        # the graph is too big for onnx's shape inference over 2 GB; the types it needs are declared
-        half = convert_float_to_float16(model, keep_io_types=["logits"], disable_shape_infer=True)
-    except Exception as exc:  # the converter raises many types; name the step
-        raise PrecisionError(f"fp16 conversion of {src} failed: {type(exc).__name__}: {exc}") from exc
-    del model
-    save_onnx(half, dst / ONNX_FILE)
-    shutil.copy2(src / TOKENIZER_FILE, dst / TOKENIZER_FILE)
-    dataclasses.replace(meta, dtype="float16").save(dst)
-    return PrecisionResult(dst, "float16", time.perf_counter() - t0)
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

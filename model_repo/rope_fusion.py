@@ -18,7 +18,8 @@ class MulFreqsCosSinCache(CosSinCacheFusion):
     """Rotary angles computed with Mul (transformers 5.x) -> RotaryEmbedding(x, position_ids, cos, sin).
 
     With `max_pos_id` the cos/sin caches become constants (no MatMul left for weight quantisation to
-    touch, nothing recomputed per call).
+    touch, nothing recomputed per call). With `cast=True` it matches a half-precision export, where
+    transformers computes cos/sin in fp32 and casts them to the activations' type.
     """
 
     def __init__(self, name: str, *, max_pos_id: int, **kwargs: Any) -> None:
@@ -40,8 +41,11 @@ class MulFreqsCosSinCache(CosSinCacheFusion):
         pos = op.Cast(op.Unsqueeze(position_ids, extra_dims), to=ir.DataType.FLOAT)
         angles = op.Mul(pos, inv_freq)  # [B, S, head_dim / 2]
         emb = op.Concat(angles, angles, axis=-1)
-        cos_4d = op.Unsqueeze(op.Cos(emb), [1])
-        sin_4d = op.Unsqueeze(op.Sin(emb), [1])
+        cos, sin = op.Cos(emb), op.Sin(emb)
+        if self._cast:  # a half-precision export: the fp32 angles cast to the activations' type
+            cos, sin = op.Cast(cos, to=dtype), op.Cast(sin, to=dtype)
+        cos_4d = op.Unsqueeze(cos, [1])
+        sin_4d = op.Unsqueeze(sin, [1])
         return op.RotaryEmbedding(
             x, cos_4d, sin_4d, interleaved=interleaved, num_heads=num_heads, _domain="ai.onnxruntime._fusion"
         )

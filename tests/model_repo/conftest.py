@@ -56,10 +56,9 @@ def tiny_engine(tiny_llama_export: Path) -> object:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_fp16(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama export converted to fp16 (weights, activations and KV cache; logits fp32)."""
-    from model_repo.precision import convert_to_float16
+def tiny_llama_fp16(tiny_llama_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama loaded in fp16 and exported (weights, activations and KV cache fp16; logits fp32)."""
+    from model_repo.export import export_onnx
 
-    return convert_to_float16(
-        tiny_llama_export, tmp_path_factory.mktemp("build-tiny-fp16") / "fp16"
-    ).model_dir
+    out = tmp_path_factory.mktemp("build-tiny-fp16") / "fp16"
+    return export_onnx(tiny_llama_checkpoint, out, dtype="float16").model_dir

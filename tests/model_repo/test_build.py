@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +22,70 @@ def _report(repo: Path) -> dict[str, Any]:
 @pytest.fixture
 def reuse_export(monkeypatch: pytest.MonkeyPatch, tiny_llama_export: Path) -> None:
     """Builds below reuse the session's tiny export instead of exporting again (export has its own tests)."""
+    from model_repo.runtime.contract import GenerationMetadata
 
-    def fake_export(checkpoint: Path, out_dir: Path, **_kw: Any) -> export.ExportResult:
-        shutil.copytree(tiny_llama_export, out_dir)
-        from model_repo.runtime.contract import GenerationMetadata
+    def fake_graph(checkpoint: Path, out_dir: Path, *_a: Any, **_kw: Any) -> export.RawExport:
+        meta = GenerationMetadata.load(tiny_llama_export)
+        return export.RawExport(Path(out_dir), Path(out_dir) / "raw", meta, 0.0, "llama")
 
-        return export.ExportResult(Path(out_dir), GenerationMetadata.load(out_dir), 0.0, 0.0, {})
+    def fake_finish(raw: export.RawExport, **_kw: Any) -> export.ExportResult:
+        shutil.copytree(tiny_llama_export, raw.out, dirs_exist_ok=True)
+        return export.ExportResult(raw.out, raw.metadata, 0.0, 0.0, {})
 
-    monkeypatch.setattr(export, "export_onnx", fake_export)
+    monkeypatch.setattr(export, "export_graph", fake_graph)
+    monkeypatch.setattr(export, "finish_export", fake_finish)
 
 
-def test_int8_build_writes_repository_and_report(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+def test_int8_build_writes_repository_and_report(
+    tiny_llama_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """...and frees each large object before the next one loads: the torch model is gone when the
+    exported graph is fused (and later sessions load), the fp32 session when the quantiser starts."""
+    from model_repo import quantize
+    from model_repo.runtime.engine import Engine
+
+    alive: dict[str, list[weakref.ref[Any]]] = {"torch": [], "engine": []}
+    checked: list[str] = []
+    load_torch, finish, quantize_model, load_engine = (
+        export.load_torch_model,
+        export.finish_export,
+        quantize.quantize_model,
+        Engine.load.__func__,  # type: ignore[attr-defined]
+    )
+
+    def tracked_torch(*a: Any, **kw: Any) -> Any:
+        model, tok = load_torch(*a, **kw)
+        alive["torch"].append(weakref.ref(model))
+        return model, tok
+
+    def tracked_engine(cls: type, *a: Any, **kw: Any) -> Any:
+        engine = load_engine(cls, *a, **kw)
+        alive["engine"].append(weakref.ref(engine))
+        return engine
+
+    def live(kind: str) -> int:
+        return sum(ref() is not None for ref in alive[kind])
+
+    def checked_finish(*a: Any, **kw: Any) -> Any:
+        checked.append(f"torch models alive at the fusions: {live('torch')}")
+        return finish(*a, **kw)
+
+    def checked_quantize(*a: Any, **kw: Any) -> Any:
+        checked.append(f"sessions alive at quantisation: {live('engine')}")
+        return quantize_model(*a, **kw)
+
+    monkeypatch.setattr(export, "load_torch_model", tracked_torch)
+    monkeypatch.setattr(export, "finish_export", checked_finish)
+    monkeypatch.setattr(quantize, "quantize_model", checked_quantize)
+    monkeypatch.setattr(Engine, "load", classmethod(tracked_engine))
     out = tmp_path / "repo"
     seen: list[str] = []
     options = BuildOptions(
         model=str(tiny_llama_checkpoint), out=out, quantize="int8", min_agreement=0.5, max_ppl_increase=0.5
     )
     report = build(options, on_step=lambda name, _done: seen.append(name))
+    assert checked == ["torch models alive at the fusions: 0", "sessions alive at quantisation: 0"]
+    assert len(alive["torch"]) == 1 and len(alive["engine"]) == 2  # the fp32 export's, the int8 one's
     assert set(seen) == set(step_names(options))
     assert (out / "REPOSITORY.json").is_file() and (out / "llm" / "config.pbtxt").is_file()
     engine_dir = out / "llm" / "1" / "engine"
@@ -76,7 +124,7 @@ def test_interrupted_build_keeps_the_previous_repository(
     def interrupted(*_a: Any, **_kw: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "export_onnx", interrupted)
+    monkeypatch.setattr(export, "export_graph", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build(BuildOptions(model=str(tiny_llama_checkpoint), out=out))
     assert (out / "REPOSITORY.json").read_text() == "{}"
@@ -90,7 +138,8 @@ def test_interrupted_build_keeps_the_previous_repository(
         ({"backend": "vllm"}, "--backend"),
         ({"min_agreement": 1.5}, "--min-agreement"),
         ({"max_ppl_increase": -0.1}, "--max-ppl-increase"),
-        ({"dtype": "bfloat16"}, r"--dtype 'bfloat16': choose one of float32, float16"),
+        ({"dtype": "bfloat16"}, r"--dtype bfloat16: onnxruntime's CPU provider .* has no bf16 kernel"),
+        ({"dtype": "int8"}, r"--dtype 'int8': choose one of float32, float16"),
         (
             {"dtype": "float16", "quantize": "int4"},
             "--dtype float16 is for --backend onnx without --quantize",
