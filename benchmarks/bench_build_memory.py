@@ -1,13 +1,17 @@
-"""Peak memory of `tritonform build` per billion parameters: what a 7-8B build needs.
+"""Peak memory of `tritonform build` per billion parameters, fp32 and fp16: what a 7-8B build needs.
 
-    python benchmarks/bench_build_memory.py                       # the default model and a ~0.5B one
-    python benchmarks/bench_build_memory.py --sizes default        # only the default model (135M)
+    python benchmarks/bench_build_memory.py                                   # every size, both dtypes
+    python benchmarks/bench_build_memory.py --sizes tiny default --dtypes float16
 
-Each build runs in its own process (fp32 export + parity gate, no quantisation: the build's largest
-step), and its peak resident memory (ru_maxrss of the child) is printed beside the parameter count, as
-GB per billion parameters and extrapolated to 7B and 8B. "~0.5B" is a random-weight Qwen2-0.5B-shaped
-checkpoint (hidden 896, 14/2 heads, MLP 4864) with 32 layers and the tiny test tokenizer's vocabulary,
-so its parameters sit in the layers, as a 7-8B model's do. The machine is shared: memory figures are
+Each build runs in its own process (no quantisation; fp32: export + parity gate, fp16: fp32 reference +
+export + quality gate) and reports its own peak resident memory (ru_maxrss) and the peak reached by the
+end of each step, so the step that sets the peak is named. Per dtype, a straight line through the points
+(GiB = libraries + bytes per parameter x parameters) is fitted by least squares and extrapolated to 7B
+and 8B. "tiny" is the test suite's random Llama (<1M parameters: the libraries alone); "default" the
+default model (135M); "0.5b" a random-weight Qwen2-0.5B-shaped checkpoint (hidden 896, 14/2 heads, MLP
+4864) with 32 layers and the tiny test tokenizer's vocabulary, so its parameters sit in the layers, as a
+7-8B model's do. A random model's fp16 gate may fail on near-tied logits: the peak is still reported
+(the gate is the build's last step) with the gate's outcome. The machine is shared: memory figures are
 stable, times are not.
 """
 
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,14 +26,25 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SIZES = ("tiny", "default", "0.5b")
 
 _CHILD = """
-import json, sys
+import json, resource, sys
 from pathlib import Path
 from model_repo.build import BuildOptions, build
-out = Path(sys.argv[2])
-report = build(BuildOptions(model=sys.argv[1], out=out, parity_tokens=16))
-print(json.dumps({"parity": report["parity"]["passed"], "timings": report["timings_s"]}))
+from model_repo.gates import GateError
+peaks = {}
+def on_step(name, done):
+    peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)
+options = BuildOptions(model=sys.argv[1], out=Path(sys.argv[2]), dtype=sys.argv[3], parity_tokens=16)
+try:
+    report = build(options, on_step=on_step)
+    gate = report.get("quality") or report.get("parity")
+    outcome = "passed" if gate["passed"] else "FAILED"
+except GateError as exc:
+    outcome = f"FAILED ({exc})"[:200]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+print(json.dumps({"peak_rss_gib": peak, "step_peaks_gib": peaks, "gate": outcome}))
 """
 
 
@@ -86,50 +100,76 @@ def _prod(shape: list[int]) -> int:
     return out
 
 
-def measure(model: str, work: Path) -> dict[str, object]:
-    """Build `model` in a child process; its peak RSS in GiB and the build's timings."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def measure(model: str, work: Path, dtype: str) -> dict[str, object]:
+    """Build `model` at `dtype` in a child process: its peak RSS in GiB, per step, and the gate."""
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, model, str(work / "repo")],
+        [sys.executable, "-c", _CHILD, model, str(work / f"repo-{dtype}"), dtype],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode:
-        raise SystemExit(f"build of {model} failed:\n{done.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        raise SystemExit("a larger build ran earlier in this process: measure one size per run")
+        raise SystemExit(f"build of {model} ({dtype}) failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"peak_rss_gib": peak / 1024 / 1024, "seconds": time.perf_counter() - t0, **result}
+    return {"seconds": time.perf_counter() - t0, **result}
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares GiB = a + b x billions of parameters; (a, b)."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - b * mx, b
+
+
+def checkpoint_for(size: str, work: Path) -> Path:
+    from model_repo.checkpoint import fetch_default, make_tiny_checkpoint
+
+    if size == "default":
+        return fetch_default()
+    if size == "tiny":
+        return make_tiny_checkpoint(work / "checkpoint", "llama")
+    return half_billion(work / "checkpoint")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", nargs="+", default=["default", "0.5b"], choices=["default", "0.5b"])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"], choices=["float32", "float16"])
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from model_repo.checkpoint import fetch_default
-
-    # smallest first: ru_maxrss of children is the largest child so far
+    points: dict[str, list[tuple[float, float]]] = {dtype: [] for dtype in args.dtypes}
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-build-memory-") as tmp:
             work = Path(tmp)
-            checkpoint = fetch_default() if size == "default" else half_billion(work / "checkpoint")
+            checkpoint = checkpoint_for(size, work)
             count = parameters(checkpoint)
-            figures = measure(str(checkpoint), work)
-            per_billion = float(figures["peak_rss_gib"]) / (count / 1e9)  # type: ignore[arg-type]
-            print(
-                f"{size}: {count / 1e6:.0f}M parameters, peak RSS {figures['peak_rss_gib']:.2f} GiB "
-                f"= {per_billion:.1f} GiB per billion parameters "
-                f"(fp32 export + parity, {figures['seconds']:.0f} s; "
-                f"parity {'passed' if figures['parity'] else 'FAILED'}); "
-                f"at that rate 7B: {7 * per_billion:.0f} GiB, 8B: {8 * per_billion:.0f} GiB"
-            )
+            for dtype in args.dtypes:
+                figures = measure(str(checkpoint), work, dtype)
+                peak = float(figures["peak_rss_gib"])  # type: ignore[arg-type]
+                points[dtype].append((count / 1e9, peak))
+                steps = ", ".join(f"{k} {v:.2f}" for k, v in figures["step_peaks_gib"].items())  # type: ignore[attr-defined]
+                print(
+                    f"{size} {dtype}: {count / 1e6:.1f}M parameters, peak RSS {peak:.2f} GiB "
+                    f"({figures['seconds']:.0f} s; gate {figures['gate']}); peak by the end of each step: "
+                    f"{steps}",
+                    flush=True,
+                )
+    for dtype, pts in points.items():
+        if len({x for x, _ in pts}) < 2:
+            continue
+        a, b = fit(pts)
+        bytes_per = b * 1024**3 / 1e9
+        print(
+            f"{dtype}: peak GiB = {a:.2f} + {b:.2f} x billions of parameters ({bytes_per:.1f} bytes per "
+            f"parameter, {len(pts)} points); 7B: {a + 7 * b:.0f} GiB, 8B: {a + 8 * b:.0f} GiB"
+        )
 
 
 if __name__ == "__main__":

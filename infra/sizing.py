@@ -1,8 +1,9 @@
 """Will a model fit its GPUs, and how fast can it decode there: the estimates `tritonform plan` prints.
 
 Plain arithmetic on a decoder-only transformer's shape (Llama, Qwen2, Mistral: grouped-query attention,
-gated MLP), standard library only, so `scripts/gpu-check` can import it on a GPU machine without the
-project's dependencies and hold its predictions against `torch.cuda.max_memory_allocated`.
+gated MLP), standard library only (with model_repo/precision.py, the one table of bytes per precision the
+build uses too), so `scripts/gpu-check` can import it on a GPU machine without the project's dependencies
+and hold its predictions against `torch.cuda.max_memory_allocated`.
 
 Memory per GPU of one replica (tensor parallel size `tp` splits weights, KV heads and MLP columns):
 - weights: parameters x bytes per parameter / tp (int8/int4 keep the embedding tables at 16 bits, as
@@ -27,17 +28,15 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8", "int4")
-BYTES_PER_PARAMETER: dict[str, float] = {
-    "fp32": 4.0,
-    "fp16": 2.0,
-    "bf16": 2.0,
-    "int8": 1.0 + 2 / 128,  # a 16-bit scale per 128 weights (block-wise weight-only quantisation)
-    "int4": 0.5 + 2 / 128,
-}
+from model_repo.precision import PRECISIONS as _TABLE
+from model_repo.precision import PrecisionName
+
+# One table of precisions for the build and the plan: model_repo/precision.py (standard library only).
+Precision = PrecisionName
+PRECISIONS: tuple[Precision, ...] = tuple(p.name for p in _TABLE.values())
+BYTES_PER_PARAMETER: dict[str, float] = {name: p.weight_bytes for name, p in _TABLE.items()}
 GIB = 1024**3
 # A part sold as N GB reports ~97-98% of N GiB to CUDA; keep a little more back for the runtime's pools.
 USABLE_FRACTION = 0.95
@@ -188,7 +187,7 @@ def weight_bytes(shape: ModelShape, precision: str) -> float:
 
 def kv_bytes_per_token(shape: ModelShape, precision: str, tensor_parallel: int = 1) -> float:
     """K and V of one token across all layers, on one GPU of `tensor_parallel`."""
-    kv_bytes = 4.0 if precision == "fp32" else 2.0
+    kv_bytes = _TABLE[precision].activation_bytes
     heads = max(1, math.ceil(shape.kv_heads / tensor_parallel))
     return 2.0 * shape.layers * heads * shape.head_size * kv_bytes
 
@@ -197,7 +196,7 @@ def activation_bytes(
     shape: ModelShape, precision: str, tokens: int, sequences: int, tensor_parallel: int = 1
 ) -> float:
     """The largest transient of one forward over `tokens` tokens (of `sequences` sequences) on one GPU."""
-    act = 4.0 if precision == "fp32" else 2.0
+    act = _TABLE[precision].activation_bytes
     per_token = (4 * shape.intermediate_size / tensor_parallel + 4 * shape.hidden_size) * act
     logits = sequences * shape.vocab_size * 4.0
     return tokens * per_token + logits

@@ -132,3 +132,26 @@ def test_config_without_the_needed_numbers_names_them(tmp_path: Path) -> None:
         shape_from_config_file(tmp_path / "config.json")
     (tmp_path / "config.json").write_text(json.dumps(LLAMA_31_8B))
     assert shape_from_config_file(tmp_path / "config.json").layers == 32
+
+
+def test_sizing_reads_the_builds_precision_table_and_needs_only_the_standard_library() -> None:
+    """One table of bytes per precision (model_repo/precision.py) for the plan and the build, and
+    importing the sizing model loads nothing outside the standard library (scripts/gpu-check runs it on
+    a GPU machine that has only PyTorch)."""
+    import subprocess
+    import sys
+
+    from infra.sizing import BYTES_PER_PARAMETER, PRECISIONS
+    from model_repo.precision import PRECISIONS as TABLE
+
+    assert tuple(TABLE) == PRECISIONS and {n: p.weight_bytes for n, p in TABLE.items()} == BYTES_PER_PARAMETER
+    code = (
+        "import sys; import infra.sizing; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'__main__'}))"
+    )
+    # -S: no site-packages at all, so a third-party import would fail outright
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "['infra', 'model_repo']"
