@@ -158,6 +158,12 @@ def build(
         if options.backend == "tensorrt-llm":
             _build_tensorrt_llm(options, info, work, report, steps)
         else:
+            from model_repo import build_memory
+
+            memory = build_memory.estimate(info.path, options.dtype, options.quantize)
+            if memory is not None:
+                report["memory"] = memory
+                steps.note(build_memory.describe(memory, options.dtype))
             _build_onnx(options, info, work, report, steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -85,6 +85,7 @@ def test_int8_build_writes_repository_and_report(
     )
     report = build(options, on_step=lambda name, _done: seen.append(name))
     assert checked == ["torch models alive at the fusions: 0", "sessions alive at quantisation: 0"]
+    assert report["memory"]["parameters"] > 0 and report["memory"]["at_least"]  # stated before the work
     assert len(alive["torch"]) == 1 and len(alive["engine"]) == 2  # the fp32 export's, the int8 one's
     assert set(seen) == set(step_names(options))
     assert (out / "REPOSITORY.json").is_file() and (out / "llm" / "config.pbtxt").is_file()

@@ -109,7 +109,9 @@ def build_command(
         typer.Option(
             "--dtype",
             help="onnx only: float32 | float16. float16 halves the weights and the KV cache for GPUs "
-            "(logits stay fp32) and is gated against the fp32 export (>= 99% agreement, <= 1% perplexity).",
+            "(logits stay fp32) and the build's RAM (the checkpoint is loaded and exported in fp16); it is "
+            "gated against PyTorch computing in fp32 (>= 99% agreement, <= 1% perplexity). bfloat16: use "
+            "--backend tensorrt-llm (onnxruntime's CPU provider, which runs the gates, has no bf16 kernels).",
         ),
     ] = "float32",
 ) -> None:
@@ -210,6 +212,11 @@ def _summary(console: object, options: object, report: dict[str, object]) -> Non
         lines.append(
             f"fp32 parity: {parity['n_tokens']} greedy tokens equal to PyTorch on {parity['prompts']} prompts"
         )
+    memory = report.get("memory")
+    if isinstance(memory, dict):
+        from model_repo.build_memory import describe
+
+        lines.append(f"memory: {describe(memory, str(getattr(options, 'dtype', 'float32')))}")
     quality = report.get("quality")
     if isinstance(quality, dict):
         lines.append(
