@@ -11,9 +11,11 @@ Per dtype, a straight line through the anonymous peaks (GiB = libraries + bytes 
 is fitted by least squares and extrapolated to 7B and 8B (model_repo/build_memory.py keeps the fit the build
 states before it starts). "tiny" is the test suite's random Llama (<1M parameters: the libraries alone);
 "default" the default model (135M); "0.4b" a random-weight Qwen2-0.5B-shaped checkpoint
-(`qwen2_half_billion`), its parameters mostly in the layers, as a 7-8B model's are. A random model's fp16
-gate may fail on near-tied logits: the peak is still reported (the gate is the build's last step) with the
-gate's outcome. The machine is shared: memory figures are stable, times are not.
+(`qwen2_half_billion`), its parameters mostly in the layers, as a 7-8B model's are. The 0.4b builds run
+shortened gates (2 decode prompts x 8 tokens, ~1200 characters of held-out text: the same objects in memory,
+a fraction of the time). A random model's fp16 gate may fail on near-tied logits: the peak is still reported
+(the gate is the build's last step) with the gate's outcome. The machine is shared: memory figures are
+stable, times are not.
 """
 
 from __future__ import annotations
@@ -45,11 +47,20 @@ threading.Thread(target=sample, daemon=True).start()
 peaks = {}
 def on_step(name, done):
     peaks[name] = [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2), round(anon[0], 2)]
+if sys.argv[4] == "short":  # fewer gate tokens: the same objects in memory, a fraction of the time
+    import model_repo.gates as gates
+    gates.DECODE_PROMPTS, gates.DECODE_TOKENS = gates.DECODE_PROMPTS[:2], 8
+    short = Path(sys.argv[2]).parent / "heldout-short.txt"
+    short.write_text(gates.HELDOUT_TEXT.read_text()[:1200])
+    gates.HELDOUT_TEXT = short
 options = BuildOptions(model=sys.argv[1], out=Path(sys.argv[2]), dtype=sys.argv[3], parity_tokens=16)
 try:
     report = build(options, on_step=on_step)
     gate = report.get("quality") or report.get("parity")
     outcome = "passed" if gate["passed"] else "FAILED"
+    if "agreement" in gate:
+        outcome += f" {gate['agreement']:.1%} / {gate['decode_agreement']:.1%}"
+        outcome += f", perplexity {gate['perplexity_increase']:+.2%}"
 except GateError as exc:
     outcome = f"FAILED ({exc})"[:200]
 time.sleep(0.2)
@@ -89,11 +100,19 @@ def qwen2_half_billion(folder: Path) -> Path:
     return folder
 
 
-def measure(model: str, work: Path, dtype: str) -> dict[str, object]:
-    """Build `model` at `dtype` in a child process: its peak RSS in GiB, per step, and the gate."""
+def measure(model: str, work: Path, dtype: str, short: bool) -> dict[str, object]:
+    """Build `model` at `dtype` in a child process: its peak memory in GiB, per step, and the gate."""
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, model, str(work / f"repo-{dtype}"), dtype],
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            model,
+            str(work / f"repo-{dtype}"),
+            dtype,
+            "short" if short else "full",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -142,14 +161,16 @@ def main() -> None:
             checkpoint = checkpoint_for(size, work)
             count = parameter_count(checkpoint)
             for dtype in args.dtypes:
-                figures = measure(str(checkpoint), work, dtype)
+                short = size == "0.4b"  # its gates at full length take ~3x the default model's hour here
+                figures = measure(str(checkpoint), work, dtype, short)
                 peak = float(figures["peak_anon_gib"])  # type: ignore[arg-type]
                 points[dtype].append((count / 1e9, peak))
                 steps = figures["step_peaks_gib"].items()  # type: ignore[attr-defined]
                 print(
                     f"{size} {dtype}: {count / 1e6:.1f}M parameters, peak {peak:.2f} GiB anonymous, "
-                    f"{float(figures['peak_rss_gib']):.2f} GiB RSS ({figures['seconds']:.0f} s; gate "  # type: ignore[arg-type]
-                    f"{figures['gate']}); by the end of each step (RSS/anonymous): "
+                    f"{float(figures['peak_rss_gib']):.2f} GiB RSS ({figures['seconds']:.0f} s; "  # type: ignore[arg-type]
+                    f"{'shortened ' if short else ''}gate {figures['gate']}); "
+                    "by the end of each step (RSS/anonymous): "
                     + ", ".join(f"{k} {rss:.2f}/{a:.2f}" for k, (rss, a) in steps),
                     flush=True,
                 )

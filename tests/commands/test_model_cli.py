@@ -88,4 +88,5 @@ def test_a_build_summary_shows_both_quality_figures(tiny_llama_checkpoint: Path,
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "on held-out text" in text and "while generating" in text and "perplexity" in text
+    assert "memory: " in text and "GiB of RAM at its peak" in text and "this machine has" in text
     assert (out / "REPOSITORY.json").is_file()

@@ -139,7 +139,7 @@ def test_interrupted_build_keeps_the_previous_repository(
         ({"backend": "vllm"}, "--backend"),
         ({"min_agreement": 1.5}, "--min-agreement"),
         ({"max_ppl_increase": -0.1}, "--max-ppl-increase"),
-        ({"dtype": "bfloat16"}, r"--dtype bfloat16: onnxruntime's CPU provider .* has no bf16 kernel"),
+        ({"dtype": "bfloat16"}, r"--dtype bfloat16: onnxruntime's CPU provider.* has no bf16 kernel"),
         ({"dtype": "int8"}, r"--dtype 'int8': choose one of float32, float16"),
         (
             {"dtype": "float16", "quantize": "int4"},
