@@ -47,3 +47,10 @@ def test_a_tiny_build_fits() -> None:
         "enough": True,
     }
     assert "too little" not in build_memory.describe(entry, "float16")
+
+
+def test_the_readme_states_the_fit_the_build_uses() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    text = " ".join(readme.split())
+    for libraries, per_billion in build_memory.BUILD_MEMORY_FIT.values():
+        assert f"{libraries:.1f} GiB + {per_billion:.1f} GiB per billion parameters" in text
