@@ -8,8 +8,9 @@ model.onnx, tokenizer.json and generation.json). For a change to the build's gra
 fusions) this isolates the graph: same runtime, same prompts (chat-formatted when the model has a chat
 template), greedy, exactly --tokens new tokens each (eos ignored). With --rows N, N sequences decode
 together in one batch (the engine's DecodeBatch, as a served lane runs them) and tok/s counts all of
-them. Rounds alternate A, B, B, A, ... so a slower spell of a shared machine hits every graph; figures
-are medians of the rounds, ratios against the first graph. Also prints the nodes each graph runs per
+them; --decode-only leaves the prompts' prefills (and the first tokens they give) out of the timing.
+Rounds alternate A, B, B, A, ... so a slower spell of a shared machine hits every graph; figures are
+medians of the rounds, ratios against the first graph. Also prints the nodes each graph runs per
 decode step and whether the graphs produced the same tokens as the first.
 """
 
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer (64)")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default: the engine's)")
     parser.add_argument("--rows", type=int, default=1, help="sequences decoded together (1)")
+    parser.add_argument(
+        "--decode-only", action="store_true", help="time the decode steps only, not the prompts' prefills"
+    )
     args = parser.parse_args()
     if len(args.engines) < 2:
         parser.error("give at least two engine directories to compare")
@@ -72,10 +76,12 @@ def main() -> None:
         for row in range(args.rows):
             out = batch.add(str(row), engine.encode(prompt(r * args.rows + row + 1)), params)
             ids[out.request_id] = [out.token_id]
+        if args.decode_only:
+            started = time.perf_counter()
         while len(batch):
             for out in batch.step():
                 ids[out.request_id].append(out.token_id)
-        count = sum(len(v) for v in ids.values())
+        count = sum(len(v) - (1 if args.decode_only else 0) for v in ids.values())
         return count / (time.perf_counter() - started), [ids[str(row)] for row in range(args.rows)]
 
     for engine in engines:  # warm up
