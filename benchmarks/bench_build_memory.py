@@ -5,17 +5,17 @@
 
 Each build runs in its own process (no quantisation; fp32: export + parity gate, fp16: fp32 reference +
 export + quality gate) and reports its peak anonymous memory (RssAnon sampled every 50 ms: what must fit in
-RAM) and its peak resident memory (ru_maxrss, which also counts mapped checkpoint and ONNX data files: page
-cache the kernel may drop), overall and by the end of each step, so the step that sets the peak is named.
-Per dtype, a straight line through the anonymous peaks (GiB = libraries + bytes per parameter x parameters)
-is fitted by least squares and extrapolated to 7B and 8B (model_repo/build_memory.py keeps the fit the build
-states before it starts). "tiny" is the test suite's random Llama (<1M parameters: the libraries alone);
-"default" the default model (135M); "0.4b" a random-weight Qwen2-0.5B-shaped checkpoint
-(`qwen2_half_billion`), its parameters mostly in the layers, as a 7-8B model's are. The 0.4b builds run
-shortened gates (2 decode prompts x 8 tokens, ~1200 characters of held-out text: the same objects in memory,
-a fraction of the time). A random model's fp16 gate may fail on near-tied logits: the peak is still reported
-(the gate is the build's last step) with the gate's outcome. The machine is shared: memory figures are
-stable, times are not.
+RAM) and its peak resident memory (ru_maxrss, which also counts the mapped checkpoint and ONNX data files
+the build reads: page cache the kernel may drop, but re-reads while they are in use), overall and by the end
+of each step, so the step that sets the peak is named. Per dtype, a straight line through the peaks (each
+measure) (GiB = libraries + bytes per parameter x parameters) is fitted by least squares and extrapolated to
+7B and 8B (model_repo/build_memory.py keeps the RSS fit, which the build states before it starts). "tiny" is
+the test suite's random Llama (<1M parameters: the libraries alone); "default" the default model (135M);
+"0.4b" a random-weight Qwen2-0.5B-shaped checkpoint (`qwen2_half_billion`), its parameters mostly in the
+layers, as a 7-8B model's are. The 0.4b builds run shortened gates (2 decode prompts x 8 tokens, ~1200
+characters of held-out text: the same objects in memory, a fraction of the time). A random model's fp16 gate
+may fail on near-tied logits: the peak is still reported (the gate is the build's last step) with the gate's
+outcome. The machine is shared: memory figures are stable, times are not.
 """
 
 from __future__ import annotations
@@ -154,7 +154,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from model_repo.build_memory import parameter_count
 
-    points: dict[str, list[tuple[float, float]]] = {dtype: [] for dtype in args.dtypes}
+    points: dict[tuple[str, str], list[tuple[float, float]]] = {
+        (dtype, kind): [] for dtype in args.dtypes for kind in ("RSS", "anonymous")
+    }
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-build-memory-") as tmp:
             work = Path(tmp)
@@ -164,7 +166,8 @@ def main() -> None:
                 short = size == "0.4b"  # its gates at full length take ~3x the default model's hour here
                 figures = measure(str(checkpoint), work, dtype, short)
                 peak = float(figures["peak_anon_gib"])  # type: ignore[arg-type]
-                points[dtype].append((count / 1e9, peak))
+                points[dtype, "anonymous"].append((count / 1e9, peak))
+                points[dtype, "RSS"].append((count / 1e9, float(figures["peak_rss_gib"])))  # type: ignore[arg-type]
                 steps = figures["step_peaks_gib"].items()  # type: ignore[attr-defined]
                 print(
                     f"{size} {dtype}: {count / 1e6:.1f}M parameters, peak {peak:.2f} GiB anonymous, "
@@ -174,13 +177,13 @@ def main() -> None:
                     + ", ".join(f"{k} {rss:.2f}/{a:.2f}" for k, (rss, a) in steps),
                     flush=True,
                 )
-    for dtype, pts in points.items():
+    for (dtype, kind), pts in points.items():
         if len({x for x, _ in pts}) < 2:
             continue
         a, b = fit(pts)
         bytes_per = b * 1024**3 / 1e9
         print(
-            f"{dtype}: peak anonymous GiB = {a:.2f} + {b:.2f} x billions of parameters "
+            f"{dtype}: peak {kind} GiB = {a:.2f} + {b:.2f} x billions of parameters "
             f"({bytes_per:.1f} bytes per parameter, {len(pts)} points); "
             f"7B: {a + 7 * b:.0f} GiB, 8B: {a + 8 * b:.0f} GiB"
         )

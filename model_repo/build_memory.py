@@ -1,8 +1,8 @@
 """The RAM an ONNX build needs, stated before it starts: measured peaks, fitted per billion parameters.
 
 `benchmarks/bench_build_memory.py` builds checkpoints of several sizes (tiny, the default 135M, a ~0.4B
-Qwen2-shaped one) at each dtype and fits the peak anonymous memory of the build's process (what must fit
-in RAM; mapped checkpoint and ONNX files are page cache the kernel may drop) as a straight line:
+Qwen2-shaped one) at each dtype and fits the peak resident memory of the build's process (ru_maxrss: its own memory and
+the mapped checkpoint and ONNX files it reads, which must stay in RAM while in use) as a straight line:
 libraries + GiB per billion parameters. The build prints that estimate for its checkpoint beside the
 machine's memory, and records both in build_report.json, so a 7-8B build on a machine that cannot hold it
 says so before the export runs, not by being killed an hour later. A quantised build starts from the
@@ -19,8 +19,8 @@ GIB = 1024**3
 # (libraries GiB, GiB per billion parameters), least squares over the peaks benchmarks/bench_build_memory.py
 # measured (tiny, 135M, 0.4B; README, "RAM a build needs"); a test holds the README to these figures.
 BUILD_MEMORY_FIT: dict[str, tuple[float, float]] = {
-    "float32": (0.5, 11.0),
-    "float16": (0.7, 7.0),
+    "float32": (0.6, 9.1),
+    "float16": (0.8, 7.1),
 }
 
 
