@@ -1,12 +1,12 @@
 """The RAM an ONNX build needs, stated before it starts: measured peaks, fitted per billion parameters.
 
 `benchmarks/bench_build_memory.py` builds checkpoints of several sizes (tiny, the default 135M, a ~0.4B
-Qwen2-shaped one) at each dtype and fits the peak resident memory of the build's process (ru_maxrss: its own memory and
-the mapped checkpoint and ONNX files it reads, which must stay in RAM while in use) as a straight line:
-libraries + GiB per billion parameters. The build prints that estimate for its checkpoint beside the
+Qwen2-shaped one) at each dtype and fits the peak resident memory of the build's process (ru_maxrss: its own
+memory and the mapped checkpoint and ONNX files it reads, which must stay in RAM while in use) as a straight
+line: libraries + GiB per billion parameters. The build prints that estimate for its checkpoint beside the
 machine's memory, and records both in build_report.json, so a 7-8B build on a machine that cannot hold it
-says so before the export runs, not by being killed an hour later. A quantised build starts from the
-fp32 export, so it needs at least the fp32 figure.
+says so before the export runs, not by being killed an hour later. A quantised build starts from the fp32
+export, so it needs at least the fp32 figure.
 """
 
 from __future__ import annotations
