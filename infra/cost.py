@@ -129,7 +129,13 @@ def stack_cost(settings: StackSettings) -> StackCost:
     shape = model.shape()
     throughput = (
         estimate_throughput(
-            shape, model.precision, model.context_length, model.concurrency, machine.hbm_bandwidth_gb_s, tp
+            shape,
+            model.precision,
+            model.context_length,
+            model.concurrency,
+            machine.hbm_bandwidth_gb_s,
+            tp,
+            compute_precision=model.compute_precision(),
         )
         if machine
         else None

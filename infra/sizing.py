@@ -186,7 +186,8 @@ def weight_bytes(shape: ModelShape, precision: str) -> float:
 
 
 def kv_bytes_per_token(shape: ModelShape, precision: str, tensor_parallel: int = 1) -> float:
-    """K and V of one token across all layers, on one GPU of `tensor_parallel`."""
+    """K and V of one token across all layers, on one GPU of `tensor_parallel`, in `precision`'s
+    activation type."""
     kv_bytes = _TABLE[precision].activation_bytes
     heads = max(1, math.ceil(shape.kv_heads / tensor_parallel))
     return 2.0 * shape.layers * heads * shape.head_size * kv_bytes
@@ -209,12 +210,15 @@ def estimate_memory(
     concurrency: int,
     gpu_memory_gib: float,
     tensor_parallel: int = 1,
+    compute_precision: str | None = None,
 ) -> MemoryEstimate:
-    """Memory per GPU for a replica holding `concurrency` sequences of `context_length` tokens."""
+    """Memory per GPU for a replica holding `concurrency` sequences of `context_length` tokens;
+    `compute_precision` is the activations' and KV cache's when it is not `precision`'s (default)."""
+    compute = compute_precision or precision
     weights = weight_bytes(shape, precision) / tensor_parallel
-    kv = kv_bytes_per_token(shape, precision, tensor_parallel) * context_length * concurrency
+    kv = kv_bytes_per_token(shape, compute, tensor_parallel) * context_length * concurrency
     prefill = min(context_length * concurrency, max(PREFILL_TOKEN_BUDGET, context_length))
-    activations = activation_bytes(shape, precision, prefill, concurrency, tensor_parallel)
+    activations = activation_bytes(shape, compute, prefill, concurrency, tensor_parallel)
     runtime = RUNTIME_FIXED_GIB * GIB + FRAGMENTATION * (weights + kv + activations)
     return MemoryEstimate(
         weights_gib=weights / GIB,
@@ -250,11 +254,17 @@ def estimate_throughput(
     bandwidth_gb_s: float,
     tensor_parallel: int = 1,
     efficiency: float = BANDWIDTH_EFFICIENCY,
+    compute_precision: str | None = None,
 ) -> Throughput:
-    """Tokens per second one replica decodes with `concurrency` sequences in flight (memory-bound)."""
+    """Tokens per second one replica decodes with `concurrency` sequences in flight (memory-bound);
+    `compute_precision` as in `estimate_memory`."""
     average_context = int(context_length * AVERAGE_CONTEXT_FILL)
     weights = weight_bytes(shape, precision) / tensor_parallel
-    kv = kv_bytes_per_token(shape, precision, tensor_parallel) * average_context * concurrency
+    kv = (
+        kv_bytes_per_token(shape, compute_precision or precision, tensor_parallel)
+        * average_context
+        * concurrency
+    )
     step_s = (weights + kv) / (bandwidth_gb_s * 1e9 * efficiency)
     return Throughput(
         tokens_per_second=concurrency / step_s,

@@ -37,7 +37,7 @@ def check_disk(backend: str, disk_size_gb: int, model: ModelSettings) -> None:
         raise ValueError(
             f"gpuPool.diskSizeGb: {disk_size_gb} GB cannot hold the TensorRT-LLM image "
             f"(~{TRTLLM_IMAGE_DISK_GB} GB) and {model.name}'s checkpoint ({checkpoint} GiB) "
-            "that each Triton pod copies to the node; set diskSizeGb to at least {int(needed) + 1}"
+            f"that each Triton pod copies to the node; set diskSizeGb to at least {int(needed) + 1}"
         )
 
 
@@ -63,7 +63,13 @@ def replica_estimate(model: ModelSettings, machine: GpuMachine, tensor_parallel:
 
 def _estimate(shape: ModelShape, model: ModelSettings, machine: GpuMachine, tp: int) -> MemoryEstimate:
     return estimate_memory(
-        shape, model.precision, model.context_length, model.concurrency, machine.gpu_memory_gib, tp
+        shape,
+        model.precision,
+        model.context_length,
+        model.concurrency,
+        machine.gpu_memory_gib,
+        tp,
+        compute_precision=model.compute_precision(),
     )
 
 

@@ -50,6 +50,14 @@ class ModelSettings(Settings):
             self.shape()  # a missing or wrong config.json is a settings error, named here
         return self
 
+    def compute_precision(self) -> str:
+        """The activations' and KV cache's precision: the ONNX backend's weight-only int8/int4 builds
+        keep fp32 activations and an fp32 KV cache (model_repo/build.py refuses --dtype with
+        --quantize); TensorRT-LLM's weight-only formats compute in 16 bits."""
+        if self.backend == "onnx" and self.precision in ("int8", "int4"):
+            return "fp32"
+        return self.precision
+
     def shape(self) -> ModelShape:
         """The model's shape: read from `configJson`, else from the numbers given."""
         if self.config_json is not None:

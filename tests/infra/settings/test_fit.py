@@ -12,7 +12,7 @@ import pytest
 
 from infra.catalog import GPU_MACHINES
 from infra.settings import SettingsError, load_settings
-from infra.settings.fit import machines_that_fit
+from infra.settings.fit import check_disk, machines_that_fit, replica_estimate
 from infra.settings.model import ModelSettings
 
 LLAMA_8B = {
@@ -111,3 +111,21 @@ def test_model_from_a_checkpoint_config(tmp_path: Path) -> None:
 
 def test_kv_heads_must_divide_query_heads() -> None:
     assert "kvHeads: 5 must divide attentionHeads (32)" in _problems(_stack(model={**LLAMA_8B, "kvHeads": 5}))
+
+
+def test_onnx_int4_sizes_its_fp32_kv_cache_and_tensorrt_llm_int4_a_16_bit_one() -> None:
+    """The ONNX backend's weight-only int4/int8 builds keep fp32 activations and KV cache (the build
+    refuses --dtype with --quantize), so the fit counts 4 bytes a KV element there and 2 on TensorRT-LLM."""
+    machine = GPU_MACHINES["aws"]["g6e.xlarge"]
+    onnx = ModelSettings.model_validate({**LLAMA_8B, "precision": "int4", "backend": "onnx"})
+    trtllm = ModelSettings.model_validate({**LLAMA_8B, "precision": "int4", "backend": "tensorrt-llm"})
+    assert onnx.compute_precision() == "fp32" and trtllm.compute_precision() == "int4"
+    onnx_fit, trtllm_fit = replica_estimate(onnx, machine, 1), replica_estimate(trtllm, machine, 1)
+    assert onnx_fit.weights_gib == trtllm_fit.weights_gib
+    assert onnx_fit.kv_cache_gib == pytest.approx(2 * trtllm_fit.kv_cache_gib)
+
+
+def test_a_trtllm_node_disk_too_small_names_the_size_to_set() -> None:
+    """The disk check's advice carries the number (it was once printed as a literal placeholder)."""
+    with pytest.raises(ValueError, match=r"set diskSizeGb to at least \d+$"):
+        check_disk("tensorrt-llm", 50, ModelSettings.model_validate({**LLAMA_8B, "precision": "bf16"}))
