@@ -129,8 +129,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--drop-layers", type=int, default=8, help="depth pruning: a quarter of 30, rounded up")
     ap.add_argument("--mlp-keep", type=float, default=None, help="width pruning (default: the same size)")
-    ap.add_argument("--prompts", type=int, default=192, help="teacher answers = the distillation text")
-    ap.add_argument("--answer-tokens", type=int, default=96)
+    ap.add_argument("--prompts", type=int, default=192, help="writing prompts the teacher answers")
+    ap.add_argument("--answers", type=int, default=2, help="sampled answers per prompt (own seed each)")
+    ap.add_argument("--answer-tokens", type=int, default=128, help="at most this many tokens per answer")
+    ap.add_argument("--streams", type=int, default=16, help="answers advancing together in the engine")
+    ap.add_argument("--sample-temperature", type=float, default=0.7, help="sampling the teacher's answers")
+    ap.add_argument("--top-p", type=float, default=0.9)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--text-engine", type=Path, default=None,
+        help="an int4/fp32 teacher engine folder (llm/1/engine) to answer with (default: this run's build)",
+    )  # fmt: skip
     ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
     ap.add_argument("--steps", type=int, default=24, help="distillation steps per student")
     ap.add_argument("--batch", type=int, default=8, help="conversations per distillation step")
@@ -141,20 +150,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt in the speed run")
     ap.add_argument(
-        "--stage", choices=("prune", "train", "all"), default="all",
-        help="prune: stop after pruning (prints the pruned models' perplexity); train: stop after "
+        "--stage", choices=("text", "prune", "train", "all"), default="all",
+        help="text: stop after the teacher's answers; prune: stop after pruning (prints the pruned "
+        "models' perplexity); train: stop after "
         "distillation (variants may train in parallel processes, then run 'all')",
     )  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     import torch
+    from rich.progress import Progress, TextColumn
 
     from model_repo.build import BuildOptions, build, build_code_digest
     from model_repo.checkpoint import cache_dir, fetch_default
     from model_repo.gates import HELDOUT_TEXT
-    from model_repo.training.data import ChatExample, write_chat_jsonl
-    from model_repo.training.distill import DistillConfig, run_distill, teacher_answers
+    from model_repo.training.data import write_chat_jsonl
+    from model_repo.training.distill import DistillConfig, run_distill
+    from model_repo.training.engine_text import SampledText, engine_answers
     from model_repo.training.evaluate import text_perplexity
     from model_repo.training.finetune import load_model, load_tokenizer
     from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
@@ -170,17 +182,40 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     mlp_keep = args.mlp_keep or mlp_keep_for_same_size(config, args.drop_layers)
 
+    def built(name: str, model: Path) -> Path:
+        """`model`'s int4 build (quality gates against its own fp32 export), cached: its engine folder."""
+        bkey = key(model.name, build_code_digest("bench-int4"))
+
+        def make(repo: Path) -> None:
+            build(BuildOptions(model=str(model), out=repo, quantize="int4"), lambda *_: None, print)
+
+        return cached(root / f"repo-{name}-int4-{bkey}", "REPOSITORY.json", make, timings) / "llm/1/engine"
+
+    def teacher_engine() -> Path:
+        return built("teacher", teacher)
+
     asked = prompts(args.prompts)
-    answers_dir = root / f"answers-{key(teacher.name, asked, args.answer_tokens)}"
+    sampled = SampledText(
+        answers_per_prompt=args.answers, max_new_tokens=args.answer_tokens, streams=args.streams,
+        temperature=args.sample_temperature, top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    answers_dir = root / f"text-{key(teacher.name, asked, sampled, TRAINING / 'engine_text.py')}"
 
     def answer(out: Path) -> None:
+        text_engine = args.text_engine or teacher_engine()
         out.mkdir(parents=True)
-        examples = [ChatExample(tuple(p), "-", i + 1) for i, p in enumerate(asked)]
-        write_chat_jsonl(
-            out / "answers.jsonl", teacher_answers(load_model(teacher), tok, examples, args.answer_tokens)
-        )
+        with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[tokens]} tokens")) as bar:
+            task = bar.add_task("teacher answering (engine)", total=len(asked) * args.answers, tokens=0)
+            examples = engine_answers(
+                text_engine, tok, asked, sampled, threads=args.threads,
+                progress=lambda done, _total, n: bar.update(task, completed=done, tokens=n),
+            )  # fmt: skip
+        write_chat_jsonl(out / "answers.jsonl", examples)
 
     text = cached(answers_dir, "answers.jsonl", answer, timings) / "answers.jsonl"
+    print(f"distillation text: {len(text.read_text().splitlines())} answers; {load()}", flush=True)
+    if args.stage == "text":
+        return
     calibration = answers_dir / f"calibration-{args.calibration}.jsonl"
     if not calibration.is_file():
         lines = text.read_text(encoding="utf-8").splitlines(keepends=True)
