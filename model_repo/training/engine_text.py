@@ -110,7 +110,7 @@ def engine_answers(
                 take(out)
         for out in batch.step():
             take(out)
-    examples = []
+    examples: list[ChatExample] = []
     for i, prompt in enumerate(prompts):
         for k in range(n):
             text = finished.get(f"{i}.{k}", "")

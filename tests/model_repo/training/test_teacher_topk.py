@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,10 @@ from model_repo.training.data import DataError
 from model_repo.training.teacher_topk import collate, load_topk, save_topk, score_topk, topk_kl
 
 
-def _full_kl(s: object, t: object, temperature: float) -> float:
+def _full_kl(s: Any, t: Any, temperature: float) -> float:
     import torch.nn.functional as F
 
-    lp, lq = F.log_softmax(t / temperature, -1), F.log_softmax(s / temperature, -1)  # type: ignore[operator]
+    lp, lq = F.log_softmax(t / temperature, -1), F.log_softmax(s / temperature, -1)
     return float((lp.exp() * (lp - lq)).sum(-1).mean() * temperature**2)
 
 
