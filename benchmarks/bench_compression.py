@@ -144,6 +144,10 @@ def main() -> None:
         "--text-engine", type=Path, default=None,
         help="an int4/fp32 teacher engine folder (llm/1/engine) to answer with (default: this run's build)",
     )  # fmt: skip
+    ap.add_argument(
+        "--text", type=Path, default=None,
+        help="distil (and calibrate) on this chat JSON Lines file instead of the engine's answers",
+    )  # fmt: skip
     ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
     ap.add_argument("--topk", type=int, default=32, help="teacher log-probabilities kept per token")
     ap.add_argument("--epochs", type=float, default=2.0, help="passes over the text per student")
@@ -222,7 +226,14 @@ def main() -> None:
             )  # fmt: skip
         write_chat_jsonl(out / "answers.jsonl", examples)
 
-    text = cached(answers_dir, "answers.jsonl", answer, timings) / "answers.jsonl"
+    if args.text is not None:  # the user's own chat text instead of the engine's answers
+        if not args.text.is_file():
+            sys.exit(f"--text {args.text}: no such file (a chat JSON Lines file, one conversation a line)")
+        text = args.text
+        answers_dir = root / f"given-{key(text)}"
+        answers_dir.mkdir(exist_ok=True)
+    else:
+        text = cached(answers_dir, "answers.jsonl", answer, timings) / "answers.jsonl"
     print(f"distillation text: {len(text.read_text().splitlines())} answers; {load()}", flush=True)
     if args.stage == "text":
         return
