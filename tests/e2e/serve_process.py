@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from serving.triton_local import free_port
 
 # cli.py wires `serve.register(app)` in; the test builds the same app around it.
 CLI = (
@@ -69,3 +74,41 @@ def wait_ready(process: subprocess.Popen[str], timeout_s: float = 120) -> list[s
 def scratch_dirs() -> set[str]:
     """Triton's scratch directories now in the temporary folder."""
     return {p.name for p in Path(tempfile.gettempdir()).glob("tritonform-triton-*")}
+
+
+@contextlib.contextmanager
+def served(repository: Path, timeout_s: float = 300) -> Iterator[tuple[str, str]]:
+    """`tritonform serve --model-repo REPOSITORY` on a free port, ready: yields (its URL, the API key
+    it printed); stopped with Ctrl-C (SIGINT) afterwards, killed if it does not stop within a minute."""
+    port = free_port()
+    process = start_serve("--model-repo", str(repository), "--port", str(port))
+    try:
+        text = "\n".join(wait_ready(process, timeout_s=timeout_s))
+        key = re.search(r"API key: (\S+)", text)
+        assert key, text
+        yield f"http://127.0.0.1:{port}", key.group(1)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def ask_greedily(url: str, key: str, conversations: Sequence[Sequence[Any]], max_tokens: int) -> list[str]:
+    """Each conversation's answer through the official openai client at temperature 0, stripped."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+    answers = []
+    for messages in conversations:
+        reply = client.chat.completions.create(
+            model="llm",
+            messages=list(messages),
+            max_tokens=max_tokens,
+            temperature=0,
+        )
+        answers.append((reply.choices[0].message.content or "").strip())
+    return answers

@@ -6,17 +6,14 @@ computed directly on the answers the official openai client gets for the same re
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import openai
 import pytest
 from typer.testing import CliRunner
 
 from model_repo.training.data import load_chat_jsonl
 from model_repo.training.evaluate import PREDICTIONS_FILE, bleu, exact_match, rouge
-from serving.triton_local import free_port
-from tests.e2e.serve_process import start_serve, wait_ready
+from tests.e2e.serve_process import ask_greedily, served
 from tests.model_repo.training.facts import write_facts
 from tritonform.cli import app
 
@@ -28,14 +25,8 @@ def test_eval_endpoint_scores_the_served_model_like_a_direct_computation(
 ) -> None:
     data = write_facts(tmp_path / "facts.jsonl")
     examples = load_chat_jsonl(data)
-    port = free_port()
-    process = start_serve("--model-repo", str(tiny_repository), "--port", str(port))
-    try:
-        text = "\n".join(wait_ready(process, timeout_s=300))
-        found = re.search(r"API key: (\S+)", text)
-        assert found, text
-        monkeypatch.setenv("LOCAL_STACK_KEY", found.group(1))
-        url = f"http://127.0.0.1:{port}"
+    with served(tiny_repository) as (url, key):
+        monkeypatch.setenv("LOCAL_STACK_KEY", key)
         result = CliRunner().invoke(app, [
             "eval", "--endpoint", url, "--data", str(data), "--metrics", "exact,rouge,bleu",
             "--api-key-env", "LOCAL_STACK_KEY", "--max-new-tokens", "12", "--out", str(tmp_path / "eval"),
@@ -43,24 +34,7 @@ def test_eval_endpoint_scores_the_served_model_like_a_direct_computation(
         ])  # fmt: skip
         assert result.exit_code == 0, result.output
         figures = json.loads(result.output[result.output.index("{") :])
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=found.group(1), max_retries=0, timeout=120)
-        direct = []
-        for example in examples:
-            reply = client.chat.completions.create(
-                model="llm",
-                messages=list(example.prompt),
-                max_tokens=12,
-                temperature=0,  # type: ignore[arg-type]
-            )
-            direct.append((reply.choices[0].message.content or "").strip())
-    finally:
-        if process.poll() is None:
-            process.send_signal(2)
-            try:
-                process.wait(timeout=60)
-            except Exception:
-                process.kill()
-                process.wait(10)
+        direct = ask_greedily(url, key, [e.prompt for e in examples], max_tokens=12)
     predictions = [
         json.loads(line)["prediction"]
         for line in (tmp_path / "eval" / PREDICTIONS_FILE).read_text().splitlines()

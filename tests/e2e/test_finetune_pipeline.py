@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
-import openai
 import pytest
 from typer.testing import CliRunner
 
 from model_repo.checkpoint import cache_dir, fetch_default
 from model_repo.training.data import load_chat_jsonl
 from model_repo.training.evaluate import evaluate, exact_match
-from serving.triton_local import free_port
-from tests.e2e.serve_process import start_serve, wait_ready
+from tests.e2e.serve_process import ask_greedily, served
 from tests.model_repo.training.facts import write_facts
 from tritonform.cli import app
 
@@ -93,32 +90,8 @@ def test_lora_finetune_takes_exact_match_from_zero_to_ninety_percent(
 
 def test_the_finetuned_model_built_and_served_answers_through_openai(facts: Path, repository: Path) -> None:
     examples = load_chat_jsonl(facts)
-    port = free_port()
-    process = start_serve("--model-repo", str(repository), "--port", str(port))
-    try:
-        text = "\n".join(wait_ready(process, timeout_s=300))
-        key = re.search(r"API key: (\S+)", text)
-        assert key, text
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0, timeout=120
-        )
-        answers = []
-        for example in examples:
-            reply = client.chat.completions.create(
-                model="llm",
-                messages=list(example.prompt),
-                max_tokens=16,
-                temperature=0,  # type: ignore[arg-type]
-            )
-            answers.append((reply.choices[0].message.content or "").strip())
-        served = exact_match(answers, [e.answer for e in examples])
-        print(f"served exact match: {served:.0%}")
-        assert served >= 0.9, list(zip(answers, [e.answer for e in examples], strict=True))
-    finally:
-        if process.poll() is None:
-            process.send_signal(2)
-            try:
-                process.wait(timeout=60)
-            except Exception:
-                process.kill()
-                process.wait(10)
+    with served(repository) as (url, key):
+        answers = ask_greedily(url, key, [e.prompt for e in examples], max_tokens=16)
+    served_exact = exact_match(answers, [e.answer for e in examples])
+    print(f"served exact match: {served_exact:.0%}")
+    assert served_exact >= 0.9, list(zip(answers, [e.answer for e in examples], strict=True))
