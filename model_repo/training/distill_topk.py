@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from model_repo.training.data import ChatExample, DataError
 from model_repo.training.teacher_topk import collate, load_topk, save_topk, score_topk
 
-if TYPE_CHECKING:
-    from model_repo.training.distill import DistillConfig
+# `config` below is distill.DistillConfig (not imported: distill imports this module)
 
 
 def rendered(tokenizer: Any, examples: list[ChatExample], max_length: int) -> list[list[int]]:
@@ -33,7 +32,7 @@ def rendered(tokenizer: Any, examples: list[ChatExample], max_length: int) -> li
 
 
 def teacher_targets(
-    config: DistillConfig, teacher: Any, tokenizer: Any, examples: list[ChatExample], targets: Path
+    config: Any, teacher: Any, tokenizer: Any, examples: list[ChatExample], targets: Path
 ) -> list[dict[str, Any]]:
     """The cached targets for `examples` (scored now unless `targets` holds exactly these sequences)."""
     import torch
@@ -62,7 +61,7 @@ def teacher_targets(
 
 
 def train_on_topk(
-    config: DistillConfig,
+    config: Any,
     teacher: Any,
     student: Any,
     tokenizer: Any,
