@@ -194,6 +194,8 @@ def main() -> None:
     timings: dict[str, float] = {}
     config = json.loads((teacher / "config.json").read_text())
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - {"depth", "width"}:
+        sys.exit(f"--variants {args.variants!r}: give depth, width or depth,width")
     mlp_keep = args.mlp_keep or mlp_keep_for_same_size(config, args.drop_layers)
 
     def built(name: str, model: Path) -> Path:
