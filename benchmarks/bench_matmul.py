@@ -6,8 +6,11 @@ A decode step multiplies one row per running sequence by every weight matrix, so
 streams can gain per step is bounded by how much cheaper a row gets when N rows share one call.
 Measured for the kernels and shapes of the default build (SmolLM2-135M, hidden 576, MLP 1536,
 vocabulary 49152), random weights, each figure the mean of many calls in one process:
-- MatMulNBits, 4-bit block 32 and 8-bit block 16, accuracy_level 4 (what `tritonform build`
-  writes: weight-only, block-wise, int8 activations per block of 32 inside the kernel);
+- MatMulNBits, 4-bit block 32 and 8-bit block 32, accuracy_level 4 (what `tritonform build`
+  writes for the int4 default: every projection at 4 bits, the vocabulary one at 8; weight-only,
+  block-wise, int8 activations per block of 32 inside the kernel);
+- plain fp32 MatMul (onnxruntime's SGEMM, 4 bytes a weight), the reference for how a kernel batches:
+  on AVX2 the 8-bit kernel's cost grows almost linearly with rows, the SGEMM's barely;
 - MatMulInteger (u8 x s8, the QGEMM kernel of dynamic quantisation), for comparison: it batches
   better, but takes one activation scale per tensor (or per row) and one weight scale per column,
   which fails this model's quality gate: next-token agreement with fp32 ~66% with onnxruntime's
@@ -71,6 +74,19 @@ def matmul_nbits(k: int, n: int, bits: int, block: int, threads: int) -> Any:
     )
 
 
+def matmul_fp32(k: int, n: int, threads: int) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = (np.random.default_rng(0).random((k, n), dtype=np.float32) - 0.5).astype(np.float32)
+    return _session(
+        helper.make_node("MatMul", ["A", "B"], ["Y"]),
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+        [numpy_helper.from_array(weights, "B")],
+        helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n]),
+        threads,
+    )
+
+
 def matmul_integer(k: int, n: int, threads: int) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
@@ -111,7 +127,8 @@ def main() -> None:
     for shape, (k, n) in SHAPES.items():
         kernels = {
             "MatMulNBits 4-bit b32": matmul_nbits(k, n, 4, 32, args.threads),
-            "MatMulNBits 8-bit b16": matmul_nbits(k, n, 8, 16, args.threads),
+            "MatMulNBits 8-bit b32": matmul_nbits(k, n, 8, 32, args.threads),
+            "MatMul fp32": matmul_fp32(k, n, args.threads),
             "MatMulInteger u8s8": matmul_integer(k, n, args.threads),
         }
         for name, session in kernels.items():
