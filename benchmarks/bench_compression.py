@@ -1,22 +1,26 @@
-"""Compression pays (issue 17): depth- and width-prune the default model, distil, build int4; one run.
+"""Compression pays (issue 17): prune the default model, distil it, build int4; one run, side by side.
 
-    .venv/bin/python benchmarks/bench_compression.py [--drop-layers 8] [--prompts 192] [--steps 24]
-                                                     [--stage prune|train|all] [--json FILE]
+    .venv/bin/python benchmarks/bench_compression.py [--drop-layers 8] [--variants depth[,width]]
+        [--prompts 192 --answers 2 --answer-tokens 128] [--topk 32 --epochs 2 --lr 3e-4] [--stage ...]
 
 The recipe of NVIDIA's Minitron (Compact Language Models via Pruning and Knowledge Distillation) at the
 scale of two shared CPU cores:
-1. the teacher (SmolLM2-135M-Instruct, 30 layers) answers `--prompts` made-up writing prompts (greedy):
-   the calibration and distillation text, so no data set is needed;
-2. prune two ways to the same parameter count: depth (`--drop-layers`, the layers whose removal turns the
-   hidden states least) and width (`--mlp-keep`, computed so the MLPs lose as many weights as the dropped
-   layers hold; the channels with the largest activations stay);
-3. distil each (KL to the teacher's logits at `--temperature`, weight `--alpha`, plus the label loss on
-   the rest; `--steps` steps of `--batch` conversations);
-4. perplexity on held-out prose none of them trained on (model_repo/data/heldout.txt, the build gates'
+1. the teacher (SmolLM2-135M-Instruct, 30 layers) is built to int4 (its quality gates against its own fp32
+   export); that engine answers `--prompts` made-up writing prompts `--answers` times each, sampled with
+   a seed per answer, `--streams` answers in one continuous batch (model_repo/training/engine_text.py):
+   the calibration and distillation text, prose like the held-out text, no data set needed;
+2. prune: depth (`--drop-layers`, the layers whose removal turns the hidden states least) and/or width
+   (`--mlp-keep`, by default as many weights as the dropped layers hold; the channels with the largest
+   activations stay), scored on `--calibration` answers spread over the text;
+3. the fp32 teacher scores the text once: its top `--topk` next-token log-probabilities at every token
+   (teacher_topk.py), so each epoch costs only the student's step;
+4. distil each student on those targets (KL over the top-k and the rest, logits only as in Minitron;
+   `--epochs` or `--steps` of `--batch` conversations, `--lr` with a `--schedule` and `--warmup`),
+   printing held-out perplexity every `--eval-every` steps;
+5. perplexity on held-out prose none of them trained on (model_repo/data/heldout.txt, the build gates'
    text) for teacher, pruned and distilled: the share of the pruning loss distillation recovered;
-5. `tritonform build --quantize int4` of the teacher and of each distilled student (each with its quality
-   gates against its own fp32 export), and their engines' tokens/s side by side, batch 1, greedy, rounds
-   alternated.
+6. `tritonform build --quantize int4` of each distilled student (quality gates against its own fp32), and
+   the int4 engines' tokens/s side by side with the teacher's, batch 1, greedy, rounds alternated.
 
 Each expensive step is cached under ${TRITONFORM_CACHE:-~/.cache/tritonform}/bench/compression/, keyed by
 its inputs' content (the teacher, the text, the code of that step, its settings, the step before it), so a
@@ -129,35 +133,57 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--drop-layers", type=int, default=8, help="depth pruning: a quarter of 30, rounded up")
     ap.add_argument("--mlp-keep", type=float, default=None, help="width pruning (default: the same size)")
-    ap.add_argument("--prompts", type=int, default=192, help="teacher answers = the distillation text")
-    ap.add_argument("--answer-tokens", type=int, default=96)
+    ap.add_argument("--prompts", type=int, default=192, help="writing prompts the teacher answers")
+    ap.add_argument("--answers", type=int, default=2, help="sampled answers per prompt (own seed each)")
+    ap.add_argument("--answer-tokens", type=int, default=128, help="at most this many tokens per answer")
+    ap.add_argument("--streams", type=int, default=16, help="answers advancing together in the engine")
+    ap.add_argument("--sample-temperature", type=float, default=0.7, help="sampling the teacher's answers")
+    ap.add_argument("--top-p", type=float, default=0.9)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--text-engine", type=Path, default=None,
+        help="an int4/fp32 teacher engine folder (llm/1/engine) to answer with (default: this run's build)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--text", type=Path, default=None,
+        help="distil (and calibrate) on this chat JSON Lines file instead of the engine's answers",
+    )  # fmt: skip
     ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
-    ap.add_argument("--steps", type=int, default=24, help="distillation steps per student")
+    ap.add_argument("--topk", type=int, default=32, help="teacher log-probabilities kept per token")
+    ap.add_argument("--epochs", type=float, default=2.0, help="passes over the text per student")
+    ap.add_argument("--steps", type=int, default=-1, help="distillation steps per student (over --epochs)")
     ap.add_argument("--batch", type=int, default=8, help="conversations per distillation step")
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--schedule", default="cosine", help="learning rate: constant, cosine or linear")
+    ap.add_argument("--warmup", type=int, default=4, help="warm-up steps")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--alpha", type=float, default=1.0, help="KL weight (Minitron: logits only, 1.0)")
-    ap.add_argument("--variants", default="depth,width", help="which pruned students: depth, width")
+    ap.add_argument("--eval-every", type=int, default=10, help="held-out perplexity every N steps")
+    ap.add_argument("--variants", default="depth", help="which pruned students: depth, width or both")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt in the speed run")
     ap.add_argument(
-        "--stage", choices=("prune", "train", "all"), default="all",
-        help="prune: stop after pruning (prints the pruned models' perplexity); train: stop after "
+        "--stage", choices=("text", "prune", "train", "all"), default="all",
+        help="text: stop after the teacher's answers; prune: stop after pruning (prints the pruned "
+        "models' perplexity); train: stop after "
         "distillation (variants may train in parallel processes, then run 'all')",
     )  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     import torch
+    from rich.progress import Progress, TextColumn
 
     from model_repo.build import BuildOptions, build, build_code_digest
     from model_repo.checkpoint import cache_dir, fetch_default
     from model_repo.gates import HELDOUT_TEXT
-    from model_repo.training.data import ChatExample, write_chat_jsonl
-    from model_repo.training.distill import DistillConfig, run_distill, teacher_answers
+    from model_repo.training.data import load_chat_jsonl, write_chat_jsonl
+    from model_repo.training.distill import DistillConfig, run_distill
+    from model_repo.training.distill_topk import rendered
+    from model_repo.training.engine_text import SampledText, engine_answers
     from model_repo.training.evaluate import text_perplexity
     from model_repo.training.finetune import load_model, load_tokenizer
     from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
+    from model_repo.training.teacher_topk import TOPK_FILE, save_topk, score_topk, topk_summary
 
     torch.set_num_threads(args.threads)
     print(f"start: {load()}", flush=True)
@@ -168,23 +194,69 @@ def main() -> None:
     timings: dict[str, float] = {}
     config = json.loads((teacher / "config.json").read_text())
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - {"depth", "width"}:
+        sys.exit(f"--variants {args.variants!r}: give depth, width or depth,width")
     mlp_keep = args.mlp_keep or mlp_keep_for_same_size(config, args.drop_layers)
 
+    def built(name: str, model: Path) -> Path:
+        """`model`'s int4 build (quality gates against its own fp32 export), cached: its engine folder."""
+        bkey = key(model.name, build_code_digest("bench-int4"))
+
+        def make(repo: Path) -> None:
+            build(BuildOptions(model=str(model), out=repo, quantize="int4"), lambda *_: None, print)
+
+        return cached(root / f"repo-{name}-int4-{bkey}", "REPOSITORY.json", make, timings) / "llm/1/engine"
+
+    def teacher_engine() -> Path:
+        return built("teacher", teacher)
+
     asked = prompts(args.prompts)
-    answers_dir = root / f"answers-{key(teacher.name, asked, args.answer_tokens)}"
+    sampled = SampledText(
+        answers_per_prompt=args.answers, max_new_tokens=args.answer_tokens, streams=args.streams,
+        temperature=args.sample_temperature, top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    answers_dir = root / f"text-{key(teacher.name, asked, sampled, TRAINING / 'engine_text.py')}"
 
     def answer(out: Path) -> None:
+        text_engine = args.text_engine or teacher_engine()
         out.mkdir(parents=True)
-        examples = [ChatExample(tuple(p), "-", i + 1) for i, p in enumerate(asked)]
-        write_chat_jsonl(
-            out / "answers.jsonl", teacher_answers(load_model(teacher), tok, examples, args.answer_tokens)
-        )
+        with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[tokens]} tokens")) as bar:
+            task = bar.add_task("teacher answering (engine)", total=len(asked) * args.answers, tokens=0)
+            examples = engine_answers(
+                text_engine, tok, asked, sampled, threads=args.threads,
+                progress=lambda done, _total, n: bar.update(task, completed=done, tokens=n),
+            )  # fmt: skip
+        write_chat_jsonl(out / "answers.jsonl", examples)
 
-    text = cached(answers_dir, "answers.jsonl", answer, timings) / "answers.jsonl"
+    if args.text is not None:  # the user's own chat text instead of the engine's answers
+        if not args.text.is_file():
+            sys.exit(f"--text {args.text}: no such file (a chat JSON Lines file, one conversation a line)")
+        text = args.text
+        answers_dir = root / f"given-{key(text)}"
+        answers_dir.mkdir(exist_ok=True)
+    else:
+        text = cached(answers_dir, "answers.jsonl", answer, timings) / "answers.jsonl"
+    print(f"distillation text: {len(text.read_text().splitlines())} answers; {load()}", flush=True)
+    if args.stage == "text":
+        return
     calibration = answers_dir / f"calibration-{args.calibration}.jsonl"
-    if not calibration.is_file():
+    if not calibration.is_file():  # answers spread over the prompts' forms and subjects
         lines = text.read_text(encoding="utf-8").splitlines(keepends=True)
-        calibration.write_text("".join(lines[: args.calibration]), encoding="utf-8")
+        every = max(1, len(lines) // args.calibration)
+        calibration.write_text("".join(lines[::every][: args.calibration]), encoding="utf-8")
+    tkey = key(teacher.name, text, args.topk, args.temperature, TRAINING / "teacher_topk.py")
+
+    def score(out: Path) -> None:
+        sequences = rendered(tok, load_chat_jsonl(text), 512)
+        with Progress(*Progress.get_default_columns()) as bar:
+            task = bar.add_task("teacher scoring the text (top-k)", total=len(sequences))
+            tensors = score_topk(
+                load_model(teacher), sequences, args.topk, args.temperature,
+                lambda done, _total: bar.update(task, completed=done),
+            )  # fmt: skip
+        save_topk(out / TOPK_FILE, tensors, args.temperature)
+
+    targets: Path | None = None
     prune_settings = {"depth": (args.drop_layers, None), "width": (0, mlp_keep)}
     students: dict[str, dict[str, Path]] = {}
     for variant in variants:
@@ -201,15 +273,21 @@ def main() -> None:
             print(f"{variant} pruned: held-out perplexity {value:.2f}; {parameters(pruned) / 1e6:.1f} M "
                   f"parameters; {load()}; {timings}", flush=True)  # fmt: skip
             continue
-        settings = (args.steps, args.batch, args.lr, args.temperature, args.alpha)
-        dkey = key(pkey, text, TRAINING / "distill.py", TRAINING / "finetune.py", settings)
+        if targets is None:
+            targets = cached(root / f"targets-{tkey}", TOPK_FILE, score, timings) / TOPK_FILE
+            print(f"teacher targets: {topk_summary(targets)}; {load()}", flush=True)
+        settings = (args.epochs, args.steps, args.batch, args.lr, args.schedule, args.warmup)
+        code = [TRAINING / f for f in ("distill.py", "distill_topk.py", "finetune.py", "teacher_topk.py")]
+        dkey = key(pkey, tkey, *code, settings)
 
-        def distil(out: Path, student: Path = pruned) -> None:
+        def distil(out: Path, student: Path = pruned, targets: Path = targets) -> None:
             run_distill(
                 DistillConfig(
                     teacher=str(teacher), student=str(student), out=str(out), data=str(text),
-                    max_steps=args.steps, learning_rate=args.lr, batch_size=args.batch,
-                    temperature=args.temperature, alpha=args.alpha,
+                    epochs=args.epochs, max_steps=args.steps, learning_rate=args.lr, batch_size=args.batch,
+                    temperature=args.temperature, alpha=1.0, topk=args.topk, topk_file=str(targets),
+                    schedule=args.schedule, warmup_steps=args.warmup, heldout=str(HELDOUT_TEXT),
+                    eval_every=args.eval_every,
                 )
             )  # fmt: skip
 
@@ -226,15 +304,9 @@ def main() -> None:
             ppl[f"{variant} {stage}"] = text_perplexity(load_model(path), tok, heldout)
     print(f"perplexity measured: {load()}", flush=True)
 
-    engines = {}
-    for name, model in [("teacher", teacher), *((v, p["distilled"]) for v, p in students.items())]:
-        bkey = key(model.name, build_code_digest("bench-int4"))
-
-        def make(repo: Path, model: Path = model) -> None:
-            build(BuildOptions(model=str(model), out=repo, quantize="int4"), lambda *_: None, print)
-
-        repo = cached(root / f"repo-{name}-int4-{bkey}", "REPOSITORY.json", make, timings)
-        engines[name] = repo / "llm" / "1" / "engine"
+    engines = {"teacher": teacher_engine()}
+    for variant, paths in students.items():
+        engines[variant] = built(variant, paths["distilled"])
     reports = {n: json.loads((e / "build_report.json").read_text()) for n, e in engines.items()}
     prompt_ids = [
         tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)["input_ids"] for p in prompts(3)
@@ -260,8 +332,12 @@ def main() -> None:
         losses = summary.get("losses") or [float("nan")]
         print(
             f"{variant:<6}{what}; {parameters(paths['distilled']) / 1e6:.1f} M parameters; distilled "
-            f"{summary['steps']} steps x {args.batch} conversations, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+            f"{summary['steps']} steps x {args.batch} conversations ({summary.get('tokens_seen', 0)} tokens, "
+            f"{summary['runtime_s'] / 60:.0f} min), KL {losses[0]:.3f} -> {losses[-1]:.3f}"
         )
+        history = summary.get("heldout_perplexity", [])
+        curve = ", ".join(f"{int(step)}: {value:.1f}" for step, value in history)
+        print(f"      held-out perplexity by step: {curve}")
     print(f"perplexity on held-out prose ({HELDOUT_TEXT.name}, never trained on):")
     for name, value in ppl.items():
         print(f"  {name:<18}{value:>9.2f}  ({value / ppl['teacher'] - 1:+.1%} vs teacher)")

@@ -30,8 +30,10 @@ from model_repo.training.finetune import (
     trainer_arguments,
     world_size,
 )
+from model_repo.training.teacher_topk import TOPK_FILE, heldout_callback
 
 TEACHER_ANSWERS = "teacher-answers.jsonl"
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,14 @@ class DistillConfig:
     seed: int = 0
     strategy: str = "ddp"
     show_progress: bool = True
+    # > 0: the fp32 teacher scores the text once (its top-k log-probabilities, teacher_topk.py) and every
+    # epoch trains only the student on those targets; logits only, so alpha must be 1
+    topk: int = 0
+    topk_file: str | None = None  # where the targets are kept (reused if present); default out/
+    schedule: str = "constant"  # the learning rate over the run: constant, cosine or linear
+    warmup_steps: int = 0
+    heldout: str | None = None  # plain text whose perplexity is printed every `eval_every` steps
+    eval_every: int = 0
 
     def validate(self) -> None:
         if (self.data is None) == (self.prompts is None):
@@ -62,6 +72,14 @@ class DistillConfig:
             raise DataError(f"--temperature must be positive (got {self.temperature})")
         if not 0.0 <= self.alpha <= 1.0:
             raise DataError(f"--alpha must be between 0 and 1 (got {self.alpha})")
+        if self.topk < 0:
+            raise DataError(f"--topk must be 0 (teacher at every step) or positive (got {self.topk})")
+        if self.topk and self.alpha != 1.0:
+            raise DataError("--topk trains on the teacher's logits only: use --alpha 1 (or --topk 0)")
+        if self.schedule not in SCHEDULES:
+            raise DataError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.heldout is not None and not Path(self.heldout).is_file():
+            raise DataError(f"--heldout {self.heldout} does not exist (a plain text file)")
 
 
 def distillation_loss(
@@ -144,13 +162,27 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         seed=config.seed,
         strategy="fsdp" if config.strategy == "fsdp" else "ddp",
     )
+    schedule = {"lr_scheduler_type": config.schedule, "warmup_steps": config.warmup_steps}
+    progress = ProgressAndMetrics(out, "distilling", show=config.show_progress)
+    callbacks: list[Any] = [progress]
+    if config.heldout is not None:
+        text = Path(config.heldout).read_text(encoding="utf-8")
+        callbacks.append(heldout_callback(text, tokenizer, config.eval_every, _say))
+    if config.topk:
+        from model_repo.training.distill_topk import train_on_topk
+
+        targets = Path(config.topk_file) if config.topk_file else out / TOPK_FILE
+        topk_trainer = train_on_topk(
+            config, teacher, student, tokenizer, examples, targets,
+            trainer_arguments(as_finetune, out / ".trainer", **schedule), callbacks,
+        )  # fmt: skip
+        return _finish(config, topk_trainer, tokenizer, len(examples), callbacks)
     args = SFTConfig(
-        **trainer_arguments(as_finetune, out / ".trainer"),
+        **trainer_arguments(as_finetune, out / ".trainer", **schedule),
         max_length=config.max_length,
         completion_only_loss=True,
         packing=False,
     )
-    progress = ProgressAndMetrics(out, "distilling", show=config.show_progress)
     parts: dict[str, list[float]] = {"kl": [], "ce": []}
 
     class DistillationTrainer(SFTTrainer):  # type: ignore[misc]
@@ -187,19 +219,37 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         args=args,
         train_dataset=to_dataset(examples),
         processing_class=tokenizer,
-        callbacks=[progress],
+        callbacks=callbacks,
     )
     quiet(trainer)
+    return _finish(config, trainer, tokenizer, len(examples), callbacks)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _finish(
+    config: DistillConfig, trainer: Any, tokenizer: Any, examples: int, callbacks: list[Any]
+) -> dict[str, Any]:
+    """Train, then write the student (fp32, merged from every process) and `training.json`."""
+    import torch
+
+    out = Path(config.out)
     result = trainer.train()
+    progress = callbacks[0]
     summary = {
         "config": asdict(config),
         "processes": world_size(),
-        "examples": len(examples),
+        "examples": examples,
         "steps": int(trainer.state.global_step),
         "train_loss": float(result.training_loss),
         "losses": [float(r["loss"]) for r in progress.history if "loss" in r],
         "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+        "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
     }
+    for callback in callbacks[1:]:
+        summary["heldout_perplexity"] = callback.history
     state = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.accelerator.is_main_process:
         final = load_model(config.student)
