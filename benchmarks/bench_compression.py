@@ -7,7 +7,7 @@ The recipe of NVIDIA's Minitron (Compact Language Models via Pruning and Knowled
 scale of two shared CPU cores:
 1. the teacher (SmolLM2-135M-Instruct, 30 layers) is built to int4 (its quality gates against its own fp32
    export); that engine answers `--prompts` made-up writing prompts `--answers` times each, sampled with
-   a seed per answer, `--streams` answers in one continuous batch (model_repo/training/engine_text.py):
+   a seed per answer, `--streams` answers in one continuous batch (benchmarks/engine_text.py):
    the calibration and distillation text, prose like the held-out text, no data set needed;
 2. prune: depth (`--drop-layers`, the layers whose removal turns the hidden states least) and/or width
    (`--mlp-keep`, by default as many weights as the dropped layers hold; the channels with the largest
@@ -171,6 +171,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from engine_text import SampledText, engine_answers
     from rich.progress import Progress, TextColumn
 
     from model_repo.build import BuildOptions, build, build_code_digest
@@ -179,7 +180,6 @@ def main() -> None:
     from model_repo.training.data import load_chat_jsonl, write_chat_jsonl
     from model_repo.training.distill import DistillConfig, run_distill
     from model_repo.training.distill_topk import rendered
-    from model_repo.training.engine_text import SampledText, engine_answers
     from model_repo.training.evaluate import text_perplexity
     from model_repo.training.finetune import load_model, load_tokenizer
     from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
@@ -215,7 +215,8 @@ def main() -> None:
         answers_per_prompt=args.answers, max_new_tokens=args.answer_tokens, streams=args.streams,
         temperature=args.sample_temperature, top_p=args.top_p, seed=args.seed,
     )  # fmt: skip
-    answers_dir = root / f"text-{key(teacher.name, asked, sampled, TRAINING / 'engine_text.py')}"
+    text_code = Path(__file__).with_name("engine_text.py")
+    answers_dir = root / f"text-{key(teacher.name, asked, sampled, text_code)}"
 
     def answer(out: Path) -> None:
         text_engine = args.text_engine or teacher_engine()

@@ -8,6 +8,9 @@ is answered `answers_per_prompt` times from one prefill, every answer sampled wi
 
 The KL targets are not taken from these answers' sampled tokens: the fp32 teacher scores the text
 afterwards (model_repo/training/teacher_topk.py), so the engine only has to write plausible prose.
+It lives with the benchmarks, not in model_repo/training: the trainer image (docker/trainer) ships the
+training package without the engine runtime, and the build layer may not import training code; this
+runs where the kit builds, for bench_compression.py.
 """
 
 from __future__ import annotations

@@ -4,12 +4,16 @@ clear errors."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from engine_text import SampledText, engine_answers
+
 from model_repo.training.data import DataError
-from model_repo.training.engine_text import SampledText, engine_answers
 
 PROMPTS = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(3)]
 
