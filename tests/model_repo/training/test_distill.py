@@ -12,6 +12,7 @@ from model_repo.training.distill import TEACHER_ANSWERS, DistillConfig, distilla
 from model_repo.training.launch import run
 from model_repo.training.progress import read_metrics
 from tests.model_repo.training.facts import write_facts
+from tests.model_repo.training.kl import kl_to_teacher
 
 
 def test_the_loss_is_kl_times_t_squared_mixed_with_cross_entropy() -> None:
@@ -39,26 +40,6 @@ def test_the_loss_is_kl_times_t_squared_mixed_with_cross_entropy() -> None:
     assert float(kl_same) == pytest.approx(0.0, abs=1e-6) and float(same) == pytest.approx(0.0, abs=1e-6)
 
 
-def _kl_to_teacher(student_dir: Path, teacher_dir: Path, data: Path) -> float:
-    import torch
-
-    from model_repo.training.data import load_chat_jsonl
-    from model_repo.training.finetune import load_model, load_tokenizer
-
-    tok = load_tokenizer(teacher_dir)
-    student, teacher = load_model(student_dir).eval(), load_model(teacher_dir).eval()
-    total = 0.0
-    with torch.no_grad():
-        for e in load_chat_jsonl(data):
-            ids = torch.tensor([tok.apply_chat_template(e.messages, tokenize=True)["input_ids"]])
-            s, t = (
-                student(input_ids=ids).logits.log_softmax(-1),
-                teacher(input_ids=ids).logits.log_softmax(-1),
-            )
-            total += float((t.exp() * (t - s)).sum(-1).mean())
-    return total
-
-
 @pytest.mark.parametrize("labelled", [True, False])
 def test_distilling_moves_the_student_towards_the_teacher(
     tiny_llama_checkpoint: Path, tmp_path: Path, labelled: bool
@@ -77,8 +58,8 @@ def test_distilling_moves_the_student_towards_the_teacher(
     )  # fmt: skip
     summary = run("distill", config)
     assert summary["steps"] == 15
-    before = _kl_to_teacher(student, tiny_llama_checkpoint, data)
-    after = _kl_to_teacher(out, tiny_llama_checkpoint, data)
+    before = kl_to_teacher(student, tiny_llama_checkpoint, data)
+    after = kl_to_teacher(out, tiny_llama_checkpoint, data)
     assert after < 0.8 * before
     logged = [m for m in read_metrics(out) if "loss" in m]
     assert logged and all("kl" in m and "ce" in m for m in logged)

@@ -12,6 +12,7 @@ import pytest
 
 from model_repo.training.data import DataError
 from model_repo.training.teacher_topk import collate, load_topk, save_topk, score_topk, topk_kl
+from tests.model_repo.training.kl import kl_to_teacher
 
 
 def _full_kl(s: Any, t: Any, temperature: float) -> float:
@@ -72,22 +73,6 @@ def test_the_cache_holds_the_teachers_log_probabilities(tiny_llama_checkpoint: P
         score_topk(teacher, [[1]], 4)
 
 
-def _kl(student_dir: Path, teacher_dir: Path, data: Path) -> float:
-    import torch
-
-    from model_repo.training.data import load_chat_jsonl
-    from model_repo.training.finetune import load_model, load_tokenizer
-
-    tok = load_tokenizer(teacher_dir)
-    student, teacher = load_model(student_dir).eval(), load_model(teacher_dir).eval()
-    total = 0.0
-    with torch.no_grad():
-        for e in load_chat_jsonl(data):
-            ids = torch.tensor([tok.apply_chat_template(e.messages, tokenize=True)["input_ids"]])
-            total += _full_kl(student(input_ids=ids).logits, teacher(input_ids=ids).logits, 1.0)
-    return total
-
-
 def test_distilling_on_cached_targets_moves_the_student_and_reuses_them(
     tiny_llama_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -111,8 +96,8 @@ def test_distilling_on_cached_targets_moves_the_student_and_reuses_them(
     )  # fmt: skip
     summary = run_distill(config)
     assert summary["steps"] == 15 and targets.is_file()
-    before = _kl(student, tiny_llama_checkpoint, data)
-    assert _kl(Path(config.out), tiny_llama_checkpoint, data) < 0.8 * before
+    before = kl_to_teacher(student, tiny_llama_checkpoint, data)
+    assert kl_to_teacher(Path(config.out), tiny_llama_checkpoint, data) < 0.8 * before
     assert [step for step, _ in summary["heldout_perplexity"]] == [0, 5, 10, 15]
     assert json.loads((Path(config.out) / "training.json").read_text())["tokens_seen"] > 0
     stamp = targets.stat().st_mtime_ns
