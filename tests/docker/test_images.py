@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,26 @@ def missing_modules(app: Path) -> list[str]:
     return missing
 
 
+def imported_from_image(app: Path, entry_points: Sequence[str], packages: Sequence[str]) -> int:
+    """Import `entry_points` in a fresh interpreter run in the image's copied files `app`; fails unless
+    every module of `packages` it loaded came from `app`. Returns how many such modules it loaded."""
+    script = textwrap.dedent(
+        f"""
+        import importlib, sys
+        for name in {list(entry_points)!r}:
+            importlib.import_module(name)
+        ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in {list(packages)!r}]
+        outside = [f for f in ours if not (f or "").startswith({str(app)!r})]
+        assert not outside, outside
+        print(len(ours))
+        """
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, cwd=app, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
 def test_the_gateway_image_holds_every_module_its_code_imports(tmp_path: Path) -> None:
     app = copy_image_files(GATEWAY_DOCKERFILE, tmp_path / "app")
     assert missing_modules(app) == []
@@ -64,22 +85,7 @@ def test_the_gateway_image_holds_every_module_its_code_imports(tmp_path: Path) -
 
 def test_the_gateway_images_entry_points_import_from_its_files_alone(tmp_path: Path) -> None:
     app = copy_image_files(GATEWAY_DOCKERFILE, tmp_path / "app")
-    script = textwrap.dedent(
-        f"""
-        import importlib, sys
-        for name in {GATEWAY_ENTRY_POINTS!r}:
-            importlib.import_module(name)
-        ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in {OURS!r}]
-        outside = [f for f in ours if not (f or "").startswith({str(app)!r})]
-        assert not outside, outside
-        print(len(ours))
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=app, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) >= 10
+    assert imported_from_image(app, GATEWAY_ENTRY_POINTS, OURS) >= 10
 
 
 def test_the_check_notices_a_removed_copy_line(tmp_path: Path) -> None:

@@ -11,12 +11,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 from infra.platform.base import TRAINER_IMAGE, GpuScheduling
 from infra.workload.training_job import IMAGE_DEFAULT_MODEL, TRAINER_UID, TrainingJobSpec, training_objects
-from tests.docker.test_images import copy_image_files, missing_modules
+from tests.docker.test_images import copy_image_files, imported_from_image, missing_modules
 from tests.model_repo.training.facts import write_facts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,22 +38,7 @@ def test_the_trainer_image_holds_every_module_its_code_imports(tmp_path: Path) -
 
 def test_the_trainer_images_entry_points_import_from_its_files_alone(tmp_path: Path) -> None:
     app = copy_image_files(DOCKERFILE, tmp_path / "app")
-    script = textwrap.dedent(
-        f"""
-        import importlib, sys
-        for name in {ENTRY_POINTS!r}:
-            importlib.import_module(name)
-        ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] == "model_repo"]
-        outside = [f for f in ours if not (f or "").startswith({str(app)!r})]
-        assert not outside, outside
-        print(len(ours))
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=app, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) >= len(ENTRY_POINTS)
+    assert imported_from_image(app, ENTRY_POINTS, ["model_repo"]) >= len(ENTRY_POINTS)
 
 
 def test_the_image_matches_the_job_and_the_lock(tmp_path: Path) -> None:
