@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .token_bytes import token_bytes
+
 
 class IncrementalDetokenizer:
     """Turns a growing list of token ids into text deltas that never end inside a UTF-8 character.
@@ -38,11 +40,16 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """Whatever is still held back. An incomplete character at the very end (the answer was cut
-        inside it, e.g. by max_tokens) is dropped: it would only decode to U+FFFD."""
+        inside it, e.g. by max_tokens) is dropped: it would only decode to U+FFFD. Bytes that are not
+        UTF-8 at all stay U+FFFD, as they are anywhere else in the text."""
+        tail = self.ids[self.prefix_offset :]
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset :])
+        full = self._decode(tail)
         self.prefix_offset = self.read_offset = len(self.ids)
-        return full[len(prefix) :].rstrip("\ufffd")
+        text = full[len(prefix) :]
+        if text.endswith("\ufffd") and token_bytes(self.tokenizer).ends_inside_a_character(tail, self.skip):
+            text = text[:-1]
+        return text
 
 
 class TextStream:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from model_repo.runtime.token_bytes import TokenBytes
 from serving.gateway.compat import ChatPlan, CompletionPlan
 from serving.gateway.generation import Generation
 from serving.gateway.logprobs import (
     CompletionLogprobs,
-    TokenBytes,
     TokenRecord,
     chat_logprobs,
     completion_logprobs,

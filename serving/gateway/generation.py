@@ -20,12 +20,13 @@ from typing import Any
 
 from fastapi import Request
 
+from model_repo.runtime.token_bytes import TokenBytes
 from serving.gateway.canary import CANARY, STABLE, Canary, canary_from_settings, conversation_key
 from serving.gateway.compat import ChatPlan, CompletionPlan, chat_plan, completion_plan
 from serving.gateway.errors import ApiError
 from serving.gateway.holding import ColdStartHold
 from serving.gateway.limits import ApiKeys, LocalKeyLimits, RateLimiter
-from serving.gateway.logprobs import TokenBytes, TokenRecord
+from serving.gateway.logprobs import TokenRecord
 from serving.gateway.observability import LOGGER_NAME, GatewayMetrics
 from serving.gateway.prompts import Prompt, PromptError, PromptFormatter
 from serving.gateway.schemas import ChatCompletionRequest, CompletionRequest, Usage

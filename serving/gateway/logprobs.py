@@ -8,76 +8,11 @@ OpenAI does, so that joining the `bytes` of all tokens gives exactly the text.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import re
 from collections.abc import Sequence
-from typing import Any
 
-from tokenizers import Tokenizer
-
+from model_repo.runtime.token_bytes import TokenBytes
 from serving.gateway.responses import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
-
-_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-@functools.cache
-def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: the printable character standing for each byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    extra = 0
-    table: dict[str, int] = {}
-    for byte in range(256):
-        if byte in printable:
-            table[chr(byte)] = byte
-        else:
-            table[chr(256 + extra)] = byte
-            extra += 1
-    return table
-
-
-class TokenBytes:
-    """Each token id's bytes, for a byte-level BPE or a SentencePiece-style (▁, <0xNN>) tokenizer."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
-        self.byte_level = _has_type(decoder, "ByteLevel")
-        self.specials = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-
-    @functools.lru_cache(maxsize=65536)  # noqa: B019 (one TokenBytes per gateway, kept for its lifetime)
-    def of(self, token_id: int) -> bytes:
-        if token_id in self.specials:
-            return self.specials[token_id].encode("utf-8")
-        piece = self.tokenizer.id_to_token(int(token_id))
-        if piece is None:
-            return b""
-        if self.byte_level:
-            alphabet = _byte_level_alphabet()
-            if all(ch in alphabet for ch in piece):
-                return bytes(alphabet[ch] for ch in piece)
-            return piece.encode("utf-8")  # an added (non-byte-level) token
-        match = _BYTE_TOKEN.match(piece)
-        if match:
-            return bytes([int(match.group(1), 16)])
-        return piece.replace("\u2581", " ").encode("utf-8")
-
-    def text(self, token_id: int) -> str:
-        """OpenAI's `token`: the text, or `bytes:\\x..` when the token is not whole UTF-8."""
-        raw = self.of(token_id)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
-
-
-def _has_type(node: Any, name: str) -> bool:
-    if isinstance(node, dict):
-        return node.get("type") == name or any(_has_type(v, name) for v in node.values())
-    if isinstance(node, list):
-        return any(_has_type(v, name) for v in node)
-    return False
 
 
 def _finite(value: float) -> float:

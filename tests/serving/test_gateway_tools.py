@@ -13,7 +13,6 @@ import pytest
 from tokenizers import Tokenizer
 
 from model_repo.runtime.contract import TOKENIZER_FILE
-from serving.gateway.logprobs import TokenBytes
 from serving.gateway.tools import CallStream, Function, ToolPlan, parse_calls, tool_grammar
 
 PARAMS = {
@@ -115,17 +114,6 @@ def test_the_streaming_parser_passes_plain_text_through_holding_back_only_a_poss
     assert list(stream.push(" indeed")) == [{"content": " indeed"}]
     held = CallStream()
     assert list(held.push("  <tool_")) == [] and list(held.finish()) == [{"content": "  <tool_"}]
-
-
-def test_token_bytes_spell_the_text_even_when_a_token_holds_part_of_a_character(small_context: Path) -> None:
-    tokenizer = Tokenizer.from_file(str(small_context / TOKENIZER_FILE))
-    names = TokenBytes(tokenizer)
-    text = "héllo 世界 🎉"
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
-    assert b"".join(names.of(i) for i in ids).decode() == text
-    partial = [i for i in ids if names.text(i).startswith("bytes:")]
-    assert partial, "the tiny vocabulary splits these characters into byte tokens"
-    assert all("\\x" in names.text(i) for i in partial)
 
 
 TOOL_TEMPLATE = (

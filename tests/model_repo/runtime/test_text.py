@@ -76,3 +76,16 @@ def test_a_non_streamed_sequence_answers_once_with_all_its_text_and_ids(tiny_eng
     assert made[:-1] == [None] * (len(ids) - 1)
     last = made[-1]
     assert last is not None and last.text == MULTILINGUAL[0] and list(last.token_ids) == ids
+
+
+def test_an_answer_ending_in_bytes_that_are_not_utf8_keeps_their_replacement_character(
+    tiny_engine: Engine,
+) -> None:
+    """Only a character the end cut in half is dropped: a byte no character holds (0xFF) is U+FFFD at the
+    end as it is anywhere else, so the text is what the tokens' bytes decode to (completions' echo and
+    logprobs agree)."""
+    invalid = tiny_engine.tokenizer.token_to_id("ÿ")
+    ids = [*tiny_engine.encode("ok"), invalid]
+    detok = IncrementalDetokenizer(tiny_engine.tokenizer)
+    text = "".join([detok.push(i) for i in ids] + [detok.flush()])
+    assert text == "ok\ufffd" == b"ok\xff".decode("utf-8", errors="replace")
