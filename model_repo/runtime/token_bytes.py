@@ -6,7 +6,6 @@ logprobs `bytes` and `token`."""
 
 from __future__ import annotations
 
-import codecs
 import functools
 import json
 import re
@@ -71,9 +70,35 @@ class TokenBytes:
         a UTF-8 character whose remaining bytes never came (as opposed to ending with whole characters
         or with bytes that no continuation could make UTF-8)."""
         raw = b"".join(self.of(i) for i in ids if not (skip_special_tokens and i in self.specials))
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        decoder.decode(raw, final=False)
-        return bool(decoder.getstate()[0])
+        return cut_character(raw)
+
+
+_LENGTH_BY_LEAD = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}  # a lead byte's high nibble: its character's length
+
+
+def cut_character(raw: bytes) -> bool:
+    """Whether `raw` ends with the first 1-3 bytes of a UTF-8 character that more bytes could complete.
+    (Stricter than Python's incremental decoder, which also holds back e.g. b"\\xed\\xa8", the start of
+    a surrogate that no continuation makes UTF-8.)"""
+    for n in (1, 2, 3):
+        tail = raw[-n:]
+        if len(tail) < n:
+            return False
+        if 0x80 <= tail[0] < 0xC0:  # a continuation byte: the character may start further back
+            continue
+        need = _LENGTH_BY_LEAD[tail[0] >> 4] if 0xC2 <= tail[0] < 0xF5 else 0  # else: never a lead byte
+        return n < need and any(
+            _utf8(tail + bytes([b]) + b"\x80" * (need - n - 1)) for b in range(0x80, 0xC0)
+        )
+    return False
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, TokenBytes] = weakref.WeakKeyDictionary()

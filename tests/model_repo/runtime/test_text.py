@@ -3,10 +3,13 @@ tokens, and the token ids of a response are exactly those behind its text."""
 
 from __future__ import annotations
 
+import random
+
 from model_repo.runtime.batch import StepOutput
 from model_repo.runtime.engine import Engine
 from model_repo.runtime.request import GenerationRequest, SequenceOutput
 from model_repo.runtime.text import IncrementalDetokenizer, TextStream
+from model_repo.runtime.token_bytes import cut_character, token_bytes
 
 
 def test_incremental_detokenizer_never_splits_a_character(tiny_engine: Engine) -> None:
@@ -89,3 +92,19 @@ def test_an_answer_ending_in_bytes_that_are_not_utf8_keeps_their_replacement_cha
     detok = IncrementalDetokenizer(tiny_engine.tokenizer)
     text = "".join([detok.push(i) for i in ids] + [detok.flush()])
     assert text == "ok\ufffd" == b"ok\xff".decode("utf-8", errors="replace")
+
+
+def test_streamed_text_is_what_the_tokens_bytes_spell_for_any_sequence_of_tokens(tiny_engine: Engine) -> None:
+    """Random token sequences (the random tiny model writes such byte soup): pushed one by one and
+    flushed, the text is the tokens' bytes decoded with U+FFFD for bytes that are not UTF-8, less a
+    character cut by the end, the same text the gateway's logprobs spell."""
+    names = token_bytes(tiny_engine.tokenizer)
+    rng = random.Random(0)
+    vocab = [i for i in range(tiny_engine.tokenizer.get_vocab_size()) if i not in names.specials]
+    for _ in range(500):
+        ids = [rng.choice(vocab) for _ in range(rng.randint(1, 10))]
+        detok = IncrementalDetokenizer(tiny_engine.tokenizer)
+        text = "".join([detok.push(i) for i in ids] + [detok.flush()])
+        raw = b"".join(names.of(i) for i in ids)
+        spelled = raw.decode("utf-8", errors="replace")
+        assert text == (spelled[:-1] if cut_character(raw) else spelled), ids

@@ -4,7 +4,7 @@ tell a character cut by the end of an answer from bytes that are not UTF-8 at al
 from __future__ import annotations
 
 from model_repo.runtime.engine import Engine
-from model_repo.runtime.token_bytes import TokenBytes, token_bytes
+from model_repo.runtime.token_bytes import TokenBytes, cut_character, token_bytes
 
 
 def test_token_bytes_spell_the_text_even_when_a_token_holds_part_of_a_character(tiny_engine: Engine) -> None:
@@ -30,3 +30,21 @@ def test_an_end_inside_a_character_is_told_from_bytes_that_are_not_utf8(tiny_eng
     eos = next(iter(names.specials))
     assert names.ends_inside_a_character([*cut, eos])
     assert not names.ends_inside_a_character([*cut, eos], skip_special_tokens=False)
+
+
+def test_a_cut_character_is_the_start_of_one_that_more_bytes_could_complete() -> None:
+    cut = ["東".encode()[:1], "東".encode()[:2], "🎉".encode()[:3], b"ok \xc3", b"\xed\x9f"]
+    assert all(cut_character(raw) for raw in cut)
+    whole_or_never_utf8 = [
+        b"",
+        b"ok",
+        "東".encode(),
+        b"\xff",  # never in UTF-8
+        b"\x80",  # a continuation with no lead byte
+        b"\xc0",  # an overlong lead byte
+        b"\xed\xa8",  # a surrogate's start (Python's incremental decoder holds it back as if it were cut)
+        b"\xf0\x80",  # an overlong 4-byte start
+        b"\xf4\x90",  # beyond U+10FFFF
+        b"\xe6\x9d\x41",  # cut, then an ASCII byte: not at the end
+    ]
+    assert not any(cut_character(raw) for raw in whole_or_never_utf8)
