@@ -158,6 +158,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=4, help="warm-up steps")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--eval-every", type=int, default=10, help="held-out perplexity every N steps")
+    ap.add_argument(
+        "--quant-aware", choices=("none", "int4"), default="int4",
+        help="int4: the students train through the int4 build's rounding (the build then keeps what they "
+        "learned); none: plain fp32 distillation",
+    )  # fmt: skip
     ap.add_argument("--variants", default="depth", help="which pruned students: depth, width or both")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt in the speed run")
@@ -277,8 +282,11 @@ def main() -> None:
         if targets is None:
             targets = cached(root / f"targets-{tkey}", TOPK_FILE, score, timings) / TOPK_FILE
             print(f"teacher targets: {topk_summary(targets)}; {load()}", flush=True)
-        settings = (args.epochs, args.steps, args.batch, args.lr, args.schedule, args.warmup)
-        code = [TRAINING / f for f in ("distill.py", "distill_topk.py", "finetune.py", "teacher_topk.py")]
+        settings = (
+            args.epochs, args.steps, args.batch, args.lr, args.schedule, args.warmup, args.quant_aware,
+        )  # fmt: skip
+        names = ("distill.py", "distill_topk.py", "finetune.py", "teacher_topk.py", "quant_aware.py")
+        code = [TRAINING / f for f in names]
         dkey = key(pkey, tkey, *code, settings)
 
         def distil(out: Path, student: Path = pruned, targets: Path = targets) -> None:
@@ -288,7 +296,7 @@ def main() -> None:
                     epochs=args.epochs, max_steps=args.steps, learning_rate=args.lr, batch_size=args.batch,
                     temperature=args.temperature, alpha=1.0, topk=args.topk, topk_file=str(targets),
                     schedule=args.schedule, warmup_steps=args.warmup, heldout=str(HELDOUT_TEXT),
-                    eval_every=args.eval_every,
+                    eval_every=args.eval_every, quant_aware=args.quant_aware,
                 )
             )  # fmt: skip
 

@@ -30,6 +30,8 @@ from model_repo.training.finetune import (
     trainer_arguments,
     world_size,
 )
+from model_repo.training.quant_aware import MODES as QUANT_AWARE
+from model_repo.training.quant_aware import keep_rounded, train_through_rounding
 from model_repo.training.teacher_topk import TOPK_FILE, heldout_callback
 
 TEACHER_ANSWERS = "teacher-answers.jsonl"
@@ -62,6 +64,8 @@ class DistillConfig:
     warmup_steps: int = 0
     heldout: str | None = None  # plain text whose perplexity is printed every `eval_every` steps
     eval_every: int = 0
+    # "int4": the student trains through the int4 build's rounding and is written rounded (quant_aware.py)
+    quant_aware: str = "none"
 
     def validate(self) -> None:
         if (self.data is None) == (self.prompts is None):
@@ -78,6 +82,13 @@ class DistillConfig:
             raise DataError("--topk trains on the teacher's logits only: use --alpha 1 (or --topk 0)")
         if self.schedule not in SCHEDULES:
             raise DataError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.quant_aware not in QUANT_AWARE:
+            raise DataError(f"--quant-aware {self.quant_aware!r}: choose one of {', '.join(QUANT_AWARE)}")
+        if self.quant_aware != "none" and self.strategy == "fsdp":
+            raise DataError(
+                "--quant-aware rounds whole weights, which FSDP shards over the processes: use the default "
+                "DDP (--strategy ddp) or --quant-aware none"
+            )
         if self.heldout is not None and not Path(self.heldout).is_file():
             raise DataError(f"--heldout {self.heldout} does not exist (a plain text file)")
 
@@ -150,6 +161,9 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         if int(os.environ.get("RANK", "0")) == 0:
             write_chat_jsonl(out / TEACHER_ANSWERS, examples)
     student = load_model(config.student)
+    if config.quant_aware == "int4":
+        rounded = train_through_rounding(student)
+        _say(f"quantisation-aware: {rounded} projections train through the int4 build's rounding")
     as_finetune = FinetuneConfig(
         model=config.student,
         data="",
@@ -250,6 +264,8 @@ def _finish(
     }
     for callback in callbacks[1:]:
         summary["heldout_perplexity"] = callback.history
+    if config.quant_aware != "none":  # write the rounded weights: what the student learned to be
+        summary["rounded_projections"] = keep_rounded(trainer.model)
     state = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.accelerator.is_main_process:
         final = load_model(config.student)

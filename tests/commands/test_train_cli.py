@@ -224,3 +224,32 @@ def test_submit_without_an_image_or_with_a_failing_api_is_one_clear_line(tmp_pat
             submit=refuse, store_factory=lambda _loc: _FakeStore(),
         )  # fmt: skip
     assert caught.value.exit_code == 1
+
+
+def test_distill_options_are_checked_up_front_and_reach_the_job(tmp_path: Path) -> None:
+    """--topk, --schedule, --warmup-steps and --quant-aware: a bad value is one clear line before anything
+    loads; on a stack they travel in the Job's config (what the trainer's DistillConfig reads)."""
+    data = write_facts(tmp_path / "facts.jsonl")
+    base = ["distill", "--teacher", "default", "--student", "default", "--data", str(data), "--alpha", "1"]
+    for extra, message in [
+        (["--quant-aware", "int3"], "--quant-aware 'int3': choose one of none, int4"),
+        (["--schedule", "steps"], "--schedule 'steps'"),
+        (["--topk", "8", "--alpha", "0.5"], "--topk trains on the teacher's logits only"),
+    ]:
+        result = runner.invoke(app, [*base, "--out", str(tmp_path / "o"), *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+    out = tmp_path / "job"
+    result = runner.invoke(app, [
+        *base, "--out", "ignored", "--stack", "aws-dev", "--render", str(out), "--topk", "32",
+        "--schedule", "cosine", "--warmup-steps", "2", "--quant-aware", "int4",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    job = next(yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml")) if "job" in p.name.lower())
+    script = job["spec"]["template"]["spec"]["initContainers"][1]["command"][-1]
+    config = json.loads(script.split("echo ", 1)[1].split(" > /work/config.json")[0].strip("'"))
+    assert config["topk"] == 32 and config["schedule"] == "cosine" and config["warmup_steps"] == 2
+    assert config["quant_aware"] == "int4" and config["alpha"] == 1.0
+    result = runner.invoke(app, [*base, "--out", "x", "--stack", "aws-dev", "--render", str(tmp_path / "j2"),
+                                 "--heldout", str(data)])  # fmt: skip
+    assert result.exit_code == 2 and "--heldout is read on this machine" in result.output

@@ -237,6 +237,32 @@ def distill_command(
     alpha: Annotated[
         float, typer.Option("--alpha", help="Weight of the KL term (1 - alpha: label loss).")
     ] = 0.5,
+    topk: Annotated[
+        int,
+        typer.Option(
+            "--topk",
+            help="0: the teacher runs beside the student at every step. N: the teacher scores the text "
+            "once, keeping its N likeliest next tokens per position (cached in --out), and every epoch "
+            "trains only the student (needs --alpha 1).",
+        ),
+    ] = 0,
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Learning rate over the run: constant, cosine or linear.")
+    ] = "constant",
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Steps of learning-rate warm-up.")] = 0,
+    heldout: Annotated[
+        Path | None,
+        typer.Option("--heldout", help="Plain text whose perplexity is printed every --eval-every steps."),
+    ] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between held-out checks.")] = 0,
+    quant_aware: Annotated[
+        str,
+        typer.Option(
+            "--quant-aware",
+            help="none | int4: the student trains through the rounding of `build --quantize int4` and is "
+            "written rounded, so its int4 build keeps what distillation taught it.",
+        ),
+    ] = "none",
     nproc: NprocOpt = 1,
     stack: StackOpt = None,
     render: RenderOpt = None,
@@ -246,6 +272,7 @@ def distill_command(
     """Distil a teacher into a student: KL between their temperature-softened next-token distributions mixed
     with the label loss, on the answers of --data, or (without it) on the teacher's own answers to --prompts.
     Writes the student's checkpoint plus metrics.jsonl (loss, kl, ce per step) and training.json."""
+    from model_repo.training.data import DataError
     from model_repo.training.distill import DistillConfig
 
     if (data is None) == (prompts is None):
@@ -255,13 +282,26 @@ def distill_command(
         )
     if data is not None:
         _check_data(data)
+    options: dict[str, Any] = {
+        "topk": topk, "schedule": schedule, "warmup_steps": warmup_steps, "quant_aware": quant_aware,
+    }  # fmt: skip
+    try:  # the settings' own checks, before anything loads or uploads
+        DistillConfig(
+            teacher=teacher, student=student, out=str(out), data=str(data) if data else None,
+            prompts=str(prompts) if prompts else None, temperature=temperature, alpha=alpha,
+            heldout=str(heldout) if heldout else None, eval_every=eval_every, **options,
+        ).validate()  # fmt: skip
+    except DataError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     if stack is not None or render is not None:
         from tritonform.commands.train_remote import submit_remote
 
+        if heldout is not None:
+            raise fail("--heldout is read on this machine: leave it out with --stack", EXIT_BAD_INPUT)
         submit_remote("distill", stack, render, image, nodes, nproc, data or prompts, student, out, {
             "teacher": teacher, "epochs": epochs, "max_steps": max_steps, "learning_rate": lr,
             "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
-            "data_is_prompts": data is None,
+            "data_is_prompts": data is None, **options,
         })  # fmt: skip
         return
     config = DistillConfig(
@@ -276,6 +316,12 @@ def distill_command(
         batch_size=batch_size,
         temperature=temperature,
         alpha=alpha,
+        heldout=str(heldout) if heldout is not None else None,
+        eval_every=eval_every,
+        topk=topk,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        quant_aware=quant_aware,
     )
     from model_repo.training.launch import run
 
