@@ -8,7 +8,9 @@ the default model pruned by 8 layers and distilled, held-out perplexity 123.8 (p
 rounded weight and the gradient passes straight through the rounding to the fp32 weight underneath (the
 straight-through estimator, as in quantisation-aware training), so what the student learns is what
 survives the build; at the end the rounded weights are written, which the int4 build then reproduces
-exactly. The output projection (the tied embeddings, built at 8 bits) trains unrounded.
+exactly. The output projection goes through the build's 8-bit rounding the same way (symmetric blocks of
+32: onnxruntime's MatMulNBits quantiser, scale = -(the block's largest-magnitude weight) / 128); when it
+is tied to the input embeddings, both read the rounded table, as the built graph does.
 
 torch's parametrisations carry the rounding (`torch.nn.utils.parametrize`): the weight is rounded wherever
 it is read and the optimiser sees the weight underneath.
@@ -40,16 +42,42 @@ def round_blocks(weight: Any) -> Any:
     return (low + q * step).reshape(out, -1)[:, :k]
 
 
-def _rounded_weight() -> Any:
+def round_blocks_8bit(weight: Any) -> Any:
+    """`weight` [out, in] as the int4 build stores its output projection: symmetric 8-bit blocks of 32
+    inputs, scale = -(the block's largest-magnitude weight) / 128, levels -128..127 (onnxruntime's
+    `quantize_matmul_8bits` with is_symmetric; a last partial block is padded with zeros)."""
+    import torch
+
+    out, k = weight.shape
+    pad = -k % BLOCK
+    padded = torch.cat([weight, weight.new_zeros(out, pad)], dim=1) if pad else weight
+    blocks = padded.reshape(out, -1, BLOCK)
+    largest = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
+    scale = -largest / 128
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.clamp(torch.round(blocks / scale), -128, 127) * scale).reshape(out, -1)[:, :k]
+
+
+def _rounded_weight(rounding: Any) -> Any:
     """A parametrisation: the forward reads the rounded weight, the gradient reaches the weight as if
     there were no rounding (straight-through)."""
     import torch
 
     class RoundedWeight(torch.nn.Module):
         def forward(self, weight: Any) -> Any:
-            return weight + (round_blocks(weight) - weight).detach()
+            return weight + (rounding(weight) - weight).detach()
 
     return RoundedWeight()
+
+
+def _head_modules(model: Any) -> list[Any]:
+    """The output projection, and the input embeddings when they share its weight (tied)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        return []
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = embeddings is not None and embeddings.weight is head.weight
+    return [head, embeddings] if tied else [head]
 
 
 def rounded_projections(model: Any) -> list[tuple[str, Any]]:
@@ -65,23 +93,44 @@ def rounded_projections(model: Any) -> list[tuple[str, Any]]:
 
 
 def train_through_rounding(model: Any) -> int:
-    """Make every 4-bit projection of `model` read its rounded weight (in place); returns how many."""
+    """Make every projection of `model` read its weight rounded as the int4 build rounds it (in place):
+    4 bits for the projections, 8 for the output one. Returns how many projections are 4-bit."""
     from torch.nn.utils import parametrize
 
     projections = rounded_projections(model)
     for _name, module in projections:
-        parametrize.register_parametrization(module, "weight", _rounded_weight())
+        parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks))
+    for module in _head_modules(model):  # tied: both register the one shared weight underneath
+        parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks_8bit))
     return len(projections)
 
 
 def keep_rounded(model: Any) -> int:
-    """Undo `train_through_rounding`, leaving each projection's weight rounded (what the student is:
-    its int4 build reproduces these weights). Returns how many were rounded."""
+    """Undo `train_through_rounding`, leaving each weight rounded (what the student is: its int4 build
+    reproduces these weights) and tied weights tied again. Returns how many 4-bit projections it rounded."""
     from torch.nn.utils import parametrize
 
+    head = model.get_output_embeddings()
+    tied = _tied_while_rounded(model)
     done = 0
     for _name, module in list(model.named_modules()):
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            done += 1
+            done += module is not head and (tied is None or module is not tied[1])
+    if tied is not None:  # each module now holds its own (equal) rounded copy: share one again
+        tied[0].weight = tied[1].weight
     return done
+
+
+def _tied_while_rounded(model: Any) -> tuple[Any, Any] | None:
+    """(output projection, input embeddings) when both are rounded over one shared weight."""
+    from torch.nn.utils import parametrize
+
+    head = model.get_output_embeddings()
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head is None or embeddings is None:
+        return None
+    if not all(parametrize.is_parametrized(m, "weight") for m in (head, embeddings)):
+        return None
+    shared = embeddings.parametrizations.weight.original is head.parametrizations.weight.original
+    return (head, embeddings) if shared else None
