@@ -10,6 +10,7 @@ exits 2; a failed run exits 1.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -282,15 +283,15 @@ def distill_command(
         )
     if data is not None:
         _check_data(data)
-    options: dict[str, Any] = {
-        "topk": topk, "schedule": schedule, "warmup_steps": warmup_steps, "quant_aware": quant_aware,
-    }  # fmt: skip
+    config = DistillConfig(
+        teacher=teacher, student=student, out=str(out), data=str(data) if data else None,
+        prompts=str(prompts) if prompts else None, epochs=epochs, max_steps=max_steps, learning_rate=lr,
+        batch_size=batch_size, temperature=temperature, alpha=alpha,
+        heldout=str(heldout) if heldout else None, eval_every=eval_every, topk=topk, schedule=schedule,
+        warmup_steps=warmup_steps, quant_aware=quant_aware,
+    )  # fmt: skip
     try:  # the settings' own checks, before anything loads or uploads
-        DistillConfig(
-            teacher=teacher, student=student, out=str(out), data=str(data) if data else None,
-            prompts=str(prompts) if prompts else None, temperature=temperature, alpha=alpha,
-            heldout=str(heldout) if heldout else None, eval_every=eval_every, **options,
-        ).validate()  # fmt: skip
+        config.validate()
     except DataError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     if stack is not None or render is not None:
@@ -301,28 +302,11 @@ def distill_command(
         submit_remote("distill", stack, render, image, nodes, nproc, data or prompts, student, out, {
             "teacher": teacher, "epochs": epochs, "max_steps": max_steps, "learning_rate": lr,
             "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
-            "data_is_prompts": data is None, **options,
+            "data_is_prompts": data is None, "topk": topk, "schedule": schedule,
+            "warmup_steps": warmup_steps, "quant_aware": quant_aware,
         })  # fmt: skip
         return
-    config = DistillConfig(
-        teacher=resolve_model(teacher),
-        student=resolve_model(student),
-        out=str(out),
-        data=str(data) if data is not None else None,
-        prompts=str(prompts) if prompts is not None else None,
-        epochs=epochs,
-        max_steps=max_steps,
-        learning_rate=lr,
-        batch_size=batch_size,
-        temperature=temperature,
-        alpha=alpha,
-        heldout=str(heldout) if heldout is not None else None,
-        eval_every=eval_every,
-        topk=topk,
-        schedule=schedule,
-        warmup_steps=warmup_steps,
-        quant_aware=quant_aware,
-    )
+    config = replace(config, teacher=resolve_model(teacher), student=resolve_model(student))
     from model_repo.training.launch import run
 
     summary = run_guarded("distillation", lambda: run("distill", config, nproc))
