@@ -71,12 +71,19 @@ def _rounded_weight(rounding: Any) -> Any:
 
 
 def _head_modules(model: Any) -> list[Any]:
-    """The output projection, and the input embeddings when they share its weight (tied)."""
+    """The output projection, and the input embeddings when they share its weight (tied), whether or not
+    the weight is rounded yet (once it is, both hold the one weight underneath their rounding)."""
+    from torch.nn.utils import parametrize
+
+    def underneath(module: Any) -> Any:
+        rounded = parametrize.is_parametrized(module, "weight")
+        return module.parametrizations.weight.original if rounded else module.weight
+
     head = model.get_output_embeddings()
     if head is None:
         return []
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tied = embeddings is not None and embeddings.weight is head.weight
+    tied = embeddings is not None and underneath(embeddings) is underneath(head)
     return [head, embeddings] if tied else [head]
 
 
@@ -110,27 +117,12 @@ def keep_rounded(model: Any) -> int:
     reproduces these weights) and tied weights tied again. Returns how many 4-bit projections it rounded."""
     from torch.nn.utils import parametrize
 
-    head = model.get_output_embeddings()
-    tied = _tied_while_rounded(model)
+    heads = _head_modules(model)
     done = 0
     for _name, module in list(model.named_modules()):
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            done += module is not head and (tied is None or module is not tied[1])
-    if tied is not None:  # each module now holds its own (equal) rounded copy: share one again
-        tied[0].weight = tied[1].weight
+            done += not any(module is h for h in heads)
+    if len(heads) == 2:  # tied: each module now holds its own (equal) rounded copy, share one again
+        heads[0].weight = heads[1].weight
     return done
-
-
-def _tied_while_rounded(model: Any) -> tuple[Any, Any] | None:
-    """(output projection, input embeddings) when both are rounded over one shared weight."""
-    from torch.nn.utils import parametrize
-
-    head = model.get_output_embeddings()
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if head is None or embeddings is None:
-        return None
-    if not all(parametrize.is_parametrized(m, "weight") for m in (head, embeddings)):
-        return None
-    shared = embeddings.parametrizations.weight.original is head.parametrizations.weight.original
-    return (head, embeddings) if shared else None
