@@ -189,7 +189,7 @@ def main() -> None:
     from model_repo.training.evaluate import text_perplexity
     from model_repo.training.finetune import load_model, load_tokenizer
     from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
-    from model_repo.training.teacher_topk import TOPK_FILE, save_topk, score_topk, topk_summary
+    from model_repo.training.teacher_topk import TOPK_FILE, topk_summary, write_targets
 
     torch.set_num_threads(args.threads)
     print(f"start: {load()}", flush=True)
@@ -262,14 +262,8 @@ def main() -> None:
     tkey = key(teacher.name, text, args.topk, args.temperature, TRAINING / "teacher_topk.py")
 
     def score(out: Path) -> None:
-        sequences = rendered(tok, load_chat_jsonl(text), 512)
-        with Progress(*Progress.get_default_columns()) as bar:
-            task = bar.add_task("teacher scoring the text (top-k)", total=len(sequences))
-            tensors = score_topk(
-                load_model(teacher), sequences, args.topk, args.temperature,
-                lambda done, _total: bar.update(task, completed=done),
-            )  # fmt: skip
-        save_topk(out / TOPK_FILE, tensors, args.temperature)
+        sequences = rendered(tok, load_chat_jsonl(text), DistillConfig.max_length)
+        write_targets(load_model(teacher), sequences, args.topk, args.temperature, out / TOPK_FILE)
 
     targets: Path | None = None
     prune_settings = {"depth": (args.drop_layers, None), "width": (0, mlp_keep)}

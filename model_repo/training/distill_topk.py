@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model_repo.training.data import ChatExample, DataError
-from model_repo.training.teacher_topk import collate, load_topk, save_topk, score_topk
+from model_repo.training.teacher_topk import collate, load_topk, write_targets
 
 # `config` below is distill.DistillConfig (not imported: distill imports this module)
 
@@ -46,15 +46,7 @@ def teacher_targets(
         if same and rows[0]["top_ids"].shape[-1] == config.topk:
             return rows
     if int(os.environ.get("RANK", "0")) == 0:
-        from rich.progress import Progress
-
-        with Progress(disable=not config.show_progress) as bar:
-            task = bar.add_task("teacher scoring the text (top-k)", total=len(sequences))
-            tensors = score_topk(
-                teacher, sequences, config.topk, config.temperature,
-                lambda done, _total: bar.update(task, completed=done),
-            )  # fmt: skip
-        save_topk(targets, tensors, config.temperature)
+        write_targets(teacher, sequences, config.topk, config.temperature, targets, config.show_progress)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return load_topk(targets, config.temperature)

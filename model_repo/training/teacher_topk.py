@@ -64,6 +64,25 @@ def score_topk(
     }
 
 
+def write_targets(
+    teacher: Any,
+    sequences: Sequence[Sequence[int]],
+    k: int,
+    temperature: float,
+    path: str | Path,
+    show: bool = True,
+) -> Path:
+    """Score `sequences` with the teacher (`score_topk`, with a progress bar) and save them to `path`."""
+    from rich.progress import Progress
+
+    with Progress(disable=not show) as bar:
+        task = bar.add_task("teacher scoring the text (top-k)", total=len(sequences))
+        tensors = score_topk(
+            teacher, sequences, k, temperature, lambda done, _total: bar.update(task, completed=done)
+        )
+    return save_topk(path, tensors, temperature)
+
+
 def save_topk(path: str | Path, tensors: dict[str, Any], temperature: float) -> Path:
     from safetensors.torch import save_file
 
