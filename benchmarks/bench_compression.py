@@ -182,7 +182,7 @@ def main() -> None:
 
     from model_repo.build import BuildOptions, build, build_code_digest
     from model_repo.checkpoint import cache_dir, fetch_default
-    from model_repo.gates import DEFAULT_MAX_PPL_INCREASE, DEFAULT_MIN_AGREEMENT, HELDOUT_TEXT
+    from model_repo.gates import DEFAULT_MAX_PPL_INCREASE, DEFAULT_MIN_AGREEMENT, HELDOUT_TEXT, meets_gates
     from model_repo.training.data import load_chat_jsonl, write_chat_jsonl
     from model_repo.training.distill import DistillConfig, run_distill
     from model_repo.training.distill_topk import rendered
@@ -365,7 +365,7 @@ def main() -> None:
         q = report.get("quality") or {}
         agreement, decode = q.get("agreement", 0.0), q.get("decode_agreement", 0.0)
         rise = q.get("perplexity_increase", float("inf"))
-        gates[name] = min(agreement, decode) >= DEFAULT_MIN_AGREEMENT and rise <= DEFAULT_MAX_PPL_INCREASE
+        gates[name] = meets_gates(agreement, decode, rise)  # the default gates, whatever the build used
         print(f"int4 {name:<8} quality gates vs own fp32: agreement {agreement:.1%} on held-out text, "
               f"{decode:.1%} while generating (min {DEFAULT_MIN_AGREEMENT:.0%}), perplexity {rise:+.2%} "
               f"(max {DEFAULT_MAX_PPL_INCREASE:+.0%}): {'passed' if gates[name] else 'FAILED'}")  # fmt: skip

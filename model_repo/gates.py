@@ -283,7 +283,7 @@ def check_quality(
     agreement = agree / total
     decode_agree, decode_total = _decode_agreement(engine, reference)
     decode_agreement = decode_agree / decode_total
-    passed = agreement >= min_agreement and decode_agreement >= min_agreement and rise <= max_ppl_increase
+    passed = meets_gates(agreement, decode_agreement, rise, min_agreement, max_ppl_increase)
     result = QualityResult(
         passed,
         agreement,
@@ -299,6 +299,22 @@ def check_quality(
     if raise_on_fail and not passed:
         raise GateError(quality_failure_message(result))
     return result
+
+
+def meets_gates(
+    agreement: float,
+    decode_agreement: float,
+    perplexity_increase: float,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE,
+) -> bool:
+    """The quality gates' rule: both agreements at least `min_agreement`, the perplexity rise at most
+    `max_ppl_increase`."""
+    return (
+        agreement >= min_agreement
+        and decode_agreement >= min_agreement
+        and perplexity_increase <= max_ppl_increase
+    )
 
 
 def _decode_agreement(engine: Engine, reference: GateReference) -> tuple[int, int]:
