@@ -12,6 +12,12 @@ exactly. The output projection goes through the build's 8-bit rounding the same 
 32: onnxruntime's MatMulNBits quantiser, scale = -(the block's largest-magnitude weight) / 128); when it
 is tied to the input embeddings, both read the rounded table, as the built graph does.
 
+The inputs too: onnxruntime's 4- and 8-bit kernels at the build's `accuracy_level` 4 compute with each
+row's input rounded to 8 bits in blocks of 32 (`round_activations`; tested equal to the kernel's output),
+while the 4-bit build's offset correction reads the input unrounded. A forward hook adds exactly that
+difference to each projection's output, so the student trains, and its held-out perplexity is measured,
+as the int4 engine computes; the gradient passes through the input's rounding unchanged.
+
 torch's parametrisations carry the rounding (`torch.nn.utils.parametrize`): the weight is rounded wherever
 it is read and the optimiser sees the weight underneath.
 """
@@ -23,6 +29,8 @@ from typing import Any
 BLOCK = 32  # the int4 build's block along each output's inputs (quantize_int4.BLOCK)
 LEVELS = 15  # 4 bits: 16 levels, 15 steps between a block's minimum and maximum
 MODES = ("none", "int4")
+# the attribute holding a projection's input-rounding hook, for keep_rounded to remove
+_INPUT_HOOK = "_tritonform_input_rounding"
 
 
 def round_blocks(weight: Any) -> Any:
@@ -56,6 +64,51 @@ def round_blocks_8bit(weight: Any) -> Any:
     scale = -largest / 128
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     return (torch.clamp(torch.round(blocks / scale), -128, 127) * scale).reshape(out, -1)[:, :k]
+
+
+def round_activations(x: Any) -> Any:
+    """`x` [..., in] as onnxruntime's 4- and 8-bit MatMulNBits compute with it at the build's
+    `accuracy_level` 4 (its int8 path): each row's blocks of 32 inputs on the symmetric 8-bit levels of
+    the block, scale = the block's largest magnitude / 127 (a last partial block padded with zeros)."""
+    import torch
+
+    k = x.shape[-1]
+    pad = -k % BLOCK
+    padded = torch.nn.functional.pad(x, (0, pad)) if pad else x
+    blocks = padded.reshape(*padded.shape[:-1], -1, BLOCK)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.round(blocks / scale) * scale).reshape(padded.shape)[..., :k]
+
+
+def block_offsets(weight: Any) -> Any:
+    """Each weight's block offset as the int4 build stores it (quantize_int4: a block's minimum + 8 of
+    its 15 steps), so that `weight - block_offsets(weight)` is what the symmetric 4-bit kernel holds."""
+    import torch
+
+    out, k = weight.shape
+    pad = -k % BLOCK
+    padded = torch.cat([weight, weight[:, -1:].expand(out, pad)], dim=1) if pad else weight
+    blocks = padded.reshape(out, -1, BLOCK)
+    low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+    return (low + 8 * (high - low) / LEVELS).expand_as(blocks).reshape(out, -1)[:, :k]
+
+
+def _as_the_kernel_computes(offsets: bool) -> Any:
+    """A forward hook: the projection's output as onnxruntime computes it in the built graph, where the
+    4-bit kernel reads its input rounded (`round_activations`) and the exact offset correction reads it
+    unrounded (quantize_int4), so y = x @ W + (rounded x - x) @ (W - offsets); the 8-bit output projection
+    has no offsets. The rounding error is a constant to the gradient (straight-through)."""
+    import torch
+
+    def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+        x = args[0]
+        error = (round_activations(x) - x).detach()
+        weight = module.weight.detach()
+        symmetric = weight - block_offsets(weight) if offsets else weight
+        return output + torch.nn.functional.linear(error, symmetric)
+
+    return hook
 
 
 def _rounded_weight(rounding: Any) -> Any:
@@ -100,15 +153,23 @@ def rounded_projections(model: Any) -> list[tuple[str, Any]]:
 
 
 def train_through_rounding(model: Any) -> int:
-    """Make every projection of `model` read its weight rounded as the int4 build rounds it (in place):
-    4 bits for the projections, 8 for the output one. Returns how many projections are 4-bit."""
+    """Make every projection of `model` compute as the int4 build computes it (in place): its weight
+    rounded to 4 bits (8 for the output one) and its input to the kernel's 8-bit blocks. Returns how many
+    projections are 4-bit."""
+    import torch
     from torch.nn.utils import parametrize
 
     projections = rounded_projections(model)
     for _name, module in projections:
         parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks))
-    for module in _head_modules(model):  # tied: both register the one shared weight underneath
+    heads = _head_modules(model)
+    for module in heads:  # tied: both register the one shared weight underneath
         parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks_8bit))
+    for _name, module in projections:
+        setattr(module, _INPUT_HOOK, module.register_forward_hook(_as_the_kernel_computes(offsets=True)))
+    for head in heads:
+        if isinstance(head, torch.nn.Linear):  # not the tied input embeddings: a lookup computes nothing
+            setattr(head, _INPUT_HOOK, head.register_forward_hook(_as_the_kernel_computes(offsets=False)))
     return len(projections)
 
 
@@ -117,6 +178,10 @@ def keep_rounded(model: Any) -> int:
     reproduces these weights) and tied weights tied again. Returns how many 4-bit projections it rounded."""
     from torch.nn.utils import parametrize
 
+    for module in model.modules():
+        if hasattr(module, _INPUT_HOOK):
+            getattr(module, _INPUT_HOOK).remove()
+            delattr(module, _INPUT_HOOK)
     heads = _head_modules(model)
     done = 0
     for _name, module in list(model.named_modules()):

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_repo.quantize_int4 import dequantize_blocks, quantize_blocks
+from model_repo.quantize_int4 import dequantize_blocks, quantize_blocks, quantize_int4_with_offsets
 from model_repo.training.distill import DistillConfig, run_distill
 from model_repo.training.quant_aware import (
     keep_rounded,
+    round_activations,
     round_blocks,
     round_blocks_8bit,
     train_through_rounding,
@@ -57,6 +58,94 @@ def test_the_output_projections_rounding_is_onnxruntimes_8_bit_quantiser() -> No
     assert torch.equal(round_blocks_8bit(rounded), rounded)  # rounding twice changes nothing
 
 
+def _run_onnx(model: Any, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x})[0])
+
+
+def _one_matmul(weight: np.ndarray, rows: int) -> Any:
+    """An ONNX graph of one MatMul x @ weight.T, as the exporter writes a projection."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    out, k = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, out])],
+        [numpy_helper.from_array(np.ascontiguousarray(weight.T), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("rows", [1, 40])  # a decode step, a prefill
+def test_a_projection_computes_as_the_int4_builds_kernel_does(rows: int) -> None:
+    """The built projection (onnxruntime's 4-bit kernel at accuracy level 4 on the input's 8-bit blocks,
+    plus the exact offset correction on the unrounded input) gives what the quantisation-aware student
+    computes, within float rounding, and not what the same weights give on the unrounded input."""
+    import torch
+
+    generator = torch.Generator().manual_seed(2)
+    linear = torch.nn.Linear(96, 48, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(48, 96, generator=generator) * 0.05 + 0.02)
+    x = torch.randn(rows, 96, generator=generator) * torch.linspace(0.1, 4.0, 96)  # uneven blocks
+    built = _one_matmul(linear.weight.detach().numpy(), rows)
+    assert quantize_int4_with_offsets(built, accuracy_level=4) == 1
+    served = _run_onnx(built, x.numpy())
+
+    class Holder(torch.nn.Module):  # train_through_rounding takes a model with an output projection
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = linear
+
+        def get_output_embeddings(self) -> None:
+            return None
+
+    holder = Holder()
+    train_through_rounding(holder)
+    with torch.no_grad():
+        student = holder.proj(x).numpy()
+        unrounded_input = x.numpy() @ holder.proj.weight.numpy().T
+    np.testing.assert_allclose(student, served, rtol=0, atol=1e-4)
+    assert np.abs(unrounded_input - served).max() > 1e-3  # the input's rounding is real and modelled
+
+
+def test_the_output_projection_computes_as_onnxruntimes_8_bit_kernel_does() -> None:
+    """onnxruntime's 8-bit MatMulNBits at accuracy level 4 equals the rounded weight applied to the
+    input rounded by `round_activations`."""
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, out, k, block = 5, 64, 96, 32
+    generator = torch.Generator().manual_seed(3)
+    weight = round_blocks_8bit(torch.randn(out, k, generator=generator) * 0.05)
+    x = torch.randn(rows, k, generator=generator) * torch.linspace(0.1, 4.0, k)
+    blocks = weight.reshape(out, k // block, block)
+    largest = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))[..., 0]
+    scale = -largest / 128  # the quantiser's signed scale: the rounded weight reproduces exactly
+    levels = (torch.round(blocks / scale[..., None]) + 128).to(torch.uint8)
+    node = helper.make_node(
+        "MatMulNBits", ["x", "q", "s"], ["y"], domain="com.microsoft",
+        K=k, N=out, bits=8, block_size=block, accuracy_level=4,
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, out])],
+        [numpy_helper.from_array(levels.numpy(), "q"), numpy_helper.from_array(scale.flatten().numpy(), "s")],
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    served = _run_onnx(model, x.numpy())
+    np.testing.assert_allclose((levels.float() - 128) * scale[..., None], blocks, rtol=0, atol=1e-7)
+    np.testing.assert_allclose((round_activations(x) @ weight.T).numpy(), served, rtol=0, atol=1e-4)
+    assert np.abs((x @ weight.T).numpy() - served).max() > 1e-3
+
+
 def test_projections_read_the_rounded_weight_and_their_gradient_reaches_the_weight_underneath() -> None:
     import torch
     from torch.nn.utils import parametrize
@@ -86,6 +175,11 @@ def test_projections_read_the_rounded_weight_and_their_gradient_reaches_the_weig
     assert not parametrize.is_parametrized(model.inner) and not parametrize.is_parametrized(model.head)
     assert torch.allclose(model.inner.weight, round_blocks(original))
     assert torch.equal(model.head.weight, round_blocks_8bit(head))
+    x = torch.randn(3, 64)  # and the inputs are no longer rounded: plain Linear layers again
+    linear = torch.nn.functional.linear
+    with torch.no_grad():
+        assert torch.equal(model.inner(x), linear(x, model.inner.weight, model.inner.bias))
+        assert torch.equal(model(x), linear(model.inner(x), model.head.weight, model.head.bias))
 
 
 def test_a_quant_aware_distillation_learns_through_the_rounding_and_writes_rounded_weights(
