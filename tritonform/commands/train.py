@@ -260,8 +260,9 @@ def distill_command(
         str,
         typer.Option(
             "--quant-aware",
-            help="none | int4: the student trains through the rounding of `build --quantize int4` and is "
-            "written rounded, so its int4 build keeps what distillation taught it.",
+            help="none | int4: the student trains through the rounding of `build --quantize int4` (its "
+            "weights, and the kernels' 8-bit inputs) and is written rounded, so its int4 build keeps what "
+            "distillation taught it.",
         ),
     ] = "none",
     nproc: NprocOpt = 1,
