@@ -33,21 +33,35 @@ MODES = ("none", "int4")
 _INPUT_HOOK = "_tritonform_input_rounding"
 
 
+def _blocks(x: Any, pad_with_last: bool) -> Any:
+    """`x` [..., in] in blocks of `BLOCK` along its last axis, [..., blocks, BLOCK]; a last partial block
+    padded with the row's last value (as the 4-bit build pads) or with zeros (onnxruntime's 8-bit
+    quantiser and its kernels' inputs). `_unblocked` undoes it."""
+    import torch
+
+    pad = -x.shape[-1] % BLOCK
+    if pad:
+        rows = x.shape[:-1]
+        x = torch.cat([x, x[..., -1:].expand(*rows, pad) if pad_with_last else x.new_zeros(*rows, pad)], -1)
+    return x.reshape(*x.shape[:-1], -1, BLOCK)
+
+
+def _unblocked(blocks: Any, k: int) -> Any:
+    return blocks.flatten(-2)[..., :k]
+
+
 def round_blocks(weight: Any) -> Any:
     """`weight` [out, in] as the int4 build stores it: each block of 32 inputs of an output on 16 evenly
     spaced levels from the block's minimum to its maximum (a last partial block padded with its last
     value, as the build does)."""
     import torch
 
-    out, k = weight.shape
-    pad = -k % BLOCK
-    padded = torch.cat([weight, weight[:, -1:].expand(out, pad)], dim=1) if pad else weight
-    blocks = padded.reshape(out, -1, BLOCK)
+    blocks = _blocks(weight, pad_with_last=True)
     low = blocks.amin(-1, keepdim=True)
     step = (blocks.amax(-1, keepdim=True) - low) / LEVELS
     step = torch.where(step == 0, torch.ones_like(step), step)
     q = torch.clamp(torch.round((blocks - low) / step), 0, LEVELS)
-    return (low + q * step).reshape(out, -1)[:, :k]
+    return _unblocked(low + q * step, weight.shape[-1])
 
 
 def round_blocks_8bit(weight: Any) -> Any:
@@ -56,14 +70,11 @@ def round_blocks_8bit(weight: Any) -> Any:
     `quantize_matmul_8bits` with is_symmetric; a last partial block is padded with zeros)."""
     import torch
 
-    out, k = weight.shape
-    pad = -k % BLOCK
-    padded = torch.cat([weight, weight.new_zeros(out, pad)], dim=1) if pad else weight
-    blocks = padded.reshape(out, -1, BLOCK)
+    blocks = _blocks(weight, pad_with_last=False)
     largest = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
     scale = -largest / 128
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return (torch.clamp(torch.round(blocks / scale), -128, 127) * scale).reshape(out, -1)[:, :k]
+    return _unblocked(torch.clamp(torch.round(blocks / scale), -128, 127) * scale, weight.shape[-1])
 
 
 def round_activations(x: Any) -> Any:
@@ -72,26 +83,18 @@ def round_activations(x: Any) -> Any:
     the block, scale = the block's largest magnitude / 127 (a last partial block padded with zeros)."""
     import torch
 
-    k = x.shape[-1]
-    pad = -k % BLOCK
-    padded = torch.nn.functional.pad(x, (0, pad)) if pad else x
-    blocks = padded.reshape(*padded.shape[:-1], -1, BLOCK)
+    blocks = _blocks(x, pad_with_last=False)
     scale = blocks.abs().amax(-1, keepdim=True) / 127
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return (torch.round(blocks / scale) * scale).reshape(padded.shape)[..., :k]
+    return _unblocked(torch.round(blocks / scale) * scale, x.shape[-1])
 
 
 def block_offsets(weight: Any) -> Any:
     """Each weight's block offset as the int4 build stores it (quantize_int4: a block's minimum + 8 of
     its 15 steps), so that `weight - block_offsets(weight)` is what the symmetric 4-bit kernel holds."""
-    import torch
-
-    out, k = weight.shape
-    pad = -k % BLOCK
-    padded = torch.cat([weight, weight[:, -1:].expand(out, pad)], dim=1) if pad else weight
-    blocks = padded.reshape(out, -1, BLOCK)
+    blocks = _blocks(weight, pad_with_last=True)
     low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
-    return (low + 8 * (high - low) / LEVELS).expand_as(blocks).reshape(out, -1)[:, :k]
+    return _unblocked((low + 8 * (high - low) / LEVELS).expand_as(blocks), weight.shape[-1])
 
 
 def _as_the_kernel_computes(offsets: bool) -> Any:
