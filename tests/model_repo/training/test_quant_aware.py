@@ -80,18 +80,19 @@ def _one_matmul(weight: np.ndarray, rows: int) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+@pytest.mark.parametrize("inputs", [96, 70])  # whole blocks, and a last partial block
 @pytest.mark.parametrize("rows", [1, 40])  # a decode step, a prefill
-def test_a_projection_computes_as_the_int4_builds_kernel_does(rows: int) -> None:
+def test_a_projection_computes_as_the_int4_builds_kernel_does(rows: int, inputs: int) -> None:
     """The built projection (onnxruntime's 4-bit kernel at accuracy level 4 on the input's 8-bit blocks,
     plus the exact offset correction on the unrounded input) gives what the quantisation-aware student
     computes, within float rounding, and not what the same weights give on the unrounded input."""
     import torch
 
     generator = torch.Generator().manual_seed(2)
-    linear = torch.nn.Linear(96, 48, bias=False)
+    linear = torch.nn.Linear(inputs, 48, bias=False)
     with torch.no_grad():
-        linear.weight.copy_(torch.randn(48, 96, generator=generator) * 0.05 + 0.02)
-    x = torch.randn(rows, 96, generator=generator) * torch.linspace(0.1, 4.0, 96)  # uneven blocks
+        linear.weight.copy_(torch.randn(48, inputs, generator=generator) * 0.05 + 0.02)
+    x = torch.randn(rows, inputs, generator=generator) * torch.linspace(0.1, 4.0, inputs)  # uneven blocks
     built = _one_matmul(linear.weight.detach().numpy(), rows)
     assert quantize_int4_with_offsets(built, accuracy_level=4) == 1
     served = _run_onnx(built, x.numpy())
