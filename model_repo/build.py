@@ -246,7 +246,12 @@ def _quantize(
         q = quantize_model(fp32_dir, q_dir, options.quantize, progress=steps.note)
     size = _dir_size(q_dir)
     report["quantization"].update(
-        {"quantized_matmuls": q.quantized_matmuls, "size_bytes": size, "seconds": round(q.seconds, 2)}
+        {
+            "quantized_matmuls": q.quantized_matmuls,
+            "output_projection": q.head,
+            "size_bytes": size,
+            "seconds": round(q.seconds, 2),
+        }
     )
     _gate(Engine.load(q_dir), reference, report, steps, "quantised", options)
     return q_dir
@@ -334,7 +339,7 @@ DEFAULT_QUANTIZE = "int4"
 _BUILD_CODE = (
     *("build.py", "checkpoint.py", "export.py", "gqa.py", "rope_fusion.py", "chat_template.py"),
     *("precision.py", "kv_graphs.py"),
-    *("quantize.py", "quantize_int4.py", "gates.py", "manifest.py"),
+    *("quantize.py", "quantize_int4.py", "rescored_head.py", "gates.py", "manifest.py"),
     *("layout.py", "spec.py", "python_model/model.py", "templates/config.pbtxt.j2"),
 )
 

@@ -10,9 +10,11 @@ a constant weight becomes a `MatMulNBits` (block-wise, weights only, activations
 - int4: 4-bit, block 32, accuracy_level 4, each block with its exact float offset (see
   `model_repo.quantize_int4`: onnxruntime's integer zero points dropped SmolLM2's agreement to ~69%),
   every projection but the output one (lm_head, the MatMul producing `logits`, which decides the next
-  token directly): it stays at 8 bits, symmetric, in blocks of 32 (the layout of the GGUF's Q8_0 token
-  embedding it is tied to). A 4-bit output projection failed the gate on SmolLM2 (82.0% / 85.9%,
-  perplexity +5.1%). SmolLM2, one run: 96.3% / 97.1% agreement, perplexity +0.3%; 115 MB of
+  token directly). Tied to the token embedding (SmolLM2's is), it scores the vocabulary at 4 bits and
+  rescores the best TOP_K exactly with the embedding's fp32 rows (`model_repo.rescored_head`); untied,
+  it stays at 8 bits, symmetric, in blocks of 32 (the layout of a Q8_0 embedding). A plain 4-bit output
+  projection failed the gate on SmolLM2 (82.0% / 85.9%, perplexity +5.1%); rescored it passes.
+  SmolLM2 with the 8-bit head, one run: 96.3% / 97.1% agreement, perplexity +0.3%; 115 MB of
   weights read per decode token (an earlier layout with the down projections and the output
   projection at 8 bits in blocks of 16: 132 MB).
   The merged q/k/v output goes to GroupQueryAttention packed, with the rotary embedding done inside
@@ -31,6 +33,7 @@ from typing import Any
 from model_repo.export import save_onnx
 from model_repo.gqa import pack_qkv_with_rotary
 from model_repo.quantize_int4 import merge_sibling_matmuls, quantize_int4_with_offsets
+from model_repo.rescored_head import TOP_K, add_rescoring, tied_table
 from model_repo.runtime.contract import ONNX_FILE, TOKENIZER_FILE, GenerationMetadata
 
 METHODS = ("none", "int8", "int4")
@@ -58,8 +61,10 @@ SETTINGS: dict[str, QuantSettings] = {
     "int8": QuantSettings("int8", 8, 16, True, 4, 8),
     "int4": QuantSettings("int4", 4, 32, False, 4, 8),  # symmetric False: per-block float offsets
 }
-# The output projection of an int4 build: 8 bits, symmetric, blocks of 32 (see the module docs).
+# The output projection of an int4 build: 8 bits, symmetric, blocks of 32 (see the module docs);
+# tied to the embedding, 4 bits with integer zero points, its best TOP_K rescored in fp32.
 INT4_HEAD = QuantSettings("int8", 8, 32, True, 4, 8)
+INT4_RESCORED_HEAD = QuantSettings("int4", 4, 32, False, 4, 4)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class QuantizeResult:
     settings: QuantSettings
     quantized_matmuls: int
     seconds: float
+    # How the output projection was quantised: "8-bit", "4-bit, top 64 rescored in fp32", or "" (none).
+    head: str = ""
 
 
 def _logits_matmul(model: Any) -> str | None:
@@ -128,6 +135,7 @@ def quantize_model(
     t0 = time.perf_counter()
     meta = GenerationMetadata.load(src)
     count = 0
+    head_kind = ""
     if method == "none":
         for name in (ONNX_FILE, ONNX_FILE + ".data"):
             if (src / name).exists():
@@ -135,6 +143,7 @@ def quantize_model(
     else:
         model = onnx.load(str(src / ONNX_FILE))
         head = _logits_matmul(model)
+        head_kind = "" if head is None else f"{settings.lm_head_bits}-bit"
         bits = settings.bits or 8
         if bits == 4:
             say("merging projections that share an input (q/k/v, gate/up)")
@@ -143,8 +152,7 @@ def quantize_model(
             if packed:
                 say(f"attention reads the merged q/k/v and rotates it itself ({packed} layers)")
             if head is not None:
-                say("quantising the output projection to 8 bits (blocks of 32)")
-                model = _matmul_nbits(model, 8, INT4_HEAD, only={head})
+                model, head_kind = _quantize_int4_head(model, head, say)
             say(f"quantising the other weights to 4 bits (block {settings.block_size}, exact offsets)")
             quantize_int4_with_offsets(model, settings.accuracy_level or 4)
         else:
@@ -156,4 +164,18 @@ def quantize_model(
         save_onnx(model, dst / ONNX_FILE)
     shutil.copy2(src / TOKENIZER_FILE, dst / TOKENIZER_FILE)
     replace(meta, quantization=method).save(dst)
-    return QuantizeResult(dst, settings, count, time.perf_counter() - t0)
+    return QuantizeResult(dst, settings, count, time.perf_counter() - t0, head_kind)
+
+
+def _quantize_int4_head(model: Any, head: str, say: Callable[[str], None]) -> tuple[Any, str]:
+    """The int4 build's output projection (see the module docs): (the model, what the head became)."""
+    node = next(n for n in model.graph.node if n.name == head)
+    logits = node.output[0]
+    table = tied_table(model, head)
+    if table is None:
+        say("quantising the output projection to 8 bits (blocks of 32; not tied to the embedding)")
+        return _matmul_nbits(model, 8, INT4_HEAD, only={head}), "8-bit"
+    say(f"output projection: 4 bits for every token, the best {TOP_K} rescored with the fp32 embedding")
+    model = _matmul_nbits(model, 4, INT4_RESCORED_HEAD, only={head})
+    add_rescoring(model, logits, table, TOP_K)
+    return model, f"4-bit, top {TOP_K} rescored in fp32"

@@ -29,21 +29,20 @@ def test_int8_turns_every_weight_matmul_into_8bit_matmulnbits(tiny_llama_int8: P
     assert GenerationMetadata.load(tiny_llama_int8).quantization == "int8"
 
 
-def test_int4_merges_shared_input_projections_and_keeps_only_the_output_projection_at_8_bits(
+def test_int4_merges_shared_input_projections_and_rescores_the_tied_output_projection(
     tiny_llama_export: Path, tmp_path: Path
 ) -> None:
-    """int4: every projection at 4 bits (q/k/v and gate/up merged) but the output one, at 8 bits in
-    blocks of 32 (the layout of a Q8_0 embedding it is tied to)."""
+    """int4: every projection at 4 bits (q/k/v and gate/up merged); the output projection, tied to the
+    embedding in the tiny Llama, at 4 bits too, its best scores rescored from the fp32 embedding."""
     result = quantize_model(tiny_llama_export, tmp_path / "int4", "int4")
     bits = sorted(_nbits(result.model_dir))
-    # 2 layers x (q/k/v merged, o, gate/up merged, down) at 4 bits; the output projection at 8.
-    assert bits == [4] * 8 + [8] and result.quantized_matmuls == 9
-    head = next(
-        n
-        for n in onnx.load(str(result.model_dir / "model.onnx")).graph.node
-        if n.op_type == "MatMulNBits" and next(a.i for a in n.attribute if a.name == "bits") == 8
-    )
-    assert next(a.i for a in head.attribute if a.name == "block_size") == 32
+    # 2 layers x (q/k/v merged, o, gate/up merged, down) + the output projection, all at 4 bits.
+    assert bits == [4] * 9 and result.quantized_matmuls == 9
+    assert result.head == "4-bit, top 64 rescored in fp32"
+    graph = onnx.load(str(result.model_dir / "model.onnx")).graph
+    producer = next(n for n in graph.node if "logits" in n.output)
+    assert producer.op_type == "ScatterElements"
+    assert [n.op_type for n in graph.node].count("TopK") == 1
 
 
 def test_int4_model_follows_the_fp32_model(tiny_llama_export: Path, tmp_path: Path) -> None:
