@@ -8,9 +8,12 @@ the default model pruned by 8 layers and distilled, held-out perplexity 123.8 (p
 rounded weight and the gradient passes straight through the rounding to the fp32 weight underneath (the
 straight-through estimator, as in quantisation-aware training), so what the student learns is what
 survives the build; at the end the rounded weights are written, which the int4 build then reproduces
-exactly. The output projection goes through the build's 8-bit rounding the same way (symmetric blocks of
-32: onnxruntime's MatMulNBits quantiser, scale = -(the block's largest-magnitude weight) / 128); when it
-is tied to the input embeddings, both read the rounded table, as the built graph does.
+exactly. An output projection tied to the input embeddings stays fp32: the int4 build scores the
+vocabulary at 4 bits only to pick candidates and computes the best 64 from the fp32 embedding table
+(model_repo/rescored_head.py), which is what decides the next token and what distillation's top-k
+targets compare. An untied one goes through the build's 8-bit rounding the same way as the projections
+(symmetric blocks of 32: onnxruntime's MatMulNBits quantiser, scale = -(the block's largest-magnitude
+weight) / 128).
 
 The inputs too: onnxruntime's 4- and 8-bit kernels at the build's `accuracy_level` 4 compute with each
 row's input rounded to 8 bits in blocks of 32 (`round_activations`; tested equal to the kernel's output),
@@ -157,8 +160,8 @@ def rounded_projections(model: Any) -> list[tuple[str, Any]]:
 
 def train_through_rounding(model: Any) -> int:
     """Make every projection of `model` compute as the int4 build computes it (in place): its weight
-    rounded to 4 bits (8 for the output one) and its input to the kernel's 8-bit blocks. Returns how many
-    projections are 4-bit."""
+    rounded to 4 bits (8 for an untied output projection; a tied one stays fp32, see the module docs) and
+    its input to the kernel's 8-bit blocks. Returns how many projections are 4-bit."""
     import torch
     from torch.nn.utils import parametrize
 
@@ -166,7 +169,9 @@ def train_through_rounding(model: Any) -> int:
     for _name, module in projections:
         parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks))
     heads = _head_modules(model)
-    for module in heads:  # tied: both register the one shared weight underneath
+    if len(heads) == 2:  # tied: the build rescores the winners with the fp32 table (rescored_head)
+        heads = []
+    for module in heads:
         parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks_8bit))
     for _name, module in projections:
         setattr(module, _INPUT_HOOK, module.register_forward_hook(_as_the_kernel_computes(offsets=True)))

@@ -187,8 +187,8 @@ def test_a_quant_aware_distillation_learns_through_the_rounding_and_writes_round
     tiny_llama_checkpoint: Path, tmp_path: Path
 ) -> None:
     """The written student is closer to the teacher than the same student rounded without training, every
-    4-bit projection is on its grid and the tied embeddings on the output projection's 8-bit grid (the
-    int4 build changes nothing), and the embeddings are still tied to the output projection."""
+    4-bit projection is on its grid (the int4 build changes nothing), and the embeddings are still tied
+    to the output projection and fp32 (the int4 build rescores the best tokens with the fp32 table)."""
     import torch
 
     from model_repo.checkpoint import make_tiny_checkpoint
@@ -223,5 +223,5 @@ def test_a_quant_aware_distillation_learns_through_the_rounding_and_writes_round
             np.testing.assert_allclose(_as_built(w), w, rtol=0, atol=1e-6, err_msg=name)
     embed = written.get_input_embeddings().weight
     assert written.get_output_embeddings().weight is embed
-    assert torch.equal(round_blocks_8bit(embed.detach()), embed.detach())
+    assert not torch.equal(round_blocks_8bit(embed.detach()), embed.detach())
     assert not torch.allclose(round_blocks(embed.detach()), embed.detach())
