@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 # Candidates rescored per position. 64 fp32 rows of SmolLM2's 576 = 147 KB read per token (the 4-bit
-# matrix is ~16 MB). Prefills ask for the last position's logits only; a full-sequence logits call
-# (the gates' teacher forcing) gathers TOP_K rows per position.
+# matrix with its scales and zero points: ~18 MB). Prefills ask for the last position's logits only; a
+# full-sequence logits call (the gates' teacher forcing) gathers TOP_K rows per position.
 TOP_K = 64
 
 

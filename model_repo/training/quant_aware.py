@@ -129,21 +129,16 @@ def _rounded_weight(rounding: Any) -> Any:
     return RoundedWeight()
 
 
-def _head_modules(model: Any) -> list[Any]:
-    """The output projection, and the input embeddings when they share its weight (tied), whether or not
-    the weight is rounded yet (once it is, both hold the one weight underneath their rounding)."""
-    from torch.nn.utils import parametrize
-
-    def underneath(module: Any) -> Any:
-        rounded = parametrize.is_parametrized(module, "weight")
-        return module.parametrizations.weight.original if rounded else module.weight
+def _untied_head(model: Any) -> Any:
+    """The output projection when the int4 build rounds it to 8 bits: a Linear that does not share its
+    weight with the input embeddings (a tied one stays fp32, see the module docs); else None."""
+    import torch
 
     head = model.get_output_embeddings()
-    if head is None:
-        return []
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tied = embeddings is not None and underneath(embeddings) is underneath(head)
-    return [head, embeddings] if tied else [head]
+    if not isinstance(head, torch.nn.Linear) or (embeddings is not None and embeddings.weight is head.weight):
+        return None
+    return head
 
 
 def rounded_projections(model: Any) -> list[tuple[str, Any]]:
@@ -162,40 +157,35 @@ def train_through_rounding(model: Any) -> int:
     """Make every projection of `model` compute as the int4 build computes it (in place): its weight
     rounded to 4 bits (8 for an untied output projection; a tied one stays fp32, see the module docs) and
     its input to the kernel's 8-bit blocks. Returns how many projections are 4-bit."""
-    import torch
     from torch.nn.utils import parametrize
 
     projections = rounded_projections(model)
     for _name, module in projections:
         parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks))
-    heads = _head_modules(model)
-    if len(heads) == 2:  # tied: the build rescores the winners with the fp32 table (rescored_head)
-        heads = []
-    for module in heads:
-        parametrize.register_parametrization(module, "weight", _rounded_weight(round_blocks_8bit))
+    head = _untied_head(model)
+    if head is not None:
+        parametrize.register_parametrization(head, "weight", _rounded_weight(round_blocks_8bit))
     for _name, module in projections:
         setattr(module, _INPUT_HOOK, module.register_forward_hook(_as_the_kernel_computes(offsets=True)))
-    for head in heads:
-        if isinstance(head, torch.nn.Linear):  # not the tied input embeddings: a lookup computes nothing
-            setattr(head, _INPUT_HOOK, head.register_forward_hook(_as_the_kernel_computes(offsets=False)))
+    if head is not None:
+        setattr(head, _INPUT_HOOK, head.register_forward_hook(_as_the_kernel_computes(offsets=False)))
     return len(projections)
 
 
 def keep_rounded(model: Any) -> int:
     """Undo `train_through_rounding`, leaving each weight rounded (what the student is: its int4 build
-    reproduces these weights) and tied weights tied again. Returns how many 4-bit projections it rounded."""
+    reproduces these weights; a tied output projection was never rounded and stays tied). Returns how
+    many 4-bit projections it rounded."""
     from torch.nn.utils import parametrize
 
     for module in model.modules():
         if hasattr(module, _INPUT_HOOK):
             getattr(module, _INPUT_HOOK).remove()
             delattr(module, _INPUT_HOOK)
-    heads = _head_modules(model)
+    head = model.get_output_embeddings()
     done = 0
     for _name, module in list(model.named_modules()):
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            done += not any(module is h for h in heads)
-    if len(heads) == 2:  # tied: each module now holds its own (equal) rounded copy, share one again
-        heads[0].weight = heads[1].weight
+            done += module is not head
     return done
