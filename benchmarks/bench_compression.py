@@ -150,6 +150,11 @@ def main() -> None:
         help="distil (and calibrate) on this chat JSON Lines file instead of the engine's answers",
     )  # fmt: skip
     ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
+    ap.add_argument(
+        "--criterion",
+        default="block",
+        help="depth pruning's layer choice: output (greedy) or block (one pass)",
+    )
     ap.add_argument("--topk", type=int, default=32, help="teacher log-probabilities kept per token")
     ap.add_argument("--epochs", type=float, default=2.0, help="passes over the text per student")
     ap.add_argument("--steps", type=int, default=-1, help="distillation steps per student (over --epochs)")
@@ -270,11 +275,19 @@ def main() -> None:
     students: dict[str, dict[str, Path]] = {}
     for variant in variants:
         drop, keep = prune_settings[variant]
-        pkey = key(teacher.name, calibration, TRAINING / "prune.py", drop, keep)
+        criterion = args.criterion if drop else "block"  # width pruning has no layer choice
+        pkey = key(teacher.name, calibration, TRAINING / "prune.py", drop, keep, criterion)
         pruned = cached(
             root / f"pruned-{variant}-{pkey}",
             PRUNING_FILE,
-            functools.partial(prune_checkpoint, teacher, drop=drop, calibration=calibration, mlp_keep=keep),
+            functools.partial(
+                prune_checkpoint,
+                teacher,
+                drop=drop,
+                calibration=calibration,
+                mlp_keep=keep,
+                criterion=criterion,
+            ),
             timings,
         )
         if args.stage == "prune":

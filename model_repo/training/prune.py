@@ -1,11 +1,18 @@
 """Structured pruning as in NVIDIA's Minitron: depth (whole decoder layers) and width (MLP channels).
 
-Depth: each layer's importance is measured on calibration text as in NVIDIA's Minitron work (and ShortGPT's
-"block influence"): one minus the cosine similarity between the hidden states a layer receives and the
-ones it passes on, averaged over every calibration token. A layer that barely turns the residual stream
-is the one whose removal changes the model least; the N least important go. What remains is a normal,
-shallower checkpoint with the same tokenizer, ready for `tritonform distill` (to recover what was lost)
-and for `tritonform build`.
+Depth, two criteria on calibration text:
+- `block` (one pass): each layer's importance as in NVIDIA's Minitron work (and ShortGPT's "block
+  influence"): one minus the cosine similarity between the hidden states a layer receives and the ones it
+  passes on, averaged over every calibration token; the N least important go. A layer that barely turns
+  the residual stream is taken for one whose removal changes the model least; but two such layers side by
+  side are scored as if the other stayed.
+- `output` (greedy, N rounds): remove the layer whose removal changes the model's final hidden states (what
+  the output projection reads) least against the unpruned model's, 1 - cosine averaged over the calibration
+  tokens, measured by running the model without it; repeat on what is left. It measures the removal
+  itself, interactions included, at the cost of a forward pass of the layers above each candidate per
+  round (the calibration text is cut to `OUTPUT_TOKENS` tokens for it).
+What remains is a normal, shallower checkpoint with the same tokenizer, ready for `tritonform distill` (to
+recover what was lost) and for `tritonform build`.
 
 Width: every MLP channel (a row of gate/up, the matching column of down) is scored by its activation on
 the same calibration text, Minitron's activation-based importance: the root mean square over every token of
@@ -27,6 +34,8 @@ from typing import Any
 from model_repo.training.data import DataError
 
 PRUNING_FILE = "pruning.json"
+CRITERIA = ("block", "output")  # depth pruning's layer choice; the first is the default
+OUTPUT_TOKENS = 2048  # calibration tokens the greedy `output` criterion runs on (cut evenly per passage)
 
 
 CHANNEL_MULTIPLE = 32  # the int4 build quantises in blocks of 32 along each weight's input dimension
@@ -103,11 +112,88 @@ def decoder_layers(model: Any) -> Any:
 def choose_layers(importance: list[float], drop: int) -> PruneResult:
     """Drop the `drop` least important layers; never the first or the last (they map to and from tokens)."""
     n = len(importance)
-    if not 0 < drop <= n - 2:
-        raise DataError(f"--drop-layers must be between 1 and {n - 2} for a {n}-layer model (got {drop})")
+    _check_drop(n, drop)
     candidates = sorted(range(1, n - 1), key=lambda i: importance[i])
     dropped = sorted(candidates[:drop])
     return PruneResult(importance, dropped, [i for i in range(n) if i not in dropped])
+
+
+def _check_drop(n: int, drop: int) -> None:
+    if not 0 < drop <= n - 2:
+        raise DataError(f"--drop-layers must be between 1 and {n - 2} for a {n}-layer model (got {drop})")
+
+
+def output_change_choice(
+    model: Any,
+    tokenizer: Any,
+    passages: list[str],
+    drop: int,
+    max_tokens: int = OUTPUT_TOKENS,
+    progress: Any = None,
+) -> tuple[PruneResult, list[tuple[int, dict[int, float]]]]:
+    """The `output` criterion: `drop` rounds, each removing the layer (never the first or the last) whose
+    removal changes the final hidden states least: mean over the calibration tokens of 1 - cos(the
+    unpruned model's, the model's without it and without the layers already removed). Returns the choice
+    (importance: round one's change per layer, the first and last layers measured too) and each round's
+    removed layer with every candidate's change. `progress(done, total)` is called after each measured
+    candidate. The model comes back whole."""
+    import torch
+
+    layers = list(decoder_layers(model))
+    n = len(layers)
+    _check_drop(n, drop)
+    per_passage = max(16, min(512, max_tokens // max(1, len(passages))))
+    encoded = (tokenizer(t, return_tensors="pt", truncation=True, max_length=per_passage) for t in passages)
+    ids = [e["input_ids"] for e in encoded if e["input_ids"].shape[1] > 0]
+    tokens = sum(int(i.shape[1]) for i in ids)
+    if tokens == 0:
+        raise DataError("the calibration text produced no tokens")
+    base = model.model
+    config_layers = model.config.num_hidden_layers
+
+    def use(indices: list[int]) -> None:
+        base.layers = torch.nn.ModuleList([layers[i] for i in indices])
+        model.config.num_hidden_layers = len(indices)
+
+    total = n + sum(n - 2 - r for r in range(1, drop))  # round one measures every layer
+    done = 0
+    rounds: list[tuple[int, dict[int, float]]] = []
+    dropped: list[int] = []
+    model.eval()
+    try:
+        with torch.no_grad():
+            use(list(range(n)))
+            reference = [base(input_ids=i, use_cache=False).last_hidden_state[0].double() for i in ids]
+            for round_ in range(drop):
+                kept = [i for i in range(n) if i not in dropped]
+                use(kept)
+                # the hidden states entering each remaining layer; a candidate's removal reruns only the
+                # layers above it, from the state it would have received
+                entering = [
+                    base(input_ids=i, use_cache=False, output_hidden_states=True).hidden_states for i in ids
+                ]
+                changes: dict[int, float] = {}
+                for k, layer in enumerate(kept):
+                    if round_ and layer in (0, n - 1):
+                        continue
+                    use(kept[k + 1 :])
+                    change = 0.0
+                    for states, ref in zip(entering, reference, strict=True):
+                        out = base(inputs_embeds=states[k], use_cache=False).last_hidden_state[0].double()
+                        change += float((1.0 - torch.nn.functional.cosine_similarity(out, ref, dim=-1)).sum())
+                    changes[layer] = change / tokens
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                candidates = {i: v for i, v in changes.items() if i not in (0, n - 1)}
+                dropped.append(min(candidates, key=lambda i: candidates[i]))
+                rounds.append((dropped[-1], changes))
+    finally:
+        base.layers = torch.nn.ModuleList(layers)
+        model.config.num_hidden_layers = config_layers
+    importance = [rounds[0][1][i] for i in range(n)]
+    chosen = sorted(dropped)
+    return PruneResult(importance, chosen, [i for i in range(n) if i not in chosen]), rounds
 
 
 def drop_layers(model: Any, kept: list[int]) -> Any:
@@ -193,9 +279,12 @@ def prune_checkpoint(
     drop: int,
     calibration: str | Path,
     mlp_keep: float | None = None,
+    criterion: str = CRITERIA[0],
+    progress: Any = None,
 ) -> PruneResult:
     """Score on `calibration`; keep `mlp_keep` of each MLP's channels (if given) and drop `drop` layers (if
-    positive); write the smaller checkpoint to `out`."""
+    positive, chosen by `criterion`: see the module's text); write the smaller checkpoint to `out`.
+    `progress(done, total)` follows the `output` criterion's measurements."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
 
@@ -204,6 +293,8 @@ def prune_checkpoint(
 
     if drop <= 0 and mlp_keep is None:
         raise DataError("nothing to prune: give --drop-layers N and/or --mlp-keep FRACTION")
+    if criterion not in CRITERIA:
+        raise DataError(f"--criterion {criterion!r}: choose output or block")
     if mlp_keep is not None:
         channels_to_keep(1, mlp_keep)  # a bad fraction fails before the model loads
     tokenizer = load_tokenizer(model_path)
@@ -225,7 +316,14 @@ def prune_checkpoint(
         prune_mlp_channels(model, scores, channels)
     n = len(decoder_layers(model))
     if drop > 0:
-        result = choose_layers(layer_importance(model, tokenizer, passages), drop)
+        if criterion == "output":
+            result, rounds = output_change_choice(model, tokenizer, passages, drop, progress=progress)
+            record["output_rounds"] = [
+                {"dropped": d, "changes": {str(k): v for k, v in r.items()}} for d, r in rounds
+            ]
+        else:
+            result = choose_layers(layer_importance(model, tokenizer, passages), drop)
+        record["criterion"] = criterion
         drop_layers(model, result.kept)
     else:
         result = PruneResult([], [], list(range(n)))

@@ -66,6 +66,8 @@ def test_prune_without_a_choice_or_with_a_bad_fraction_is_one_clear_line(
     assert result.exit_code == 2 and "nothing to prune" in result.output
     result = runner.invoke(app, [*base, "--mlp-keep", "1.5"])
     assert result.exit_code == 2 and "--mlp-keep must be a fraction" in result.output
+    result = runner.invoke(app, [*base, "--drop-layers", "1", "--criterion", "cosine"])
+    assert result.exit_code == 2 and "--criterion 'cosine': choose output or block" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "p").exists()
 
 

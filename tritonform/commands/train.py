@@ -190,15 +190,36 @@ def prune_command(
             help="Width pruning: the share of each MLP's channels to keep, e.g. 0.65 (rounded to 32s).",
         ),
     ] = None,
+    criterion: Annotated[
+        str,
+        typer.Option(
+            "--criterion",
+            help="How depth pruning picks layers. output: N rounds, each removing the layer whose removal "
+            "changes the model's final hidden states least (measured by running the model without it; "
+            "minutes on a CPU). block: one pass, the layers that turn their own input least.",
+        ),
+    ] = "block",
 ) -> None:
     """Prune a model as in NVIDIA's Minitron. Depth: remove the N decoder layers whose removal changes the
-    hidden states least on the calibration text (1 - cosine between a layer's input and output). Width: keep
-    the MLP channels with the largest activations on that text. Writes the smaller checkpoint and
-    pruning.json (the scores and the choice); follow with `tritonform distill`."""
+    hidden states least on the calibration text (see --criterion). Width: keep the MLP channels with the
+    largest activations on that text. Writes the smaller checkpoint and pruning.json (the scores and the
+    choice); follow with `tritonform distill`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from model_repo.training.prune import prune_checkpoint
 
     path = resolve_model(model)
-    result = run_guarded("pruning", lambda: prune_checkpoint(path, out, drop_layers, calibration, mlp_keep))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("measuring layer removals", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run_guarded(
+            "pruning",
+            lambda: prune_checkpoint(path, out, drop_layers, calibration, mlp_keep, criterion, progress),
+        )
     from rich.console import Console
 
     what = [f"dropped layers {result.dropped} of {len(result.importance)}"] if result.dropped else []

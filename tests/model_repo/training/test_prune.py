@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,98 @@ def test_a_width_pruned_checkpoint_loads_in_transformers_and_builds(
     build(options, lambda *_: None, print)
     report = json.loads((repo / "llm" / "1" / "engine" / "build_report.json").read_text())
     assert report["parity"]["passed"] and report["quantization"]["method"] == "int4"
+
+
+def _four_layers(checkpoint: Path, silent: int | None = None) -> tuple[Any, Any]:
+    """The tiny 2-layer model grown to 4 layers with random weights (layer `silent` made a no-op:
+    zero output projections, so it adds nothing to the residual stream)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint))
+    model.config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model.config).eval()
+    if silent is not None:
+        with torch.no_grad():
+            model.model.layers[silent].self_attn.o_proj.weight.zero_()
+            model.model.layers[silent].mlp.down_proj.weight.zero_()
+    return model, tok
+
+
+def test_the_output_criterion_measures_each_removal_as_running_the_model_without_the_layer(
+    tiny_llama_checkpoint: Path,
+) -> None:
+    """Round one's change for every layer equals a direct computation: the pruned model's final hidden
+    states against the whole model's (1 - cosine, averaged over tokens); the model comes back whole."""
+    import copy
+
+    import torch
+
+    from model_repo.training.prune import drop_layers, output_change_choice
+
+    model, tok = _four_layers(tiny_llama_checkpoint)
+    texts = ["the quick brown fox jumps over the lazy dog", "hello world, hello again and again"]
+    result, rounds = output_change_choice(model, tok, texts, 1)
+    assert len(model.model.layers) == 4 and model.config.num_hidden_layers == 4
+    ids = [tok(t, return_tensors="pt")["input_ids"] for t in texts]
+    with torch.no_grad():
+        whole = [model.model(input_ids=i, use_cache=False).last_hidden_state[0].double() for i in ids]
+        for layer in range(4):
+            pruned = drop_layers(copy.deepcopy(model), [j for j in range(4) if j != layer])
+            outs = [pruned.model(input_ids=i, use_cache=False).last_hidden_state[0].double() for i in ids]
+            change = sum(
+                float((1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)).sum())
+                for a, b in zip(outs, whole, strict=True)
+            ) / sum(int(i.shape[1]) for i in ids)
+            assert result.importance[layer] == pytest.approx(change, rel=1e-6, abs=1e-9)
+    assert rounds[0][0] == result.dropped[0] and result.dropped[0] in (1, 2)
+
+
+def test_the_output_criterion_drops_a_silent_layer_first_and_remeasures_after_each_removal(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A no-op layer changes nothing when removed: the greedy choice takes it first (change 0), and the
+    second round measures the remaining middle layer on the model without it."""
+    from model_repo.training.prune import output_change_choice
+
+    model, tok = _four_layers(tiny_llama_checkpoint, silent=2)
+    seen: list[tuple[int, int]] = []
+    result, rounds = output_change_choice(
+        model,
+        tok,
+        ["the quick brown fox jumps over the lazy dog"] * 2,
+        2,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert rounds[0][0] == 2 and rounds[0][1][2] == pytest.approx(0.0, abs=1e-9)
+    assert set(rounds[1][1]) == {1} and rounds[1][0] == 1  # only the other middle layer is left to measure
+    assert result.dropped == [1, 2] and result.kept == [0, 3]
+    assert seen[-1] == (5, 5)  # round one: all 4 layers; round two: the 1 middle layer left
+    with pytest.raises(DataError, match="between 1 and 2"):
+        output_change_choice(model, tok, ["hello"], 3)
+
+
+def test_prune_checkpoint_records_the_criterion_and_rejects_an_unknown_one(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    from model_repo.training.prune import prune_checkpoint
+
+    model, _ = _four_layers(tiny_llama_checkpoint, silent=1)
+    deeper = tmp_path / "deeper"
+    model.save_pretrained(str(deeper))
+    for f in tiny_llama_checkpoint.iterdir():
+        if f.suffix != ".safetensors" and f.name not in ("config.json", "generation_config.json"):
+            (deeper / f.name).write_bytes(f.read_bytes())
+    calibration = write_facts(tmp_path / "calibration.jsonl")
+    with pytest.raises(DataError, match="--criterion 'best': choose output or block"):
+        prune_checkpoint(deeper, tmp_path / "x", 1, calibration, criterion="best")
+    result = prune_checkpoint(deeper, tmp_path / "pruned", 1, calibration, criterion="output")
+    assert result.dropped == [1]
+    record = json.loads((tmp_path / "pruned" / PRUNING_FILE).read_text())
+    assert record["criterion"] == "output" and record["output_rounds"][0]["dropped"] == 1
+    assert set(record["output_rounds"][0]["changes"]) == {"0", "1", "2", "3"}
+    block = prune_checkpoint(deeper, tmp_path / "pruned-block", 1, calibration, criterion="block")
+    assert block.dropped == [1]
+    assert json.loads((tmp_path / "pruned-block" / PRUNING_FILE).read_text())["criterion"] == "block"
