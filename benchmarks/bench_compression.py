@@ -9,7 +9,8 @@ scale of two shared CPU cores:
    export); that engine answers `--prompts` made-up writing prompts `--answers` times each, sampled with
    a seed per answer, `--streams` answers in one continuous batch (benchmarks/engine_text.py):
    the calibration and distillation text, prose like the held-out text, no data set needed;
-2. prune: depth (`--drop-layers`, the layers whose removal turns the hidden states least) and/or width
+2. prune: depth (`--drop-layers`, removed one at a time, each the layer whose removal changes the final
+   hidden states least; `--criterion block`: the one-pass block influence instead) and/or width
    (`--mlp-keep`, by default as many weights as the dropped layers hold; the channels with the largest
    activations stay), scored on `--calibration` answers spread over the text;
 3. the fp32 teacher scores the text once: its top `--topk` next-token log-probabilities at every token
@@ -152,7 +153,7 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
     ap.add_argument(
         "--criterion",
-        default="block",
+        default="output",
         help="depth pruning's layer choice: output (greedy) or block (one pass)",
     )
     ap.add_argument("--topk", type=int, default=32, help="teacher log-probabilities kept per token")

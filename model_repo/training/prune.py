@@ -34,7 +34,7 @@ from typing import Any
 from model_repo.training.data import DataError
 
 PRUNING_FILE = "pruning.json"
-CRITERIA = ("block", "output")  # depth pruning's layer choice; the first is the default
+CRITERIA = ("output", "block")  # depth pruning's layer choice; the first is the default
 OUTPUT_TOKENS = 2048  # calibration tokens the greedy `output` criterion runs on (cut evenly per passage)
 
 

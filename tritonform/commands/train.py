@@ -198,7 +198,7 @@ def prune_command(
             "changes the model's final hidden states least (measured by running the model without it; "
             "minutes on a CPU). block: one pass, the layers that turn their own input least.",
         ),
-    ] = "block",
+    ] = "output",
 ) -> None:
     """Prune a model as in NVIDIA's Minitron. Depth: remove the N decoder layers whose removal changes the
     hidden states least on the calibration text (see --criterion). Width: keep the MLP channels with the
