@@ -132,6 +132,8 @@ def tok_s(engine_dir: Path, threads: int, ids: list[list[int]], tokens: int) -> 
 
 
 def main() -> None:
+    from model_repo.training.prune import CRITERIA
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--drop-layers", type=int, default=8, help="depth pruning: a quarter of 30, rounded up")
     ap.add_argument("--mlp-keep", type=float, default=None, help="width pruning (default: the same size)")
@@ -153,7 +155,8 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=16, help="answers the pruning scores are taken on")
     ap.add_argument(
         "--criterion",
-        default="output",
+        choices=CRITERIA,
+        default=CRITERIA[0],
         help="depth pruning's layer choice: output (greedy) or block (one pass)",
     )
     ap.add_argument("--topk", type=int, default=32, help="teacher log-probabilities kept per token")

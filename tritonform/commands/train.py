@@ -211,7 +211,7 @@ def prune_command(
     path = resolve_model(model)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("measuring layer removals", total=None)
+        task = bar.add_task("pruning", total=None)  # counts the output criterion's measured removals
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
