@@ -15,7 +15,8 @@ scale of two shared CPU cores:
    activations stay), scored on `--calibration` answers spread over the text;
 3. the fp32 teacher scores the text once: its top `--topk` next-token log-probabilities at every token
    (teacher_topk.py), so each epoch costs only the student's step;
-4. distil each student on those targets (KL over the top-k and the rest, logits only as in Minitron;
+4. distil each student on those targets (KL over the top-k and the rest; with `--hidden-weight` also the
+   teacher's hidden states at the same depth, Minitron's choice when depth is cut a lot;
    `--epochs` or `--steps` of `--batch` conversations, `--lr` with a `--schedule` and `--warmup`),
    printing held-out perplexity every `--eval-every` steps;
 5. perplexity on held-out prose none of them trained on (model_repo/data/heldout.txt, the build gates'
@@ -173,6 +174,11 @@ def main() -> None:
         help="int4: the students train through the int4 build's rounding (the build then keeps what they "
         "learned); none: plain fp32 distillation",
     )  # fmt: skip
+    ap.add_argument(
+        "--hidden-weight", type=float, default=0.0,
+        help="also distil the teacher's hidden states at the same depth, weighted this against the KL "
+        "(Minitron's recipe when depth is cut a lot; 0: logits only)",
+    )  # fmt: skip
     ap.add_argument("--variants", default="depth", help="which pruned students: depth, width or both")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt in the speed run")
@@ -304,8 +310,12 @@ def main() -> None:
             print(f"teacher targets: {topk_summary(targets)}; {load()}", flush=True)
         settings = (
             args.epochs, args.steps, args.batch, args.lr, args.schedule, args.warmup, args.quant_aware,
+            args.hidden_weight,
         )  # fmt: skip
-        names = ("distill.py", "distill_topk.py", "finetune.py", "teacher_topk.py", "quant_aware.py")
+        names = (
+            "distill.py", "distill_topk.py", "finetune.py", "teacher_topk.py", "quant_aware.py",
+            "hidden_states.py",
+        )  # fmt: skip
         code = [TRAINING / f for f in names]
         dkey = key(pkey, tkey, *code, settings)
 
@@ -317,6 +327,7 @@ def main() -> None:
                     temperature=args.temperature, alpha=1.0, topk=args.topk, topk_file=str(targets),
                     schedule=args.schedule, warmup_steps=args.warmup, heldout=str(HELDOUT_TEXT),
                     eval_every=args.eval_every, quant_aware=args.quant_aware,
+                    hidden_weight=args.hidden_weight,
                 )
             )  # fmt: skip
 

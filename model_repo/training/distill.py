@@ -30,6 +30,7 @@ from model_repo.training.finetune import (
     trainer_arguments,
     world_size,
 )
+from model_repo.training.hidden_states import hidden_state_loss
 from model_repo.training.quant_aware import MODES as QUANT_AWARE
 from model_repo.training.quant_aware import keep_rounded, train_through_rounding
 from model_repo.training.teacher_topk import TOPK_FILE, heldout_callback
@@ -66,6 +67,9 @@ class DistillConfig:
     eval_every: int = 0
     # "int4": the student trains through the int4 build's rounding and is written rounded (quant_aware.py)
     quant_aware: str = "none"
+    # > 0: also the teacher's hidden states, at the same depth (hidden_states.py; Minitron's recipe for
+    # depth-pruned students), weighted by this against the KL
+    hidden_weight: float = 0.0
 
     def validate(self) -> None:
         if (self.data is None) == (self.prompts is None):
@@ -80,6 +84,8 @@ class DistillConfig:
             raise DataError(f"--topk must be 0 (teacher at every step) or positive (got {self.topk})")
         if self.topk and self.alpha != 1.0:
             raise DataError("--topk trains on the teacher's logits only: use --alpha 1 (or --topk 0)")
+        if self.hidden_weight < 0:
+            raise DataError(f"--hidden-weight must be 0 (logits only) or positive (got {self.hidden_weight})")
         if self.schedule not in SCHEDULES:
             raise DataError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.quant_aware not in QUANT_AWARE:
@@ -198,6 +204,9 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         packing=False,
     )
     parts: dict[str, list[float]] = {"kl": [], "ce": []}
+    pairs = hidden_pairs(config, teacher, student)
+    if pairs:
+        parts["hidden"] = []
 
     class DistillationTrainer(SFTTrainer):  # type: ignore[misc]
         """SFTTrainer whose loss is the teacher's softened logits mixed with the labels."""
@@ -206,26 +215,28 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
             self, model: Any, inputs: Any, return_outputs: Any = False, num_items_in_batch: Any = None
         ) -> Any:
             fields = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-            outputs = model(**fields)
+            outputs = model(**fields, output_hidden_states=bool(pairs))
             with torch.no_grad():
-                teacher_logits = teacher.to(outputs.logits.device)(**fields).logits
+                taught = teacher.to(outputs.logits.device)(**fields, output_hidden_states=bool(pairs))
             loss, kl, ce = distillation_loss(
-                outputs.logits, teacher_logits, inputs["labels"], config.temperature, config.alpha,
+                outputs.logits, taught.logits, inputs["labels"], config.temperature, config.alpha,
                 inputs.get("attention_mask"),
             )  # fmt: skip
             parts["kl"].append(float(kl))
             parts["ce"].append(float(ce))
+            if pairs:
+                mask = inputs.get("attention_mask")
+                mask = mask if mask is not None else torch.ones_like(inputs["input_ids"])
+                hidden = hidden_state_loss(outputs.hidden_states, taught.hidden_states, pairs, mask)
+                parts["hidden"].append(float(hidden.detach()))
+                loss = loss + config.hidden_weight * hidden
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if parts["kl"] and "loss" in logs:
-                logs = {
-                    **logs,
-                    "kl": sum(parts["kl"]) / len(parts["kl"]),
-                    "ce": sum(parts["ce"]) / len(parts["ce"]),
-                }
-                parts["kl"].clear()
-                parts["ce"].clear()
+                logs = {**logs, **{k: sum(v) / len(v) for k, v in parts.items() if v}}
+                for values in parts.values():
+                    values.clear()
             super().log(logs, *args, **kwargs)
 
     trainer = DistillationTrainer(
@@ -237,6 +248,18 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
     )
     quiet(trainer)
     return _finish(config, trainer, tokenizer, len(examples), callbacks)
+
+
+def hidden_pairs(config: DistillConfig, teacher: Any, student: Any) -> list[tuple[int, int]]:
+    """The (student, teacher) hidden-state pairs the loss compares; none when `hidden_weight` is 0."""
+    if not config.hidden_weight:
+        return []
+    from model_repo.training.hidden_states import check_same_width, student_pairs
+
+    check_same_width(student.config, teacher.config)
+    pairs = student_pairs(config.student, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    _say(f"intermediate states: {len(pairs)} of the student's layers learn the teacher's at the same depth")
+    return pairs
 
 
 def _say(line: str) -> None:
@@ -273,5 +296,10 @@ def _finish(
         final.to(dtype=torch.float32).save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        from model_repo.training.prune import PRUNING_FILE
+
+        lineage = Path(config.student) / PRUNING_FILE
+        if lineage.is_file():  # which teacher layers the student holds (a later --hidden-weight run reads it)
+            shutil.copyfile(lineage, out / PRUNING_FILE)
     shutil.rmtree(out / ".trainer", ignore_errors=True)
     return summary

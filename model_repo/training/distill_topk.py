@@ -66,11 +66,16 @@ def train_on_topk(
     from torch.utils.data import Dataset
     from transformers import Trainer, TrainingArguments
 
+    from model_repo.training.distill import hidden_pairs
     from model_repo.training.finetune import quiet
+    from model_repo.training.hidden_states import hidden_state_loss, teacher_states
     from model_repo.training.teacher_topk import topk_kl
 
     rows = teacher_targets(config, teacher, tokenizer, examples, targets)
-    teacher.to("meta")  # its job is done: free its weights before the student trains
+    pairs = hidden_pairs(config, teacher, student)
+    if not pairs:
+        teacher.to("meta")  # its job is done: free its weights before the student trains
+    parts: dict[str, list[float]] = {"kl": [], "hidden": []}
 
     class Rows(Dataset):  # type: ignore[type-arg]
         def __len__(self) -> int:
@@ -85,12 +90,24 @@ def train_on_topk(
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: Any = False, num_items_in_batch: Any = None
         ) -> Any:
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            loss = topk_kl(
-                outputs.logits, inputs["top_ids"], inputs["top_logprobs"], inputs["attention_mask"],
-                config.temperature,
-            )  # fmt: skip
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            outputs = model(input_ids=ids, attention_mask=mask, output_hidden_states=bool(pairs))
+            top_ids, top_logprobs = inputs["top_ids"], inputs["top_logprobs"]
+            loss = topk_kl(outputs.logits, top_ids, top_logprobs, mask, config.temperature)
+            if pairs:  # the teacher runs beside the student for its states (its logits stay cached)
+                parts["kl"].append(float(loss.detach()))
+                taught = teacher_states(teacher.to(ids.device), ids, mask)
+                hidden = hidden_state_loss(outputs.hidden_states, taught, pairs, mask)
+                parts["hidden"].append(float(hidden.detach()))
+                loss = loss + config.hidden_weight * hidden
             return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if parts["kl"] and "loss" in logs:
+                logs = {**logs, **{k: sum(v) / len(v) for k, v in parts.items() if v}}
+                for values in parts.values():
+                    values.clear()
+            super().log(logs, *args, **kwargs)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = TopKTrainer(

@@ -237,6 +237,7 @@ def test_distill_options_are_checked_up_front_and_reach_the_job(tmp_path: Path) 
         (["--quant-aware", "int3"], "--quant-aware 'int3': choose one of none, int4"),
         (["--schedule", "steps"], "--schedule 'steps'"),
         (["--topk", "8", "--alpha", "0.5"], "--topk trains on the teacher's logits only"),
+        (["--hidden-weight", "-1"], "--hidden-weight must be 0 (logits only) or positive"),
     ]:
         result = runner.invoke(app, [*base, "--out", str(tmp_path / "o"), *extra])
         assert result.exit_code == 2 and message in result.output, result.output
@@ -244,14 +245,14 @@ def test_distill_options_are_checked_up_front_and_reach_the_job(tmp_path: Path) 
     out = tmp_path / "job"
     result = runner.invoke(app, [
         *base, "--out", "ignored", "--stack", "aws-dev", "--render", str(out), "--topk", "32",
-        "--schedule", "cosine", "--warmup-steps", "2", "--quant-aware", "int4",
+        "--schedule", "cosine", "--warmup-steps", "2", "--quant-aware", "int4", "--hidden-weight", "0.5",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     job = next(yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml")) if "job" in p.name.lower())
     script = job["spec"]["template"]["spec"]["initContainers"][1]["command"][-1]
     config = json.loads(script.split("echo ", 1)[1].split(" > /work/config.json")[0].strip("'"))
     assert config["topk"] == 32 and config["schedule"] == "cosine" and config["warmup_steps"] == 2
-    assert config["quant_aware"] == "int4" and config["alpha"] == 1.0
+    assert config["quant_aware"] == "int4" and config["alpha"] == 1.0 and config["hidden_weight"] == 0.5
     result = runner.invoke(app, [*base, "--out", "x", "--stack", "aws-dev", "--render", str(tmp_path / "j2"),
                                  "--heldout", str(data)])  # fmt: skip
     assert result.exit_code == 2 and "--heldout is read on this machine" in result.output

@@ -286,6 +286,16 @@ def distill_command(
             "distillation taught it.",
         ),
     ] = "none",
+    hidden_weight: Annotated[
+        float,
+        typer.Option(
+            "--hidden-weight",
+            help="0: learn the teacher's logits only. W > 0: also its hidden states, each kept layer's "
+            "output against the teacher's at the same depth (the layers a `tritonform prune` student "
+            "dropped are read from its pruning.json), weighted W against the KL; Minitron's recipe when "
+            "many layers were dropped. The teacher then runs beside the student at every step.",
+        ),
+    ] = 0.0,
     nproc: NprocOpt = 1,
     stack: StackOpt = None,
     render: RenderOpt = None,
@@ -310,7 +320,7 @@ def distill_command(
         prompts=str(prompts) if prompts else None, epochs=epochs, max_steps=max_steps, learning_rate=lr,
         batch_size=batch_size, temperature=temperature, alpha=alpha,
         heldout=str(heldout) if heldout else None, eval_every=eval_every, topk=topk, schedule=schedule,
-        warmup_steps=warmup_steps, quant_aware=quant_aware,
+        warmup_steps=warmup_steps, quant_aware=quant_aware, hidden_weight=hidden_weight,
     )  # fmt: skip
     try:  # the settings' own checks, before anything loads or uploads
         config.validate()
@@ -325,7 +335,7 @@ def distill_command(
             "teacher": teacher, "epochs": epochs, "max_steps": max_steps, "learning_rate": lr,
             "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
             "data_is_prompts": data is None, "topk": topk, "schedule": schedule,
-            "warmup_steps": warmup_steps, "quant_aware": quant_aware,
+            "warmup_steps": warmup_steps, "quant_aware": quant_aware, "hidden_weight": hidden_weight,
         })  # fmt: skip
         return
     config = replace(config, teacher=resolve_model(teacher), student=resolve_model(student))

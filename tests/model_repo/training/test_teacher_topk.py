@@ -116,6 +116,7 @@ def test_distilling_on_cached_targets_moves_the_student_and_reuses_them(
         ({"heldout": "/nonexistent.txt"}, "--heldout /nonexistent.txt does not exist"),
         ({"quant_aware": "int3"}, "--quant-aware 'int3': choose one of none, int4"),
         ({"quant_aware": "int4", "strategy": "fsdp"}, "FSDP shards"),
+        ({"hidden_weight": -0.5}, "--hidden-weight must be 0"),
     ],
 )
 def test_bad_distillation_settings_are_named(changes: dict[str, object], message: str) -> None:
