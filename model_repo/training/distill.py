@@ -30,7 +30,7 @@ from model_repo.training.finetune import (
     trainer_arguments,
     world_size,
 )
-from model_repo.training.hidden_states import hidden_state_loss
+from model_repo.training.hidden_states import hidden_pairs, hidden_state_loss
 from model_repo.training.quant_aware import MODES as QUANT_AWARE
 from model_repo.training.quant_aware import keep_rounded, train_through_rounding
 from model_repo.training.teacher_topk import TOPK_FILE, heldout_callback
@@ -204,7 +204,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         packing=False,
     )
     parts: dict[str, list[float]] = {"kl": [], "ce": []}
-    pairs = hidden_pairs(config, teacher, student)
+    pairs = hidden_pairs(config.hidden_weight, config.student, teacher, student, _say)
     if pairs:
         parts["hidden"] = []
 
@@ -248,18 +248,6 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
     )
     quiet(trainer)
     return _finish(config, trainer, tokenizer, len(examples), callbacks)
-
-
-def hidden_pairs(config: DistillConfig, teacher: Any, student: Any) -> list[tuple[int, int]]:
-    """The (student, teacher) hidden-state pairs the loss compares; none when `hidden_weight` is 0."""
-    if not config.hidden_weight:
-        return []
-    from model_repo.training.hidden_states import check_same_width, student_pairs
-
-    check_same_width(student.config, teacher.config)
-    pairs = student_pairs(config.student, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    _say(f"intermediate states: {len(pairs)} of the student's layers learn the teacher's at the same depth")
-    return pairs
 
 
 def _say(line: str) -> None:

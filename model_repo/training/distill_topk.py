@@ -66,13 +66,12 @@ def train_on_topk(
     from torch.utils.data import Dataset
     from transformers import Trainer, TrainingArguments
 
-    from model_repo.training.distill import hidden_pairs
     from model_repo.training.finetune import quiet
-    from model_repo.training.hidden_states import hidden_state_loss, teacher_states
+    from model_repo.training.hidden_states import hidden_pairs, hidden_state_loss, teacher_states
     from model_repo.training.teacher_topk import topk_kl
 
     rows = teacher_targets(config, teacher, tokenizer, examples, targets)
-    pairs = hidden_pairs(config, teacher, student)
+    pairs = hidden_pairs(config.hidden_weight, config.student, teacher, student, print)
     if not pairs:
         teacher.to("meta")  # its job is done: free its weights before the student trains
     parts: dict[str, list[float]] = {"kl": [], "hidden": []}

@@ -15,7 +15,7 @@ of a transformer's residual stream grows with depth and varies by token), averag
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,18 @@ def check_same_width(student_config: Any, teacher_config: Any) -> None:
             f"{student_config.hidden_size} wide and the teacher's {teacher_config.hidden_size}: use "
             "--hidden-weight 0"
         )
+
+
+def hidden_pairs(
+    weight: float, student_path: str, teacher: Any, student: Any, say: Callable[[str], None]
+) -> list[tuple[int, int]]:
+    """The (student, teacher) hidden-state pairs distillation compares; none when `weight` is 0."""
+    if not weight:
+        return []
+    check_same_width(student.config, teacher.config)
+    pairs = student_pairs(student_path, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    say(f"intermediate states: {len(pairs)} of the student's layers learn the teacher's at the same depth")
+    return pairs
 
 
 def hidden_state_loss(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import re
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -121,18 +120,44 @@ def test_streaming_sends_deltas_in_order_then_final(tiny_triton: Any, engine: An
     assert "".join(c.text for c in chunks) == greedy(engine, PROMPT, 24)
 
 
+def generate_together(url: str, requests: list[list[Any]], timeout: float = 60) -> dict[int, list[Chunk]]:
+    """Send every request on one gRPC stream, back to back (so they reach the model while the first is
+    still decoding, whatever the machine's speed), and collect each one's responses until its final one."""
+    client = grpcclient.InferenceServerClient(url)
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    results: dict[int, list[Chunk]] = {i: [] for i in range(len(requests))}
+    try:
+        for i, inputs in enumerate(requests):
+            client.async_stream_infer("llm", inputs, request_id=str(i))
+        open_ids = set(results)
+        while open_ids:
+            result, error = responses.get(timeout=timeout)
+            if error is not None:
+                raise error
+            response = result.get_response()
+            final = response.parameters["triton_final_response"].bool_param
+            i = int(response.id)
+            results[i].append(
+                Chunk(
+                    result.as_numpy("text_output").reshape(-1)[0].decode(),
+                    int(result.as_numpy("prompt_tokens").reshape(-1)[0]),
+                    int(result.as_numpy("completion_tokens").reshape(-1)[0]),
+                    final,
+                    result.as_numpy("finish_reason").reshape(-1)[0].decode(),
+                )
+            )
+            if final:
+                open_ids.discard(i)
+        return results
+    finally:
+        client.stop_stream()
+        client.close()
+
+
 def test_concurrent_requests_are_batched_and_all_complete(tiny_triton: Any, engine: Any) -> None:
     prompts = [f"{PROMPT} {word}" for word in ("one", "two and three", "four", "five six seven")]
-    results: dict[int, list[Chunk]] = {}
-
-    def run(i: int) -> None:
-        results[i] = generate(tiny_triton.grpc_url, request_inputs(prompts[i], 64, stream=True))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = generate_together(tiny_triton.grpc_url, [request_inputs(p, 64, stream=True) for p in prompts])
     assert sorted(results) == list(range(len(prompts)))
     for i, chunks in results.items():
         assert chunks[-1].final
