@@ -150,7 +150,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from model_repo.training.evaluate import load_prompts
-    from model_repo.training.progress import ProgressAndMetrics
+    from model_repo.training.progress import ProgressAndMetrics, with_loss_parts
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,11 +233,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            if parts["kl"] and "loss" in logs:
-                logs = {**logs, **{k: sum(v) / len(v) for k, v in parts.items() if v}}
-                for values in parts.values():
-                    values.clear()
-            super().log(logs, *args, **kwargs)
+            super().log(with_loss_parts(logs, parts), *args, **kwargs)
 
     trainer = DistillationTrainer(
         model=student,

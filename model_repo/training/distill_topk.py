@@ -68,6 +68,7 @@ def train_on_topk(
 
     from model_repo.training.finetune import quiet
     from model_repo.training.hidden_states import hidden_pairs, hidden_state_loss, teacher_states
+    from model_repo.training.progress import with_loss_parts
     from model_repo.training.teacher_topk import topk_kl
 
     rows = teacher_targets(config, teacher, tokenizer, examples, targets)
@@ -102,11 +103,7 @@ def train_on_topk(
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            if parts["kl"] and "loss" in logs:
-                logs = {**logs, **{k: sum(v) / len(v) for k, v in parts.items() if v}}
-                for values in parts.values():
-                    values.clear()
-            super().log(logs, *args, **kwargs)
+            super().log(with_loss_parts(logs, parts), *args, **kwargs)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = TopKTrainer(

@@ -82,3 +82,14 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
     """The per-step metrics a run wrote to `out/metrics.jsonl`."""
     path = Path(out) / METRICS_FILE
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def with_loss_parts(logs: dict[str, float], parts: dict[str, list[float]]) -> dict[str, float]:
+    """`logs` plus each loss part's mean since the last log (a Trainer's `log` override calls this when
+    the loss is logged); the parts are emptied."""
+    if "loss" not in logs or not any(parts.values()):
+        return logs
+    logs = {**logs, **{k: sum(v) / len(v) for k, v in parts.items() if v}}
+    for values in parts.values():
+        values.clear()
+    return logs

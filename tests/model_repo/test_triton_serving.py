@@ -57,6 +57,16 @@ def request_inputs(prompt: str, max_tokens: int, stream: bool = False, **extra: 
     return inputs
 
 
+def to_chunk(result: Any, final: bool) -> Chunk:
+    return Chunk(
+        result.as_numpy("text_output").reshape(-1)[0].decode(),
+        int(result.as_numpy("prompt_tokens").reshape(-1)[0]),
+        int(result.as_numpy("completion_tokens").reshape(-1)[0]),
+        final,
+        result.as_numpy("finish_reason").reshape(-1)[0].decode(),
+    )
+
+
 def generate(url: str, inputs: list[Any], timeout: float = 60) -> list[Chunk]:
     """Send one request on a gRPC stream; collect every response until the final one."""
     client = grpcclient.InferenceServerClient(url)
@@ -70,15 +80,7 @@ def generate(url: str, inputs: list[Any], timeout: float = 60) -> list[Chunk]:
             if error is not None:
                 raise error
             final = result.get_response().parameters["triton_final_response"].bool_param
-            chunks.append(
-                Chunk(
-                    result.as_numpy("text_output").reshape(-1)[0].decode(),
-                    int(result.as_numpy("prompt_tokens").reshape(-1)[0]),
-                    int(result.as_numpy("completion_tokens").reshape(-1)[0]),
-                    final,
-                    result.as_numpy("finish_reason").reshape(-1)[0].decode(),
-                )
-            )
+            chunks.append(to_chunk(result, final))
             if final:
                 return chunks
     finally:
@@ -138,15 +140,7 @@ def generate_together(url: str, requests: list[list[Any]], timeout: float = 60) 
             response = result.get_response()
             final = response.parameters["triton_final_response"].bool_param
             i = int(response.id)
-            results[i].append(
-                Chunk(
-                    result.as_numpy("text_output").reshape(-1)[0].decode(),
-                    int(result.as_numpy("prompt_tokens").reshape(-1)[0]),
-                    int(result.as_numpy("completion_tokens").reshape(-1)[0]),
-                    final,
-                    result.as_numpy("finish_reason").reshape(-1)[0].decode(),
-                )
-            )
+            results[i].append(to_chunk(result, final))
             if final:
                 open_ids.discard(i)
         return results

@@ -15,6 +15,7 @@ from model_repo.training.data import DataError
 from model_repo.training.hidden_states import hidden_state_loss, layer_pairs, student_pairs, teacher_states
 from model_repo.training.prune import PRUNING_FILE
 from tests.model_repo.training.facts import write_facts
+from tests.model_repo.training.silent import with_a_silent_layer
 
 
 def test_each_kept_layer_is_paired_with_the_teacher_state_at_the_same_depth() -> None:
@@ -48,19 +49,8 @@ def test_the_loss_is_the_relative_squared_error_over_real_tokens() -> None:
 
 
 def _teacher_with_a_silent_layer(tiny: Path, out: Path) -> Any:
-    """The tiny checkpoint made 4 layers deep, its layer 2 a no-op (zero output projections)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny)).eval()
-    extra = [type(model.model.layers[0])(model.config, i) for i in (2, 3)]
-    for layer in extra:
-        layer.load_state_dict(model.model.layers[1].state_dict())
-    model.model.layers.extend(extra)
-    model.config.num_hidden_layers = 4
-    with torch.no_grad():
-        model.model.layers[2].self_attn.o_proj.weight.zero_()
-        model.model.layers[2].mlp.down_proj.weight.zero_()
+    """`with_a_silent_layer`, saved as a checkpoint in `out` (the tiny one's tokenizer beside it)."""
+    model = with_a_silent_layer(tiny)
     model.save_pretrained(str(out))
     for f in tiny.iterdir():
         if f.suffix != ".safetensors" and f.name not in ("config.json", "generation_config.json"):

@@ -13,6 +13,7 @@ from model_repo.checkpoint import inspect_checkpoint
 from model_repo.training.data import DataError
 from model_repo.training.prune import PRUNING_FILE, choose_layers, prune_checkpoint
 from tests.model_repo.training.facts import write_facts
+from tests.model_repo.training.silent import with_a_silent_layer
 
 
 def test_choose_layers_drops_the_least_important_and_keeps_the_ends() -> None:
@@ -29,20 +30,12 @@ def test_an_identity_layer_scores_zero_and_is_the_one_dropped(
     """A 4-layer model whose layer 2 is made a no-op (zero output projections): its score is 0 and pruning
     one layer removes exactly it; the pruned model's outputs are unchanged."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from model_repo.training.prune import drop_layers, layer_importance
 
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_checkpoint))
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_checkpoint)).eval()
-    extra = [type(model.model.layers[0])(model.config, i) for i in (2, 3)]
-    for layer in extra:
-        layer.load_state_dict(model.model.layers[1].state_dict())
-    model.model.layers.extend(extra)
-    model.config.num_hidden_layers = 4
-    with torch.no_grad():
-        model.model.layers[2].self_attn.o_proj.weight.zero_()
-        model.model.layers[2].mlp.down_proj.weight.zero_()
+    model = with_a_silent_layer(tiny_llama_checkpoint)
     scores = layer_importance(model, tok, ["the quick brown fox jumps over the lazy dog"] * 2)
     assert scores[2] == pytest.approx(0.0, abs=1e-9)
     assert min(scores[1], scores[3]) > 1e-4
