@@ -101,13 +101,14 @@ def profile_engine(engine_dir: Path, rows: int, threads: int, steps: int, workdi
     from model_repo.runtime.engine import Engine
     from model_repo.runtime.sampling import SamplingParams
 
-    base = Engine.load(engine_dir, num_threads=threads, allow_spinning=False)
+    base = Engine.load(engine_dir, num_threads=threads, allow_spinning=True, spin_only_in_runs=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")  # the served model's setting:
+    opts.add_session_config_entry("session.force_spinning_stop", "1")  # threads spin inside a run only
     opts.enable_profiling = True
     opts.profile_file_prefix = str(workdir / f"r{rows}")
     session = ort.InferenceSession(

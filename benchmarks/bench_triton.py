@@ -360,8 +360,8 @@ def main() -> int:
         repository = Path(tempfile.mkdtemp(prefix="bench-")) / "repo"
         build(BuildOptions(model="default", out=repository, quantize=args.build))
     engine_dir = engine_folder(repository, args.model_name)
-    # same ORT settings as the Triton model (spec.GenerationSpec.allow_spinning defaults to False)
-    engine = Engine.load(engine_dir, allow_spinning=False)
+    # same ORT settings as the Triton model (spec.GenerationSpec: threads spin only inside a run)
+    engine = Engine.load(engine_dir, allow_spinning=True, spin_only_in_runs=True)
     prompts = chat_prompts(engine)
     results: dict[str, float] = {}
     if not args.no_pytorch:

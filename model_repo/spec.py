@@ -251,9 +251,14 @@ class GenerationSpec:
     instance_count: int = 1
     execution_provider: ExecutionProvider = "auto"
     intra_op_threads: int = 0  # 0: onnxruntime decides
-    # Busy-waiting ORT threads steal the cores Triton's server process needs to forward each response:
-    # measured here, 8 Triton streams ran ~1.5-2x faster with spinning off.
-    allow_spinning: bool = False
+    # onnxruntime's threads busy-wait for work inside a run (a lone stream's step no longer waits for a
+    # sleeping thread at every operator: ~1.15x at one stream on a quiet 2-core machine, issue 16) and
+    # stop as each run returns, so nothing spins between steps; the runs on all the cores never overlap
+    # a decode lane's (runtime/scheduler.py). Spinning between runs as well (spin_only_in_runs False)
+    # steals the cores Triton's server process needs to forward each response (8 streams ran ~1.5-2x
+    # faster without it); on a node other work keeps busy, set allow_spinning False.
+    allow_spinning: bool = True
+    spin_only_in_runs: bool = True
     # Independent continuous batches, each on its own onnxruntime session with a share of the cores
     # (see ContinuousBatchScheduler in runtime/scheduler.py); 0: auto (2 on CPU, 1 on a GPU).
     decode_lanes: int = 0
@@ -289,6 +294,7 @@ class GenerationSpec:
             ("execution_provider", self.execution_provider),
             ("intra_op_threads", str(self.intra_op_threads)),
             ("allow_spinning", "true" if self.allow_spinning else "false"),
+            ("spin_only_in_runs", "true" if self.spin_only_in_runs else "false"),
             ("decode_lanes", str(self.decode_lanes)),
             ("max_queued_requests", str(self.max_queued_requests or 4 * self.max_batch_size)),
             ("engine_subdir", self.engine_subdir),

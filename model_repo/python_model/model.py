@@ -285,6 +285,7 @@ class TritonPythonModel:
                 providers=providers,
                 num_threads=threads,
                 allow_spinning=params.get("allow_spinning", "false") == "true",
+                spin_only_in_runs=params.get("spin_only_in_runs", "false") == "true",
             )
         except contract.EngineError as exc:  # not ready, with the reason in Triton's log and model status
             raise pb_utils.TritonModelException(f"tritonform generation model not ready: {exc}") from None

@@ -79,13 +79,14 @@ class Engine:
         session: Any,
         tokenizer: Any,
         num_threads: int = 0,
-        session_args: tuple[Path, list[Any], bool] | None = None,
+        session_args: tuple[Path, list[Any], bool, bool] | None = None,
         guides: GuideCompiler | None = None,
         prefix_cache: PrefixCache | None = None,
         io_binding: bool | None = None,
     ) -> None:
         """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
-        providers, allow_spinning): how to open another session of the model, for `sibling()`;
+        providers, allow_spinning, spin_only_in_runs): how to open another session of the model, for
+        `sibling()`;
         `guides`: the grammar compiler to share (siblings share their parent's); `prefix_cache`: a
         cache to share (siblings share their engine's), default a new one; `io_binding`: keep the KV
         cache in OrtValues on the session's device and run every call through IO binding (the GPU path);
@@ -136,11 +137,15 @@ class Engine:
         num_threads: int | None = None,
         onnx_file: str | None = None,
         allow_spinning: bool = True,
+        spin_only_in_runs: bool = False,
         io_binding: bool | None = None,
     ) -> Engine:
         """Open a model directory. `num_threads` defaults to $TRITONFORM_NUM_THREADS or `usable_cpus()`.
         `allow_spinning=False` stops idle ORT threads from busy-waiting (better when other processes,
-        e.g. Triton's server next to its python stub, need the same cores). `providers` (see
+        e.g. Triton's server next to its python stub, need the same cores); `spin_only_in_runs` lets
+        them busy-wait between the operators of a run but stops them as each run returns
+        (onnxruntime's `session.force_spinning_stop`): a lone stream's step no longer waits for a
+        sleeping thread at every operator, and nothing spins between steps. `providers` (see
         runtime/providers.py): the first one must be the one the session runs, else `EngineError` says
         why (onnxruntime would otherwise fall back to the CPU silently). `io_binding`: see `__init__`."""
         from tokenizers import Tokenizer
@@ -156,7 +161,7 @@ class Engine:
                 raise EngineError(f"{p} not found: the model directory is incomplete; rebuild it")
         threads = num_threads or int(os.environ.get("TRITONFORM_NUM_THREADS", "0")) or usable_cpus()
         provs = list(providers) if providers else available_providers()
-        session = _open_session(onnx_path, provs, threads, allow_spinning)
+        session = _open_session(onnx_path, provs, threads, allow_spinning, spin_only_in_runs)
         check_providers(provs, list(session.get_providers()))
         tokenizer = Tokenizer.from_file(str(tok_path))
         return cls(
@@ -165,7 +170,7 @@ class Engine:
             session,
             tokenizer,
             threads,
-            (onnx_path, provs, allow_spinning),
+            (onnx_path, provs, allow_spinning, spin_only_in_runs),
             io_binding=io_binding,
         )
 
@@ -177,8 +182,8 @@ class Engine:
         `DecodeBatch.step`). Costs the model's weights once more in memory."""
         if self._session_args is None:
             raise EngineError("sibling() needs an engine opened with Engine.load")
-        onnx_path, provs, allow_spinning = self._session_args
-        session = _open_session(onnx_path, provs, num_threads, allow_spinning)
+        onnx_path, provs, allow_spinning, spin_only_in_runs = self._session_args
+        session = _open_session(onnx_path, provs, num_threads, allow_spinning, spin_only_in_runs)
         return Engine(
             self.model_dir,
             self.metadata,
@@ -430,7 +435,9 @@ class Engine:
         return [t.token_id for t in self.generate(ids, params)]
 
 
-def _open_session(onnx_path: Path, providers: list[Any], threads: int, allow_spinning: bool) -> Any:
+def _open_session(
+    onnx_path: Path, providers: list[Any], threads: int, allow_spinning: bool, spin_only_in_runs: bool
+) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -440,6 +447,8 @@ def _open_session(onnx_path: Path, providers: list[Any], threads: int, allow_spi
     # The build already wrote an optimised graph; ORT_ENABLE_ALL is cheap and adds CPU-only fusions.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    if allow_spinning and spin_only_in_runs:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
 
 

@@ -72,7 +72,10 @@ class ContinuousBatchScheduler:
     leave cores idle between and inside small operators, while independent single-thread sessions
     keep every core busy (2 cores, SmolLM2 int4, 8 streams: ~13% more tokens/s per step, and one
     lane's Python work overlaps the other's compute). A lane that is the only one with work runs on
-    `engine` itself (all cores), so a lone stream is as fast as without lanes. Jobs wait in one
+    `engine` itself (all cores), so a lone stream is as fast as without lanes; a run on all the cores
+    never overlaps a lane's own (a lane that gets work meanwhile waits for it to end, one step at
+    most), so their threads never share a core (and the all-cores session's may spin inside its runs,
+    see `Engine.load`). Jobs wait in one
     queue of at most `max_queued` (beyond it a job fails at once as UNAVAILABLE, which a gateway
     answers with 503 and Retry-After); a lane takes the next job only while it holds no more jobs
     than any other lane, so the lanes stay balanced. Without `lane_engines` there is one lane on
@@ -100,7 +103,10 @@ class ContinuousBatchScheduler:
             for i, runner in enumerate(runners)
         ]
         self._shared = engine if lane_engines else None  # all cores, for a lane that runs alone
-        self._shared_lock = threading.Lock()
+        self._cores = threading.Condition()  # guards the two counts below
+        self._shared_running = False  # a run on the all-cores engine is under way
+        self._lane_runs = 0  # runs on the lanes' own sessions under way
+        self.waits_for_shared = 0  # lane runs that waited for an all-cores run to end (tests, metrics)
         self._stats_lock = threading.Lock()
         self.max_batch_seen = 0  # largest batch one step advanced (for tests and metrics)
         self.counts = SchedulerCounts()
@@ -191,19 +197,31 @@ class ContinuousBatchScheduler:
 
     @contextlib.contextmanager
     def runner(self, lane: Lane) -> Iterator[Any]:
-        """The session for lane's next call: the all-cores engine while no other lane has work."""
+        """The session for lane's next call: the all-cores engine while no other lane has work and
+        no other run is under way; else the lane's own, once no all-cores run is under way."""
         shared = self._shared
-        if (
-            shared is not None
-            and not any(o.jobs for o in self.lanes if o is not lane)
-            and self._shared_lock.acquire(blocking=False)
-        ):
-            try:
-                yield shared
-            finally:
-                self._shared_lock.release()
-        else:
+        if shared is None:
             yield lane.engine
+            return
+        with self._cores:
+            alone = not any(o.jobs for o in self.lanes if o is not lane)
+            use_shared = alone and not self._shared_running and self._lane_runs == 0
+            if use_shared:
+                self._shared_running = True
+            else:
+                if self._shared_running:
+                    self.waits_for_shared += 1
+                    self._cores.wait_for(lambda: not self._shared_running)
+                self._lane_runs += 1
+        try:
+            yield shared if use_shared else lane.engine
+        finally:
+            with self._cores:
+                if use_shared:
+                    self._shared_running = False
+                else:
+                    self._lane_runs -= 1
+                self._cores.notify_all()
 
     def record_step(self, size: int) -> None:
         """Note a decode step of `size` sequences (the largest one is logged)."""

@@ -59,6 +59,9 @@ def test_python_model_config_renders_and_parses_with_tritons_schema() -> None:
     assert params["max_active_sequences"] == "4" and params["execution_provider"] == "cpu"
     assert params["decode_lanes"] == "0"  # auto: the python model picks 2 lanes on a multi-core CPU
     assert params["max_queued_requests"] == "16"  # 4 x max_batch_size unless set
+    # onnxruntime's threads spin inside a run only (issue 16: a lone stream's step stops waiting for a
+    # sleeping thread at every operator; nothing spins between steps)
+    assert (params["allow_spinning"], params["spin_only_in_runs"]) == ("true", "true")
 
 
 def test_tensor_names_follow_the_tensorrt_llm_ensemble() -> None:

@@ -37,6 +37,26 @@ def test_sibling_needs_an_engine_opened_from_a_directory(tiny_engine: Engine) ->
         bare.sibling(1)
 
 
+def test_spinning_only_inside_runs_reaches_the_session_and_its_siblings(tiny_engine: Engine) -> None:
+    """spin_only_in_runs: onnxruntime's threads may busy-wait during a run and stop as it returns
+    (its session.force_spinning_stop); a sibling session is opened the same way."""
+
+    def entries(engine: Engine) -> tuple[str, str]:
+        options = engine.session.get_session_options()
+        return (
+            options.get_session_config_entry("session.intra_op.allow_spinning"),
+            options.get_session_config_entry("session.force_spinning_stop"),
+        )
+
+    engine = Engine.load(tiny_engine.model_dir, num_threads=2, allow_spinning=True, spin_only_in_runs=True)
+    assert entries(engine) == ("1", "1") and entries(engine.sibling(1)) == ("1", "1")
+    off = Engine.load(tiny_engine.model_dir, num_threads=2, allow_spinning=False, spin_only_in_runs=True)
+    options = off.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError, match="does not have"):  # not set: threads never spin anyway
+        options.get_session_config_entry("session.force_spinning_stop")
+
+
 def test_max_tokens_and_eos_stop_sequences(tiny_engine: Engine) -> None:
     ids = tiny_engine.encode("hello")
     toks = list(tiny_engine.generate(ids, SamplingParams(max_tokens=5, ignore_eos=True)))

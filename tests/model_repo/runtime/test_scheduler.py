@@ -95,6 +95,84 @@ def test_a_lane_working_alone_runs_on_the_all_cores_engine(lanes: Any, tiny_engi
     assert [engine.calls for engine in lanes.own] == [0, 0]
 
 
+class Overlaps:
+    """Model calls under way on a set of engines, and how often a call on the all-cores engine ran
+    beside another call."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: list[bool] = []  # one entry per call under way: whether it is the all-cores one
+        self.beside_shared = 0
+
+
+class Tracked(Counting):
+    """A counted engine whose calls register in `Overlaps`; the all-cores one (`gate` given) holds
+    its first call until `gate` is set."""
+
+    def __init__(self, engine: Engine, overlaps: Overlaps, gate: threading.Event | None = None) -> None:
+        super().__init__(engine)
+        self._overlaps, self._gate = overlaps, gate
+
+    def _call(self, name: str, *args: Any) -> Any:
+        shared, state = self._gate is not None, self._overlaps
+        with state.lock:
+            state.running.append(shared)
+            if len(state.running) > 1 and any(state.running):
+                state.beside_shared += 1
+        try:
+            if shared and self.calls == 0:
+                assert self._gate is not None and self._gate.wait(60)
+            return getattr(Counting, name)(self, *args)
+        finally:
+            with state.lock:
+                state.running.remove(shared)
+
+    def prefill(self, ids: Any) -> Any:
+        return self._call("prefill", ids)
+
+    def forward_in_place(self, *args: Any) -> Any:
+        return self._call("forward_in_place", *args)
+
+
+def test_a_lane_never_runs_beside_a_run_on_all_the_cores(tiny_engine: Engine) -> None:
+    """The all-cores session's threads may spin inside a run (spec.GenerationSpec.spin_only_in_runs):
+    a lane that gets work while such a run is under way waits for it to end instead of sharing its
+    cores, and from then on both lanes run on their own sessions."""
+    overlaps, gate = Overlaps(), threading.Event()
+    shared = Tracked(tiny_engine, overlaps, gate)
+    own = [Tracked(tiny_engine.sibling(1), overlaps), Tracked(tiny_engine.sibling(1), overlaps)]
+    scheduler = ContinuousBatchScheduler(shared, max_active=4, lane_engines=own)
+    scheduler.start()
+    records = [Recorder(), Recorder()]
+    try:
+        request = GenerationRequest(prompt=PROMPTS[0], max_tokens=8, end_id=-1)
+        scheduler.submit(_job("first", request, records[0]))  # alone: its prefill holds the all cores
+        for _ in range(6000):  # until the first prefill has started (and is held)
+            if overlaps.running:
+                break
+            threading.Event().wait(0.01)
+        request = GenerationRequest(prompt=PROMPTS[1], max_tokens=8, end_id=-1)
+        scheduler.submit(_job("second", request, records[1]))
+        for _ in range(6000):  # the other lane admits it and waits for the all-cores run
+            if scheduler.waits_for_shared:
+                break
+            threading.Event().wait(0.01)
+        assert scheduler.waits_for_shared == 1
+        assert [engine.calls for engine in own] == [0, 0]  # nothing ran beside the held prefill
+        gate.set()
+        assert all(record.done.wait(60) for record in records)
+    finally:
+        gate.set()
+        scheduler.stop()
+    expected = [
+        tiny_engine.generate_text(p, SamplingParams(max_tokens=8, ignore_eos=True)) for p in PROMPTS[:2]
+    ]
+    assert ["".join(r.text for r in record.responses) for record in records] == expected
+    assert overlaps.beside_shared == 0
+    assert shared.calls >= 1  # the first prefill (and the last lane's steps once it ran alone)
+    assert all(engine.calls > 0 for engine in own)
+
+
 def test_a_lane_takes_a_job_only_with_room_and_no_more_sequences_than_the_others(tiny_engine: Engine) -> None:
     """Lanes count running sequences (a job of n choices runs n), not jobs."""
     scheduler = ContinuousBatchScheduler(
