@@ -281,8 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         choices=range(0, 101),
         metavar="0-100",
-        help="llama-server --poll: how much its threads busy-wait for work (its default 50; 0 = sleep, "
-        "as tritonform's engine threads do: fairer on a machine other work keeps busy)",
+        help="llama-server --poll: how much its threads busy-wait for work (its default 50; 0 = sleep: "
+        "fairer on a machine other work keeps busy)",
     )
     parser.add_argument(
         "--llama-cpp-version", default=PEER_VERSION, help=f"llama-cpp-python sdist ({PEER_VERSION})"
