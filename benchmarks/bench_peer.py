@@ -188,7 +188,13 @@ async def measure(
                 tasks: list[Awaitable[Sample]] = [
                     stream_chat(e.client, e.model, q, max_tokens) for q in questions
                 ]
-                samples = list(await asyncio.gather(*tasks))
+                try:
+                    samples = list(await asyncio.gather(*tasks))
+                except Exception as exc:  # name the server that failed, not only the client's traceback
+                    raise SystemExit(
+                        f"{e.name} failed a request ({level} stream(s), round {r + 1}): {exc!r}; its log: "
+                        f"{peer_cache() / 'logs'}"
+                    ) from exc
                 per_round[e.name].append(round_figures(samples, time.perf_counter() - started))
             say(f"{level} stream(s), round {r + 1}/{rounds} done")
         for e in endpoints:

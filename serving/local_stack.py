@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from model_repo.manifest import engine_dir
 from serving.canary_faults import write_failing_copy
-from serving.gateway import GatewaySettings, create_app
+from serving.gateway import GatewaySettings, create_app, server_config
 from serving.gateway.generation import Gateway as GenerationFront
 from serving.triton_local import TritonServer, TritonServerConfig, TritonStartError
 from serving.triton_on_demand import TritonOnDemand
@@ -170,9 +170,7 @@ class LocalStack:
             app = create_app(settings, on_cold=self.on_demand.wake if self.on_demand else None)
             self._gateway = app.state.gateway
             self._server = uvicorn.Server(
-                uvicorn.Config(
-                    app, host=c.host, port=c.port, log_level="warning", access_log=False, lifespan="on"
-                )
+                server_config(app, settings, c.host, c.port, log_level="warning", lifespan="on")
             )
             self._thread = threading.Thread(target=self._server.run, name="tritonform-gateway", daemon=True)
             self._thread.start()

@@ -13,7 +13,7 @@ import sys
 
 import uvicorn
 
-from serving.gateway import GatewaySettings, SettingsError, create_app
+from serving.gateway import GatewaySettings, SettingsError, create_app, server_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     # Proxy headers: the edge (API gateway, load balancer) sits in front; access logs are ours (JSON).
-    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True, access_log=False)
+    uvicorn.Server(server_config(app, settings, args.host, args.port, proxy_headers=True)).run()
     return 0
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
@@ -153,3 +154,13 @@ def create_app(
         return answer.response()
 
     return app
+
+
+def server_config(
+    app: FastAPI, settings: GatewaySettings, host: str, port: int, **options: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway `app` (the container's command, the local stack and the
+    tests all serve it through this): an idle keep-alive connection stays open `settings.keep_alive_s`."""
+    return uvicorn.Config(
+        app, host=host, port=port, access_log=False, timeout_keep_alive=settings.keep_alive_s, **options
+    )

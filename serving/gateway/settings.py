@@ -89,6 +89,13 @@ class GatewaySettings(BaseModel):
     stream_keepalive_s: float = Field(
         default=15.0, gt=0, description="SSE comment interval while a stream waits (idle timeouts)"
     )
+    keep_alive_s: int = Field(
+        default=620,
+        ge=1,
+        description="how long an idle client connection stays open; it must outlast the load balancer's own "
+        "keep-alive to the gateway (GCP's external Application Load Balancer keeps backend connections "
+        "600 s, fixed), or the balancer reuses a connection the gateway is closing and answers 502",
+    )
     cold_start_timeout_s: float = Field(
         default=0.0,
         ge=0,

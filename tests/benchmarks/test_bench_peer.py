@@ -136,3 +136,61 @@ def test_level_summary_gives_each_server_and_each_ratio_to_the_peer() -> None:
     assert "tritonform / llama-server: 1.50x tok/s, TTFT 1.00x" in line
     assert "tritonform (new) / llama-server: 2.00x tok/s, TTFT 0.50x" in line
     assert line.endswith("(load 3.2)")
+
+
+class _Completions:
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    async def create(self, **_: object) -> object:
+        if self.fail:
+            raise ConnectionResetError("reset by peer")
+        return _Stream()
+
+
+class _Stream:
+    def __aiter__(self) -> _Stream:
+        self.chunks = iter([_chunk("hi", None), _chunk(None, 1)])
+        return self
+
+    async def __anext__(self) -> object:
+        try:
+            return next(self.chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def _chunk(text: str | None, tokens: int | None) -> object:
+    from types import SimpleNamespace
+
+    delta = SimpleNamespace(content=text)
+    choices = [SimpleNamespace(delta=delta)] if text else []
+    usage = SimpleNamespace(completion_tokens=tokens) if tokens else None
+    return SimpleNamespace(choices=choices, usage=usage)
+
+
+def _client(fail: bool) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(chat=SimpleNamespace(completions=_Completions(fail)))
+
+
+def test_a_server_that_fails_a_request_is_named() -> None:
+    """A request that fails during the load stops the run with the failing server's name, the level
+    and the round, not only the client library's traceback."""
+    import asyncio
+
+    endpoints = [
+        bench_peer.Endpoint("tritonform", _client(False), "llm"),
+        bench_peer.Endpoint("llama-server", _client(True), "peer"),
+    ]
+    endpoints[1].client.chat.completions.fail = False  # the agreement answers (warm-up) pass
+    calls: list[str] = []
+
+    def say(message: str) -> None:
+        calls.append(message)
+        endpoints[1].client.chat.completions.fail = True  # then the peer breaks
+
+    with pytest.raises(SystemExit, match=r"llama-server failed a request \(1 stream\(s\), round 2\)"):
+        asyncio.run(bench_peer.measure(endpoints, (1,), 3, 8, say))
+    assert calls == ["1 stream(s), round 1/3 done"]

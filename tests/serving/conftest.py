@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
-from serving.gateway import GatewaySettings, create_app
+from serving.gateway import GatewaySettings, create_app, server_config
 from serving.triton_local import TritonServer, TritonServerConfig, free_port
 
 API_KEY = "test-key-" + "x" * 24
@@ -56,7 +56,7 @@ def start_gateway(
     port = free_port()
     app = create_app(settings, backend, canary_backend=canary_backend)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        server_config(app, settings, "127.0.0.1", port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
