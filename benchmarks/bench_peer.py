@@ -387,7 +387,9 @@ def main(argv: list[str] | None = None) -> None:
             servers.enter_context(server_process(cmd, ready, logs / f"tritonform-{i}.log", name, 300))
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
             endpoints.append(Endpoint(name, client, find_model_name(path)))
-        peer = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{peer_port}/v1", api_key="none", max_retries=0)
+        # llama-server now and then drops a connection the client reuses (a reset before the answer's
+        # headers, 2 runs in ~30): the peer gets openai's default retries, time included; tritonform none.
+        peer = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{peer_port}/v1", api_key="none", max_retries=2)
         endpoints.append(Endpoint("llama-server", peer, "peer"))
         figures, answers = asyncio.run(measure(endpoints, args.streams, args.rounds, args.max_tokens, say))
     load_after = os.getloadavg()

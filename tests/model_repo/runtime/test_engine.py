@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model_repo.chat_template import apply_chat_template
-from model_repo.runtime.contract import LOGITS_TO_KEEP, EngineError
+from model_repo.runtime.contract import KV_LAYOUT_RIGHT, LOGITS_TO_KEEP, EngineError
 from model_repo.runtime.engine import (
     PREFIX_FRESH_TAIL,
     PREFIX_MIN_TOKENS,
@@ -175,3 +175,44 @@ def test_the_engine_uses_every_position_of_its_context(tiny_engine: Engine) -> N
     assert len(whole) == 1 and whole[0].finish_reason == "length"
     with pytest.raises(EngineError, match="context is 40"):
         list(small.generate(ids[: context + 1], params))
+
+
+def test_decode_steps_read_the_logits_from_an_array_of_their_own(tiny_engine: Engine) -> None:
+    """A right-padded decode step binds a fresh numpy array as the logits output (no fetch of the
+    binding's ~60 outputs); its tokens are those of the binding's own output buffer, and an earlier
+    step's logits are never overwritten by a later one."""
+    assert tiny_engine.metadata.kv_layout == KV_LAYOUT_RIGHT and tiny_engine._logits_out is not None
+    fetched = Engine(tiny_engine.model_dir, tiny_engine.metadata, tiny_engine.session, tiny_engine.tokenizer)
+    fetched._logits_out = None  # the binding's own buffer, fetched with every output
+
+    def tokens(engine: Engine) -> list[list[int]]:
+        batch = engine.new_batch()
+        params = SamplingParams(max_tokens=6, ignore_eos=True)
+        ids = {
+            batch.add(str(i), engine.encode(text), params).request_id: [] for i, text in enumerate(PROMPTS)
+        }
+        while len(batch):
+            for out in batch.step():
+                ids[out.request_id].append(out.token_id)
+        return list(ids.values())
+
+    assert tokens(tiny_engine) == tokens(fetched)
+    batch = tiny_engine.new_batch()
+    batch.add("a", tiny_engine.encode(PROMPTS[0]), SamplingParams(max_tokens=4, ignore_eos=True))
+    batch.step()
+    _, cache, binding = batch._bound
+    lengths = np.array([len(tiny_engine.encode(PROMPTS[0]))])
+
+    def mask(length: int) -> np.ndarray:
+        return (np.arange(batch.capacity)[None, :] <= length).astype(np.int64)
+
+    first = tiny_engine.forward_in_place(np.array([[5]]), mask(lengths[0]), lengths[:, None], cache, binding)
+    kept = first.copy()
+    second = tiny_engine.forward_in_place(
+        np.array([[7]]), mask(lengths[0] + 1), lengths[:, None] + 1, cache, binding
+    )
+    assert not np.shares_memory(first, second) and np.array_equal(first, kept)
+    assert first.shape == (1, 1, tiny_engine._logits_out[0])
+
+
+PROMPTS = ("the quick brown fox", "a completely different prompt of more words")
