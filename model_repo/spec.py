@@ -252,11 +252,12 @@ class GenerationSpec:
     execution_provider: ExecutionProvider = "auto"
     intra_op_threads: int = 0  # 0: onnxruntime decides
     # onnxruntime's threads busy-wait for work inside a run (a lone stream's step no longer waits for a
-    # sleeping thread at every operator: ~1.15x at one stream on a quiet 2-core machine, issue 16) and
-    # stop as each run returns, so nothing spins between steps; the runs on all the cores never overlap
-    # a decode lane's (runtime/scheduler.py). Spinning between runs as well (spin_only_in_runs False)
-    # steals the cores Triton's server process needs to forward each response (8 streams ran ~1.5-2x
-    # faster without it); on a node other work keeps busy, set allow_spinning False.
+    # sleeping thread at every operator: 1.13x at one stream, served beside the previous build on a
+    # quiet 2-core machine, issue 16) and stop as each run returns, so nothing spins between steps; the
+    # runs on all the cores never overlap a decode lane's (runtime/scheduler.py). Spinning between runs
+    # as well (spin_only_in_runs False) steals the cores Triton's server process needs to forward each
+    # response (8 streams ran ~1.5-2x faster without it); on a node other work keeps busy, set
+    # allow_spinning False.
     allow_spinning: bool = True
     spin_only_in_runs: bool = True
     # Independent continuous batches, each on its own onnxruntime session with a share of the cores
