@@ -231,7 +231,10 @@ def _never() -> bool:
 
 
 def response_tensors(response: Response) -> dict[str, np.ndarray]:
-    """The output tensors of one response (batch dimension 1; names in model_repo/spec.py)."""
+    """The output tensors of one response (batch dimension 1; names in model_repo/spec.py). The token
+    id and logprob lists go out only when they hold something (logprobs only when asked for): a plain
+    streamed token carries 6 tensors instead of 11, which the model, Triton and the gateway each
+    handle per token. A missing output reads as empty."""
 
     def ints(values: tuple[int, ...]) -> np.ndarray:
         return np.asarray(values, dtype=np.int32).reshape(1, -1)
@@ -239,19 +242,26 @@ def response_tensors(response: Response) -> dict[str, np.ndarray]:
     def floats(values: tuple[float, ...]) -> np.ndarray:
         return np.asarray(values, dtype=np.float32).reshape(1, -1)
 
-    return {
+    tensors = {
         "text_output": np.array([[response.text.encode("utf-8")]], dtype=np.object_),
         "prompt_tokens": np.array([[response.prompt_tokens]], dtype=np.int32),
         "completion_tokens": np.array([[response.completion_tokens]], dtype=np.int32),
         "finish_reason": np.array([[response.finish_reason.encode()]], dtype=np.object_),
         "sequence_index": np.array([[response.sequence_index]], dtype=np.int32),
-        "output_token_ids": ints(response.token_ids),
-        "output_log_probs": floats(response.log_probs),
-        "output_top_token_ids": ints(response.top_token_ids),
-        "output_top_log_probs": floats(response.top_log_probs),
-        "prompt_token_ids": ints(response.prompt_token_ids),
-        "prompt_log_probs": floats(response.prompt_log_probs),
     }
+    id_lists = {
+        "output_token_ids": response.token_ids,
+        "output_top_token_ids": response.top_token_ids,
+        "prompt_token_ids": response.prompt_token_ids,
+    }
+    logprob_lists = {
+        "output_log_probs": response.log_probs,
+        "output_top_log_probs": response.top_log_probs,
+        "prompt_log_probs": response.prompt_log_probs,
+    }
+    tensors.update({name: ints(values) for name, values in id_lists.items() if values})
+    tensors.update({name: floats(values) for name, values in logprob_lists.items() if values})
+    return tensors
 
 
 class TritonPythonModel:

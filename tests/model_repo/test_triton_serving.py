@@ -122,6 +122,31 @@ def test_streaming_sends_deltas_in_order_then_final(tiny_triton: Any, engine: An
     assert "".join(c.text for c in chunks) == greedy(engine, PROMPT, 24)
 
 
+def test_a_plain_stream_sends_no_empty_lists(tiny_triton: Any, engine: Any) -> None:
+    """Without logprobs or echo, a streamed token's response leaves out the logprob and prompt lists
+    (6 tensors, not 11: less to send, forward and parse per token); its token ids still come."""
+    got = generate_raw(tiny_triton.grpc_url, request_inputs(PROMPT, 8, stream=True))
+    sent = [{name for name, value in out.items() if value.size} for out, _ in got]
+    every = {"text_output", "prompt_tokens", "completion_tokens", "finish_reason", "sequence_index"}
+    assert all(every <= names <= every | {"output_token_ids"} for names in sent)
+    ids = [int(t) for out, _ in got for t in out["output_token_ids"]]
+    assert len(ids) == sum(int(out["completion_tokens"][0]) for out, _ in got) == 8
+    assert ids == engine.greedy_ids(engine.encode(PROMPT), 8)
+
+
+def test_response_tensors_leave_out_only_empty_lists() -> None:
+    from model_repo.python_model.model import response_tensors
+    from model_repo.runtime.request import Response
+
+    plain = response_tensors(Response("a", False, 3, 1, token_ids=(7,)))
+    every = {"text_output", "prompt_tokens", "completion_tokens", "finish_reason", "sequence_index"}
+    assert set(plain) == every | {"output_token_ids"}
+    lists = ((7,), (-0.5,), (7, 8), (-0.5, -1.0), (1, 2), (float("nan"), -2.0))
+    full = response_tensors(Response("a", True, 3, 1, 0, "stop", *lists))
+    assert len(full) == 11 and full["output_top_token_ids"].tolist() == [[7, 8]]
+    assert full["finish_reason"][0, 0] == b"stop" and full["output_log_probs"].dtype == np.float32
+
+
 def generate_together(url: str, requests: list[list[Any]], timeout: float = 60) -> dict[int, list[Chunk]]:
     """Send every request on one gRPC stream, back to back (so they reach the model while the first is
     still decoding, whatever the machine's speed), and collect each one's responses until its final one."""
@@ -381,7 +406,9 @@ def generate_raw(
             if error is not None:
                 raise error
             final = result.get_response().parameters["triton_final_response"].bool_param
-            out.append(({t.name: result.as_numpy(t.name).reshape(-1) for t in PYTHON_MODEL_OUTPUTS}, final))
+            # an output the response leaves out (an empty list: logprobs not asked for) reads as empty
+            values = {t.name: result.as_numpy(t.name) for t in PYTHON_MODEL_OUTPUTS}
+            out.append(({k: np.array([]) if v is None else v.reshape(-1) for k, v in values.items()}, final))
             if final:
                 return out
     finally:
