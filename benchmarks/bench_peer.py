@@ -388,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
             endpoints.append(Endpoint(name, client, find_model_name(path)))
         # llama-server now and then drops a connection the client reuses (a reset before the answer's
-        # headers, 2 runs in ~30): the peer gets openai's default retries, time included; tritonform none.
+        # headers; 2 runs of ~30 stopped on one, the second named llama-server): the peer gets openai's
+        # default retries, its time counted; tritonform none.
         peer = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{peer_port}/v1", api_key="none", max_retries=2)
         endpoints.append(Endpoint("llama-server", peer, "peer"))
         figures, answers = asyncio.run(measure(endpoints, args.streams, args.rounds, args.max_tokens, say))
