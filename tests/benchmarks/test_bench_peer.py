@@ -139,8 +139,8 @@ def test_level_summary_gives_each_server_and_each_ratio_to_the_peer() -> None:
 
 
 class _Completions:
-    def __init__(self, fail: bool) -> None:
-        self.fail = fail
+    def __init__(self) -> None:
+        self.fail = False
 
     async def create(self, **_: object) -> object:
         if self.fail:
@@ -169,10 +169,10 @@ def _chunk(text: str | None, tokens: int | None) -> object:
     return SimpleNamespace(choices=choices, usage=usage)
 
 
-def _client(fail: bool) -> object:
+def _client() -> object:
     from types import SimpleNamespace
 
-    return SimpleNamespace(chat=SimpleNamespace(completions=_Completions(fail)))
+    return SimpleNamespace(chat=SimpleNamespace(completions=_Completions()))
 
 
 def test_a_server_that_fails_a_request_is_named() -> None:
@@ -181,10 +181,9 @@ def test_a_server_that_fails_a_request_is_named() -> None:
     import asyncio
 
     endpoints = [
-        bench_peer.Endpoint("tritonform", _client(False), "llm"),
-        bench_peer.Endpoint("llama-server", _client(True), "peer"),
+        bench_peer.Endpoint("tritonform", _client(), "llm"),
+        bench_peer.Endpoint("llama-server", _client(), "peer"),  # the agreement answers (warm-up) pass
     ]
-    endpoints[1].client.chat.completions.fail = False  # the agreement answers (warm-up) pass
     calls: list[str] = []
 
     def say(message: str) -> None:

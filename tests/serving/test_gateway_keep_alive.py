@@ -13,6 +13,7 @@ import pytest
 
 from serving.gateway import GatewaySettings
 from serving.gateway import __main__ as gateway_main
+from tests.serving.conftest import gateway_settings
 from tests.serving.fake_backend import FakeTriton
 
 # GCP's external Application Load Balancer keeps its connections to a backend open 600 s (fixed);
@@ -46,13 +47,13 @@ def test_the_default_keep_alive_outlasts_the_load_balancers() -> None:
 
 
 def test_an_idle_connection_is_closed_after_keep_alive_s_and_not_at_once(serve: Any) -> None:
-    gateway = serve(FakeTriton(), keep_alive_s=1)
+    gateway = serve(FakeTriton(), keep_alive_s=3)
     url = urlsplit(gateway.url)
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         assert _request(sock, url.netloc).startswith(b"HTTP/1.1 200")
         # The same connection serves a second request: it was kept open.
         assert _request(sock, url.netloc).startswith(b"HTTP/1.1 200")
-        # Left idle, the gateway closes it (1 s here): the setting reaches uvicorn.
+        # Left idle, the gateway closes it (3 s here): the setting reaches uvicorn.
         assert sock.recv(4096) == b""
 
 
@@ -61,17 +62,8 @@ def test_the_containers_command_serves_with_the_settings_keep_alive(
 ) -> None:
     served: list[Any] = []
     monkeypatch.setattr(gateway_main.uvicorn.Server, "run", lambda server: served.append(server.config))
-    settings = _settings(tokenizer_dir=small_context, keep_alive_s=900)
-    monkeypatch.setattr(GatewaySettings, "from_env", classmethod(lambda cls: GatewaySettings(**settings)))
+    settings = gateway_settings("127.0.0.1:1", small_context, tokenizer_dir=small_context, keep_alive_s=900)
+    monkeypatch.setattr(GatewaySettings, "from_env", classmethod(lambda cls: settings))
     assert gateway_main.main(["--port", "9999"]) == 0
     (config,) = served
     assert (config.timeout_keep_alive, config.port, config.proxy_headers) == (900, 9999, True)
-
-
-def _settings(**values: Any) -> dict[str, Any]:
-    return {
-        "triton_grpc_url": "127.0.0.1:1",
-        "model_name": "llm",
-        "api_keys": ("k" * 24,),
-        **values,
-    }
