@@ -360,8 +360,8 @@ def _outputs(result: Any) -> dict[str, Any]:
     """One response's outputs by name, flat: a BYTES tensor as a list of bytes, any other as a numpy
     array. Read in one pass over the raw contents Triton sends: tritonclient's `as_numpy` looks each
     name up again and builds a shaped array, which made reading a streamed token's 6 outputs the
-    gateway's largest Python cost per token (~60 of ~70 us here). Contents sent in the typed fields
-    instead (not what Triton does) go through `as_numpy`."""
+    gateway's largest Python cost a token (65 us here; 19 us this way). Contents sent in the typed
+    fields instead (not what Triton does) go through `as_numpy`."""
     response = result.get_response()
     outputs, raw = response.outputs, response.raw_output_contents
     if len(raw) != len(outputs):
@@ -404,11 +404,11 @@ def _delta(result: Any) -> Delta:
         value = values.get(name)
         return None if value is None or len(value) == 0 else value[0]
 
-    def many(name: str) -> tuple[Any, ...]:
+    def many(name: str, kind: type) -> tuple[Any, ...]:
         value = values.get(name)
-        if value is None or len(value) == 0:
+        if value is None:
             return ()
-        return tuple(value.tolist() if isinstance(value, np.ndarray) else value)
+        return tuple(kind(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value))
 
     text = first("text_output")
     if isinstance(text, bytes):
@@ -427,10 +427,10 @@ def _delta(result: Any) -> Delta:
         completion_tokens=None if completion_tokens is None else int(completion_tokens),
         finish_reason=str(reason) if reason else None,
         sequence_index=0 if index is None else int(index),
-        token_ids=tuple(int(v) for v in many("output_token_ids")),
-        log_probs=tuple(float(v) for v in many("output_log_probs")),
-        top_token_ids=tuple(int(v) for v in many("output_top_token_ids")),
-        top_log_probs=tuple(float(v) for v in many("output_top_log_probs")),
-        prompt_token_ids=tuple(int(v) for v in many("prompt_token_ids")),
-        prompt_log_probs=tuple(float(v) for v in many("prompt_log_probs")),
+        token_ids=many("output_token_ids", int),
+        log_probs=many("output_log_probs", float),
+        top_token_ids=many("output_top_token_ids", int),
+        top_log_probs=many("output_top_log_probs", float),
+        prompt_token_ids=many("prompt_token_ids", int),
+        prompt_log_probs=many("prompt_log_probs", float),
     )
