@@ -13,7 +13,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.grpc._infer_result import InferResult
 from tritonclient.utils import serialize_byte_tensor
 
-from serving.gateway.triton import Delta, _byte_elements, _delta
+from serving.gateway.triton import Delta, _delta, _outputs
 
 
 def _first(result: InferResult, name: str) -> Any:
@@ -149,9 +149,12 @@ def test_the_first_of_several_text_elements_is_the_text_and_unbatched_shapes_rea
 
 
 @pytest.mark.parametrize("elements", [[], [b""], [b"a"], [b"\x00\xff", b"", "ünï".encode()], [b"x" * 70_000]])
-def test_byte_elements_read_tritons_length_prefixed_serialisation(elements: list[bytes]) -> None:
+def test_bytes_outputs_read_every_element_of_tritons_serialisation(elements: list[bytes]) -> None:
+    message = service_pb2.ModelInferResponse(model_name="llm", id="r1")
+    message.outputs.add(name="text_output", datatype="BYTES", shape=[len(elements)])
     data = serialize_byte_tensor(np.array(elements, dtype=np.object_)).item() if elements else b""
-    assert _byte_elements(data) == elements
+    message.raw_output_contents.append(data)
+    assert _outputs(InferResult(message))["text_output"].tolist() == elements
 
 
 def test_a_missing_output_reads_as_empty() -> None:
