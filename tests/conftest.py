@@ -38,6 +38,15 @@ def no_server_outlives_the_suite() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def cpu_ops_library() -> str:
+    """tritonform's CPU operator library, built once (model_repo/cpu_ops.py: cached by content under the
+    kit's cache; the first build fetches onnxruntime's C header from Debian's archive)."""
+    from model_repo.cpu_ops import build_library
+
+    return str(build_library())
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seeded random tiny Llama (2 layers, GQA 4/2 heads) with a locally trained byte-level BPE."""
     from model_repo.checkpoint import make_tiny_checkpoint

@@ -312,7 +312,8 @@ class TritonPythonModel:
         self._counter = 0
         lanes = self.scheduler.lanes
         pb_utils.Logger.log_info(
-            f"tritonform generation model ready: {model_dir} on {self.engine.providers}, "
+            f"tritonform generation model ready: {model_dir} on {self.engine.providers} "
+            f"(CPU operators {self.engine.cpu_ops.state}), "
             f"up to {max_active} sequences at once in {len(lanes)} lane(s)"
             + (f" of {lanes[0].engine.num_threads} thread(s)" if len(lanes) > 1 else "")
         )

@@ -41,6 +41,7 @@ from .guide import GuideCompiler
 from .kv_store import ORT_CACHE_TYPES, DeviceKV, HostKV, KVStore
 from .prefix_cache import PrefixCache, cache_bytes_from_env
 from .providers import available_providers, check_providers, provider_name
+from .q4_fusion import CpuOps, session_model
 from .sampling import SamplingParams
 from .text import TextStream
 
@@ -79,20 +80,23 @@ class Engine:
         session: Any,
         tokenizer: Any,
         num_threads: int = 0,
-        session_args: tuple[Path, list[Any], bool, bool] | None = None,
+        session_args: tuple[Path | bytes, list[Any], bool, bool, str | None] | None = None,
         guides: GuideCompiler | None = None,
         prefix_cache: PrefixCache | None = None,
         io_binding: bool | None = None,
+        cpu_ops: CpuOps | None = None,
     ) -> None:
-        """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path,
-        providers, allow_spinning, spin_only_in_runs): how to open another session of the model, for
-        `sibling()`;
+        """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path or
+        the fused graph's bytes, providers, allow_spinning, spin_only_in_runs, the CPU operators' library
+        or None): how to open another session of the model, for `sibling()`; `cpu_ops`: whether the
+        session runs tritonform's CPU operators (runtime/q4_fusion.py), for logs and reports;
         `guides`: the grammar compiler to share (siblings share their parent's); `prefix_cache`: a
         cache to share (siblings share their engine's), default a new one; `io_binding`: keep the KV
         cache in OrtValues on the session's device and run every call through IO binding (the GPU path);
         None: when the session's first provider is not the CPU's."""
         self.model_dir = Path(model_dir)
         self.metadata = metadata
+        self.cpu_ops = cpu_ops or CpuOps(None, "", 0, "off (session opened by its caller)")
         self.session = session
         self.tokenizer = tokenizer
         self._past_names = past_names(metadata.num_layers)
@@ -168,7 +172,16 @@ class Engine:
                 raise EngineError(f"{p} not found: the model directory is incomplete; rebuild it")
         threads = num_threads or int(os.environ.get("TRITONFORM_NUM_THREADS", "0")) or usable_cpus()
         provs = list(providers) if providers else available_providers()
-        session = _open_session(onnx_path, provs, threads, allow_spinning, spin_only_in_runs)
+        source, cpu_ops = session_model(onnx_path, provider_name(provs[0]))
+        spin = (allow_spinning, spin_only_in_runs)
+        try:
+            session = _open_session(source, provs, threads, *spin, cpu_ops.library)
+        except Exception as exc:  # onnxruntime refused the fused graph: run the repository's as it is
+            if cpu_ops.library is None:
+                raise
+            refused = f"off (onnxruntime refused the fused graph: {exc})"
+            source, cpu_ops = onnx_path, CpuOps(None, cpu_ops.kernel, 0, refused)
+            session = _open_session(source, provs, threads, *spin, None)
         check_providers(provs, list(session.get_providers()))
         tokenizer = Tokenizer.from_file(str(tok_path))
         return cls(
@@ -177,8 +190,9 @@ class Engine:
             session,
             tokenizer,
             threads,
-            (onnx_path, provs, allow_spinning, spin_only_in_runs),
+            (source, provs, allow_spinning, spin_only_in_runs, cpu_ops.library),
             io_binding=io_binding,
+            cpu_ops=cpu_ops,
         )
 
     def sibling(self, num_threads: int) -> Engine:
@@ -189,8 +203,8 @@ class Engine:
         `DecodeBatch.step`). Costs the model's weights once more in memory."""
         if self._session_args is None:
             raise EngineError("sibling() needs an engine opened with Engine.load")
-        onnx_path, provs, allow_spinning, spin_only_in_runs = self._session_args
-        session = _open_session(onnx_path, provs, num_threads, allow_spinning, spin_only_in_runs)
+        source, provs, allow_spinning, spin_only_in_runs, library = self._session_args
+        session = _open_session(source, provs, num_threads, allow_spinning, spin_only_in_runs, library)
         return Engine(
             self.model_dir,
             self.metadata,
@@ -201,6 +215,7 @@ class Engine:
             self.guides,
             self.prefix_cache,
             io_binding=self.device_bound,
+            cpu_ops=self.cpu_ops,
         )
 
     @property
@@ -449,11 +464,18 @@ class Engine:
 
 
 def _open_session(
-    onnx_path: Path, providers: list[Any], threads: int, allow_spinning: bool, spin_only_in_runs: bool
+    model: Path | bytes,
+    providers: list[Any],
+    threads: int,
+    allow_spinning: bool,
+    spin_only_in_runs: bool,
+    library: str | None = None,
 ) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if library is not None:
+        opts.register_custom_ops_library(library)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -462,7 +484,8 @@ def _open_session(
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     if allow_spinning and spin_only_in_runs:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=providers)
 
 
 def _device_of(session: Any) -> tuple[str, int]:

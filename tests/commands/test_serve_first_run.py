@@ -78,3 +78,33 @@ def test_the_banner_says_the_default_model_is_a_demonstration_and_how_to_serve_y
     note = serve_command.DEMO_MODEL_NOTE
     assert "135M" in note and "often wrong" in note
     assert "tritonform build --model" in note and "tritonform serve --model-repo" in note
+
+
+def test_serve_builds_the_cpu_operators_and_hands_their_path_to_triton(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The library's path goes into $TRITONFORM_CPU_OPS (Triton and its model inherit it); a user's own
+    value is kept; a failed build warns with the reason and serves on onnxruntime's kernels."""
+    import model_repo.cpu_ops
+    from model_repo.cpu_ops import CpuOpsError
+    from model_repo.runtime.q4_fusion import CPU_OPS_ENV
+
+    err = io.StringIO()
+    monkeypatch.setattr(serve_command, "err_console", Console(file=err, width=200))
+    monkeypatch.setattr(model_repo.cpu_ops, "build_library", lambda say=None: Path("/cache/lib.so"))
+    monkeypatch.delenv(CPU_OPS_ENV, raising=False)
+    serve_command._prepare_cpu_ops(quiet=True)
+    assert serve_command.os.environ[CPU_OPS_ENV] == "/cache/lib.so"
+    monkeypatch.setenv(CPU_OPS_ENV, "off")
+    serve_command._prepare_cpu_ops(quiet=True)
+    assert serve_command.os.environ[CPU_OPS_ENV] == "off"
+
+    def fails(say: object = None) -> Path:
+        raise CpuOpsError("no C compiler on PATH")
+
+    monkeypatch.setattr(model_repo.cpu_ops, "build_library", fails)
+    monkeypatch.delenv(CPU_OPS_ENV)
+    serve_command._prepare_cpu_ops(quiet=False)
+    assert CPU_OPS_ENV not in serve_command.os.environ
+    warned = err.getvalue()
+    assert "warning: no C compiler on PATH" in warned and "onnxruntime's own kernels" in warned

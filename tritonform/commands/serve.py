@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -133,6 +134,7 @@ def serve(
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
         if canary is not None and not canary.is_dir():
             raise _fail(f"--canary {canary} does not exist; build the new version with `tritonform build`")
+        _prepare_cpu_ops(quiet)
         if canary_fail_every is not None and canary is None:
             raise _fail("--canary-fail-every needs --canary DIR (the version to break on purpose)")
         stack = LocalStack(
@@ -210,6 +212,28 @@ def _build_default(quiet: bool) -> Path:
             progress(message)
 
         return build_default_repository(say)
+
+
+def _prepare_cpu_ops(quiet: bool) -> None:
+    """Build tritonform's CPU operator library (cached; model_repo/cpu_ops.py) and hand its path to the
+    model through $TRITONFORM_CPU_OPS, which Triton's processes inherit. A path or "off" already in the
+    environment is the user's choice and kept. A failed build says why and serves with onnxruntime's own
+    kernels: slower on the CPU, the same answers."""
+    from model_repo.cpu_ops import CpuOpsError, build_library
+    from model_repo.runtime.q4_fusion import CPU_OPS_ENV
+
+    if os.environ.get(CPU_OPS_ENV):
+        return
+    try:
+        if quiet:
+            library = build_library()
+        else:
+            with console.status("preparing tritonform's CPU operators") as shown:
+                library = build_library(lambda message: shown.update(message))
+    except CpuOpsError as exc:
+        err_console.print(f"warning: {exc}\nServing with onnxruntime's own kernels.", markup=False)
+        return
+    os.environ[CPU_OPS_ENV] = str(library)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -216,3 +216,38 @@ def test_decode_steps_read_the_logits_from_an_array_of_their_own(tiny_engine: En
 
 
 PROMPTS = ("the quick brown fox", "a completely different prompt of more words")
+
+
+def test_a_4bit_model_runs_on_the_cpu_operators_as_on_its_standard_graph(
+    tiny_llama_export: Path,
+    tmp_path: Path,
+    cpu_ops_library: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With $TRITONFORM_CPU_OPS naming the library, each 4-bit projection runs as one Q4OffsetMatMul
+    (sibling sessions too) and the logits are the standard graph's to float rounding; "off" keeps the
+    repository's graph."""
+    import onnx
+
+    from model_repo.quantize import quantize_model
+    from model_repo.runtime.q4_fusion import CPU_OPS_ENV, VECTOR_KERNELS, library_kernel
+
+    int4 = quantize_model(tiny_llama_export, tmp_path / "int4", "int4").model_dir
+    monkeypatch.setenv(CPU_OPS_ENV, "off")
+    standard = Engine.load(int4, providers=["CPUExecutionProvider"], num_threads=2)
+    assert standard.cpu_ops.fused == 0 and standard.cpu_ops.state == f"off (${CPU_OPS_ENV}=off)"
+    monkeypatch.setenv(CPU_OPS_ENV, cpu_ops_library)
+    fused = Engine.load(int4, providers=["CPUExecutionProvider"], num_threads=2)
+    if library_kernel(cpu_ops_library) not in VECTOR_KERNELS:
+        assert fused.cpu_ops.fused == 0 and "AVX2" in fused.cpu_ops.state
+        return
+    layers = fused.metadata.num_layers
+    assert fused.cpu_ops.fused == 4 * layers  # q/k/v merged, o, gate/up merged, down
+    assert fused.sibling(1).cpu_ops == fused.cpu_ops
+    assert fused._session_args is not None and isinstance(fused._session_args[0], bytes)
+    ops = [n.op_type for n in onnx.load_from_string(fused._session_args[0]).graph.node]
+    assert ops.count("Q4OffsetMatMul") == 4 * layers
+    ids = fused.encode("The quick brown fox jumps over the lazy dog")
+    want, got = standard.prompt_logits(ids), fused.prompt_logits(ids)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+    assert fused.greedy_ids(ids, 8) == standard.greedy_ids(ids, 8)

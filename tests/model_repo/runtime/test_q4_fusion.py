@@ -1,0 +1,173 @@
+"""tritonform's CPU operator for 4-bit projections with exact block offsets: the graph rewrite keeps the
+weights and drops the correction nodes, and the operator computes what onnxruntime's standard graph
+computes (MatMulNBits at accuracy level 4 + the offset correction) on each of its kernels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from model_repo.quantize_int4 import merge_sibling_matmuls, quantize_int4_with_offsets
+from model_repo.runtime import q4_fusion
+from model_repo.runtime.q4_fusion import CPU_OPS_ENV, DOMAIN, OP, fuse_q4_offsets, session_model
+
+# K: 64 (block sums by a 0/1 matrix), 100 (a partial last block), 1536 (block sums by Reshape + ReduceSum)
+SHAPES = {"x": 64, "h": 100, "w": 1536}
+
+
+def _float_model(batch_dims: tuple[int, ...] = (3,)) -> onnx.ModelProto:
+    """Four projections of three inputs, quantised as the build does: x's two (merged into one), h's
+    and w's; each input's width takes another way of summing blocks (see SHAPES)."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, k: int, n: int) -> onnx.TensorProto:
+        w = rng.normal(size=(k, n)) * 0.1 + rng.normal(size=(1, n)) * 0.05
+        return numpy_helper.from_array(w.astype(np.float32), name)
+
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [*batch_dims, k]) for n, k in SHAPES.items()
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [*batch_dims, c])
+        for n, c in (("a", 40), ("b", 24), ("c", 33), ("d", 48))
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wa"], ["a"]),
+        helper.make_node("MatMul", ["x", "wb"], ["b"]),
+        helper.make_node("MatMul", ["h", "wc"], ["c"]),
+        helper.make_node("MatMul", ["w", "wd"], ["d"]),
+    ]
+    inits = [weight("wa", 64, 40), weight("wb", 64, 24), weight("wc", 100, 33), weight("wd", 1536, 48)]
+    graph = helper.make_graph(nodes, "projections", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = onnx.shape_inference.infer_shapes(model)
+    merge_sibling_matmuls(model)
+    quantize_int4_with_offsets(model, 4)
+    return model
+
+
+def _feeds(batch_dims: tuple[int, ...] = (3,)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {n: rng.normal(size=(*batch_dims, k)).astype(np.float32) for n, k in SHAPES.items()}
+
+
+def _run(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], library: str | None = None
+) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    if library:
+        options.register_custom_ops_library(library)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [np.asarray(out) for out in session.run(None, feeds)]
+
+
+def test_fusion_keeps_the_weights_and_leaves_one_node_a_projection() -> None:
+    model = _float_model()
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert fuse_q4_offsets(model) == 3  # the merged a/b projection, c, d
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count(OP) == 3 and "MatMulNBits" not in ops and "MatMul" not in ops
+    assert not {"ReduceSum", "Reshape", "Add"} & set(ops)  # block sums and corrections are gone
+    assert any(o.domain == DOMAIN for o in model.opset_import)
+    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for name, packed in before.items():
+        if name.endswith(("_q4", "_scales")):
+            np.testing.assert_array_equal(after[name], packed)  # bit for bit
+        if name.endswith("_offsets"):  # transposed to [N, blocks], same values
+            np.testing.assert_array_equal(after[name + "_by_column"], packed.T.reshape(-1))
+
+
+def test_a_graph_without_the_pattern_is_left_alone() -> None:
+    model = _float_model()
+    add = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
+    model.graph.output.append(helper.make_tensor_value_info(add.output[0], TensorProto.FLOAT, None))
+    fused = fuse_q4_offsets(model)  # that projection's raw 4-bit output is read elsewhere: kept
+    assert fused == 2 and [n.op_type for n in model.graph.node].count("MatMulNBits") == 1
+    plain = helper.make_model(helper.make_graph([], "empty", [], []))
+    assert fuse_q4_offsets(plain) == 0 and len(plain.opset_import) == 1
+
+
+@pytest.mark.parametrize("batch_dims", [(1,), (3,), (2, 5)])
+def test_the_operator_computes_what_the_standard_graph_computes(
+    cpu_ops_library: str, batch_dims: tuple[int, ...]
+) -> None:
+    """Same activation rounding (int8 by blocks of 32) as MatMulNBits at accuracy level 4: the two agree
+    to float rounding (2e-7 of the output's range measured), far closer than either is to the exact
+    product (~0.5%)."""
+    model = _float_model(batch_dims)
+    feeds = _feeds(batch_dims)
+    standard = _run(model, feeds)
+    fuse_q4_offsets(model)
+    fused = _run(model, feeds, cpu_ops_library)
+    for want, got in zip(standard, fused, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+KERNEL_SCRIPT = """
+import json, sys
+import numpy as np
+from tests.model_repo.runtime.test_q4_fusion import _float_model, _feeds, _run
+from model_repo.runtime.q4_fusion import fuse_q4_offsets
+model = _float_model((4,))
+fuse_q4_offsets(model)
+print(json.dumps([o.tolist() for o in _run(model, _feeds((4,)), sys.argv[1])]))
+"""
+
+
+def test_every_kernel_gives_the_same_result(cpu_ops_library: str) -> None:
+    """The library picks AVX-512 VNNI, AVX2 or plain C by what the CPU has, once a process; each is
+    forced in its own process ($TRITONFORM_Q4_KERNEL) and all must agree with the plain C one."""
+    kernel = q4_fusion.library_kernel(cpu_ops_library)
+    forced = {"avx512vnni": ["c", "avx2", "avx512"], "avx2": ["c", "avx2"]}.get(kernel, ["c"])
+    results = {}
+    root = Path(__file__).resolve().parents[3]
+    for name in forced:
+        out = subprocess.run(
+            [sys.executable, "-c", KERNEL_SCRIPT, cpu_ops_library],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env={"TRITONFORM_Q4_KERNEL": name, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+        )
+        results[name] = [np.asarray(o, dtype=np.float32) for o in json.loads(out.stdout)]
+    assert len(results) == len(forced) >= 2 or kernel not in q4_fusion.VECTOR_KERNELS
+    for name, outputs in results.items():
+        for want, got in zip(results["c"], outputs, strict=True):
+            scale = float(np.abs(want).max())
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+
+
+def test_session_model_fuses_only_on_the_cpu_with_a_working_library(
+    tmp_path: Path, cpu_ops_library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "model.onnx"
+    onnx.save(_float_model(), str(path))
+    monkeypatch.delenv(CPU_OPS_ENV, raising=False)
+    source, ops = session_model(path, "CPUExecutionProvider")
+    assert source == path and ops.library is None and CPU_OPS_ENV in ops.state
+    monkeypatch.setenv(CPU_OPS_ENV, "off")
+    assert session_model(path, "CPUExecutionProvider")[1].state == f"off (${CPU_OPS_ENV}=off)"
+    monkeypatch.setenv(CPU_OPS_ENV, str(tmp_path / "missing.so"))
+    assert "no such file" in session_model(path, "CPUExecutionProvider")[1].state
+    monkeypatch.setenv(CPU_OPS_ENV, str(path))  # a file, but no library
+    assert "does not load" in session_model(path, "CPUExecutionProvider")[1].state
+    monkeypatch.setenv(CPU_OPS_ENV, cpu_ops_library)
+    source, ops = session_model(path, "CUDAExecutionProvider")
+    assert source == path and "CUDAExecutionProvider" in ops.state
+    source, ops = session_model(path, "CPUExecutionProvider")
+    if ops.kernel in q4_fusion.VECTOR_KERNELS:
+        assert isinstance(source, bytes) and ops.library == cpu_ops_library and ops.fused == 3
+        assert ops.state.startswith("on (3 projections")
+    else:  # a CPU without AVX2: onnxruntime's kernels are the faster ones, so nothing is fused
+        assert source == path and "AVX2" in ops.state
