@@ -13,13 +13,14 @@
    Output:  Y      float [..., N]
    Attributes: K, N.
 
-   How: each row of A is quantised once per call to int8 by blocks of 32 (scale = max|a| / 127, the
-   same activation rounding as onnxruntime's MatMulNBits at accuracy_level 4 and llama.cpp's Q8 dot
-   products), with its even and odd elements apart so they line up with the low and high nibbles; each
-   block's exact float sum of A carries the offset term, so the activations' rounding only meets the
-   centred weights (q - 8) * scale: half the error of rounding against q * scale. The dot products run on AVX-512 VNNI or AVX2
-   when the CPU has them (chosen once, at load), otherwise on plain C; onnxruntime's intra-op thread pool
-   splits the output columns. */
+   How: the weights are repacked once, when onnxruntime creates the kernel, into tiles of 16 output
+   columns x one block (see Kernel), the shape of a 4-way int8 dot product a column. Each call quantises
+   A's rows to int8 by blocks of 32 (scale = max|a| / 127: the activation rounding of onnxruntime's
+   MatMulNBits at accuracy_level 4 and of llama.cpp's Q8 dot products); each block's exact float sum of
+   A carries the offset term, so the rounding only meets the centred weights (q - 8) * scale, as in
+   MatMulNBits. A tile's 16 columns are one AVX-512 register (AVX2: two), up to 4 rows of A share each
+   unpacked tile, and onnxruntime's intra-op thread pool splits the column groups. AVX-512 VNNI, AVX2 or
+   plain C is picked once, by what the CPU has. */
 
 #include <math.h>
 #include <stdint.h>
@@ -36,29 +37,64 @@
 #endif
 
 #define BLOCK 32
-#define HALF 16
-#define COLUMNS_PER_TASK 16
+#define GROUP 16                         /* output columns a tile */
+#define TILE_Q (GROUP * BLOCK / 2)       /* 256 bytes of 4-bit weights */
+#define TILE (TILE_Q + 2 * GROUP * 4)    /* + 16 scales and 16 offsets, float32 */
+#define GROUPS_PER_TASK 4
+#define ROWS_AT_ONCE 4
 
 static const OrtApi *g_ort = NULL;
 
+/* The weights, repacked once when the kernel is created, as tiles of 16 columns x one block of 32:
+     bytes [0, 256):   4 chunks of 64 bytes; chunk c holds, for column j = 0..15 and i = 0..3, the byte
+                       q[j][4c + i] | q[j][16 + 4c + i] << 4 at 4j + i: one 32-bit lane a column, four
+                       consecutive k's, which is the operand shape of a 4-way int8 dot product;
+     floats [256, 320): the 16 columns' scales;  floats [320, 384): their offsets.
+   Tile (g, b) is at (g * blocks + b) * TILE: one group's blocks are read in order, ~1.5 KB apart from
+   nothing else. Columns past N are zero. */
 typedef struct {
-  int64_t k, n;
+  int64_t k, n, blocks, groups;
+  uint8_t *tiles;
 } Kernel;
 
 typedef struct {
-  const int8_t *qa_even, *qa_odd; /* [M, blocks * 16] */
-  const float *da, *sums, *centre; /* [M, blocks]: int8 scale, exact sum, -8 * da * sum of int8 */
-  const uint8_t *packed;          /* [N, blocks, 16] */
-  const float *scales, *offsets;  /* [N, blocks] */
-  float *y;                       /* [M, N] */
-  int64_t m, n, blocks;
+  const int8_t *qa;                /* [M, blocks * 32] the activations in int8 */
+  const float *da, *sums, *centre; /* [M, blocks]: int8 scale, exact sum, -8 * da * sum of the int8 */
+  const Kernel *kernel;
+  float *y; /* [M, N] */
+  int64_t m;
 } Work;
 
-typedef void (*ColumnsFn)(const Work *, int64_t, int64_t);
+typedef void (*GroupsFn)(const Work *, int64_t, int64_t);
 
-/* ---- activations: int8 by blocks, even and odd elements apart, exact block sums ------------------ */
-static void quantise_rows(const float *a, int64_t m, int64_t k, int64_t blocks, int8_t *qe, int8_t *qo,
-                          float *da, float *sums, float *centre) {
+static void repack(Kernel *kernel, const uint8_t *packed, const float *scales, const float *offsets) {
+  const int64_t nb = kernel->blocks;
+  for (int64_t g = 0; g < kernel->groups; ++g) {
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t *tile = kernel->tiles + (g * nb + b) * TILE;
+      float *sc = (float *)(tile + TILE_Q), *of = sc + GROUP;
+      for (int j = 0; j < GROUP; ++j) {
+        int64_t n = g * GROUP + j;
+        if (n >= kernel->n) continue; /* calloc'd: zeros */
+        const uint8_t *src = packed + (n * nb + b) * (BLOCK / 2); /* byte t: k = 2t low, 2t + 1 high */
+        uint8_t q[BLOCK];
+        for (int t = 0; t < BLOCK / 2; ++t) {
+          q[2 * t] = src[t] & 0x0F;
+          q[2 * t + 1] = src[t] >> 4;
+        }
+        for (int c = 0; c < 4; ++c)
+          for (int i = 0; i < 4; ++i)
+            tile[c * 64 + 4 * j + i] = (uint8_t)(q[4 * c + i] | (q[16 + 4 * c + i] << 4));
+        sc[j] = scales[n * nb + b];
+        of[j] = offsets[n * nb + b];
+      }
+    }
+  }
+}
+
+/* ---- activations: int8 by blocks of 32, exact block sums ---------------------------------------- */
+static void quantise_rows(const float *a, int64_t m, int64_t k, int64_t blocks, int8_t *qa, float *da,
+                          float *sums, float *centre) {
   for (int64_t r = 0; r < m; ++r) {
     const float *row = a + r * k;
     for (int64_t b = 0; b < blocks; ++b) {
@@ -72,12 +108,11 @@ static void quantise_rows(const float *a, int64_t m, int64_t k, int64_t blocks, 
         amax = x > amax ? x : amax;
       }
       float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-      int8_t *e = qe + (r * blocks + b) * HALF, *o = qo + (r * blocks + b) * HALF;
+      int8_t *q = qa + (r * blocks + b) * BLOCK;
       int32_t isum = 0;
-      for (int j = 0; j < HALF; ++j) {
-        e[j] = (int8_t)lrintf(v[2 * j] * inv);
-        o[j] = (int8_t)lrintf(v[2 * j + 1] * inv);
-        isum += e[j] + o[j];
+      for (int j = 0; j < BLOCK; ++j) {
+        q[j] = (int8_t)lrintf(v[j] * inv);
+        isum += q[j];
       }
       da[r * blocks + b] = d;
       sums[r * blocks + b] = sum;
@@ -86,116 +121,131 @@ static void quantise_rows(const float *a, int64_t m, int64_t k, int64_t blocks, 
   }
 }
 
-/* ---- dot products: plain C --------------------------------------------------------------------- */
-static void columns_c(const Work *w, int64_t n0, int64_t n1) {
-  const int64_t nb = w->blocks;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t *wq = w->packed + n * nb * HALF;
-    const float *sc = w->scales + n * nb, *of = w->offsets + n * nb;
+static void store(const Work *w, int64_t r, int64_t g, const float *acc) {
+  int64_t n0 = g * GROUP, n = w->kernel->n;
+  for (int j = 0; j < GROUP && n0 + j < n; ++j) w->y[r * n + n0 + j] = acc[j];
+}
+
+/* ---- plain C ------------------------------------------------------------------------------------ */
+static void groups_c(const Work *w, int64_t g0, int64_t g1) {
+  const int64_t nb = w->kernel->blocks;
+  for (int64_t g = g0; g < g1; ++g) {
     for (int64_t r = 0; r < w->m; ++r) {
-      const int8_t *e = w->qa_even + r * nb * HALF, *o = w->qa_odd + r * nb * HALF;
-      const float *da = w->da + r * nb, *s = w->sums + r * nb, *c = w->centre + r * nb;
-      float acc = 0.f;
+      float acc[GROUP] = {0};
       for (int64_t b = 0; b < nb; ++b) {
-        int32_t dot = 0;
-        for (int j = 0; j < HALF; ++j) {
-          uint8_t byte = wq[b * HALF + j];
-          dot += (int32_t)(byte & 0x0F) * e[b * HALF + j] + (int32_t)(byte >> 4) * o[b * HALF + j];
+        const uint8_t *tile = w->kernel->tiles + (g * nb + b) * TILE;
+        const float *sc = (const float *)(tile + TILE_Q), *of = sc + GROUP;
+        const int8_t *qa = w->qa + (r * nb + b) * BLOCK;
+        int64_t rb = r * nb + b;
+        for (int j = 0; j < GROUP; ++j) {
+          int32_t dot = 0;
+          for (int c = 0; c < 4; ++c)
+            for (int i = 0; i < 4; ++i) {
+              uint8_t byte = tile[c * 64 + 4 * j + i];
+              dot += (byte & 0x0F) * qa[4 * c + i] + (byte >> 4) * qa[16 + 4 * c + i];
+            }
+          acc[j] += sc[j] * ((float)dot * w->da[rb] + w->centre[rb]) + of[j] * w->sums[rb];
         }
-        acc += (float)dot * sc[b] * da[b] + of[b] * s[b] + sc[b] * c[b];
       }
-      w->y[r * w->n + n] = acc;
+      store(w, r, g, acc);
     }
   }
 }
 
 #if TF_X86
-/* ---- AVX-512 VNNI: four blocks an instruction ---------------------------------------------------- */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void columns_avx512(const Work *w,
-                                                                                             int64_t n0,
-                                                                                             int64_t n1) {
-  const int64_t nb = w->blocks;
+static int32_t quad(const int8_t *p) {
+  int32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+/* ---- AVX-512 VNNI: a tile's 16 columns in one register, up to 4 rows on the same unpacked weights -- */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void groups_avx512(const Work *w,
+                                                                                            int64_t g0,
+                                                                                            int64_t g1) {
+  const int64_t nb = w->kernel->blocks;
   const __m512i nibble = _mm512_set1_epi8(0x0F);
-  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t *wq = w->packed + n * nb * HALF;
-    const float *sc = w->scales + n * nb, *of = w->offsets + n * nb;
-    for (int64_t r = 0; r < w->m; ++r) {
-      const int8_t *e = w->qa_even + r * nb * HALF, *o = w->qa_odd + r * nb * HALF;
-      const float *da = w->da + r * nb, *s = w->sums + r * nb, *c = w->centre + r * nb;
-      __m512 acc = _mm512_setzero_ps();
-      for (int64_t b = 0; b < nb; b += 4) {
-        int64_t left = nb - b < 4 ? nb - b : 4;
-        __mmask64 bytes = left == 4 ? ~(__mmask64)0 : (((__mmask64)1 << (left * HALF)) - 1);
-        __mmask8 four = (__mmask8)((1u << left) - 1);
-        __m512i packed = _mm512_maskz_loadu_epi8(bytes, wq + b * HALF);
-        __m512i low = _mm512_and_si512(packed, nibble);
-        __m512i high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-        __m512i ae = _mm512_maskz_loadu_epi8(bytes, e + b * HALF);
-        __m512i ao = _mm512_maskz_loadu_epi8(bytes, o + b * HALF);
-        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, ae);
-        dot = _mm512_dpbusd_epi32(dot, high, ao);
-        __m128 f = _mm_mul_ps(_mm_maskz_loadu_ps(four, sc + b), _mm_maskz_loadu_ps(four, da + b));
-        __m512 fs = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(f));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), fs, acc);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t r0 = 0; r0 < w->m; r0 += ROWS_AT_ONCE) {
+      int rows = w->m - r0 < ROWS_AT_ONCE ? (int)(w->m - r0) : ROWS_AT_ONCE;
+      __m512 acc[ROWS_AT_ONCE] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                                  _mm512_setzero_ps()};
+      const uint8_t *tile = w->kernel->tiles + g * nb * TILE;
+      for (int64_t b = 0; b < nb; ++b, tile += TILE) {
+        __m512i lo[4], hi[4];
+        for (int c = 0; c < 4; ++c) {
+          __m512i q = _mm512_loadu_si512((const void *)(tile + c * 64));
+          lo[c] = _mm512_and_si512(q, nibble);
+          hi[c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble);
+        }
+        __m512 sc = _mm512_loadu_ps((const float *)(tile + TILE_Q));
+        __m512 of = _mm512_loadu_ps((const float *)(tile + TILE_Q) + GROUP);
+        for (int r = 0; r < rows; ++r) {
+          int64_t rb = (r0 + r) * nb + b;
+          const int8_t *qa = w->qa + rb * BLOCK;
+          __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], _mm512_set1_epi32(quad(qa)));
+          __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[0], _mm512_set1_epi32(quad(qa + 16)));
+          for (int c = 1; c < 4; ++c) {
+            d0 = _mm512_dpbusd_epi32(d0, lo[c], _mm512_set1_epi32(quad(qa + 4 * c)));
+            d1 = _mm512_dpbusd_epi32(d1, hi[c], _mm512_set1_epi32(quad(qa + 16 + 4 * c)));
+          }
+          __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)), _mm512_set1_ps(w->da[rb]),
+                                     _mm512_set1_ps(w->centre[rb]));
+          acc[r] = _mm512_fmadd_ps(sc, t, acc[r]);
+          acc[r] = _mm512_fmadd_ps(of, _mm512_set1_ps(w->sums[rb]), acc[r]);
+        }
       }
-      for (int64_t b = 0; b < nb; b += 16) {
-        int64_t left = nb - b < 16 ? nb - b : 16;
-        __mmask16 lanes = (__mmask16)((1u << left) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, of + b), _mm512_maskz_loadu_ps(lanes, s + b), acc);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, sc + b), _mm512_maskz_loadu_ps(lanes, c + b), acc);
+      for (int r = 0; r < rows; ++r) {
+        float out[GROUP];
+        _mm512_storeu_ps(out, acc[r]);
+        store(w, r0 + r, g, out);
       }
-      w->y[r * w->n + n] = _mm512_reduce_add_ps(acc);
     }
   }
 }
 
-/* ---- AVX2: two blocks an iteration (maddubs: u8 x s8 pairs to int16, then madd to int32) -------- */
-__attribute__((target("avx2,fma"))) static void columns_avx2(const Work *w, int64_t n0, int64_t n1) {
-  const int64_t nb = w->blocks;
+/* ---- AVX2: half a tile (8 columns) a register; maddubs (u8 x s8 pairs to int16: 16 products of at
+   most 15 * 127 fit) then madd to int32 ------------------------------------------------------------ */
+__attribute__((target("avx2,fma"))) static void groups_avx2(const Work *w, int64_t g0, int64_t g1) {
+  const int64_t nb = w->kernel->blocks;
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t *wq = w->packed + n * nb * HALF;
-    const float *sc = w->scales + n * nb, *of = w->offsets + n * nb;
+  for (int64_t g = g0; g < g1; ++g) {
     for (int64_t r = 0; r < w->m; ++r) {
-      const int8_t *e = w->qa_even + r * nb * HALF, *o = w->qa_odd + r * nb * HALF;
-      const float *da = w->da + r * nb, *s = w->sums + r * nb, *c = w->centre + r * nb;
-      __m256 acc = _mm256_setzero_ps();
-      int64_t b = 0;
-      for (; b + 2 <= nb; b += 2) {
-        __m256i packed = _mm256_loadu_si256((const __m256i *)(wq + b * HALF));
-        __m256i low = _mm256_and_si256(packed, nibble);
-        __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-        __m256i ae = _mm256_loadu_si256((const __m256i *)(e + b * HALF));
-        __m256i ao = _mm256_loadu_si256((const __m256i *)(o + b * HALF));
-        __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(low, ae), _mm256_maddubs_epi16(high, ao));
-        __m256i dot = _mm256_madd_epi16(p, ones); /* lanes 0-3: block b, 4-7: block b + 1 */
-        __m256 fs = _mm256_setr_ps(sc[b] * da[b], sc[b] * da[b], sc[b] * da[b], sc[b] * da[b],
-                                   sc[b + 1] * da[b + 1], sc[b + 1] * da[b + 1], sc[b + 1] * da[b + 1],
-                                   sc[b + 1] * da[b + 1]);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), fs, acc);
-      }
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      float total = _mm_cvtss_f32(h);
-      for (; b < nb; ++b) { /* an odd last block */
-        int32_t dot = 0;
-        for (int j = 0; j < HALF; ++j) {
-          uint8_t byte = wq[b * HALF + j];
-          dot += (int32_t)(byte & 0x0F) * e[b * HALF + j] + (int32_t)(byte >> 4) * o[b * HALF + j];
+      __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+      const uint8_t *tile = w->kernel->tiles + g * nb * TILE;
+      for (int64_t b = 0; b < nb; ++b, tile += TILE) {
+        int64_t rb = r * nb + b;
+        const int8_t *qa = w->qa + rb * BLOCK;
+        __m256 da = _mm256_set1_ps(w->da[rb]), ce = _mm256_set1_ps(w->centre[rb]);
+        __m256 su = _mm256_set1_ps(w->sums[rb]);
+        for (int h = 0; h < 2; ++h) {
+          __m256i p = _mm256_setzero_si256();
+          for (int c = 0; c < 4; ++c) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(tile + c * 64 + h * 32));
+            __m256i lo = _mm256_and_si256(q, nibble);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(lo, _mm256_set1_epi32(quad(qa + 4 * c))));
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi, _mm256_set1_epi32(quad(qa + 16 + 4 * c))));
+          }
+          __m256i dot = _mm256_madd_epi16(p, ones);
+          __m256 sc = _mm256_loadu_ps((const float *)(tile + TILE_Q) + 8 * h);
+          __m256 of = _mm256_loadu_ps((const float *)(tile + TILE_Q) + GROUP + 8 * h);
+          __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), da, ce);
+          acc[h] = _mm256_fmadd_ps(sc, t, acc[h]);
+          acc[h] = _mm256_fmadd_ps(of, su, acc[h]);
         }
-        total += (float)dot * sc[b] * da[b];
       }
-      for (int64_t i = 0; i < nb; ++i) total += of[i] * s[i] + sc[i] * c[i];
-      w->y[r * w->n + n] = total;
+      float out[GROUP];
+      _mm256_storeu_ps(out, acc[0]);
+      _mm256_storeu_ps(out + 8, acc[1]);
+      store(w, r, g, out);
     }
   }
 }
 #endif
 
-static ColumnsFn g_columns = columns_c;
+static GroupsFn g_groups = groups_c;
 static const char *g_kernel_name = "c";
 
 static void pick_kernel(void) {
@@ -208,10 +258,10 @@ static void pick_kernel(void) {
   if (force && strcmp(force, "c") == 0) avx512 = avx2 = 0;
   if (force && strcmp(force, "avx2") == 0) avx512 = 0;
   if (avx512) {
-    g_columns = columns_avx512;
+    g_groups = groups_avx512;
     g_kernel_name = "avx512vnni";
   } else if (avx2) {
-    g_columns = columns_avx2;
+    g_groups = groups_avx2;
     g_kernel_name = "avx2";
   }
 #else
@@ -227,19 +277,50 @@ const char *tritonform_q4_kernel(void) {
 
 static void run_task(void *data, size_t task) {
   const Work *w = (const Work *)data;
-  int64_t n0 = (int64_t)task * COLUMNS_PER_TASK;
-  int64_t n1 = n0 + COLUMNS_PER_TASK < w->n ? n0 + COLUMNS_PER_TASK : w->n;
-  g_columns(w, n0, n1);
+  int64_t g0 = (int64_t)task * GROUPS_PER_TASK, groups = w->kernel->groups;
+  g_groups(w, g0, g0 + GROUPS_PER_TASK < groups ? g0 + GROUPS_PER_TASK : groups);
 }
 
 /* ---- onnxruntime glue ------------------------------------------------------------------------- */
-#define RETURN_IF_ERROR(expr)          \
-  do {                                 \
-    OrtStatus *status_ = (expr);       \
+#define RETURN_IF_ERROR(expr)            \
+  do {                                   \
+    OrtStatus *status_ = (expr);         \
     if (status_ != NULL) return status_; \
   } while (0)
 
 static OrtStatus *error(const char *message) { return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, message); }
+
+static OrtStatus *shape(const OrtValue *value, int64_t *dims, size_t *rank) {
+  OrtTensorTypeAndShapeInfo *info = NULL;
+  RETURN_IF_ERROR(g_ort->GetTensorTypeAndShape(value, &info));
+  OrtStatus *status = g_ort->GetDimensionsCount(info, rank);
+  if (status == NULL && *rank > 8) status = error("Q4OffsetMatMul: an input has more than 8 dimensions");
+  if (status == NULL) status = g_ort->GetDimensions(info, dims, *rank);
+  g_ort->ReleaseTensorTypeAndShapeInfo(info);
+  return status;
+}
+
+/* The data of constant input `index` (an initializer), checked to have `count` elements in `rank` dims. */
+static OrtStatus *constant(const OrtKernelInfo *info, size_t index, size_t rank, int64_t count,
+                           const char *message, void **data) {
+  int is_constant = 0;
+  const OrtValue *value = NULL;
+  RETURN_IF_ERROR(g_ort->KernelInfoGetConstantInput_tensor(info, index, &is_constant, &value));
+  if (!is_constant || value == NULL) return error("Q4OffsetMatMul: the weights must be initializers");
+  int64_t dims[8];
+  size_t got = 0;
+  RETURN_IF_ERROR(shape(value, dims, &got));
+  int64_t elements = 1;
+  for (size_t i = 0; i < got; ++i) elements *= dims[i];
+  if (got != rank || elements != count) return error(message);
+  return g_ort->GetTensorMutableData((OrtValue *)value, data);
+}
+
+static void ORT_API_CALL destroy(void *op_kernel) {
+  Kernel *kernel = (Kernel *)op_kernel;
+  if (kernel != NULL) free(kernel->tiles);
+  free(kernel);
+}
 
 static OrtStatus *ORT_API_CALL create_kernel_v2(const OrtCustomOp *op, const OrtApi *api,
                                                 const OrtKernelInfo *info, void **out) {
@@ -247,74 +328,65 @@ static OrtStatus *ORT_API_CALL create_kernel_v2(const OrtCustomOp *op, const Ort
   (void)api;
   Kernel *kernel = (Kernel *)calloc(1, sizeof(Kernel));
   if (kernel == NULL) return g_ort->CreateStatus(ORT_FAIL, "Q4OffsetMatMul: out of memory");
+  void *packed = NULL, *scales = NULL, *offsets = NULL;
   OrtStatus *status = g_ort->KernelInfoGetAttribute_int64(info, "K", &kernel->k);
   if (status == NULL) status = g_ort->KernelInfoGetAttribute_int64(info, "N", &kernel->n);
   if (status == NULL && (kernel->k <= 0 || kernel->n <= 0))
     status = error("Q4OffsetMatMul: attributes K and N must be positive");
+  kernel->blocks = (kernel->k + BLOCK - 1) / BLOCK;
+  kernel->groups = (kernel->n + GROUP - 1) / GROUP;
+  int64_t cells = kernel->n * kernel->blocks;
+  if (status == NULL)
+    status = constant(info, 1, 3, cells * (BLOCK / 2), "Q4OffsetMatMul: packed weights must be [N, blocks, 16]",
+                      &packed);
+  if (status == NULL)
+    status = constant(info, 2, 1, cells, "Q4OffsetMatMul: scales must be [N * blocks]", &scales);
+  if (status == NULL)
+    status = constant(info, 3, 1, cells, "Q4OffsetMatMul: offsets must be [N * blocks]", &offsets);
+  if (status == NULL) {
+    kernel->tiles = (uint8_t *)calloc((size_t)(kernel->groups * kernel->blocks), TILE);
+    if (kernel->tiles == NULL) status = g_ort->CreateStatus(ORT_FAIL, "Q4OffsetMatMul: out of memory");
+  }
   if (status != NULL) {
-    free(kernel);
+    destroy(kernel);
     return status;
   }
+  repack(kernel, (const uint8_t *)packed, (const float *)scales, (const float *)offsets);
   *out = kernel;
   return NULL;
 }
 
-static OrtStatus *input(OrtKernelContext *context, size_t index, const OrtValue **value, int64_t *dims,
-                        size_t *rank, size_t max_rank) {
-  RETURN_IF_ERROR(g_ort->KernelContext_GetInput(context, index, value));
-  OrtTensorTypeAndShapeInfo *info = NULL;
-  RETURN_IF_ERROR(g_ort->GetTensorTypeAndShape(*value, &info));
-  OrtStatus *status = g_ort->GetDimensionsCount(info, rank);
-  if (status == NULL && *rank > max_rank) status = error("Q4OffsetMatMul: input has too many dimensions");
-  if (status == NULL) status = g_ort->GetDimensions(info, dims, *rank);
-  g_ort->ReleaseTensorTypeAndShapeInfo(info);
-  return status;
-}
-
 static OrtStatus *ORT_API_CALL compute_v2(void *op_kernel, OrtKernelContext *context) {
   const Kernel *kernel = (const Kernel *)op_kernel;
-  const int64_t k = kernel->k, n = kernel->n, blocks = (k + BLOCK - 1) / BLOCK;
-  const OrtValue *a_value, *packed_value, *scales_value, *offsets_value;
-  int64_t dims[8], other[8];
-  size_t rank = 0, other_rank = 0;
-  RETURN_IF_ERROR(input(context, 0, &a_value, dims, &rank, 8));
+  const int64_t k = kernel->k, n = kernel->n, blocks = kernel->blocks;
+  const OrtValue *a_value = NULL;
+  int64_t dims[8];
+  size_t rank = 0;
+  RETURN_IF_ERROR(g_ort->KernelContext_GetInput(context, 0, &a_value));
+  RETURN_IF_ERROR(shape(a_value, dims, &rank));
   if (rank < 1 || dims[rank - 1] != k) return error("Q4OffsetMatMul: A's last dimension is not K");
-  RETURN_IF_ERROR(input(context, 1, &packed_value, other, &other_rank, 8));
-  if (other_rank != 3 || other[0] != n || other[1] != blocks || other[2] != HALF)
-    return error("Q4OffsetMatMul: packed weights must be [N, ceil(K / 32), 16]");
-  RETURN_IF_ERROR(input(context, 2, &scales_value, other, &other_rank, 8));
-  if (other_rank != 1 || other[0] != n * blocks) return error("Q4OffsetMatMul: scales must be [N * blocks]");
-  RETURN_IF_ERROR(input(context, 3, &offsets_value, other, &other_rank, 8));
-  if (other_rank != 1 || other[0] != n * blocks) return error("Q4OffsetMatMul: offsets must be [N * blocks]");
-
   int64_t m = 1;
   for (size_t i = 0; i + 1 < rank; ++i) m *= dims[i];
   dims[rank - 1] = n;
   OrtValue *y_value = NULL;
   RETURN_IF_ERROR(g_ort->KernelContext_GetOutput(context, 0, dims, rank, &y_value));
   if (m == 0) return NULL;
-
-  const float *a, *scales, *offsets;
-  const uint8_t *packed;
+  const float *a;
   float *y;
   RETURN_IF_ERROR(g_ort->GetTensorMutableData((OrtValue *)a_value, (void **)&a));
-  RETURN_IF_ERROR(g_ort->GetTensorMutableData((OrtValue *)packed_value, (void **)&packed));
-  RETURN_IF_ERROR(g_ort->GetTensorMutableData((OrtValue *)scales_value, (void **)&scales));
-  RETURN_IF_ERROR(g_ort->GetTensorMutableData((OrtValue *)offsets_value, (void **)&offsets));
   RETURN_IF_ERROR(g_ort->GetTensorMutableData(y_value, (void **)&y));
 
-  /* one buffer: int8 even and odd halves, then the float block scales, sums and centring terms */
-  size_t quantised = (size_t)(m * blocks * HALF);
-  size_t bytes = 2 * quantised + 3 * (size_t)(m * blocks) * sizeof(float) + 64;
-  char *scratch = (char *)malloc(bytes);
+  /* one buffer: the int8 activations, then their block scales, sums and centring terms */
+  size_t quantised = (size_t)(m * blocks * BLOCK);
+  char *scratch = (char *)malloc(quantised + 3 * (size_t)(m * blocks) * sizeof(float) + 64);
   if (scratch == NULL) return g_ort->CreateStatus(ORT_FAIL, "Q4OffsetMatMul: out of memory");
-  int8_t *qe = (int8_t *)scratch, *qo = qe + quantised;
-  float *da = (float *)(((uintptr_t)(qo + quantised) + 63) & ~(uintptr_t)63), *sums = da + m * blocks;
+  int8_t *qa = (int8_t *)scratch;
+  float *da = (float *)(((uintptr_t)(qa + quantised) + 63) & ~(uintptr_t)63), *sums = da + m * blocks;
   float *centre = sums + m * blocks;
-  quantise_rows(a, m, k, blocks, qe, qo, da, sums, centre);
+  quantise_rows(a, m, k, blocks, qa, da, sums, centre);
 
-  Work work = {qe, qo, da, sums, centre, packed, scales, offsets, y, m, n, blocks};
-  size_t tasks = (size_t)((n + COLUMNS_PER_TASK - 1) / COLUMNS_PER_TASK);
+  Work work = {qa, da, sums, centre, kernel, y, m};
+  size_t tasks = (size_t)((kernel->groups + GROUPS_PER_TASK - 1) / GROUPS_PER_TASK);
   OrtStatus *status = g_ort->KernelContext_ParallelFor(context, run_task, tasks, 0, &work);
   free(scratch);
   return status;
@@ -330,7 +402,6 @@ static void ORT_API_CALL compute(void *op_kernel, OrtKernelContext *context) {
   OrtStatus *status = compute_v2(op_kernel, context);
   if (status != NULL) g_ort->ReleaseStatus(status);
 }
-static void ORT_API_CALL destroy(void *op_kernel) { free(op_kernel); }
 static const char *ORT_API_CALL op_name(const OrtCustomOp *op) {
   (void)op;
   return "Q4OffsetMatMul";
