@@ -4,6 +4,7 @@ computes (MatMulNBits at accuracy level 4 + the offset correction) on each of it
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -23,12 +24,25 @@ from model_repo.runtime.q4_fusion import CPU_OPS_ENV, DOMAIN, OP, fuse_q4_offset
 SHAPES = {"x": 64, "h": 100, "w": 1536}
 
 
-def _float_model(batch_dims: tuple[int, ...] = (3,)) -> onnx.ModelProto:
+def _q4_1_weight(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """A weight as a Q4_1 GGUF stores it: per block of 32 along K, q * d + m, d and m float16."""
+    blocks = -(-k // 32)
+    q = rng.integers(0, 16, size=(n, blocks, 32)).astype(np.float32)
+    q[..., 0], q[..., 1] = 0, 15  # each block spans its whole range, as Q4_1's min/max rounding does
+    d = rng.uniform(0.001, 0.05, size=(n, blocks, 1)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.4, 0.1, size=(n, blocks, 1)).astype(np.float16).astype(np.float32)
+    return (q * d + m).reshape(n, blocks * 32)[:, :k].T.astype(np.float32)
+
+
+def _float_model(batch_dims: tuple[int, ...] = (3,), q4_1: bool = False) -> onnx.ModelProto:
     """Four projections of three inputs, quantised as the build does: x's two (merged into one), h's
-    and w's; each input's width takes another way of summing blocks (see SHAPES)."""
+    and w's; each input's width takes another way of summing blocks (see SHAPES). `q4_1`: weights on a
+    Q4_1 grid (the default model's), else any floats."""
     rng = np.random.default_rng(0)
 
     def weight(name: str, k: int, n: int) -> onnx.TensorProto:
+        if q4_1:
+            return numpy_helper.from_array(_q4_1_weight(rng, k, n), name)
         w = rng.normal(size=(k, n)) * 0.1 + rng.normal(size=(1, n)) * 0.05
         return numpy_helper.from_array(w.astype(np.float32), name)
 
@@ -96,21 +110,34 @@ def test_a_graph_without_the_pattern_is_left_alone() -> None:
     assert fuse_q4_offsets(plain) == 0 and len(plain.opset_import) == 1
 
 
+def _tables(library: str) -> tuple[int, int]:
+    """(kernels created with float16 tables, with float32 ones) in this process, as the library counts."""
+    count = ctypes.CDLL(library).tritonform_q4_tables
+    count.restype = ctypes.c_int64
+    return int(count(1)), int(count(0))
+
+
+@pytest.mark.parametrize("q4_1", [False, True], ids=["any-weights", "q4_1-grid"])
 @pytest.mark.parametrize("batch_dims", [(1,), (3,), (2, 5)])
 def test_the_operator_computes_what_the_standard_graph_computes(
-    cpu_ops_library: str, batch_dims: tuple[int, ...]
+    cpu_ops_library: str, batch_dims: tuple[int, ...], q4_1: bool
 ) -> None:
     """Same activation rounding (int8 by blocks of 32) as MatMulNBits at accuracy level 4: the two agree
     to float rounding (2e-7 of the output's range measured), far closer than either is to the exact
-    product (~0.5%)."""
-    model = _float_model(batch_dims)
+    product (~0.5%). Weights on a Q4_1 grid keep their scales and lows in float16 on the vector kernels
+    (losslessly: float16 is what Q4_1 stores); other weights keep float32."""
+    model = _float_model(batch_dims, q4_1)
     feeds = _feeds(batch_dims)
     standard = _run(model, feeds)
     fuse_q4_offsets(model)
+    before = _tables(cpu_ops_library)
     fused = _run(model, feeds, cpu_ops_library)
+    after = _tables(cpu_ops_library)
     for want, got in zip(standard, fused, strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    half = q4_1 and q4_fusion.library_kernel(cpu_ops_library) in q4_fusion.VECTOR_KERNELS
+    assert (after[0] - before[0], after[1] - before[1]) == ((3, 0) if half else (0, 3))
 
 
 KERNEL_SCRIPT = """
@@ -118,9 +145,12 @@ import json, sys
 import numpy as np
 from tests.model_repo.runtime.test_q4_fusion import _float_model, _feeds, _run
 from model_repo.runtime.q4_fusion import fuse_q4_offsets
-model = _float_model((4,))
-fuse_q4_offsets(model)
-print(json.dumps([o.tolist() for o in _run(model, _feeds((4,)), sys.argv[1])]))
+out = []
+for q4_1 in (False, True):
+    model = _float_model((4,), q4_1)
+    fuse_q4_offsets(model)
+    out += [o.tolist() for o in _run(model, _feeds((4,)), sys.argv[1])]
+print(json.dumps(out))
 """
 
 
