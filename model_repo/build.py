@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import platform
 import re
 import shutil
@@ -112,6 +113,10 @@ class _Steps:
         self.on_step(name, self.done)
 
 
+# int4 builds: the quality gate again on the graph `tritonform serve` runs on the CPU (runtime/q4_fusion.py)
+CPU_OPS_QUALITY = "quality cpu ops"
+
+
 def step_names(options: BuildOptions) -> list[str]:
     if options.backend == "tensorrt-llm":
         return ["checkpoint", "metadata", "repository"]
@@ -120,6 +125,8 @@ def step_names(options: BuildOptions) -> list[str]:
     names = ["checkpoint", "reference", "export", "parity"]
     if options.quantize != "none":
         names += ["quantize", "quality"]
+    if options.quantize == "int4":
+        names += [CPU_OPS_QUALITY]
     return [*names, "repository"]
 
 
@@ -253,7 +260,17 @@ def _quantize(
             "seconds": round(q.seconds, 2),
         }
     )
-    _gate(Engine.load(q_dir), reference, report, steps, "quantised", options)
+    _gate(Engine.load(q_dir, cpu_ops="off"), reference, report, steps, "quantised", options)
+    if options.quantize == "int4":  # what `tritonform serve` runs on the CPU, gated the same way
+        fused = _cpu_ops_engine(q_dir, steps)
+        if isinstance(fused, str):
+            with steps.step(CPU_OPS_QUALITY):
+                report[CPU_OPS_QUALITY.replace(" ", "_")] = {"state": fused}
+        else:
+            what = f"quantised, on tritonform's CPU operators ({fused.cpu_ops.state}; build and serve with "
+            what += "TRITONFORM_CPU_OPS=off to use onnxruntime's kernels alone)"
+            _gate(fused, reference, report, steps, what, options, CPU_OPS_QUALITY)
+            report[CPU_OPS_QUALITY.replace(" ", "_")]["state"] = fused.cpu_ops.state
     return q_dir
 
 
@@ -264,12 +281,14 @@ def _gate(
     steps: _Steps,
     what: str,
     options: BuildOptions | None = None,
-) -> None:
-    """The quality gate of a quantised (`options`' thresholds) or fp16 (fixed thresholds) model."""
+    step: str = "quality",
+) -> Any:
+    """The quality gate of a quantised (`options`' thresholds) or fp16 (fixed thresholds) model, as the
+    build step `step`; the report keeps it under the same name. Returns the result."""
     from model_repo.gates import GateError, check_quality, quality_failure_message
     from model_repo.precision import FP16_MAX_PPL_INCREASE, FP16_MIN_AGREEMENT
 
-    with steps.step("quality"):
+    with steps.step(step):
         quality = check_quality(
             engine,
             reference,
@@ -277,10 +296,31 @@ def _gate(
             max_ppl_increase=options.max_ppl_increase if options else FP16_MAX_PPL_INCREASE,
             raise_on_fail=False,
         )
-    report["quality"] = quality.as_dict()
+    report[step.replace(" ", "_")] = quality.as_dict()
     if not quality.passed:
         message = quality_failure_message(quality, what, **({} if options else {"advice": FP16_ADVICE}))
         raise GateError(message + ". The previous repository (if any) is unchanged.")
+    return quality
+
+
+def _cpu_ops_engine(model_dir: Path, steps: _Steps) -> Any:
+    """An engine of `model_dir` on tritonform's CPU operators, or a line saying why there is none."""
+    from model_repo.cpu_ops import CpuOpsError, build_library
+    from model_repo.runtime.engine import Engine
+    from model_repo.runtime.q4_fusion import CPU_OPS_ENV
+
+    if os.environ.get(CPU_OPS_ENV, "").strip().lower() == "off":
+        return f"not checked: ${CPU_OPS_ENV}=off"
+    try:
+        library = build_library(steps.note)
+    except CpuOpsError as exc:
+        steps.note(f"tritonform's CPU operators not checked: {exc}")
+        return f"not checked: {exc}"
+    engine = Engine.load(model_dir, providers=["CPUExecutionProvider"], cpu_ops=str(library))
+    if engine.cpu_ops.library is None:
+        return f"not checked: {engine.cpu_ops.state}"
+    steps.note(f"quality gate again on tritonform's CPU operators ({engine.cpu_ops.state})")
+    return engine
 
 
 def _build_tensorrt_llm(

@@ -150,6 +150,7 @@ class Engine:
         allow_spinning: bool = True,
         spin_only_in_runs: bool = False,
         io_binding: bool | None = None,
+        cpu_ops: str | None = None,
     ) -> Engine:
         """Open a model directory. `num_threads` defaults to $TRITONFORM_NUM_THREADS or `usable_cpus()`.
         `allow_spinning=False` stops idle ORT threads from busy-waiting (better when other processes,
@@ -158,7 +159,10 @@ class Engine:
         (onnxruntime's `session.force_spinning_stop`): a lone stream's step no longer waits for a
         sleeping thread at every operator, and nothing spins between steps. `providers` (see
         runtime/providers.py): the first one must be the one the session runs, else `EngineError` says
-        why (onnxruntime would otherwise fall back to the CPU silently). `io_binding`: see `__init__`."""
+        why (onnxruntime would otherwise fall back to the CPU silently). `io_binding`: see `__init__`.
+        `cpu_ops`: tritonform's CPU operator library (a path, or "off"; default $TRITONFORM_CPU_OPS):
+        on the CPU provider its operators replace the 4-bit projections' standard nodes
+        (runtime/q4_fusion.py; `engine.cpu_ops` says whether they run and why not)."""
         from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
@@ -172,15 +176,15 @@ class Engine:
                 raise EngineError(f"{p} not found: the model directory is incomplete; rebuild it")
         threads = num_threads or int(os.environ.get("TRITONFORM_NUM_THREADS", "0")) or usable_cpus()
         provs = list(providers) if providers else available_providers()
-        source, cpu_ops = session_model(onnx_path, provider_name(provs[0]))
+        source, ops = session_model(onnx_path, provider_name(provs[0]), cpu_ops)
         spin = (allow_spinning, spin_only_in_runs)
         try:
-            session = _open_session(source, provs, threads, *spin, cpu_ops.library)
+            session = _open_session(source, provs, threads, *spin, ops.library)
         except Exception as exc:  # onnxruntime refused the fused graph: run the repository's as it is
-            if cpu_ops.library is None:
+            if ops.library is None:
                 raise
             refused = f"off (onnxruntime refused the fused graph: {exc})"
-            source, cpu_ops = onnx_path, CpuOps(None, cpu_ops.kernel, 0, refused)
+            source, ops = onnx_path, CpuOps(None, ops.kernel, 0, refused)
             session = _open_session(source, provs, threads, *spin, None)
         check_providers(provs, list(session.get_providers()))
         tokenizer = Tokenizer.from_file(str(tok_path))
@@ -190,9 +194,9 @@ class Engine:
             session,
             tokenizer,
             threads,
-            (source, provs, allow_spinning, spin_only_in_runs, cpu_ops.library),
+            (source, provs, allow_spinning, spin_only_in_runs, ops.library),
             io_binding=io_binding,
-            cpu_ops=cpu_ops,
+            cpu_ops=ops,
         )
 
     def sibling(self, num_threads: int) -> Engine:

@@ -41,15 +41,16 @@ class CpuOps:
     state: str
 
 
-def cpu_ops_library() -> tuple[str | None, str, str]:
-    """(library path or None, its kernel on this CPU, why not when None) from $TRITONFORM_CPU_OPS."""
-    given = os.environ.get(CPU_OPS_ENV, "").strip()
+def cpu_ops_library(given: str | None = None) -> tuple[str | None, str, str]:
+    """(library path or None, its kernel on this CPU, why not when None) from `given` (a path or "off"),
+    by default $TRITONFORM_CPU_OPS."""
+    given = (os.environ.get(CPU_OPS_ENV, "") if given is None else given).strip()
     if not given:
         return None, "", f"off (${CPU_OPS_ENV} unset: `tritonform serve` sets it)"
     if given.lower() == "off":
         return None, "", f"off (${CPU_OPS_ENV}=off)"
     if not Path(given).is_file():
-        return None, "", f"off (${CPU_OPS_ENV}={given}: no such file)"
+        return None, "", f"off ({given}: no such file)"
     try:
         kernel = library_kernel(given)
     except (OSError, AttributeError) as exc:
@@ -67,12 +68,13 @@ def library_kernel(library: str) -> str:
     return (kernel_name() or b"").decode()
 
 
-def session_model(onnx_path: Path, provider: str) -> tuple[Path | bytes, CpuOps]:
+def session_model(onnx_path: Path, provider: str, library: str | None = None) -> tuple[Path | bytes, CpuOps]:
     """What to open an onnxruntime session on: the fused graph's bytes with the library to register,
-    or `onnx_path` unchanged (a GPU provider, no library, nothing to fuse)."""
+    or `onnx_path` unchanged (a GPU provider, no library, nothing to fuse). `library`: a path or "off";
+    by default $TRITONFORM_CPU_OPS."""
     if provider != "CPUExecutionProvider":
         return onnx_path, CpuOps(None, "", 0, f"off ({provider} runs the repository's graph)")
-    library, kernel, why = cpu_ops_library()
+    library, kernel, why = cpu_ops_library(library)
     if library is None:
         return onnx_path, CpuOps(None, kernel, 0, why)
     import onnx

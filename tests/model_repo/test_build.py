@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import weakref
@@ -214,3 +215,36 @@ def test_default_build_removes_older_builds_of_the_same_model(
     # a second call finds the cached build and removes nothing
     assert build_module.build_default_repository(said.append) == target
     assert all(folder.exists() for folder in kept)
+
+
+def test_an_int4_build_gates_the_graph_serve_runs_on_the_cpu_too(
+    tiny_llama_checkpoint: Path, tmp_path: Path, cpu_ops_library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int4: the quality gate runs on onnxruntime's kernels and again with tritonform's CPU operators in
+    place of the 4-bit projections (what `tritonform serve` runs), as its own step and report entry;
+    TRITONFORM_CPU_OPS=off skips the second one and says so."""
+    from model_repo.build import CPU_OPS_QUALITY
+    from model_repo.runtime.q4_fusion import CPU_OPS_ENV, VECTOR_KERNELS, library_kernel
+
+    monkeypatch.delenv(CPU_OPS_ENV, raising=False)
+    seen: list[str] = []
+    options = BuildOptions(
+        model=str(tiny_llama_checkpoint),
+        out=tmp_path / "repo",
+        quantize="int4",
+        min_agreement=0.3,  # a random tiny model at 4 bits: ~47% (the gate's figures, not its verdict)
+        max_ppl_increase=0.5,
+    )
+    report = build(options, on_step=lambda name, _done: seen.append(name))
+    assert CPU_OPS_QUALITY in step_names(options) and set(seen) == set(step_names(options))
+    fused = report["quality_cpu_ops"]
+    if library_kernel(cpu_ops_library) in VECTOR_KERNELS:
+        assert fused["passed"] and fused["state"].startswith("on (8 projections in Q4OffsetMatMul")
+        assert fused["tokens"] == report["quality"]["tokens"]
+    else:
+        assert fused["state"].startswith("not checked: off (no AVX-512 VNNI or AVX2")
+    assert _report(tmp_path / "repo")["quality_cpu_ops"] == fused
+
+    monkeypatch.setenv(CPU_OPS_ENV, "off")
+    report = build(dataclasses.replace(options, out=tmp_path / "repo-off"))
+    assert report["quality_cpu_ops"] == {"state": f"not checked: ${CPU_OPS_ENV}=off"}

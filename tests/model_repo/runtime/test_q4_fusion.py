@@ -189,7 +189,7 @@ def test_session_model_fuses_only_on_the_cpu_with_a_working_library(
     monkeypatch.setenv(CPU_OPS_ENV, "off")
     assert session_model(path, "CPUExecutionProvider")[1].state == f"off (${CPU_OPS_ENV}=off)"
     monkeypatch.setenv(CPU_OPS_ENV, str(tmp_path / "missing.so"))
-    assert "no such file" in session_model(path, "CPUExecutionProvider")[1].state
+    assert "missing.so: no such file" in session_model(path, "CPUExecutionProvider")[1].state
     monkeypatch.setenv(CPU_OPS_ENV, str(path))  # a file, but no library
     assert "does not load" in session_model(path, "CPUExecutionProvider")[1].state
     monkeypatch.setenv(CPU_OPS_ENV, cpu_ops_library)
