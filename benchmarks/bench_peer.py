@@ -244,10 +244,46 @@ def onnx_bytes_per_token(model_path: Path) -> int:
     """Bytes an engine decode step reads: every initializer except those only gathered from by row
     (token embedding, rotary caches)."""
     import onnx
+
+    return _initializer_bytes(onnx.load(str(model_path), load_external_data=False))
+
+
+def cpu_ops_bytes_per_token(model_path: Path) -> int | None:
+    """Bytes a decode step reads where tritonform's CPU operators run the 4-bit projections (what
+    `tritonform serve` runs here; runtime/q4_fusion.py): each projection's repacked tiles, 320 bytes per
+    16 columns x one block with float16 scales and lows, 384 with float32 (the same test as the kernel's,
+    runtime/kernels/q4_offset_matmul.c), in place of its packed weights, scales, offsets and block sums.
+    None when the graph has nothing to fuse."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from model_repo.runtime.q4_fusion import OP, fuse_q4_offsets
+
+    model = onnx.load(str(model_path))
+    if not fuse_q4_offsets(model):
+        return None
+    inits = {i.name: i for i in model.graph.initializer}
+    tiles, replaced = 0, set()
+    for node in model.graph.node:
+        if node.op_type != OP:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        blocks, groups = -(-int(attrs["K"]) // 32), -(-int(attrs["N"]) // 16)
+        scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        lows = numpy_helper.to_array(inits[node.input[3]]).astype(np.float32) - 8 * scales
+        drift = 15 * np.abs(scales.astype(np.float16).astype(np.float32) - scales)
+        drift += np.abs(lows.astype(np.float16).astype(np.float32) - lows)
+        half = bool(np.all(drift <= 1e-3 * np.abs(scales)))
+        tiles += groups * blocks * (320 if half else 384)
+        replaced |= set(node.input[1:])
+    return tiles + _initializer_bytes(model, replaced)
+
+
+def _initializer_bytes(model: Any, skip: set[str] | None = None) -> int:
     from onnx import helper
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    gathered_only: set[str] = set()
+    gathered_only: set[str] = set(skip or ())
     users: dict[str, set[str]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -394,7 +430,11 @@ def main(argv: list[str] | None = None) -> None:
         endpoints.append(Endpoint("llama-server", peer, "peer"))
         figures, answers = asyncio.run(measure(endpoints, args.streams, args.rounds, args.max_tokens, say))
     load_after = os.getloadavg()
-    weights = {name: onnx_bytes_per_token(_engine_model(path)) for name, path in repos.items()}
+    # what the served graph reads: with tritonform's CPU operators where they apply (serve's default)
+    weights = {
+        name: cpu_ops_bytes_per_token(_engine_model(path)) or onnx_bytes_per_token(_engine_model(path))
+        for name, path in repos.items()
+    }
     weights["llama-server"] = gguf_bytes_per_token(gguf_path)
     report(console, args, names, figures, answers, bandwidth, threads, weights)
     print(

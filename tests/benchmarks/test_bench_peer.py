@@ -123,6 +123,45 @@ def test_onnx_weight_bytes_leave_out_row_lookups(tmp_path: Path) -> None:
     assert bench_peer.onnx_bytes_per_token(tmp_path / "m.onnx") == 8 * 4 * 4
 
 
+def test_with_the_cpu_operators_a_projection_reads_its_tiles(tmp_path: Path) -> None:
+    """Where tritonform's CPU operators run a 4-bit projection, a step reads its repacked tiles: 16
+    columns x one block in 320 bytes when float16 keeps the scales and lows (Q4_1 weights), 384 when
+    not; a graph without such projections has no such figure."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from model_repo.quantize_int4 import quantize_int4_with_offsets
+
+    def model(weight: np.ndarray) -> Path:
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 20])],
+            initializer=[numpy_helper.from_array(weight.astype(np.float32), "w")],
+        )
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        quantize_int4_with_offsets(proto, 4)
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.onnx"
+        onnx.save(proto, str(path))
+        return path
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 16, size=(64, 20)).astype(np.float32)
+    q[0], q[32], q[1], q[33] = 0, 0, 15, 15  # each block spans 0..15
+    d = rng.uniform(0.01, 0.05, size=(2, 1, 20)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.4, 0.1, size=(2, 1, 20)).astype(np.float16).astype(np.float32)
+    q4_1 = (q.reshape(2, 32, 20) * d + m).reshape(64, 20)  # on a Q4_1 grid: d and m in float16
+    tiles = 2 * 2  # ceil(20 / 16) column groups x 2 blocks
+    assert bench_peer.cpu_ops_bytes_per_token(model(q4_1)) == tiles * 320
+    assert bench_peer.cpu_ops_bytes_per_token(model(rng.normal(size=(64, 20)))) == tiles * 384
+    plain = tmp_path / "plain.onnx"
+    graph = helper.make_graph([], "empty", [], [])
+    onnx.save(helper.make_model(graph), str(plain))
+    assert bench_peer.cpu_ops_bytes_per_token(plain) is None
+
+
 def test_level_summary_gives_each_server_and_each_ratio_to_the_peer() -> None:
     """A finished level's line names every server's figures and each tritonform server's ratios to
     llama-server, so a run cut short later still leaves its figures in the log."""
