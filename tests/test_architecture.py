@@ -7,7 +7,7 @@
 - `model_repo/training/` (fine-tune, prune, distil, evaluate) sits on top of the build layer: nothing else
   in `model_repo/` imports it;
 - `model_repo/runtime/`, which every model repository ships into Triton's python backend, imports only
-  the runtime libraries (numpy, onnxruntime, tokenizers, llguidance) and the standard library;
+  the runtime libraries (numpy, onnxruntime, onnx, tokenizers, llguidance) and the standard library;
 - no import circle anywhere (imports inside functions and under `if TYPE_CHECKING:` count too: a circle
   hidden there is still a circle a reader has to untangle);
 - importing a module creates no cloud resource and exports nothing (only `infra/__main__.py`, the
@@ -43,9 +43,12 @@ TRAINING = "model_repo.training"
 # engine enforces structured output and tool-call grammars with a token mask each step, per sequence,
 # inside the continuous batch; a maintained grammar library does that in ~0.1 ms a token, no hand-written
 # substitute could, and it has no dependencies. docker/triton/requirements.txt pins it (tests/docker).
+# onnx: the graph rewrite that puts tritonform's CPU operators in place of the 4-bit projections' nodes
+# at load (runtime/q4_fusion.py; imported only on the CPU provider with the operators' library named).
 RUNTIME_LIBRARIES = (
     "numpy",
     "onnxruntime",
+    "onnx",
     "tokenizers",
     "llguidance",
     "jinja2",
@@ -146,7 +149,7 @@ def runtime_violations(imports: list[Import]) -> list[str]:
         if top == "__future__" or top in sys.stdlib_module_names or top in RUNTIME_LIBRARIES:
             continue
         found.append(
-            f"{imp} (the runtime ships into Triton: numpy, onnxruntime, tokenizers, llguidance, stdlib only)"
+            f"{imp} (the runtime ships into Triton: numpy, onnxruntime, onnx, tokenizers, llguidance, stdlib)"
         )
     return found
 

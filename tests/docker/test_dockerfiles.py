@@ -58,6 +58,7 @@ def test_the_triton_image_runs_the_versions_the_build_and_tests_use() -> None:
     image, lock = _pins(ROOT / "docker" / "triton" / "requirements.txt"), _pins(ROOT / "requirements.lock")
     assert image["numpy"] == lock["numpy"] and image["tokenizers"] == lock["tokenizers"]
     assert image["llguidance"] == lock["llguidance"]  # the runtime's grammar masks (runtime/guide.py)
+    assert image["onnx"] == lock["onnx"]  # the CPU operators' graph rewrite (runtime/q4_fusion.py)
     gpu = [int(part) for part in image["onnxruntime-gpu"].split(".")[:2]]
     cpu = [int(part) for part in lock["onnxruntime"].split(".")[:2]]
     assert gpu[0] == cpu[0] and 0 <= cpu[1] - gpu[1] <= 1, (image["onnxruntime-gpu"], lock["onnxruntime"])
