@@ -33,11 +33,13 @@ from model_repo.checkpoint import cache_dir
 SOURCE = Path(__file__).resolve().parent / "runtime" / "kernels" / "q4_offset_matmul.c"
 LIBRARY_NAME = "libtritonform_cpu_ops.so"
 HEADER = "onnxruntime_c_api.h"
-# Debian 13's libonnxruntime-dev (onnxruntime 1.21.0): the address and SHA-256 of its Packages index.
+DEBIAN = "https://deb.debian.org/debian"
+# Debian 13's libonnxruntime-dev (onnxruntime 1.21.0): the address and SHA-256 its package index gives.
 HEADERS_PACKAGE = (
-    "https://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb",
+    f"{DEBIAN}/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb",
     "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08",
 )
+HEADERS_SUITE = "trixie"  # where to look the package up again once a point release replaces it
 HEADERS_ENV = "TRITONFORM_ORT_HEADERS"  # a folder holding onnxruntime_c_api.h, instead of the download
 FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-Wall")
 
@@ -83,39 +85,74 @@ def _target_dir(header_digest: str) -> Path:
     return cache_dir() / "cpu-ops" / digest.hexdigest()[:16]
 
 
-def _header_cache() -> Path:
-    return cache_dir() / "cpu-ops" / "headers" / HEADERS_PACKAGE[1][:16]
+def _header_cache(sha256: str) -> Path:
+    return cache_dir() / "cpu-ops" / "headers" / sha256[:16]
 
 
 def _headers(say: Callable[[str], None]) -> Path:
-    """A folder holding onnxruntime_c_api.h: $TRITONFORM_ORT_HEADERS, the cached copy, or Debian's."""
+    """A folder holding onnxruntime_c_api.h: $TRITONFORM_ORT_HEADERS, the cached copy, or Debian's
+    package: the pinned one, or, once Debian has replaced it, the one its package index names now."""
     given = os.environ.get(HEADERS_ENV)
     if given:
         if not (Path(given) / HEADER).is_file():
             raise CpuOpsError(f"{HEADERS_ENV}={given}: no {HEADER} there; name onnxruntime's include folder")
         return Path(given)
-    folder = _header_cache()
+    folder = _header_cache(HEADERS_PACKAGE[1])
     if (folder / HEADER).is_file():
         return folder
-    url, sha256 = HEADERS_PACKAGE
+    try:
+        return _fetch_header(*HEADERS_PACKAGE, say)
+    except CpuOpsError as pinned:
+        try:
+            current = _indexed_package(say)
+        except CpuOpsError:
+            raise pinned from None
+        if current == HEADERS_PACKAGE:
+            raise
+        cached = _header_cache(current[1])
+        return cached if (cached / HEADER).is_file() else _fetch_header(*current, say)
+
+
+def _fetch_header(url: str, sha256: str, say: Callable[[str], None]) -> Path:
     say(f"fetching onnxruntime's C API header ({url.rsplit('/', 1)[1]})")
+    package = _download(url)
+    if hashlib.sha256(package).hexdigest() != sha256:
+        raise CpuOpsError(f"{url}: SHA-256 mismatch (expected {sha256}); not using it")
+    header = _member(_ar_member(package, "data.tar.xz"), f"usr/include/onnxruntime/{HEADER}")
+    folder = _header_cache(sha256)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{HEADER}.partial"
+    partial.write_bytes(header)
+    os.replace(partial, folder / HEADER)
+    return folder
+
+
+def _download(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
-            package = response.read()
+            return bytes(response.read())
     except OSError as exc:
         raise CpuOpsError(
             f"could not download {url} ({exc}); set {HEADERS_ENV} to a folder with {HEADER} "
             "(Debian/Ubuntu: apt-get install libonnxruntime-dev, then /usr/include/onnxruntime), "
             "or run with TRITONFORM_CPU_OPS=off"
         ) from None
-    if hashlib.sha256(package).hexdigest() != sha256:
-        raise CpuOpsError(f"{url}: SHA-256 mismatch (expected {sha256}); not using it")
-    header = _member(_ar_member(package, "data.tar.xz"), f"usr/include/onnxruntime/{HEADER}")
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{HEADER}.partial"
-    partial.write_bytes(header)
-    os.replace(partial, folder / HEADER)
-    return folder
+
+
+def _indexed_package(say: Callable[[str], None]) -> tuple[str, str]:
+    """(address, SHA-256) of libonnxruntime-dev as Debian's package index for HEADERS_SUITE lists it."""
+    say(f"looking up libonnxruntime-dev in Debian {HEADERS_SUITE}'s package index")
+    index = lzma.decompress(_download(f"{DEBIAN}/dists/{HEADERS_SUITE}/main/binary-amd64/Packages.xz"))
+    return package_in_index(index.decode("utf-8", "replace"), "libonnxruntime-dev")
+
+
+def package_in_index(index: str, package: str) -> tuple[str, str]:
+    """(address, SHA-256) of `package` in a Debian Packages index (stanzas of `Field: value` lines)."""
+    for stanza in index.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
+        if fields.get("Package") == package and "Filename" in fields and "SHA256" in fields:
+            return f"{DEBIAN}/{fields['Filename']}", fields["SHA256"]
+    raise CpuOpsError(f"Debian's package index lists no {package}")
 
 
 def _ar_member(archive: bytes, name: str) -> bytes:

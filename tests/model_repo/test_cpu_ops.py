@@ -92,11 +92,16 @@ def test_the_header_is_read_out_of_a_debian_package() -> None:
         cpu_ops._member(_data_tar_xz({"./other": b""}), f"usr/include/onnxruntime/{HEADER}")
 
 
+def _unlisted(_say: object) -> tuple[str, str]:
+    raise CpuOpsError("Debian's package index lists no libonnxruntime-dev")
+
+
 def test_a_download_that_fails_or_does_not_match_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(HEADERS_ENV, raising=False)
     monkeypatch.setattr(cpu_ops, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(cpu_ops, "_indexed_package", _unlisted)  # no second chance: the first error shows
     monkeypatch.setattr(cpu_ops, "HEADERS_PACKAGE", ("http://127.0.0.1:9/none.deb", "0" * 64))
     with pytest.raises(CpuOpsError, match=r"could not download .*none.deb.*install libonnxruntime-dev"):
         build_library()
@@ -105,3 +110,34 @@ def test_a_download_that_fails_or_does_not_match_is_refused(
     with pytest.raises(CpuOpsError, match="SHA-256 mismatch"):
         build_library()
     assert not list(tmp_path.rglob(HEADER))  # nothing of a refused download is kept
+
+
+def test_once_debian_replaces_the_package_its_index_names_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A point release removes the pinned file from Debian's pool: the header comes from the package the
+    index lists now, checked against the index's SHA-256."""
+    import hashlib
+
+    data = _data_tar_xz({f"./usr/include/onnxruntime/{HEADER}": b"/* newer c api */"})
+    package = _deb({"debian-binary": b"2.0\n", "data.tar.xz": data})
+    (tmp_path / "new.deb").write_bytes(package)
+    current = ((tmp_path / "new.deb").as_uri(), hashlib.sha256(package).hexdigest())
+    monkeypatch.delenv(HEADERS_ENV, raising=False)
+    monkeypatch.setattr(cpu_ops, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(cpu_ops, "HEADERS_PACKAGE", ((tmp_path / "gone.deb").as_uri(), "0" * 64))
+    monkeypatch.setattr(cpu_ops, "_indexed_package", lambda _say: current)
+    folder = cpu_ops._headers(lambda _m: None)
+    assert (folder / HEADER).read_bytes() == b"/* newer c api */" and folder.name == current[1][:16]
+
+
+def test_the_package_index_is_read_stanza_by_stanza() -> None:
+    index = (
+        "Package: libonnxruntime1.21\nFilename: pool/main/o/onnxruntime/lib.deb\nSHA256: aa\n\n"
+        "Package: libonnxruntime-dev\nVersion: 1.21.0+dfsg-1\nDescription: headers\n multi-line: text\n"
+        "Filename: pool/main/o/onnxruntime/dev.deb\nSHA256: bb\n"
+    )
+    url, sha = cpu_ops.package_in_index(index, "libonnxruntime-dev")
+    assert url == f"{cpu_ops.DEBIAN}/pool/main/o/onnxruntime/dev.deb" and sha == "bb"
+    with pytest.raises(CpuOpsError, match="lists no libonnxruntime-doc"):
+        cpu_ops.package_in_index(index, "libonnxruntime-doc")
