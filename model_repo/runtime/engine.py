@@ -80,16 +80,17 @@ class Engine:
         session: Any,
         tokenizer: Any,
         num_threads: int = 0,
-        session_args: tuple[Path | bytes, list[Any], bool, bool, str | None] | None = None,
+        session_args: tuple[Path, list[Any], bool, bool, str | None] | None = None,
         guides: GuideCompiler | None = None,
         prefix_cache: PrefixCache | None = None,
         io_binding: bool | None = None,
         cpu_ops: CpuOps | None = None,
     ) -> None:
-        """`num_threads`: the session's intra-op threads (0: not known); `session_args` (onnx path or
-        the fused graph's bytes, providers, allow_spinning, spin_only_in_runs, the CPU operators' library
-        or None): how to open another session of the model, for `sibling()`; `cpu_ops`: whether the
-        session runs tritonform's CPU operators (runtime/q4_fusion.py), for logs and reports;
+        """`num_threads`: the session's intra-op threads (0: not known); `session_args` (the onnx path,
+        the repository's or the fused graph's, providers, allow_spinning, spin_only_in_runs, the CPU
+        operators' library or None): how to open another session of the model, for `sibling()`;
+        `cpu_ops`: whether the session runs tritonform's CPU operators (runtime/q4_fusion.py), for logs
+        and reports;
         `guides`: the grammar compiler to share (siblings share their parent's); `prefix_cache`: a
         cache to share (siblings share their engine's), default a new one; `io_binding`: keep the KV
         cache in OrtValues on the session's device and run every call through IO binding (the GPU path);
@@ -468,7 +469,7 @@ class Engine:
 
 
 def _open_session(
-    model: Path | bytes,
+    model: Path,
     providers: list[Any],
     threads: int,
     allow_spinning: bool,
@@ -488,8 +489,7 @@ def _open_session(
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     if allow_spinning and spin_only_in_runs:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=providers)
+    return ort.InferenceSession(str(model), sess_options=opts, providers=providers)
 
 
 def _device_of(session: Any) -> tuple[str, int]:

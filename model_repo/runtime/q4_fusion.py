@@ -17,6 +17,7 @@ runs the repository's graph as it is, and `CpuOps.state` says why.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,23 +69,94 @@ def library_kernel(library: str) -> str:
     return (kernel_name() or b"").decode()
 
 
-def session_model(onnx_path: Path, provider: str, library: str | None = None) -> tuple[Path | bytes, CpuOps]:
-    """What to open an onnxruntime session on: the fused graph's bytes with the library to register,
-    or `onnx_path` unchanged (a GPU provider, no library, nothing to fuse). `library`: a path or "off";
-    by default $TRITONFORM_CPU_OPS."""
+def session_model(onnx_path: Path, provider: str, library: str | None = None) -> tuple[Path, CpuOps]:
+    """What to open an onnxruntime session on: the fused graph (a file, see `fused_graph`) with the
+    library to register, or `onnx_path` unchanged (a GPU provider, no library, nothing to fuse).
+    `library`: a path or "off"; by default $TRITONFORM_CPU_OPS."""
     if provider != "CPUExecutionProvider":
         return onnx_path, CpuOps(None, "", 0, f"off ({provider} runs the repository's graph)")
     library, kernel, why = cpu_ops_library(library)
     if library is None:
         return onnx_path, CpuOps(None, kernel, 0, why)
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    fused = fuse_q4_offsets(model)
-    if not fused:
+    fused_path, fused = fused_graph(onnx_path)
+    if fused_path is None:
         return onnx_path, CpuOps(None, kernel, 0, "off (no 4-bit projection with block offsets here)")
     state = f"on ({fused} projections in {OP}, {kernel})"
-    return model.SerializeToString(), CpuOps(library, kernel, fused, state)
+    return fused_path, CpuOps(library, kernel, fused, state)
+
+
+def fused_graph(onnx_path: Path) -> tuple[Path | None, int]:
+    """(the fused copy of `onnx_path`, projections fused), or (None, 0) when it has none to fuse.
+
+    The copy is written once, with its weights in an external file as the repository's, under
+    ${TRITONFORM_CACHE:-~/.cache/tritonform}/cpu-ops/graphs/<key>/, the key covering the model file, its
+    weights file's size and time and this module's code; onnxruntime then opens it as it opens the
+    repository's graph (no copy of the model in Python's memory) and later loads skip the rewrite. The
+    newest GRAPHS_KEPT copies are kept. Writers racing for one key: the first to finish wins."""
+    import json
+
+    onnx_path = Path(onnx_path).resolve()
+    key = hashlib.sha256(onnx_path.read_bytes())
+    key.update(Path(__file__).read_bytes())
+    for data in sorted(onnx_path.parent.glob(onnx_path.name + ".data*")):
+        key.update(f"{data.name} {data.stat().st_size} {data.stat().st_mtime_ns}".encode())
+    root = _graphs_dir()
+    entry = root / key.hexdigest()[:24]
+    if not (entry / "fused.json").is_file():
+        _write_fused(onnx_path, entry)
+    os.utime(entry)  # recently used: kept by the pruning below
+    fused = int(json.loads((entry / "fused.json").read_text())["fused"])
+    _prune(root)
+    return (entry / "model.onnx" if fused else None), fused
+
+
+GRAPHS_KEPT = 4
+
+
+def _graphs_dir() -> Path:
+    cache = os.environ.get("TRITONFORM_CACHE") or str(Path.home() / ".cache" / "tritonform")
+    return Path(cache) / "cpu-ops" / "graphs"
+
+
+def _write_fused(onnx_path: Path, entry: Path) -> None:
+    import json
+    import shutil
+    import tempfile
+
+    import onnx
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(onnx_path))
+    fused = fuse_q4_offsets(model)
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=entry.parent))
+    try:
+        if fused:
+            target = str(partial / "model.onnx")
+            onnx.save(model, target, save_as_external_data=True, location="model.onnx.data")
+        (partial / "fused.json").write_text(json.dumps({"fused": fused, "source": str(onnx_path)}))
+        del model
+        try:
+            os.replace(partial, entry)
+        except OSError:  # another process wrote this key first: theirs is the same graph
+            if not (entry / "fused.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _prune(root: Path) -> None:
+    import shutil
+
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_mtime)
+    for old in entries[:-GRAPHS_KEPT]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def fuse_q4_offsets(model: Any) -> int:

@@ -183,6 +183,7 @@ def test_session_model_fuses_only_on_the_cpu_with_a_working_library(
 ) -> None:
     path = tmp_path / "model.onnx"
     onnx.save(_float_model(), str(path))
+    monkeypatch.setenv("TRITONFORM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(CPU_OPS_ENV, raising=False)
     source, ops = session_model(path, "CPUExecutionProvider")
     assert source == path and ops.library is None and CPU_OPS_ENV in ops.state
@@ -196,8 +197,39 @@ def test_session_model_fuses_only_on_the_cpu_with_a_working_library(
     source, ops = session_model(path, "CUDAExecutionProvider")
     assert source == path and "CUDAExecutionProvider" in ops.state
     source, ops = session_model(path, "CPUExecutionProvider")
-    if ops.kernel in q4_fusion.VECTOR_KERNELS:
-        assert isinstance(source, bytes) and ops.library == cpu_ops_library and ops.fused == 3
-        assert ops.state.startswith("on (3 projections")
-    else:  # a CPU without AVX2: onnxruntime's kernels are the faster ones, so nothing is fused
+    if ops.kernel not in q4_fusion.VECTOR_KERNELS:  # no AVX2: onnxruntime's kernels are the faster ones
         assert source == path and "AVX2" in ops.state
+        return
+    assert source != path and ops.library == cpu_ops_library and ops.fused == 3
+    assert ops.state.startswith("on (3 projections")
+    assert [n.op_type for n in onnx.load(str(source)).graph.node].count(OP) == 3
+
+
+def test_the_fused_graph_is_written_once_and_old_ones_are_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewrite runs once per model file (a second load finds it on disk: no copy of the model in
+    Python's memory, no rewrite); a changed model gets a new copy; a graph with nothing to fuse is
+    remembered as such; only the newest GRAPHS_KEPT copies stay."""
+    monkeypatch.setenv("TRITONFORM_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "m" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(_float_model(), str(path))
+    first, fused = q4_fusion.fused_graph(path)
+    assert first is not None and fused == 3 and (first.parent / "model.onnx.data").is_file()
+    rewrites: list[Path] = []
+    monkeypatch.setattr(q4_fusion, "_write_fused", lambda *a: rewrites.append(a[0]))
+    assert q4_fusion.fused_graph(path) == (first, 3) and rewrites == []
+    monkeypatch.undo()
+    monkeypatch.setenv("TRITONFORM_CACHE", str(tmp_path / "cache"))
+    onnx.save(_float_model((5,)), str(path))  # a rebuilt model: another copy
+    second, _ = q4_fusion.fused_graph(path)
+    assert second is not None and second != first and first.is_file()
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "empty", [], [])), str(plain))
+    assert q4_fusion.fused_graph(plain) == (None, 0)
+    for i in range(q4_fusion.GRAPHS_KEPT):
+        onnx.save(_float_model((i + 6,)), str(path))
+        q4_fusion.fused_graph(path)
+    kept = [p for p in (tmp_path / "cache" / "cpu-ops" / "graphs").iterdir() if not p.name.startswith(".")]
+    assert len(kept) == q4_fusion.GRAPHS_KEPT and not first.exists()
