@@ -78,7 +78,10 @@ def session_model(onnx_path: Path, provider: str, library: str | None = None) ->
     library, kernel, why = cpu_ops_library(library)
     if library is None:
         return onnx_path, CpuOps(None, kernel, 0, why)
-    fused_path, fused = fused_graph(onnx_path)
+    try:
+        fused_path, fused = fused_graph(onnx_path)
+    except OSError as exc:  # no writable cache (a read-only home, a full disk): the graph as it is
+        return onnx_path, CpuOps(None, kernel, 0, f"off (the fused graph could not be written: {exc})")
     if fused_path is None:
         return onnx_path, CpuOps(None, kernel, 0, "off (no 4-bit projection with block offsets here)")
     state = f"on ({fused} projections in {OP}, {kernel})"

@@ -203,6 +203,11 @@ def test_session_model_fuses_only_on_the_cpu_with_a_working_library(
     assert source != path and ops.library == cpu_ops_library and ops.fused == 3
     assert ops.state.startswith("on (3 projections")
     assert [n.op_type for n in onnx.load(str(source)).graph.node].count(OP) == 3
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("TRITONFORM_CACHE", str(blocked))
+    source, ops = session_model(path, "CPUExecutionProvider")
+    assert source == path and ops.state.startswith("off (the fused graph could not be written:")
 
 
 def test_the_fused_graph_is_written_once_and_old_ones_are_pruned(
