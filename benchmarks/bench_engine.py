@@ -1,4 +1,7 @@
-"""In-process speed and quality: PyTorch eager vs the onnxruntime engine (fp32, int8, int4).
+"""In-process speed and quality: PyTorch eager vs the onnxruntime engine, builds and CPU operators.
+
+The engine runs the fp32, int8 and int4 builds on onnxruntime's kernels, and the int4 build again on
+tritonform's CPU operator (what `tritonform serve` runs on the CPU; model_repo/cpu_ops.py).
 
     .venv/bin/python benchmarks/bench_engine.py [--model default|PATH] [--threads 2] [--tokens 64]
 
@@ -98,11 +101,19 @@ def main() -> None:
     results["pytorch-eager"] = {"tok_s": best[0], "threads": best[1]}
     del model
 
-    reference = Engine.load(dirs["fp32"], num_threads=args.threads)
-    for name, path in dirs.items():
+    from model_repo.cpu_ops import CpuOpsError, build_library
+
+    # every build on onnxruntime's kernels; int4 again with tritonform's CPU operator (serve's default)
+    variants = [(name, path, "off") for name, path in dirs.items()]
+    try:
+        variants.append(("int4-cpu-ops", dirs["int4"], str(build_library(print))))
+    except CpuOpsError as exc:
+        print(f"tritonform's CPU operators not measured: {exc}")
+    reference = Engine.load(dirs["fp32"], num_threads=args.threads, cpu_ops="off")
+    for name, path, cpu_ops in variants:
         best = (0.0, 0)
         for threads in thread_options:
-            engine = Engine.load(path, num_threads=threads)
+            engine = Engine.load(path, num_threads=threads, cpu_ops=cpu_ops)
             engine.greedy_ids(ids[0], 4)  # warm-up
             t0 = time.perf_counter()
             for p in ids:
