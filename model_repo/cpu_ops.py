@@ -17,6 +17,7 @@ being kept backwards compatible.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import lzma
 import os
@@ -41,16 +42,33 @@ HEADERS_PACKAGE = (
 )
 HEADERS_SUITE = "trixie"  # where to look the package up again once a point release replaces it
 HEADERS_ENV = "TRITONFORM_ORT_HEADERS"  # a folder holding onnxruntime_c_api.h, instead of the download
-FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-Wall")
+FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Wall")
 
 
 class CpuOpsError(RuntimeError):
     """The library could not be built; the message says why and what to do."""
 
 
+# What else a build can meet on the way (an unwritable cache, a truncated or garbled download):
+# each becomes a CpuOpsError, so that serve and build fall back to onnxruntime's kernels with the reason.
+_FAILURES = (OSError, lzma.LZMAError, tarfile.TarError, http.client.HTTPException, EOFError, ValueError)
+
+
 def build_library(say: Callable[[str], None] | None = None) -> Path:
-    """The library's path, compiled first when the cache lacks it. Raises `CpuOpsError`."""
-    say = say or (lambda _message: None)
+    """The library's path, compiled first when the cache lacks it. Raises `CpuOpsError`, whatever went
+    wrong (its message says what and how to do without)."""
+    try:
+        return _build(say or (lambda _message: None))
+    except CpuOpsError:
+        raise
+    except _FAILURES as exc:
+        raise CpuOpsError(
+            f"could not build tritonform's CPU operators ({type(exc).__name__}: {exc}); run with "
+            "TRITONFORM_CPU_OPS=off to serve with onnxruntime's own kernels"
+        ) from None
+
+
+def _build(say: Callable[[str], None]) -> Path:
     header_dir = _headers(say)
     target = _target_dir(hashlib.sha256((header_dir / HEADER).read_bytes()).hexdigest())
     library = target / LIBRARY_NAME
@@ -121,9 +139,9 @@ def _fetch_header(url: str, sha256: str, say: Callable[[str], None]) -> Path:
     header = _member(_ar_member(package, "data.tar.xz"), f"usr/include/onnxruntime/{HEADER}")
     folder = _header_cache(sha256)
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{HEADER}.partial"
-    partial.write_bytes(header)
-    os.replace(partial, folder / HEADER)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{HEADER}.", delete=False) as partial:
+        partial.write(header)  # a name of its own: two first runs at once do not trip on each other
+    os.replace(partial.name, folder / HEADER)
     return folder
 
 
@@ -131,7 +149,7 @@ def _download(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             return bytes(response.read())
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:  # HTTPException: a truncated answer
         raise CpuOpsError(
             f"could not download {url} ({exc}); set {HEADERS_ENV} to a folder with {HEADER} "
             "(Debian/Ubuntu: apt-get install libonnxruntime-dev, then /usr/include/onnxruntime), "
@@ -142,7 +160,11 @@ def _download(url: str) -> bytes:
 def _indexed_package(say: Callable[[str], None]) -> tuple[str, str]:
     """(address, SHA-256) of libonnxruntime-dev as Debian's package index for HEADERS_SUITE lists it."""
     say(f"looking up libonnxruntime-dev in Debian {HEADERS_SUITE}'s package index")
-    index = lzma.decompress(_download(f"{DEBIAN}/dists/{HEADERS_SUITE}/main/binary-amd64/Packages.xz"))
+    address = f"{DEBIAN}/dists/{HEADERS_SUITE}/main/binary-amd64/Packages.xz"
+    try:
+        index = lzma.decompress(_download(address))
+    except lzma.LZMAError as exc:  # a proxy's error page, say
+        raise CpuOpsError(f"{address} is not a package index ({exc})") from None
     return package_in_index(index.decode("utf-8", "replace"), "libonnxruntime-dev")
 
 

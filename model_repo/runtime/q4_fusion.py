@@ -80,8 +80,9 @@ def session_model(onnx_path: Path, provider: str, library: str | None = None) ->
         return onnx_path, CpuOps(None, kernel, 0, why)
     try:
         fused_path, fused = fused_graph(onnx_path)
-    except OSError as exc:  # no writable cache (a read-only home, a full disk): the graph as it is
-        return onnx_path, CpuOps(None, kernel, 0, f"off (the fused graph could not be written: {exc})")
+    except Exception as exc:  # no writable cache, a full disk, no onnx here: the graph as it is
+        why = f"off (the fused graph could not be made: {type(exc).__name__}: {exc})"
+        return onnx_path, CpuOps(None, kernel, 0, why)
     if fused_path is None:
         return onnx_path, CpuOps(None, kernel, 0, "off (no 4-bit projection with block offsets here)")
     state = f"on ({fused} projections in {OP}, {kernel})"
@@ -262,7 +263,7 @@ def _block_sum_source(node: Any, producer: dict[str, Any]) -> str | None:
     """The tensor whose block sums `node` computes (MatMul by the 0/1 matrix, or Reshape + ReduceSum)."""
     if node is None:
         return None
-    if node.op_type == "MatMul" and node.input[1].endswith("_block_sum"):
+    if node.op_type == "MatMul" and node.input[1].endswith("_block_sum"):  # quantize_int4's 0/1 matrix
         return str(node.input[0])
     if node.op_type == "ReduceSum":
         reshape = producer.get(node.input[0])

@@ -141,3 +141,21 @@ def test_the_package_index_is_read_stanza_by_stanza() -> None:
     assert url == f"{cpu_ops.DEBIAN}/pool/main/o/onnxruntime/dev.deb" and sha == "bb"
     with pytest.raises(CpuOpsError, match="lists no libonnxruntime-doc"):
         cpu_ops.package_in_index(index, "libonnxruntime-doc")
+
+
+def test_an_unwritable_cache_or_a_garbled_download_is_a_clear_error(
+    tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong on the way is a CpuOpsError (serve and build then fall back with the reason),
+    never another exception: a cache folder that cannot be made, a proxy's page instead of a package."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(cpu_ops, "cache_dir", lambda: tmp_path / "a-file" / "cache")
+    with pytest.raises(CpuOpsError, match=r"could not build tritonform's CPU operators \(NotADirectoryError"):
+        build_library()
+    monkeypatch.delenv(HEADERS_ENV)
+    monkeypatch.setattr(cpu_ops, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(cpu_ops, "_download", lambda url: b"<html>you are offline</html>")
+    with pytest.raises(CpuOpsError, match="SHA-256 mismatch"):  # the index fails too: the first error shows
+        build_library()
+    with pytest.raises(CpuOpsError, match="is not a package index"):
+        cpu_ops._indexed_package(lambda _m: None)

@@ -23,6 +23,7 @@
    plain C is picked once, by what the CPU has. */
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,8 +198,18 @@ static void groups_c(const Work *w, int64_t g0, int64_t g1) {
     for (int64_t r = 0; r < w->m; ++r) {
       float acc[GROUP] = {0};
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t *tile = w->kernel->tiles + (g * nb + b) * w->kernel->tile; /* float32 tables */
-        const float *sc = (const float *)(tile + TILE_Q), *of = sc + GROUP;
+        const uint8_t *tile = w->kernel->tiles + (g * nb + b) * w->kernel->tile;
+        float sc[GROUP], of[GROUP];
+        if (w->kernel->half) {
+          const uint16_t *hsc = (const uint16_t *)(tile + TILE_Q), *hlo = hsc + GROUP;
+          for (int j = 0; j < GROUP; ++j) {
+            sc[j] = from_half(hsc[j]);
+            of[j] = from_half(hlo[j]) + 8.f * sc[j];
+          }
+        } else {
+          memcpy(sc, tile + TILE_Q, sizeof(sc));
+          memcpy(of, tile + TILE_Q + sizeof(sc), sizeof(of));
+        }
         const int8_t *qa = w->qa + (r * nb + b) * BLOCK;
         int64_t rb = r * nb + b;
         for (int j = 0; j < GROUP; ++j) {
@@ -328,13 +339,14 @@ __attribute__((target("avx2,fma,f16c"))) static void groups_avx2(const Work *w, 
 static GroupsFn g_groups = groups_c;
 static const char *g_kernel_name = "c";
 
-static void pick_kernel(void) {
+static void pick_once(void) {
   const char *force = getenv("TRITONFORM_Q4_KERNEL"); /* tests: "c", "avx2" or "avx512" */
 #if TF_X86
   __builtin_cpu_init();
   int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-  int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c"); /* f16c: the float16 tables' widening */
   if (force && strcmp(force, "c") == 0) avx512 = avx2 = 0;
   if (force && strcmp(force, "avx2") == 0) avx512 = 0;
   if (avx512) {
@@ -348,6 +360,11 @@ static void pick_kernel(void) {
   (void)force;
 #endif
 }
+
+/* Once a process (the first session's registration or the first query): later calls change nothing, so
+   no kernel is ever swapped under a running session. */
+static pthread_once_t g_picked = PTHREAD_ONCE_INIT;
+static void pick_kernel(void) { pthread_once(&g_picked, pick_once); }
 
 /* The kernel the library runs on this CPU: "avx512vnni", "avx2" or "c" (for the engine's report). */
 const char *tritonform_q4_kernel(void) {
