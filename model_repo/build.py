@@ -263,14 +263,15 @@ def _quantize(
     _gate(Engine.load(q_dir, cpu_ops="off"), reference, report, steps, "quantised", options)
     if options.quantize == "int4":  # what `tritonform serve` runs on the CPU, gated the same way
         fused = _cpu_ops_engine(q_dir, steps)
+        key = CPU_OPS_QUALITY.replace(" ", "_")
         if isinstance(fused, str):
             with steps.step(CPU_OPS_QUALITY):
-                report[CPU_OPS_QUALITY.replace(" ", "_")] = {"state": fused}
+                report[key] = {"state": fused}
         else:
             what = f"quantised, on tritonform's CPU operators ({fused.cpu_ops.state}; build and serve with "
             what += "TRITONFORM_CPU_OPS=off to use onnxruntime's kernels alone)"
             _gate(fused, reference, report, steps, what, options, CPU_OPS_QUALITY)
-            report[CPU_OPS_QUALITY.replace(" ", "_")]["state"] = fused.cpu_ops.state
+            report[key]["state"] = fused.cpu_ops.state
     return q_dir
 
 
@@ -282,9 +283,9 @@ def _gate(
     what: str,
     options: BuildOptions | None = None,
     step: str = "quality",
-) -> Any:
+) -> None:
     """The quality gate of a quantised (`options`' thresholds) or fp16 (fixed thresholds) model, as the
-    build step `step`; the report keeps it under the same name. Returns the result."""
+    build step `step`; the report keeps it under the same name (spaces as underscores)."""
     from model_repo.gates import GateError, check_quality, quality_failure_message
     from model_repo.precision import FP16_MAX_PPL_INCREASE, FP16_MIN_AGREEMENT
 
@@ -300,7 +301,6 @@ def _gate(
     if not quality.passed:
         message = quality_failure_message(quality, what, **({} if options else {"advice": FP16_ADVICE}))
         raise GateError(message + ". The previous repository (if any) is unchanged.")
-    return quality
 
 
 def _cpu_ops_engine(model_dir: Path, steps: _Steps) -> Any:

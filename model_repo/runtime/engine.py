@@ -80,17 +80,16 @@ class Engine:
         session: Any,
         tokenizer: Any,
         num_threads: int = 0,
-        session_args: tuple[Path, list[Any], bool, bool, str | None] | None = None,
+        session_args: tuple[Path, list[Any], bool, bool] | None = None,
         guides: GuideCompiler | None = None,
         prefix_cache: PrefixCache | None = None,
         io_binding: bool | None = None,
         cpu_ops: CpuOps | None = None,
     ) -> None:
         """`num_threads`: the session's intra-op threads (0: not known); `session_args` (the onnx path,
-        the repository's or the fused graph's, providers, allow_spinning, spin_only_in_runs, the CPU
-        operators' library or None): how to open another session of the model, for `sibling()`;
-        `cpu_ops`: whether the session runs tritonform's CPU operators (runtime/q4_fusion.py), for logs
-        and reports;
+        the repository's or the fused graph's, providers, allow_spinning, spin_only_in_runs): how to open
+        another session of the model, for `sibling()`, with `cpu_ops.library` registered; `cpu_ops`:
+        whether the session runs tritonform's CPU operators (runtime/q4_fusion.py);
         `guides`: the grammar compiler to share (siblings share their parent's); `prefix_cache`: a
         cache to share (siblings share their engine's), default a new one; `io_binding`: keep the KV
         cache in OrtValues on the session's device and run every call through IO binding (the GPU path);
@@ -195,7 +194,7 @@ class Engine:
             session,
             tokenizer,
             threads,
-            (source, provs, allow_spinning, spin_only_in_runs, ops.library),
+            (source, provs, allow_spinning, spin_only_in_runs),
             io_binding=io_binding,
             cpu_ops=ops,
         )
@@ -208,7 +207,8 @@ class Engine:
         `DecodeBatch.step`). Costs the model's weights once more in memory."""
         if self._session_args is None:
             raise EngineError("sibling() needs an engine opened with Engine.load")
-        source, provs, allow_spinning, spin_only_in_runs, library = self._session_args
+        source, provs, allow_spinning, spin_only_in_runs = self._session_args
+        library = self.cpu_ops.library
         session = _open_session(source, provs, num_threads, allow_spinning, spin_only_in_runs, library)
         return Engine(
             self.model_dir,

@@ -169,6 +169,7 @@ def fuse_q4_offsets(model: Any) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
+    outputs = {o.name for o in graph.output}
     inits = {i.name: i for i in graph.initializer}
     nodes = list(graph.node)  # one wrapper a node: the maps below key on id()
     producer = {o: n for n in nodes for o in n.output}
@@ -180,14 +181,11 @@ def fuse_q4_offsets(model: Any) -> int:
     drop: set[int] = set()
     replace: dict[int, Any] = {}
     new_inits: list[Any] = []
-    outputs = {o.name for o in graph.output}
     for node in nodes:
         group = _group(node, inits, producer, readers, outputs)
         if group is None:
             continue
-        add, correction, offsets_name = group
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        k, n = int(attrs["K"]), int(attrs["N"])
+        add, correction, offsets_name, k, n = group
         blocks = -(-k // 32)
         offsets = numpy_helper.to_array(inits[offsets_name]).astype(np.float32)  # [blocks, N]
         if offsets.shape != (blocks, n):
@@ -209,7 +207,7 @@ def fuse_q4_offsets(model: Any) -> int:
     if not replace:
         return 0
     nodes = [replace.get(id(n), n) for n in nodes if id(n) not in drop]
-    nodes = _without_dead_block_sums(nodes, {o.name for o in graph.output})
+    nodes = _without_dead_block_sums(nodes, outputs)
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
@@ -229,7 +227,7 @@ def _group(
     readers: dict[str, list[Any]],
     outputs: set[str],
 ) -> Any:
-    """(Add, correction MatMul, offsets initializer name) when `node` is a 4-bit MatMulNBits whose only
+    """(Add, correction MatMul, offsets initializer name, K, N) when `node` is a 4-bit MatMulNBits whose only
     reader is an Add with a MatMul(block sums of the same input, constant offsets), neither of the two
     partial results being read by anything else; else None."""
     from onnx import helper
@@ -256,7 +254,7 @@ def _group(
     sums, offsets = correction.input
     if offsets not in inits or _block_sum_source(producer.get(sums), producer) != node.input[0]:
         return None
-    return add, correction, offsets
+    return add, correction, offsets, int(attrs["K"]), int(attrs["N"])
 
 
 def _block_sum_source(node: Any, producer: dict[str, Any]) -> str | None:

@@ -134,9 +134,9 @@ def serve(
             raise _fail(f"model repository {model_repo} does not exist; build one with `tritonform build`")
         if canary is not None and not canary.is_dir():
             raise _fail(f"--canary {canary} does not exist; build the new version with `tritonform build`")
-        _prepare_cpu_ops(quiet)
         if canary_fail_every is not None and canary is None:
             raise _fail("--canary-fail-every needs --canary DIR (the version to break on purpose)")
+        _prepare_cpu_ops(quiet)  # after every check of the arguments: it may download and compile
         stack = LocalStack(
             LocalStackConfig(
                 model_repository=model_repo,

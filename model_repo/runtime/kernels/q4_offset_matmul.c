@@ -497,16 +497,6 @@ static OrtStatus *ORT_API_CALL compute_v2(void *op_kernel, OrtKernelContext *con
   return status;
 }
 
-static void *ORT_API_CALL create_kernel(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info) {
-  void *kernel = NULL;
-  OrtStatus *status = create_kernel_v2(op, api, info, &kernel);
-  if (status != NULL) g_ort->ReleaseStatus(status);
-  return kernel;
-}
-static void ORT_API_CALL compute(void *op_kernel, OrtKernelContext *context) {
-  OrtStatus *status = compute_v2(op_kernel, context);
-  if (status != NULL) g_ort->ReleaseStatus(status);
-}
 static const char *ORT_API_CALL op_name(const OrtCustomOp *op) {
   (void)op;
   return "Q4OffsetMatMul";
@@ -571,14 +561,14 @@ OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtA
     pick_kernel();
     memset(&g_op, 0, sizeof(g_op));
     g_op.version = ORT_API_VERSION;
-    g_op.CreateKernel = create_kernel;
+    g_op.CreateKernel = NULL; /* the V2 entry points below: they report errors */
     g_op.GetName = op_name;
     g_op.GetExecutionProviderType = op_provider;
     g_op.GetInputType = input_type;
     g_op.GetInputTypeCount = input_count;
     g_op.GetOutputType = output_type;
     g_op.GetOutputTypeCount = output_count;
-    g_op.KernelCompute = compute;
+    g_op.KernelCompute = NULL;
     g_op.KernelDestroy = destroy;
     g_op.GetInputCharacteristic = required;
     g_op.GetOutputCharacteristic = required;
