@@ -69,16 +69,32 @@ def parse_example(text: str, where: str, line: int) -> ChatExample:
     return ChatExample(prompt=tuple(checked[:-1]), answer=checked[-1]["content"], line=line)
 
 
+def read_text(path: str | Path, what: str, hint: str) -> tuple[Path, str]:
+    """(the path, its text) of a UTF-8 text file (a leading byte-order mark is dropped); `DataError` naming
+    `what` when it is missing, a folder, or not UTF-8 (with the line of the first bad byte). `hint` says
+    what to pass instead."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise DataError(f"{what} {p} is a folder, not a file; {hint}")
+    if not p.is_file():
+        raise DataError(f"{what} {p} does not exist; {hint}")
+    raw = p.read_bytes()
+    try:
+        return p, raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{p}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
 def load_chat_jsonl(path: str | Path) -> list[ChatExample]:
     """Every example of a JSON Lines file (blank lines skipped); `DataError` on the first bad line."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"data file {p} does not exist; pass a JSON Lines file with --data")
+    p, content = read_text(path, "data file", "pass a JSON Lines file with --data")
     examples = []
-    with p.open(encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if text.strip():
-                examples.append(parse_example(text, f"{p}:{number}", number))
+    for number, text in enumerate(content.splitlines(), start=1):
+        if text.strip():
+            examples.append(parse_example(text, f"{p}:{number}", number))
     if not examples:
         raise DataError(f'{p} holds no examples; write one {{"messages": [...]}} object per line')
     return examples

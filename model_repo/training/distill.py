@@ -13,16 +13,19 @@ from those answers: no labelled data is needed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from model_repo.training.data import ChatExample, DataError, load_chat_jsonl, write_chat_jsonl
+from model_repo.training.data import ChatExample, DataError, load_chat_jsonl, read_text, write_chat_jsonl
 from model_repo.training.finetune import (
     SUMMARY_FILE,
     FinetuneConfig,
+    check_finite,
+    check_schedule,
     load_model,
     load_tokenizer,
     quiet,
@@ -76,15 +79,24 @@ class DistillConfig:
             raise DataError(
                 "give exactly one of --data FILE (labelled) or --prompts FILE (the teacher answers)"
             )
-        if self.temperature <= 0:
-            raise DataError(f"--temperature must be positive (got {self.temperature})")
-        if not 0.0 <= self.alpha <= 1.0:
+        check_schedule(self.epochs, self.max_steps, self.batch_size, self.learning_rate)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise DataError(f"--temperature must be a positive number (got {self.temperature})")
+        if not 0.0 <= self.alpha <= 1.0:  # False for NaN too
             raise DataError(f"--alpha must be between 0 and 1 (got {self.alpha})")
+        if self.warmup_steps < 0:
+            raise DataError(f"--warmup-steps must be 0 or more (got {self.warmup_steps})")
+        if self.eval_every < 0:
+            raise DataError(f"--eval-every must be 0 (off) or a number of steps (got {self.eval_every})")
+        if self.eval_every and self.heldout is None:
+            raise DataError("--eval-every measures the perplexity of --heldout FILE: give that file too")
+        if self.max_new_tokens < 1:
+            raise DataError(f"the teacher's answers need at least 1 new token (got {self.max_new_tokens})")
         if self.topk < 0:
             raise DataError(f"--topk must be 0 (teacher at every step) or positive (got {self.topk})")
         if self.topk and self.alpha != 1.0:
             raise DataError("--topk trains on the teacher's logits only: use --alpha 1 (or --topk 0)")
-        if self.hidden_weight < 0:
+        if not (math.isfinite(self.hidden_weight) and self.hidden_weight >= 0):
             raise DataError(f"--hidden-weight must be 0 (logits only) or positive (got {self.hidden_weight})")
         if self.schedule not in SCHEDULES:
             raise DataError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
@@ -186,7 +198,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
     progress = ProgressAndMetrics(out, "distilling", show=config.show_progress)
     callbacks: list[Any] = [progress]
     if config.heldout is not None:
-        text = Path(config.heldout).read_text(encoding="utf-8")
+        text = read_text(config.heldout, "--heldout", "pass a plain text file")[1]
         callbacks.append(heldout_callback(text, tokenizer, config.eval_every, _say))
     if config.topk:
         from model_repo.training.distill_topk import train_on_topk
@@ -275,6 +287,7 @@ def _finish(
         summary["rounded_projections"] = keep_rounded(trainer.model)
     state = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.accelerator.is_main_process:
+        check_finite(state, int(trainer.state.global_step), config.learning_rate)
         final = load_model(config.student)
         final.load_state_dict(state, strict=False)
         final.to(dtype=torch.float32).save_pretrained(str(out), safe_serialization=True)

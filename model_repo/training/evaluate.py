@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from model_repo.training.data import ChatExample, DataError, parse_example
+from model_repo.training.data import ChatExample, DataError, parse_example, read_text
 
 METRICS = ("exact", "rouge", "bleu", "perplexity")
 GENERATING = ("exact", "rouge", "bleu")
@@ -52,14 +52,15 @@ def parse_metrics(text: str) -> list[str]:
 def load_prompts(path: str | Path) -> list[ChatExample]:
     """Prompts from a chat JSON Lines file: a line may end with the user's message (no answer) or with an
     answer, which is then ignored."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"prompts file {p} does not exist")
+    p, content = read_text(path, "prompts file", "pass chat JSON Lines with --prompts")
     prompts = []
-    for number, text in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, text in enumerate(content.splitlines(), start=1):
         if not text.strip():
             continue
-        record = json.loads(text) if text.lstrip().startswith("{") else None
+        try:
+            record = json.loads(text) if text.lstrip().startswith("{") else None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         messages = record.get("messages") if isinstance(record, dict) else None
         if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
             if messages[-1].get("role") == "user":
@@ -155,6 +156,32 @@ def generate_local(
     return answers
 
 
+class EndpointError(RuntimeError):
+    """The served model could not answer; the message says what the endpoint replied and what to check."""
+
+
+def _endpoint_failure(exc: Exception, base: Any, model_name: str) -> str:
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach {base} ({exc}); is the server up and the URL its API's base (.../v1)?"
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return (
+            f"{base} refused the API key (HTTP {exc.status_code}); put the key in the variable "
+            "--api-key-env names (default OPENAI_API_KEY)"
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return (
+            f"{base} answered 404 for model {model_name!r}; check --served-model and that the URL is the "
+            "API's base (.../v1)"
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return f"{base} answered HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, openai.OpenAIError):
+        return f"{base}: {exc}"
+    raise exc
+
+
 def generate_endpoint(
     endpoint: str, model_name: str, api_key: str, examples: Sequence[ChatExample], max_new_tokens: int,
     client_factory: Callable[..., Any] | None = None,
@@ -170,12 +197,15 @@ def generate_endpoint(
     bar, task = _progress("asking the endpoint", len(examples))
     with bar:
         for example in examples:
-            reply = client.chat.completions.create(
-                model=model_name,
-                messages=cast(Any, list(example.prompt)),
-                temperature=0,
-                max_tokens=max_new_tokens,
-            )
+            try:
+                reply = client.chat.completions.create(
+                    model=model_name,
+                    messages=cast(Any, list(example.prompt)),
+                    temperature=0,
+                    max_tokens=max_new_tokens,
+                )
+            except Exception as exc:
+                raise EndpointError(_endpoint_failure(exc, client.base_url, model_name)) from None
             answers.append((reply.choices[0].message.content or "").strip())
             bar.advance(task)
     return answers

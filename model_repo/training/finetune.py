@@ -17,6 +17,7 @@ group from torchrun's environment (gloo on CPU, NCCL on GPU), DDP by default, FS
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -60,10 +61,25 @@ class FinetuneConfig:
             raise DataError(f"unknown method {self.method!r}; use --lora or --full")
         if self.strategy not in ("ddp", "fsdp"):
             raise DataError(f"unknown strategy {self.strategy!r}; use ddp or fsdp")
-        if self.batch_size < 1:
-            raise DataError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise DataError("give a positive --epochs or --max-steps")
+        check_schedule(self.epochs, self.max_steps, self.batch_size, self.learning_rate)
+        if self.lora_rank < 1 or self.lora_alpha < 1:
+            raise DataError(f"--lora-rank must be at least 1 (got {self.lora_rank})")
+        if self.max_length < 2:
+            raise DataError(f"the longest example must be at least 2 tokens (got {self.max_length})")
+
+
+def check_schedule(epochs: float, max_steps: int, batch_size: int, learning_rate: float | None) -> None:
+    """The settings every training run shares, checked before anything loads: `DataError` saying which."""
+    if not math.isfinite(epochs) or epochs < 0:
+        raise DataError(f"--epochs must be a finite number of passes, 0 or more (got {epochs})")
+    if max_steps < 1 and max_steps != -1:
+        raise DataError(f"--max-steps must be a positive number of steps, or -1 for none (got {max_steps})")
+    if epochs == 0 and max_steps == -1:
+        raise DataError("give a positive --epochs or --max-steps")
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1 (got {batch_size})")
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise DataError(f"--lr must be a positive number, e.g. 1e-4 (got {learning_rate})")
 
 
 def world_size() -> int:
@@ -113,6 +129,7 @@ def trainer_arguments(config: FinetuneConfig, output_dir: Path, **extra: Any) ->
         "weight_decay": 0.0,
         "logging_steps": 1,
         "logging_first_step": True,
+        "logging_nan_inf_filter": False,  # a NaN loss is shown as NaN (a diverged run is never saved)
         "save_strategy": "no",
         "report_to": [],
         "seed": config.seed,
@@ -170,6 +187,19 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
+def check_finite(state: dict[str, Any], steps: int, learning_rate: float) -> None:
+    """`RuntimeError` when training diverged (a weight is NaN or infinite): such a checkpoint is never
+    written, nor reported as a success."""
+    import torch
+
+    bad = [name for name, t in state.items() if torch.is_floating_point(t) and not bool(t.isfinite().all())]
+    if bad:
+        raise RuntimeError(
+            f"training diverged: {len(bad)} weight tensors (e.g. {bad[0]}) hold NaN or infinite values after "
+            f"{steps} steps, so no checkpoint was written; try a lower --lr (this run: {learning_rate:g})"
+        )
+
+
 def save_checkpoint(
     trainer: Any, config: FinetuneConfig, tokenizer: Any, out: Path, summary: dict[str, Any]
 ) -> None:
@@ -180,6 +210,7 @@ def save_checkpoint(
     state = trainer.accelerator.get_state_dict(trainer.model)
     if not trainer.accelerator.is_main_process:
         return
+    check_finite(state, int(trainer.state.global_step), config.lr())
     model = load_model(config.model)
     if config.method == "lora":
         from peft import get_peft_model

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from model_repo.training.data import DataError
+
 STEPS = ("finetune", "distill")
 
 
@@ -49,7 +51,7 @@ def torchrun_command(step: str, config_file: Path, nproc: int) -> list[str]:
 def run(step: str, config: Any, nproc: int = 1) -> dict[str, Any]:
     """Run `step` with its dataclass `config` in `nproc` processes; the summary of the main process."""
     if nproc < 1:
-        raise ValueError(f"--nproc must be at least 1 (got {nproc})")
+        raise DataError(f"--nproc must be at least 1 (got {nproc})")
     if nproc == 1:
         return _run_step(step, asdict(config))
     out = Path(config.out)
@@ -82,9 +84,17 @@ def main(argv: list[str]) -> int:
         return 0 if argv[:1] in (["--help"], ["-h"]) else 2
     step, config_file = argv
     config = json.loads(Path(config_file).read_text())
-    if int(os.environ.get("RANK", "0")) != 0:
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
         config["show_progress"] = False
-    _run_step(step, config)
+    try:
+        _run_step(step, config)
+    except DataError as exc:  # bad input: one line per process, not a traceback
+        print(f"error (process {rank}): {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # a diverged run, a failed collective: said once per process
+        print(f"error (process {rank}): {step} failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

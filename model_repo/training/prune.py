@@ -291,7 +291,9 @@ def prune_checkpoint(
     from model_repo.training.finetune import load_tokenizer
     from model_repo.training.text import load_passages
 
-    if drop <= 0 and mlp_keep is None:
+    if drop < 0:
+        raise DataError(f"--drop-layers must be 0 or more (got {drop})")
+    if drop == 0 and mlp_keep is None:
         raise DataError("nothing to prune: give --drop-layers N and/or --mlp-keep FRACTION")
     if criterion not in CRITERIA:
         raise DataError(f"--criterion {criterion!r}: choose output or block")

@@ -256,3 +256,92 @@ def test_distill_options_are_checked_up_front_and_reach_the_job(tmp_path: Path) 
     result = runner.invoke(app, [*base, "--out", "x", "--stack", "aws-dev", "--render", str(tmp_path / "j2"),
                                  "--heldout", str(data)])  # fmt: skip
     assert result.exit_code == 2 and "--heldout is read on this machine" in result.output
+
+
+def test_out_never_overwrites_an_input_or_a_folder_of_the_users(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    """--out that is the input checkpoint (or inside it), a file, or a folder holding other files is one
+    clear line before anything trains; the files there are untouched."""
+    data = write_facts(tmp_path / "facts.jsonl")
+    model = str(tiny_llama_checkpoint)
+    before = sorted(p.name for p in tiny_llama_checkpoint.iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    finetune = ["finetune", "--model", model, "--data", str(data), "--max-steps", "1"]
+    distill = ["distill", "--teacher", model, "--student", model, "--data", str(data), "--max-steps", "1"]
+    prune = ["prune", "--model", model, "--calibration", str(data), "--drop-layers", "1"]
+    for command in (finetune, distill, prune):
+        for out, said in [
+            (model, "is the input checkpoint"),
+            (str(tiny_llama_checkpoint / "sub"), "is the input checkpoint"),
+            (str(a_file), "is a file"),
+            (str(mine), "not an earlier"),
+        ]:
+            result = runner.invoke(app, [*command, "--out", out])
+            assert result.exit_code == 2 and said in result.output, (command[0], out, result.output)
+            assert "Traceback" not in result.output
+    assert sorted(p.name for p in tiny_llama_checkpoint.iterdir()) == before
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"] and a_file.read_text() == "x"
+
+
+def test_process_counts_and_batch_splits_are_checked_before_launch(tmp_path: Path) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    base = ["finetune", "--data", str(data), "--out", str(tmp_path / "o")]
+    for extra, said in [
+        (["--nproc", "0"], "--nproc must be at least 1 (got 0)"),
+        (["--nproc", "2", "--batch-size", "3"], "--batch-size 3 does not split evenly over 2 processes"),
+        (["--epochs", "inf"], "--epochs must be a finite number"),
+        (["--lr", "0"], "--lr must be a positive number"),
+        (["--lora-rank", "0"], "--lora-rank must be at least 1"),
+    ]:
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and said in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_stack_run_checks_its_settings_and_render_folder_too(tmp_path: Path) -> None:
+    """--stack used to hand nonsense to the Job; the same checks as a local run apply first."""
+    data = write_facts(tmp_path / "facts.jsonl")
+    job = tmp_path / "job"
+    base = ["finetune", "--data", str(data), "--out", "x", "--stack", "aws-dev"]
+    for extra, said in [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--nproc", "2", "--nodes", "2", "--batch-size", "6"], "does not split evenly over 4 processes"),
+    ]:
+        result = runner.invoke(app, [*base, "--render", str(job), *extra])
+        assert result.exit_code == 2 and said in result.output, result.output
+    assert not job.exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    result = runner.invoke(app, [*base, "--render", str(a_file)])
+    assert result.exit_code == 2 and "is a file" in result.output and a_file.read_text() == "x"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"messages": [{"role": "user", "content": "q"}]}\n\n{"messages": [}\n')
+    result = runner.invoke(app, [
+        "distill", "--teacher", "default", "--student", "default", "--prompts", str(prompts), "--out", "x",
+        "--stack", "aws-dev", "--render", str(job),
+    ])  # fmt: skip
+    assert result.exit_code == 2 and f"{prompts}:3: not valid JSON" in result.output, result.output
+
+
+def test_bad_text_and_endpoints_are_one_clear_line(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'.encode("latin-1"))
+    result = runner.invoke(app, ["finetune", "--data", str(latin1), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not UTF-8 text" in result.output and "Traceback" not in result.output
+    data = write_facts(tmp_path / "facts.jsonl")
+    for endpoint in ["not a url", "localhost:8000", "ftp://host/v1", "http://"]:
+        result = runner.invoke(app, ["eval", "--endpoint", endpoint, "--data", str(data)])
+        assert result.exit_code == 2 and "is not an http(s) URL" in result.output, result.output
+    zero = ["eval", "--endpoint", "http://x/v1", "--data", str(data), "--max-new-tokens", "0"]
+    result = runner.invoke(app, zero)
+    assert result.exit_code == 2 and "--max-new-tokens must be at least 1" in result.output
+    # nothing listens on port 9 (discard): the client's connection error becomes one line, exit 1
+    result = runner.invoke(app, ["eval", "--endpoint", "http://127.0.0.1:9/v1", "--data", str(data)])
+    assert result.exit_code == 1 and "cannot reach http://127.0.0.1:9/v1" in result.output, result.output
+    assert "Traceback" not in result.output

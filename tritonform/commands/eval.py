@@ -54,6 +54,20 @@ def eval_command(
 
     if (model is None) == (endpoint is None):
         raise fail("give exactly one of --model PATH|default or --endpoint URL", EXIT_BAD_INPUT)
+    if endpoint is not None:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise fail(
+                f"--endpoint {endpoint!r} is not an http(s) URL; give the served API's base, like "
+                "http://HOST:8000/v1",
+                EXIT_BAD_INPUT,
+            )
+    if max_new_tokens < 1:
+        raise fail(f"--max-new-tokens must be at least 1 (got {max_new_tokens})", EXIT_BAD_INPUT)
+    if out is not None and out.exists() and not out.is_dir():
+        raise fail(f"--out {out} is a file; name a folder for the figures and answers", EXIT_BAD_INPUT)
     try:
         names = parse_metrics(metrics)
         examples = load_chat_jsonl(data)

@@ -81,6 +81,54 @@ def run_guarded(what: str, work: Any) -> Any:
         raise fail(f"{what} failed ({type(exc).__name__}): {exc}", EXIT_FAILED) from None
 
 
+def check_out(out: Path, sources: list[str], markers: tuple[str, ...], what: str) -> None:
+    """Before any work: `--out` must be a folder that is new, empty or an earlier run of this command
+    (holding one of `markers`), and neither an input checkpoint nor inside one, so a run never writes over
+    what it reads or over a folder of the user's."""
+    folder = out.expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise fail(f"--out {out} is a file; name a folder for the checkpoint", EXIT_BAD_INPUT)
+    target = folder.resolve()
+    for source in sources:
+        checkpoint = Path(source).expanduser().resolve()
+        if target == checkpoint or checkpoint in target.parents:
+            raise fail(
+                f"--out {out} is the input checkpoint {source} or inside it; the run would write over what "
+                "it reads: choose a new folder",
+                EXIT_BAD_INPUT,
+            )
+    if folder.is_dir() and any(folder.iterdir()) and not any((folder / m).exists() for m in markers):
+        raise fail(
+            f"--out {out} is a folder with other files in it, not an earlier {what} run; choose a new or "
+            "empty folder",
+            EXIT_BAD_INPUT,
+        )
+
+
+def check_processes(nproc: int, nodes: int, batch_size: int) -> None:
+    """--nproc and --nodes are at least 1, and the global batch splits evenly over every process."""
+    from model_repo.training.data import DataError
+    from model_repo.training.finetune import per_device_batch
+
+    if nproc < 1:
+        raise fail(f"--nproc must be at least 1 (got {nproc})", EXIT_BAD_INPUT)
+    if nodes < 1:
+        raise fail(f"--nodes must be at least 1 (got {nodes})", EXIT_BAD_INPUT)
+    try:
+        per_device_batch(batch_size, nproc * nodes)
+    except DataError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+def _validated(config: Any) -> None:
+    from model_repo.training.data import DataError
+
+    try:  # the settings' own checks, before anything loads or uploads
+        config.validate()
+    except DataError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+
+
 def _check_data(data: Path) -> None:
     from model_repo.training.data import DataError, load_chat_jsonl
 
@@ -124,23 +172,13 @@ def finetune_command(
     """Fine-tune a model on chat data with TRL's SFTTrainer: the loss is on the assistant's answer only and
     the chat template is applied as at serving time. Writes a checkpoint (LoRA merged, adapter kept in
     adapter/) plus metrics.jsonl and training.json, ready for `tritonform build --model OUT`."""
-    from model_repo.training.finetune import FinetuneConfig
+    from model_repo.training.finetune import SUMMARY_FILE, FinetuneConfig
 
     _check_data(data)
     if strategy not in ("ddp", "fsdp"):
         raise fail(f"--strategy {strategy!r} is not one of ddp, fsdp", EXIT_BAD_INPUT)
-    if stack is not None or render is not None:
-        from tritonform.commands.train_remote import submit_remote
-
-        submit_remote("finetune", stack, render, image, nodes, nproc, data, model, out, {
-            "method": "lora" if lora else "full", "epochs": epochs, "max_steps": max_steps,
-            "learning_rate": lr, "batch_size": batch_size, "lora_rank": lora_rank,
-            "lora_alpha": 2 * lora_rank,
-            "seed": seed, "strategy": strategy,
-        })  # fmt: skip
-        return
     config = FinetuneConfig(
-        model=resolve_model(model),
+        model=model,
         data=str(data),
         out=str(out),
         method="lora" if lora else "full",
@@ -153,6 +191,22 @@ def finetune_command(
         seed=seed,
         strategy=strategy,  # type: ignore[arg-type]
     )
+    _validated(config)
+    check_processes(nproc, nodes if stack is not None or render is not None else 1, batch_size)
+    if stack is not None or render is not None:
+        from tritonform.commands.train_remote import submit_remote
+
+        submit_remote("finetune", stack, render, image, nodes, nproc, data, model, out, {
+            "method": "lora" if lora else "full", "epochs": epochs, "max_steps": max_steps,
+            "learning_rate": lr, "batch_size": batch_size, "lora_rank": lora_rank,
+            "lora_alpha": 2 * lora_rank,
+            "seed": seed, "strategy": strategy,
+        })  # fmt: skip
+        return
+    config = replace(config, model=resolve_model(model))
+    from model_repo.training.progress import METRICS_FILE
+
+    check_out(out, [config.model], (SUMMARY_FILE, METRICS_FILE), "finetune")
     from model_repo.training.launch import run
 
     summary = run_guarded("fine-tuning", lambda: run("finetune", config, nproc))
@@ -206,9 +260,12 @@ def prune_command(
     choice); follow with `tritonform distill`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from model_repo.training.prune import prune_checkpoint
+    from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
 
+    if drop_layers < 0:
+        raise fail(f"--drop-layers must be 0 or more (got {drop_layers})", EXIT_BAD_INPUT)
     path = resolve_model(model)
+    check_out(out, [path], (PRUNING_FILE,), "prune")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task("pruning", total=None)  # counts the output criterion's measured removals
@@ -307,6 +364,7 @@ def distill_command(
     Writes the student's checkpoint plus metrics.jsonl (loss, kl, ce per step) and training.json."""
     from model_repo.training.data import DataError
     from model_repo.training.distill import DistillConfig
+    from model_repo.training.finetune import SUMMARY_FILE
 
     if (data is None) == (prompts is None):
         raise fail(
@@ -315,6 +373,13 @@ def distill_command(
         )
     if data is not None:
         _check_data(data)
+    if prompts is not None:
+        from model_repo.training.evaluate import load_prompts
+
+        try:  # read now, not after the teacher has loaded
+            load_prompts(prompts)
+        except DataError as exc:
+            raise fail(str(exc), EXIT_BAD_INPUT) from None
     config = DistillConfig(
         teacher=teacher, student=student, out=str(out), data=str(data) if data else None,
         prompts=str(prompts) if prompts else None, epochs=epochs, max_steps=max_steps, learning_rate=lr,
@@ -322,10 +387,8 @@ def distill_command(
         heldout=str(heldout) if heldout else None, eval_every=eval_every, topk=topk, schedule=schedule,
         warmup_steps=warmup_steps, quant_aware=quant_aware, hidden_weight=hidden_weight,
     )  # fmt: skip
-    try:  # the settings' own checks, before anything loads or uploads
-        config.validate()
-    except DataError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    _validated(config)
+    check_processes(nproc, nodes if stack is not None or render is not None else 1, batch_size)
     if stack is not None or render is not None:
         from tritonform.commands.train_remote import submit_remote
 
@@ -339,6 +402,9 @@ def distill_command(
         })  # fmt: skip
         return
     config = replace(config, teacher=resolve_model(teacher), student=resolve_model(student))
+    from model_repo.training.progress import METRICS_FILE
+
+    check_out(out, [config.teacher, config.student], (SUMMARY_FILE, METRICS_FILE), "distill")
     from model_repo.training.launch import run
 
     summary = run_guarded("distillation", lambda: run("distill", config, nproc))

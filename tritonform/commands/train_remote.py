@@ -198,10 +198,15 @@ def submit_remote(
     except Exception as exc:  # bad values and schema errors are user-facing
         raise fail(f"{type(exc).__name__}: {exc}", EXIT_BAD_INPUT) from None
     if render is not None:
+        if render.exists() and not render.is_dir():
+            raise fail(f"--render {render} is a file; name a folder for the manifests", EXIT_BAD_INPUT)
         try:
             files = write_manifests(objects, render)
         except ValueError as exc:
             raise fail(str(exc), EXIT_BAD_INPUT) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise fail(f"--render {render}: cannot write there ({reason})", EXIT_BAD_INPUT) from None
         console.print(
             f"wrote {len(files)} manifests to {render} (Kubernetes {settings.cluster.kubernetes_version}, "
             f"strict schemas); the checkpoint would land in {spec.checkpoint_uri()}"

@@ -57,3 +57,21 @@ def test_missing_and_empty_files_are_clear_errors(tmp_path: Path) -> None:
         load_chat_jsonl(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match="no examples"):
         load_chat_jsonl(_file(tmp_path, "", ""))
+
+
+def test_text_that_is_not_utf8_names_the_line_and_a_folder_is_not_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + '{"messages": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9\); save the file as"):
+        load_chat_jsonl(path)
+    with pytest.raises(DataError, match="is a folder, not a file"):
+        load_chat_jsonl(tmp_path)
+
+
+def test_a_byte_order_mark_is_read_past() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bom.jsonl"
+        path.write_text(json.dumps(GOOD) + "\n", encoding="utf-8-sig")
+        assert [e.answer for e in load_chat_jsonl(path)] == ["hello"]

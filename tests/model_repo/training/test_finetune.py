@@ -75,6 +75,39 @@ def test_the_global_batch_must_split_evenly() -> None:
         per_device_batch(8, 3)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epochs": float("inf")}, "--epochs must be a finite number"),
+        ({"epochs": float("nan")}, "--epochs must be a finite number"),
+        ({"epochs": -1.0}, "--epochs must be a finite number of passes, 0 or more"),
+        ({"max_steps": -5}, "--max-steps must be a positive number of steps, or -1"),
+        ({"learning_rate": -1.0}, "--lr must be a positive number"),
+        ({"learning_rate": 0.0}, "--lr must be a positive number"),
+        ({"lora_rank": 0}, "--lora-rank must be at least 1"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+    ],
+)
+def test_bad_settings_are_named_before_anything_loads(changes: dict[str, object], message: str) -> None:
+    from model_repo.training.data import DataError
+
+    with pytest.raises(DataError, match=message):
+        FinetuneConfig(**{"model": "m", "data": "d", "out": "o", **changes}).validate()  # type: ignore[arg-type]
+
+
+def test_a_run_that_diverges_writes_no_checkpoint(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+    """Weights that became NaN or infinite are refused at the end (never saved, never reported done)."""
+    data = write_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "diverged"
+    config = FinetuneConfig(
+        model=str(tiny_llama_checkpoint), data=str(data), out=str(out), method="full", max_steps=3,
+        learning_rate=1e38, batch_size=4, show_progress=False,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"training diverged: .* NaN or infinite values after 3 steps"):
+        run("finetune", config)
+    assert not (out / "model.safetensors").exists() and not (out / SUMMARY_FILE).exists()
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_same_loss_curve_as_one(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
     """torchrun with 2 gloo processes (batch 2 each) vs one process (batch 4), same data order: every

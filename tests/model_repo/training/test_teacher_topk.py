@@ -103,7 +103,7 @@ def test_distilling_on_cached_targets_moves_the_student_and_reuses_them(
     stamp = targets.stat().st_mtime_ns
     from dataclasses import replace
 
-    run_distill(replace(config, out=str(tmp_path / "d2"), max_steps=2, heldout=None))
+    run_distill(replace(config, out=str(tmp_path / "d2"), max_steps=2, heldout=None, eval_every=0))
     assert targets.stat().st_mtime_ns == stamp
 
 
@@ -117,6 +117,17 @@ def test_distilling_on_cached_targets_moves_the_student_and_reuses_them(
         ({"quant_aware": "int3"}, "--quant-aware 'int3': choose one of none, int4"),
         ({"quant_aware": "int4", "strategy": "fsdp"}, "FSDP shards"),
         ({"hidden_weight": -0.5}, "--hidden-weight must be 0"),
+        ({"hidden_weight": float("nan")}, "--hidden-weight must be 0"),
+        ({"temperature": float("nan")}, "--temperature must be a positive number"),
+        ({"alpha": float("nan")}, "--alpha must be between 0 and 1"),
+        ({"learning_rate": 0.0}, "--lr must be a positive number"),
+        ({"learning_rate": float("nan")}, "--lr must be a positive number"),
+        ({"epochs": float("inf")}, "--epochs must be a finite number"),
+        ({"epochs": 0.0}, "give a positive --epochs or --max-steps"),
+        ({"max_steps": 0}, "--max-steps must be a positive number of steps, or -1"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"warmup_steps": -1}, "--warmup-steps must be 0 or more"),
+        ({"eval_every": 5}, "--eval-every measures the perplexity of --heldout FILE"),
     ],
 )
 def test_bad_distillation_settings_are_named(changes: dict[str, object], message: str) -> None:
