@@ -28,6 +28,7 @@ TRAINING_APP = "tritonform-training"  # the app label the namespace's network po
 TRAINER_UID = 10003  # a high id no node account uses
 RENDEZVOUS_PORT = 29500
 IMAGE_DEFAULT_MODEL = "/opt/tritonform/default-model"  # where docker/trainer puts `--model default`
+TEACHER_DIR = "/work/teacher"  # where a bucket-held teacher is copied for distillation
 DATASETS_PREFIX = TRAINER_READ_PREFIX.rstrip("/")
 CHECKPOINTS_PREFIX = TRAINER_WRITE_PREFIX.rstrip("/")
 
@@ -68,8 +69,16 @@ class TrainingJobSpec:
 
     def model_uri(self) -> str | None:
         """A base model kept in the bucket (`checkpoints/NAME`), copied in beside the data; else None."""
+        return self._in_bucket(self.model)
+
+    def teacher_uri(self) -> str | None:
+        """Distillation's teacher when the bucket keeps it (`checkpoints/NAME`); else None (in the image)."""
+        teacher = self.config.get("teacher") if self.step == "distill" else None
+        return self._in_bucket(teacher) if isinstance(teacher, str) else None
+
+    def _in_bucket(self, model: str) -> str | None:
         prefix = f"{CHECKPOINTS_PREFIX}/"
-        return f"{self.bucket_uri.rstrip('/')}/{self.model}" if self.model.startswith(prefix) else None
+        return f"{self.bucket_uri.rstrip('/')}/{model}" if model.startswith(prefix) else None
 
 
 def _security(read_only_root: bool = False) -> dict[str, Any]:
@@ -98,11 +107,13 @@ def _copy_file(scheme: str, uri: str, local: str) -> str:
 
 
 def _copy_inputs(spec: TrainingJobSpec, scheme: str) -> str:
-    """Copy the data file (and a bucket-held base model) into /work."""
-    command = "mkdir -p /work/data /work/model && " + _copy_file(scheme, spec.dataset_uri(), _data_file(spec))
-    model_uri = spec.model_uri()
-    if model_uri:
-        command += " && " + sync_command(scheme, model_uri, "/work/model")
+    """Copy the data file (and a bucket-held base model and teacher) into /work."""
+    command = f"mkdir -p /work/data /work/model {TEACHER_DIR} && " + _copy_file(
+        scheme, spec.dataset_uri(), _data_file(spec)
+    )
+    for uri, local in ((spec.model_uri(), "/work/model"), (spec.teacher_uri(), TEACHER_DIR)):
+        if uri:
+            command += " && " + sync_command(scheme, uri, local)
     return command
 
 
@@ -115,6 +126,8 @@ def _train_script(spec: TrainingJobSpec, service: str) -> str:
     config = {**spec.config, "out": "/work/out", "show_progress": False}
     data_key = "prompts" if config.pop("data_is_prompts", False) else "data"
     config.update({"model" if spec.step == "finetune" else "student": model, data_key: _data_file(spec)})
+    if spec.teacher_uri():
+        config["teacher"] = TEACHER_DIR
     rendezvous = f"{spec.run}-0.{service}.{spec.namespace}.svc.cluster.local"
     torchrun = shlex.join(
         [

@@ -345,3 +345,23 @@ def test_bad_text_and_endpoints_are_one_clear_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "--endpoint", "http://127.0.0.1:9/v1", "--data", str(data)])
     assert result.exit_code == 1 and "cannot reach http://127.0.0.1:9/v1" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_stack_run_refuses_a_checkpoint_that_is_only_on_this_machine(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    job = tmp_path / "job"
+    stack = ["--data", str(data), "--out", "x", "--stack", "aws-dev", "--render", str(job)]
+    for command in (
+        ["finetune", "--model", str(tiny_llama_checkpoint)],
+        ["finetune", "--model", "pruned"],
+        ["distill", "--teacher", "default", "--student", "pruned", "--alpha", "1"],
+        ["distill", "--teacher", str(tiny_llama_checkpoint), "--student", "checkpoints/p", "--alpha", "1"],
+    ):
+        result = runner.invoke(app, [*command, *stack])
+        assert result.exit_code == 2 and "does not reach the pod" in result.output, result.output
+    assert not job.exists()
+    result = runner.invoke(app, ["distill", "--teacher", "checkpoints/t", "--student", "checkpoints/s",
+                                 "--alpha", "1", *stack])  # fmt: skip
+    assert result.exit_code == 0, result.output

@@ -115,6 +115,23 @@ def write_manifests(objects: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return paths
 
 
+def check_remote_model(flag: str, name: str) -> None:
+    """On the GPU pool a model is `default` (in the trainer image), a checkpoint in the stack's bucket
+    (`checkpoints/NAME`) or an absolute path inside the image; a folder of this machine is none of them."""
+    from infra.workload.training_job import CHECKPOINTS_PREFIX
+
+    if name == "default" or name.startswith(f"{CHECKPOINTS_PREFIX}/"):
+        return
+    if name.startswith("/") and not (Path(name) / "config.json").is_file():
+        return  # a path inside the image (a checkpoint of this machine would have its config.json here)
+    raise fail(
+        f"{flag} {name}: with --stack, name 'default', a checkpoint in the stack's bucket "
+        f"({CHECKPOINTS_PREFIX}/NAME, e.g. an earlier run's output) or a path inside --image; a folder on "
+        "this machine does not reach the pod",
+        EXIT_BAD_INPUT,
+    )
+
+
 def kubernetes_submit(objects: list[dict[str, Any]]) -> None:
     """Create the objects with the official Kubernetes client and the current kubeconfig context."""
     from kubernetes import client, config, utils
@@ -155,6 +172,10 @@ def submit_remote(
     if data is None:
         raise fail("--data (or --prompts) is required", EXIT_BAD_INPUT)
     from infra.workload.training_job import IMAGE_DEFAULT_MODEL
+
+    for flag, name in (("--model/--student", model), ("--teacher", config.get("teacher"))):
+        if isinstance(name, str):
+            check_remote_model(flag, name)
 
     # the trainer image holds the default checkpoint (docker/trainer/Dockerfile)
     model = IMAGE_DEFAULT_MODEL if model == "default" else model

@@ -84,3 +84,24 @@ def test_a_bucket_held_base_model_is_copied_in_and_bad_specs_are_refused() -> No
         training_objects(_spec(run="Bad_Name"), GpuScheduling.standard())
     with pytest.raises(ValueError, match="s3://, gs:// or as://"):
         training_objects(_spec(bucket_uri="file:///tmp"), GpuScheduling.standard())
+
+
+@pytest.mark.parametrize("bucket", ["s3://tf-dev-models", "gs://tf-dev-models", "as://tfdevacct/models"])
+def test_a_bucket_held_teacher_is_copied_in_for_distillation(bucket: str) -> None:
+    """`distill --teacher checkpoints/NAME --stack ...`: the teacher comes from the bucket like the student
+    (it used to stay a bucket path the trainer could not open)."""
+    spec = _spec(
+        step="distill", bucket_uri=bucket, model="checkpoints/pruned-1",
+        config={"teacher": "checkpoints/finetune-old", "alpha": 1.0},
+    )  # fmt: skip
+    _, job = training_objects(spec, GpuScheduling.standard())
+    pod = job["spec"]["template"]["spec"]
+    copy, train = pod["initContainers"][0]["command"][-1], pod["initContainers"][1]["command"][-1]
+    assert "checkpoints/finetune-old" in copy and "/work/teacher" in copy
+    assert '"teacher": "/work/teacher"' in train and '"student": "/work/model"' in train
+    # a teacher inside the image (default) stays as it is, and nothing more is copied
+    spec = _spec(step="distill", config={"teacher": "/opt/tritonform/default-model"})
+    _, job = training_objects(spec, GpuScheduling.standard())
+    pod = job["spec"]["template"]["spec"]
+    assert "checkpoints/" not in pod["initContainers"][0]["command"][-1]
+    assert '"teacher": "/opt/tritonform/default-model"' in pod["initContainers"][1]["command"][-1]
