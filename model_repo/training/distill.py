@@ -29,6 +29,7 @@ from model_repo.training.finetune import (
     load_model,
     load_tokenizer,
     quiet,
+    say_line,
     to_dataset,
     trainer_arguments,
     world_size,
@@ -181,7 +182,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
     student = load_model(config.student)
     if config.quant_aware == "int4":
         rounded = train_through_rounding(student)
-        _say(f"quantisation-aware: {rounded} projections train through the int4 build's rounding")
+        say_line(f"quantisation-aware: {rounded} projections train through the int4 build's rounding")
     as_finetune = FinetuneConfig(
         model=config.student,
         data="",
@@ -199,7 +200,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
     callbacks: list[Any] = [progress]
     if config.heldout is not None:
         text = read_text(config.heldout, "--heldout", "pass a plain text file")[1]
-        callbacks.append(heldout_callback(text, tokenizer, config.eval_every, _say))
+        callbacks.append(heldout_callback(text, tokenizer, config.eval_every, say_line))
     if config.topk:
         from model_repo.training.distill_topk import train_on_topk
 
@@ -216,7 +217,7 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         packing=False,
     )
     parts: dict[str, list[float]] = {"kl": [], "ce": []}
-    pairs = hidden_pairs(config.hidden_weight, config.student, teacher, student, _say)
+    pairs = hidden_pairs(config.hidden_weight, config.student, teacher, student, say_line)
     if pairs:
         parts["hidden"] = []
 
@@ -256,10 +257,6 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
     )
     quiet(trainer)
     return _finish(config, trainer, tokenizer, len(examples), callbacks)
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
 
 
 def _finish(

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +66,7 @@ class FinetuneConfig:
         if self.lora_rank < 1 or self.lora_alpha < 1:
             raise DataError(f"--lora-rank must be at least 1 (got {self.lora_rank})")
         if self.max_length < 2:
-            raise DataError(f"the longest example must be at least 2 tokens (got {self.max_length})")
+            raise DataError(f"--max-length must be at least 2 tokens (got {self.max_length})")
 
 
 def check_schedule(epochs: float, max_steps: int, batch_size: int, learning_rate: float | None) -> None:
@@ -237,6 +238,41 @@ def quiet(trainer: Any) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
+def _ids(rendered: Any) -> list[int]:
+    return list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+
+
+def check_lengths(
+    tokenizer: Any, examples: list[ChatExample], max_length: int, say: Callable[[str], None] | None
+) -> None:
+    """Examples longer than `max_length` tokens (rendered as at serving time) lose their answer's end, and
+    TRL drops those whose prompt alone fills it: `DataError` when none would be learnt, else a warning
+    naming how many and the first line, so no answer is cut silently."""
+    cut, dropped = [], []
+    for e in examples:
+        asked = tokenizer.apply_chat_template(list(e.prompt), add_generation_prompt=True, tokenize=True)
+        prompt = _ids(asked)
+        if len(prompt) >= max_length:
+            dropped.append(e.line)
+        elif len(_ids(tokenizer.apply_chat_template(e.messages, tokenize=True))) > max_length:
+            cut.append(e.line)
+    if len(dropped) == len(examples):
+        raise DataError(
+            f"every example's prompt is {max_length} tokens or longer, so no answer would be learnt; raise "
+            "--max-length or shorten the prompts"
+        )
+    if (cut or dropped) and say is not None:
+        say(
+            f"warning: {len(cut) + len(dropped)} of {len(examples)} examples are longer than --max-length "
+            f"{max_length} tokens (first: line {min(cut + dropped)}): {len(cut)} answers cut short, "
+            f"{len(dropped)} skipped (the prompt alone fills it); raise --max-length to learn them whole"
+        )
+
+
+def say_line(line: str) -> None:
+    print(line, flush=True)
+
+
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune in this process (one of torchrun's workers, or alone); returns the run's summary."""
     config.validate()
@@ -248,6 +284,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     out = Path(config.out)
     examples = load_chat_jsonl(config.data)
     tokenizer = load_tokenizer(config.model)
+    check_lengths(tokenizer, examples, config.max_length, say_line if is_main_process() else None)
     model = load_model(config.model)
     args = SFTConfig(
         **trainer_arguments(config, out / ".trainer"),

@@ -159,6 +159,14 @@ def finetune_command(
         int, typer.Option("--batch-size", help="Global batch, split over the processes.")
     ] = 8,
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA rank.")] = 16,
+    max_length: Annotated[
+        int,
+        typer.Option(
+            "--max-length",
+            help="Longest conversation learnt, in tokens (chat template included); longer answers are cut "
+            "and the run says how many.",
+        ),
+    ] = 512,
     nproc: NprocOpt = 1,
     strategy: Annotated[
         str, typer.Option("--strategy", help="ddp (each process holds the model) or fsdp (sharded).")
@@ -188,6 +196,7 @@ def finetune_command(
         batch_size=batch_size,
         lora_rank=lora_rank,
         lora_alpha=2 * lora_rank,
+        max_length=max_length,
         seed=seed,
         strategy=strategy,  # type: ignore[arg-type]
     )
@@ -199,7 +208,7 @@ def finetune_command(
         submit_remote("finetune", stack, render, image, nodes, nproc, data, model, out, {
             "method": "lora" if lora else "full", "epochs": epochs, "max_steps": max_steps,
             "learning_rate": lr, "batch_size": batch_size, "lora_rank": lora_rank,
-            "lora_alpha": 2 * lora_rank,
+            "lora_alpha": 2 * lora_rank, "max_length": max_length,
             "seed": seed, "strategy": strategy,
         })  # fmt: skip
         return

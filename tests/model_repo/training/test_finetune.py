@@ -153,3 +153,24 @@ def test_fsdp_shards_over_two_processes_and_writes_one_checkpoint(
     assert sharded["losses"][0] == pytest.approx(single["losses"][0], rel=1e-4)
     inspect_checkpoint(tmp_path / "fsdp")
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "fsdp"))
+
+
+def test_examples_past_max_length_are_counted_not_cut_silently(tiny_llama_checkpoint: Path) -> None:
+    from model_repo.training.data import ChatExample, DataError
+    from model_repo.training.finetune import check_lengths, load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_checkpoint)
+    short = ChatExample(({"role": "user", "content": "hi"},), "hello", 1)
+    long_answer = ChatExample(({"role": "user", "content": "hi"},), "word " * 300, 2)
+    long_prompt = ChatExample(({"role": "user", "content": "word " * 300},), "ok", 3)
+    said: list[str] = []
+    check_lengths(tok, [short, long_answer, long_prompt], 128, said.append)
+    assert said == [
+        "warning: 2 of 3 examples are longer than --max-length 128 tokens (first: line 2): 1 answers cut "
+        "short, 1 skipped (the prompt alone fills it); raise --max-length to learn them whole"
+    ]
+    said.clear()
+    check_lengths(tok, [short], 128, said.append)
+    assert said == []
+    with pytest.raises(DataError, match="every example's prompt is 128 tokens or longer"):
+        check_lengths(tok, [long_prompt], 128, said.append)
