@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -396,5 +397,13 @@ def make_tiny_checkpoint(out: str | Path, family: str = "llama", seed: int = 0) 
 
 def resolve_checkpoint(model: str, progress: Callable[[str], None] | None = None) -> CheckpointInfo:
     """`default` -> the fetched SmolLM2 checkpoint; anything else is a local directory."""
+    if not model.strip():
+        raise CheckpointError("the model is empty; give a local checkpoint directory or 'default'")
     path = fetch_default(progress) if model == "default" else Path(model)
+    if not path.expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise CheckpointError(
+            f"checkpoint directory {model} does not exist here; a Hugging Face Hub name is not fetched "
+            f"(no hub access): download it where there is, e.g. `hf download {model} --local-dir DIR`, "
+            "and pass DIR, or use 'default'"
+        )
     return inspect_checkpoint(path)

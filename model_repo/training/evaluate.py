@@ -44,8 +44,10 @@ class EvalResult:
 def parse_metrics(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
-    if unknown or not names:
-        raise DataError(f"unknown metric(s) {unknown or text!r}; choose from {','.join(METRICS)}")
+    if not names:
+        raise DataError(f"--metrics {text!r} names no metric; choose from {','.join(METRICS)}")
+    if unknown:
+        raise DataError(f"unknown metric(s) {unknown}; choose from {','.join(METRICS)}")
     return names
 
 

@@ -98,3 +98,17 @@ def test_default_smollm2_checkpoint_has_a_correct_chatml_tokenizer() -> None:
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
     config = json.loads((path / "config.json").read_text())
     assert config["eos_token_id"] == tok.eos_token_id == 2
+
+
+def test_an_empty_name_or_a_hub_name_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_repo.checkpoint import CheckpointError, resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="the model is empty"):
+        resolve_checkpoint("  ")
+    with pytest.raises(CheckpointError, match=r"a Hugging Face Hub name is not fetched .* --local-dir DIR"):
+        resolve_checkpoint("HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(CheckpointError, match=r"does not exist$"):
+        resolve_checkpoint("no/such/folder")

@@ -91,3 +91,8 @@ def test_metric_names_and_source_are_checked() -> None:
         evaluate([], ["exact"])
     with pytest.raises(DataError, match="perplexity needs"):
         evaluate([], ["perplexity"], endpoint="http://x")
+
+
+def test_an_empty_metric_list_says_so() -> None:
+    with pytest.raises(DataError, match="--metrics ',' names no metric; choose from"):
+        parse_metrics(",")
