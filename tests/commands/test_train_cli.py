@@ -69,6 +69,9 @@ def test_prune_without_a_choice_or_with_a_bad_fraction_is_one_clear_line(
     result = runner.invoke(app, [*base, "--drop-layers", "1", "--criterion", "cosine"])
     assert result.exit_code == 2 and "--criterion 'cosine': choose output or block" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "p").exists()
+    missing = [*base[:-1], str(tmp_path / "nope.txt"), "--drop-layers", "1"]
+    result = runner.invoke(app, missing)
+    assert result.exit_code == 2 and "--calibration" in result.output and "does not exist" in result.output
 
 
 def test_finetune_then_eval_locally_on_the_tiny_model(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:

@@ -269,10 +269,15 @@ def prune_command(
     choice); follow with `tritonform distill`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from model_repo.training.data import DataError, read_text
     from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
 
     if drop_layers < 0:
         raise fail(f"--drop-layers must be 0 or more (got {drop_layers})", EXIT_BAD_INPUT)
+    try:  # before the model loads
+        read_text(calibration, "--calibration", "pass chat JSON Lines (.jsonl) or a plain text file")
+    except DataError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     path = resolve_model(model)
     check_out(out, [path], (PRUNING_FILE,), "prune")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
