@@ -400,10 +400,15 @@ def resolve_checkpoint(model: str, progress: Callable[[str], None] | None = None
     if not model.strip():
         raise CheckpointError("the model is empty; give a local checkpoint directory or 'default'")
     path = fetch_default(progress) if model == "default" else Path(model)
-    if not path.expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+    if not path.expanduser().exists() and model.startswith("checkpoints/"):
         raise CheckpointError(
-            f"checkpoint directory {model} does not exist here; a Hugging Face Hub name is not fetched "
-            f"(no hub access): download it where there is, e.g. `hf download {model} --local-dir DIR`, "
-            "and pass DIR, or use 'default'"
+            f"checkpoint directory {model} does not exist here; if it is a checkpoint in a stack's bucket, "
+            "that works with --stack NAME (on the GPU pool), or download it and pass the folder"
+        )
+    if not path.expanduser().exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", model):
+        raise CheckpointError(
+            f"checkpoint directory {model} does not exist here; if it is a Hugging Face Hub name, it is not "
+            f"fetched (no hub access): download it where there is, e.g. `hf download {model} --local-dir "
+            "DIR`, and pass DIR, or use 'default'"
         )
     return inspect_checkpoint(path)

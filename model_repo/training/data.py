@@ -79,8 +79,9 @@ def read_text(path: str | Path, what: str, hint: str) -> tuple[Path, str]:
     if not p.is_file():
         raise DataError(f"{what} {p} does not exist; {hint}")
     raw = p.read_bytes()
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a byte-order mark
     try:
-        return p, raw.decode("utf-8-sig")
+        return p, raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
@@ -88,11 +89,17 @@ def read_text(path: str | Path, what: str, hint: str) -> tuple[Path, str]:
         ) from None
 
 
+def text_lines(content: str) -> list[str]:
+    """The lines of a JSON Lines text: split at newlines only (JSON strings may hold U+2028, U+0085...,
+    which `str.splitlines` would split at)."""
+    return content.split("\n")
+
+
 def load_chat_jsonl(path: str | Path) -> list[ChatExample]:
     """Every example of a JSON Lines file (blank lines skipped); `DataError` on the first bad line."""
     p, content = read_text(path, "data file", "pass a JSON Lines file with --data")
     examples = []
-    for number, text in enumerate(content.splitlines(), start=1):
+    for number, text in enumerate(text_lines(content), start=1):
         if text.strip():
             examples.append(parse_example(text, f"{p}:{number}", number))
     if not examples:

@@ -23,6 +23,7 @@ from typing import Any
 from model_repo.training.data import ChatExample, DataError, load_chat_jsonl, read_text, write_chat_jsonl
 from model_repo.training.finetune import (
     SUMMARY_FILE,
+    TRAINER_DIR,
     FinetuneConfig,
     check_finite,
     check_schedule,
@@ -207,11 +208,11 @@ def run_distill(config: DistillConfig) -> dict[str, Any]:
         targets = Path(config.topk_file) if config.topk_file else out / TOPK_FILE
         topk_trainer = train_on_topk(
             config, teacher, student, tokenizer, examples, targets,
-            trainer_arguments(as_finetune, out / ".trainer", **schedule), callbacks,
+            trainer_arguments(as_finetune, out / TRAINER_DIR, **schedule), callbacks,
         )  # fmt: skip
         return _finish(config, topk_trainer, tokenizer, len(examples), callbacks)
     args = SFTConfig(
-        **trainer_arguments(as_finetune, out / ".trainer", **schedule),
+        **trainer_arguments(as_finetune, out / TRAINER_DIR, **schedule),
         max_length=config.max_length,
         completion_only_loss=True,
         packing=False,
@@ -263,8 +264,6 @@ def _finish(
     config: DistillConfig, trainer: Any, tokenizer: Any, examples: int, callbacks: list[Any]
 ) -> dict[str, Any]:
     """Train, then write the student (fp32, merged from every process) and `training.json`."""
-    import torch
-
     out = Path(config.out)
     result = trainer.train()
     progress = callbacks[0]
@@ -283,6 +282,18 @@ def _finish(
     if config.quant_aware != "none":  # write the rounded weights: what the student learned to be
         summary["rounded_projections"] = keep_rounded(trainer.model)
     state = trainer.accelerator.get_state_dict(trainer.model)
+    try:
+        _write(config, trainer, tokenizer, state, summary)
+    finally:  # the Trainer's scratch folder goes, written or refused
+        shutil.rmtree(out / TRAINER_DIR, ignore_errors=True)
+    return summary
+
+
+def _write(config: DistillConfig, trainer: Any, tokenizer: Any, state: Any, summary: dict[str, Any]) -> None:
+    """On the main process: the student in fp32, training.json and the student's lineage."""
+    import torch
+
+    out = Path(config.out)
     if trainer.accelerator.is_main_process:
         check_finite(state, int(trainer.state.global_step), config.learning_rate)
         final = load_model(config.student)
@@ -295,5 +306,3 @@ def _finish(
         lineage = Path(config.student) / PRUNING_FILE
         if lineage.is_file():  # which teacher layers the student holds (a later --hidden-weight run reads it)
             shutil.copyfile(lineage, out / PRUNING_FILE)
-    shutil.rmtree(out / ".trainer", ignore_errors=True)
-    return summary

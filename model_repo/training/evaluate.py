@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from model_repo.training.data import ChatExample, DataError, parse_example, read_text
+from model_repo.training.data import ChatExample, DataError, parse_example, read_text, text_lines
 
 METRICS = ("exact", "rouge", "bleu", "perplexity")
 GENERATING = ("exact", "rouge", "bleu")
@@ -56,7 +56,7 @@ def load_prompts(path: str | Path) -> list[ChatExample]:
     answer, which is then ignored."""
     p, content = read_text(path, "prompts file", "pass chat JSON Lines with --prompts")
     prompts = []
-    for number, text in enumerate(content.splitlines(), start=1):
+    for number, text in enumerate(text_lines(content), start=1):
         if not text.strip():
             continue
         try:
@@ -162,9 +162,11 @@ class EndpointError(RuntimeError):
     """The served model could not answer; the message says what the endpoint replied and what to check."""
 
 
-def _endpoint_failure(exc: Exception, base: Any, model_name: str) -> str:
+def _endpoint_failure(exc: Exception, base: str, model_name: str) -> str:
     import openai
 
+    if isinstance(exc, openai.APITimeoutError):
+        return f"{base} did not answer in time ({exc}); is the server overloaded, or the URL right?"
     if isinstance(exc, openai.APIConnectionError):
         return f"cannot reach {base} ({exc}); is the server up and the URL its API's base (.../v1)?"
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
@@ -194,7 +196,8 @@ def generate_endpoint(
 
         client_factory = OpenAI
     base = endpoint.rstrip("/")
-    client = client_factory(base_url=base if base.endswith("/v1") else base + "/v1", api_key=api_key)
+    url = base if base.endswith("/v1") else base + "/v1"
+    client = client_factory(base_url=url, api_key=api_key)
     answers = []
     bar, task = _progress("asking the endpoint", len(examples))
     with bar:
@@ -207,7 +210,7 @@ def generate_endpoint(
                     max_tokens=max_new_tokens,
                 )
             except Exception as exc:
-                raise EndpointError(_endpoint_failure(exc, client.base_url, model_name)) from None
+                raise EndpointError(_endpoint_failure(exc, url, model_name)) from None
             answers.append((reply.choices[0].message.content or "").strip())
             bar.advance(task)
     return answers

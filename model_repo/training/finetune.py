@@ -31,6 +31,11 @@ Method = Literal["lora", "full"]
 Strategy = Literal["ddp", "fsdp"]
 ADAPTER_DIR = "adapter"
 SUMMARY_FILE = "training.json"
+TRAINER_DIR = ".trainer"  # the Trainer's scratch folder inside the output, removed at the end
+
+
+class TrainingDiverged(RuntimeError):
+    """The trained weights hold NaN or infinite values: nothing is written."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,7 @@ def check_finite(state: dict[str, Any], steps: int, learning_rate: float) -> Non
 
     bad = [name for name, t in state.items() if torch.is_floating_point(t) and not bool(t.isfinite().all())]
     if bad:
-        raise RuntimeError(
+        raise TrainingDiverged(
             f"training diverged: {len(bad)} weight tensors (e.g. {bad[0]}) hold NaN or infinite values after "
             f"{steps} steps, so no checkpoint was written; try a lower --lr (this run: {learning_rate:g})"
         )
@@ -251,10 +256,12 @@ def check_lengths(
     cut, dropped = [], []
     for e in examples:
         asked = tokenizer.apply_chat_template(list(e.prompt), add_generation_prompt=True, tokenize=True)
-        prompt = _ids(asked)
-        if len(prompt) >= max_length:
+        prompt, whole = _ids(asked), _ids(tokenizer.apply_chat_template(e.messages, tokenize=True))
+        pairs = zip(prompt, whole, strict=False)
+        shared = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(prompt), len(whole)))
+        if shared >= max_length:  # the answer starts where the two renderings part, as in TRL
             dropped.append(e.line)
-        elif len(_ids(tokenizer.apply_chat_template(e.messages, tokenize=True))) > max_length:
+        elif len(whole) > max_length:
             cut.append(e.line)
     if len(dropped) == len(examples):
         raise DataError(
@@ -287,7 +294,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     check_lengths(tokenizer, examples, config.max_length, say_line if is_main_process() else None)
     model = load_model(config.model)
     args = SFTConfig(
-        **trainer_arguments(config, out / ".trainer"),
+        **trainer_arguments(config, out / TRAINER_DIR),
         max_length=config.max_length,
         completion_only_loss=True,
         dataset_num_proc=None,
@@ -315,6 +322,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
         "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
     }
-    save_checkpoint(trainer, config, tokenizer, out, summary)
-    shutil.rmtree(out / ".trainer", ignore_errors=True)
+    try:
+        save_checkpoint(trainer, config, tokenizer, out, summary)
+    finally:  # the Trainer's scratch folder goes, written or refused
+        shutil.rmtree(out / TRAINER_DIR, ignore_errors=True)
     return summary

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from model_repo.training.data import DataError
+from model_repo.training.finetune import TrainingDiverged
 
 STEPS = ("finetune", "distill")
 
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
     except DataError as exc:  # bad input: one line per process, not a traceback
         print(f"error (process {rank}): {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # a diverged run, a failed collective: said once per process
+    except TrainingDiverged as exc:  # said once, not as a traceback (other failures keep theirs)
         print(f"error (process {rank}): {step} failed: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -368,3 +368,16 @@ def test_a_stack_run_refuses_a_checkpoint_that_is_only_on_this_machine(
     result = runner.invoke(app, ["distill", "--teacher", "checkpoints/t", "--student", "checkpoints/s",
                                  "--alpha", "1", *stack])  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_an_empty_folder_or_an_earlier_runs_output_is_a_fine_out(
+    tiny_llama_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = write_facts(tmp_path / "facts.jsonl")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prune = ["prune", "--model", str(tiny_llama_checkpoint), "--calibration", str(data), "--mlp-keep", "0.5"]
+    for _ in range(2):  # an empty folder, then the same folder holding that run's output
+        result = runner.invoke(app, [*prune, "--out", str(empty)])
+        assert result.exit_code == 0, result.output
+        assert (empty / "pruning.json").is_file() and (empty / "config.json").is_file()

@@ -108,7 +108,12 @@ def test_an_empty_name_or_a_hub_name_says_what_to_pass(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="the model is empty"):
         resolve_checkpoint("  ")
-    with pytest.raises(CheckpointError, match=r"a Hugging Face Hub name is not fetched .* --local-dir DIR"):
+    with pytest.raises(CheckpointError, match=r"if it is a Hugging Face Hub name, it is not fetched .* DIR"):
         resolve_checkpoint("HuggingFaceTB/SmolLM2-135M-Instruct")
+    for local in ("./model", "../runs", ".hidden/x"):  # folders, never Hub names
+        with pytest.raises(CheckpointError, match=r"does not exist$"):
+            resolve_checkpoint(local)
+    with pytest.raises(CheckpointError, match="a checkpoint in a stack's bucket, that works with --stack"):
+        resolve_checkpoint("checkpoints/pruned-1")
     with pytest.raises(CheckpointError, match=r"does not exist$"):
         resolve_checkpoint("no/such/folder")

@@ -180,7 +180,7 @@ def finetune_command(
     """Fine-tune a model on chat data with TRL's SFTTrainer: the loss is on the assistant's answer only and
     the chat template is applied as at serving time. Writes a checkpoint (LoRA merged, adapter kept in
     adapter/) plus metrics.jsonl and training.json, ready for `tritonform build --model OUT`."""
-    from model_repo.training.finetune import SUMMARY_FILE, FinetuneConfig
+    from model_repo.training.finetune import SUMMARY_FILE, TRAINER_DIR, FinetuneConfig
 
     _check_data(data)
     if strategy not in ("ddp", "fsdp"):
@@ -215,7 +215,7 @@ def finetune_command(
     config = replace(config, model=resolve_model(model))
     from model_repo.training.progress import METRICS_FILE
 
-    check_out(out, [config.model], (SUMMARY_FILE, METRICS_FILE), "finetune")
+    check_out(out, [config.model], (SUMMARY_FILE, METRICS_FILE, TRAINER_DIR), "finetune")
     from model_repo.training.launch import run
 
     summary = run_guarded("fine-tuning", lambda: run("finetune", config, nproc))
@@ -378,7 +378,7 @@ def distill_command(
     Writes the student's checkpoint plus metrics.jsonl (loss, kl, ce per step) and training.json."""
     from model_repo.training.data import DataError
     from model_repo.training.distill import DistillConfig
-    from model_repo.training.finetune import SUMMARY_FILE
+    from model_repo.training.finetune import SUMMARY_FILE, TRAINER_DIR
 
     if (data is None) == (prompts is None):
         raise fail(
@@ -416,9 +416,12 @@ def distill_command(
         })  # fmt: skip
         return
     config = replace(config, teacher=resolve_model(teacher), student=resolve_model(student))
+    from model_repo.training.distill import TEACHER_ANSWERS
     from model_repo.training.progress import METRICS_FILE
+    from model_repo.training.teacher_topk import TOPK_FILE
 
-    check_out(out, [config.teacher, config.student], (SUMMARY_FILE, METRICS_FILE), "distill")
+    earlier = (SUMMARY_FILE, METRICS_FILE, TRAINER_DIR, TEACHER_ANSWERS, TOPK_FILE)  # a finished or cut run's
+    check_out(out, [config.teacher, config.student], earlier, "distill")
     from model_repo.training.launch import run
 
     summary = run_guarded("distillation", lambda: run("distill", config, nproc))

@@ -68,10 +68,15 @@ def test_text_that_is_not_utf8_names_the_line_and_a_folder_is_not_a_file(tmp_pat
         load_chat_jsonl(tmp_path)
 
 
-def test_a_byte_order_mark_is_read_past() -> None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "bom.jsonl"
-        path.write_text(json.dumps(GOOD) + "\n", encoding="utf-8-sig")
-        assert [e.answer for e in load_chat_jsonl(path)] == ["hello"]
+def test_a_byte_order_mark_is_read_past_and_line_separators_stay_in_their_strings(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n", encoding="utf-8-sig")
+    assert [e.answer for e in load_chat_jsonl(path)] == ["hello"]
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n\xe9")
+    with pytest.raises(DataError, match=r"bom.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
+        load_chat_jsonl(path)
+    # JSON strings may hold U+2028 / U+0085 unescaped (ensure_ascii=False); they are not line ends
+    answer = "one\u2028two\x85three"
+    record = {"messages": [GOOD["messages"][0], {"role": "assistant", "content": answer}]}
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert [e.answer for e in load_chat_jsonl(path)] == [answer]
