@@ -77,8 +77,12 @@ class TrainingJobSpec:
         return self._in_bucket(teacher) if isinstance(teacher, str) else None
 
     def _in_bucket(self, model: str) -> str | None:
-        prefix = f"{CHECKPOINTS_PREFIX}/"
-        return f"{self.bucket_uri.rstrip('/')}/{model}" if model.startswith(prefix) else None
+        return f"{self.bucket_uri.rstrip('/')}/{model}" if in_bucket(model) else None
+
+
+def in_bucket(model: str) -> bool:
+    """Whether `model` names a checkpoint kept in the stack's bucket (`checkpoints/NAME`)."""
+    return model.startswith(f"{CHECKPOINTS_PREFIX}/")
 
 
 def _security(read_only_root: bool = False) -> dict[str, Any]:

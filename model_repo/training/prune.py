@@ -273,6 +273,18 @@ def prune_mlp_channels(model: Any, importance: list[Any], keep: int) -> Any:
     return model
 
 
+def check_choice(drop: int, mlp_keep: float | None, criterion: str) -> None:
+    """What to prune, checked before any model loads: `DataError` naming the setting to change."""
+    if drop < 0:
+        raise DataError(f"--drop-layers must be 0 or more (got {drop})")
+    if drop == 0 and mlp_keep is None:
+        raise DataError("nothing to prune: give --drop-layers N and/or --mlp-keep FRACTION")
+    if criterion not in CRITERIA:
+        raise DataError(f"--criterion {criterion!r}: choose output or block")
+    if mlp_keep is not None:
+        channels_to_keep(1, mlp_keep)  # a bad fraction
+
+
 def prune_checkpoint(
     model_path: str | Path,
     out: str | Path,
@@ -291,14 +303,7 @@ def prune_checkpoint(
     from model_repo.training.finetune import load_tokenizer
     from model_repo.training.text import load_passages
 
-    if drop < 0:
-        raise DataError(f"--drop-layers must be 0 or more (got {drop})")
-    if drop == 0 and mlp_keep is None:
-        raise DataError("nothing to prune: give --drop-layers N and/or --mlp-keep FRACTION")
-    if criterion not in CRITERIA:
-        raise DataError(f"--criterion {criterion!r}: choose output or block")
-    if mlp_keep is not None:
-        channels_to_keep(1, mlp_keep)  # a bad fraction fails before the model loads
+    check_choice(drop, mlp_keep, criterion)
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype="float32")
     passages = load_passages(calibration, tokenizer)

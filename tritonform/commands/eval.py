@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from tritonform.commands.failures import EXIT_BAD_INPUT, fail
-from tritonform.commands.train import resolve_model, run_guarded
+from tritonform.commands.train import bad_input, resolve_model, run_guarded
 
 
 def eval_command(
@@ -49,7 +49,7 @@ def eval_command(
     """Evaluate a model on chat data: exact match, ROUGE (rouge-score), BLEU (sacrebleu) against each
     example's last assistant message, and the perplexity of those answers. A deployed stack (--endpoint)
     is evaluated the same way as a local checkpoint (--model)."""
-    from model_repo.training.data import DataError, load_chat_jsonl
+    from model_repo.training.data import load_chat_jsonl
     from model_repo.training.evaluate import evaluate, parse_metrics
 
     if (model is None) == (endpoint is None):
@@ -68,11 +68,8 @@ def eval_command(
         raise fail(f"--max-new-tokens must be at least 1 (got {max_new_tokens})", EXIT_BAD_INPUT)
     if out is not None and out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file; name a folder for the figures and answers", EXIT_BAD_INPUT)
-    try:
-        names = parse_metrics(metrics)
-        examples = load_chat_jsonl(data)
-    except DataError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    names = bad_input(lambda: parse_metrics(metrics))
+    examples = bad_input(lambda: load_chat_jsonl(data))
     path = resolve_model(model) if model is not None else None
     api_key = os.environ.get(api_key_env, "none")
     result = run_guarded(

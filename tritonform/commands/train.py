@@ -10,13 +10,16 @@ exits 2; a failed run exits 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from tritonform.commands.failures import EXIT_BAD_INPUT, EXIT_FAILED, fail
+
+T = TypeVar("T")
 
 ModelOpt = Annotated[
     str,
@@ -56,14 +59,22 @@ ImageOpt = Annotated[
 NodesOpt = Annotated[int, typer.Option("--nodes", help="With --stack: GPU nodes to train on (one pod each).")]
 
 
-def resolve_model(model: str) -> str:
-    """'default' -> the cached SmolLM2 checkpoint; a directory is checked to be a usable checkpoint."""
-    from model_repo.checkpoint import CheckpointError, resolve_checkpoint
+def bad_input(work: Callable[[], T]) -> T:
+    """`work()`, a check of the user's input: its `DataError` or `CheckpointError` -> its line, exit 2."""
+    from model_repo.checkpoint import CheckpointError
+    from model_repo.training.data import DataError
 
     try:
-        return str(resolve_checkpoint(model).path)
-    except CheckpointError as exc:
+        return work()
+    except (DataError, CheckpointError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
+
+
+def resolve_model(model: str) -> str:
+    """'default' -> the cached SmolLM2 checkpoint; a directory is checked to be a usable checkpoint."""
+    from model_repo.checkpoint import resolve_checkpoint
+
+    return str(bad_input(lambda: resolve_checkpoint(model)).path)
 
 
 def run_guarded(what: str, work: Any) -> Any:
@@ -107,35 +118,19 @@ def check_out(out: Path, sources: list[str], markers: tuple[str, ...], what: str
 
 def check_processes(nproc: int, nodes: int, batch_size: int) -> None:
     """--nproc and --nodes are at least 1, and the global batch splits evenly over every process."""
-    from model_repo.training.data import DataError
     from model_repo.training.finetune import per_device_batch
 
     if nproc < 1:
         raise fail(f"--nproc must be at least 1 (got {nproc})", EXIT_BAD_INPUT)
     if nodes < 1:
         raise fail(f"--nodes must be at least 1 (got {nodes})", EXIT_BAD_INPUT)
-    try:
-        per_device_batch(batch_size, nproc * nodes)
-    except DataError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
-
-
-def _validated(config: Any) -> None:
-    from model_repo.training.data import DataError
-
-    try:  # the settings' own checks, before anything loads or uploads
-        config.validate()
-    except DataError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    bad_input(lambda: per_device_batch(batch_size, nproc * nodes))
 
 
 def _check_data(data: Path) -> None:
-    from model_repo.training.data import DataError, load_chat_jsonl
+    from model_repo.training.data import load_chat_jsonl
 
-    try:
-        load_chat_jsonl(data)
-    except DataError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    bad_input(lambda: load_chat_jsonl(data))
 
 
 def finetune_command(
@@ -200,7 +195,7 @@ def finetune_command(
         seed=seed,
         strategy=strategy,  # type: ignore[arg-type]
     )
-    _validated(config)
+    bad_input(config.validate)  # the settings' own checks, before anything loads or uploads
     check_processes(nproc, nodes if stack is not None or render is not None else 1, batch_size)
     if stack is not None or render is not None:
         from tritonform.commands.train_remote import submit_remote
@@ -269,15 +264,13 @@ def prune_command(
     choice); follow with `tritonform distill`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from model_repo.training.data import DataError, read_text
-    from model_repo.training.prune import PRUNING_FILE, prune_checkpoint
+    from model_repo.training.data import read_text
+    from model_repo.training.prune import PRUNING_FILE, check_choice, prune_checkpoint
 
-    if drop_layers < 0:
-        raise fail(f"--drop-layers must be 0 or more (got {drop_layers})", EXIT_BAD_INPUT)
-    try:  # before the model loads
-        read_text(calibration, "--calibration", "pass chat JSON Lines (.jsonl) or a plain text file")
-    except DataError as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    bad_input(lambda: check_choice(drop_layers, mlp_keep, criterion))  # before the model loads
+    bad_input(
+        lambda: read_text(calibration, "--calibration", "pass chat JSON Lines (.jsonl) or a plain text file")
+    )
     path = resolve_model(model)
     check_out(out, [path], (PRUNING_FILE,), "prune")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -376,7 +369,6 @@ def distill_command(
     """Distil a teacher into a student: KL between their temperature-softened next-token distributions mixed
     with the label loss, on the answers of --data, or (without it) on the teacher's own answers to --prompts.
     Writes the student's checkpoint plus metrics.jsonl (loss, kl, ce per step) and training.json."""
-    from model_repo.training.data import DataError
     from model_repo.training.distill import DistillConfig
     from model_repo.training.finetune import SUMMARY_FILE, TRAINER_DIR
 
@@ -390,10 +382,7 @@ def distill_command(
     if prompts is not None:
         from model_repo.training.evaluate import load_prompts
 
-        try:  # read now, not after the teacher has loaded
-            load_prompts(prompts)
-        except DataError as exc:
-            raise fail(str(exc), EXIT_BAD_INPUT) from None
+        bad_input(lambda: load_prompts(prompts))  # read now, not after the teacher has loaded
     config = DistillConfig(
         teacher=teacher, student=student, out=str(out), data=str(data) if data else None,
         prompts=str(prompts) if prompts else None, epochs=epochs, max_steps=max_steps, learning_rate=lr,
@@ -401,7 +390,7 @@ def distill_command(
         heldout=str(heldout) if heldout else None, eval_every=eval_every, topk=topk, schedule=schedule,
         warmup_steps=warmup_steps, quant_aware=quant_aware, hidden_weight=hidden_weight,
     )  # fmt: skip
-    _validated(config)
+    bad_input(config.validate)  # the settings' own checks, before anything loads or uploads
     check_processes(nproc, nodes if stack is not None or render is not None else 1, batch_size)
     if stack is not None or render is not None:
         from tritonform.commands.train_remote import submit_remote

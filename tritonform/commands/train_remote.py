@@ -118,9 +118,9 @@ def write_manifests(objects: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 def check_remote_model(flag: str, name: str) -> None:
     """On the GPU pool a model is `default` (in the trainer image), a checkpoint in the stack's bucket
     (`checkpoints/NAME`) or an absolute path inside the image; a folder of this machine is none of them."""
-    from infra.workload.training_job import CHECKPOINTS_PREFIX
+    from infra.workload.training_job import CHECKPOINTS_PREFIX, in_bucket
 
-    if name == "default" or name.startswith(f"{CHECKPOINTS_PREFIX}/"):
+    if name == "default" or in_bucket(name):
         return
     if name.startswith("/") and not (Path(name) / "config.json").is_file():
         return  # a path inside the image (a checkpoint of this machine would have its config.json here)
