@@ -91,11 +91,15 @@ def _apply_order(doc: dict[str, Any]) -> tuple[int, str, str, str]:
     return rank, kind, doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
 
 
+def holds_other_files(folder: Path, markers: tuple[str, ...]) -> bool:
+    """Whether `folder` is a folder with files in it that holds none of `markers` (the names an earlier
+    output of the command writes): a folder of the user's, which a command must not write into."""
+    return folder.is_dir() and any(folder.iterdir()) and not any((folder / m).exists() for m in markers)
+
+
 def _check_replaceable(out_dir: Path) -> None:
     """Only an empty folder or an earlier render is replaced; never anything else."""
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MARKER).exists())
-    ):
+    if (out_dir.exists() and not out_dir.is_dir()) or holds_other_files(out_dir, (MARKER,)):
         raise ManifestError(
             f"{out_dir} exists and is not an earlier render; choose a new or empty folder for --out"
         )

@@ -108,7 +108,9 @@ def check_out(out: Path, sources: list[str], markers: tuple[str, ...], what: str
                 "it reads: choose a new folder",
                 EXIT_BAD_INPUT,
             )
-    if folder.is_dir() and any(folder.iterdir()) and not any((folder / m).exists() for m in markers):
+    from infra.offline.render import holds_other_files
+
+    if holds_other_files(folder, markers):
         raise fail(
             f"--out {out} is a folder with other files in it, not an earlier {what} run; choose a new or "
             "empty folder",

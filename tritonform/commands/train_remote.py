@@ -101,7 +101,9 @@ def validated(objects: list[dict[str, Any]], kubernetes_version: str) -> list[di
 
 def write_manifests(objects: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """One YAML file per object in `out_dir` (an empty folder or an earlier render of this command)."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / RENDER_MARKER).exists():
+    from infra.offline.render import holds_other_files
+
+    if holds_other_files(out_dir, (RENDER_MARKER,)):
         raise ValueError(f"{out_dir} exists and is not an earlier render; choose a new or empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.yaml"):
